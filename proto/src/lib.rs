@@ -1,0 +1,93 @@
+//! vaultd's gRPC contract, shared by the daemon, `vaultctl` and Rust agents.
+//!
+//! The generated code lives in [`v1`]; [`connect`] opens a channel over a unix
+//! socket; [`names`] holds the name rules both sides enforce.
+
+pub mod names;
+
+#[allow(unreachable_pub, clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("vault.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every vault proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vault_descriptor.bin"));
+
+/// The largest secret value vaultd stores. Provider keys and bot tokens are far
+/// smaller; the cap keeps a single request from pinning memory.
+pub const MAX_VALUE_LEN: usize = 64 * 1024;
+
+/// The gRPC message size limit both sides apply: a full value plus metadata.
+pub const MAX_MESSAGE_LEN: usize = MAX_VALUE_LEN + 16 * 1024;
+
+/// Default socket paths: where `deploy/systemd` puts them (`RuntimeDirectory=vaultd`).
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/vaultd/agent.sock";
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/vaultd/admin.sock";
+
+use std::path::PathBuf;
+use tonic::transport::{Channel, Endpoint};
+
+/// Opens a gRPC channel to a vaultd socket. Fails fast (not lazily) so a caller can
+/// tell "daemon unreachable" apart from an error the daemon returned.
+pub async fn connect(socket: impl Into<PathBuf>) -> Result<Channel, tonic::transport::Error> {
+    let socket = socket.into();
+    // The URI is required by the API but unused: the connector dials the socket.
+    Endpoint::from_static("http://vaultd.local")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
+/// An agent client with vaultd's message size limits applied.
+pub fn agent_client(channel: Channel) -> v1::agent_client::AgentClient<Channel> {
+    v1::agent_client::AgentClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_LEN)
+        .max_encoding_message_size(MAX_MESSAGE_LEN)
+}
+
+/// An admin client with vaultd's message size limits applied.
+pub fn admin_client(channel: Channel) -> v1::admin_client::AdminClient<Channel> {
+    v1::admin_client::AdminClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_LEN)
+        .max_encoding_message_size(MAX_MESSAGE_LEN)
+}
+
+macro_rules! redacted_debug {
+    ($ty:ty { $($field:ident),* } redact { $($secret:ident),* }) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($field), &self.$field))*
+                    $(.field(stringify!($secret), &format_args!("[redacted]")))*
+                    .finish()
+            }
+        }
+    };
+}
+
+redacted_debug!(v1::GetSecretResponse { env, name, version } redact { value });
+redacted_debug!(v1::InitRequest {} redact { passphrase });
+redacted_debug!(v1::UnlockRequest {} redact { passphrase });
+redacted_debug!(v1::PutSecretRequest { secret, provider, description } redact { value });
+redacted_debug!(v1::ShowSecretResponse { secret } redact { value });
+
+#[cfg(test)]
+mod tests {
+    use super::v1;
+
+    #[test]
+    fn debug_of_value_carrying_messages_is_redacted() {
+        let put = v1::PutSecretRequest { value: b"hunter2-token".to_vec(), ..Default::default() };
+        let unlock = v1::UnlockRequest { passphrase: b"correct horse".to_vec() };
+        let shown = format!("{put:?} {unlock:?}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("horse"), "{shown}");
+        // 104 is 'h': prost's derived Debug would print the bytes as numbers.
+        assert!(!shown.contains("104"), "{shown}");
+    }
+}

@@ -1,0 +1,68 @@
+//! The gRPC services, one file each. The mapping from domain errors to
+//! `tonic::Status` happens here and nowhere else.
+
+mod admin;
+mod agent;
+
+pub use admin::AdminApi;
+pub use agent::AgentApi;
+
+use crate::crypto::CryptoError;
+use crate::store::{SecretRow, VersionRow};
+use crate::vault::VaultError;
+use tonic::Status;
+use vault_proto::v1;
+
+/// The status codes are a contract with vaultctl's exit codes (see admin.proto):
+/// FAILED_PRECONDITION is used for "sealed" and "not initialized" only.
+impl From<VaultError> for Status {
+    fn from(e: VaultError) -> Status {
+        let msg = e.to_string();
+        match e {
+            VaultError::Sealed | VaultError::Uninitialized => Status::failed_precondition(msg),
+            VaultError::AlreadyInitialized => Status::already_exists(msg),
+            VaultError::WrongPassphrase => Status::permission_denied(msg),
+            VaultError::NotFound { .. } => Status::not_found(msg),
+            VaultError::EmptyPassphrase
+            | VaultError::InvalidName { .. }
+            | VaultError::EmptyValue
+            | VaultError::ValueTooLarge(_) => Status::invalid_argument(msg),
+            VaultError::Crypto(CryptoError::DecryptionFailed) => Status::data_loss(msg),
+            VaultError::Crypto(CryptoError::KdfParams(_)) => Status::data_loss(msg),
+            VaultError::Crypto(_) | VaultError::Store(_) => {
+                // Storage and RNG errors never carry a value; log the detail for the operator.
+                tracing::error!(error = %msg, "internal error");
+                Status::internal(msg)
+            }
+        }
+    }
+}
+
+/// Runs blocking work (Argon2, fsync) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, VaultError> + Send + 'static) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(Status::from),
+        Err(_) => Err(Status::internal("internal error: a worker task failed")),
+    }
+}
+
+fn secret_meta(row: SecretRow) -> v1::SecretMeta {
+    v1::SecretMeta {
+        env: row.env,
+        name: row.name,
+        provider: row.provider,
+        description: row.description,
+        current_version: row.current_version,
+        created_unix: row.created_unix,
+        updated_unix: row.updated_unix,
+    }
+}
+
+fn version_meta(row: VersionRow) -> v1::VersionMeta {
+    v1::VersionMeta {
+        version: row.version,
+        state: row.state,
+        created_unix: row.created_unix,
+        expires_unix: row.expires_unix.unwrap_or(0),
+    }
+}

@@ -1,0 +1,66 @@
+//! `vaultd --config FILE`: settings that are not secrets (TOML).
+
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Mode of the agent socket, in octal: "0600" (default) lets only the vault's
+    /// owner connect; "0660" with a shared group, or "0666", lets agents running as
+    /// other users reach it. Reaching the socket is not access: what a caller may
+    /// read is decided per call from its kernel-attested identity.
+    #[serde(default = "default_agent_socket_mode", deserialize_with = "octal_mode")]
+    pub agent_socket_mode: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { agent_socket_mode: default_agent_socket_mode() }
+    }
+}
+
+fn default_agent_socket_mode() -> u32 {
+    0o600
+}
+
+fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let s = String::deserialize(d)?;
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode & !0o666 == 0 && mode & 0o600 == 0o600 => Ok(mode),
+        _ => Err(serde::de::Error::custom(format!(
+            "agent_socket_mode {s:?}: expected an octal mode with owner rw and no execute bits, like \"0600\" or \"0660\""
+        ))),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config file {path}: {detail}")]
+pub struct ConfigError {
+    path: String,
+    detail: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |detail: String| ConfigError { path: path.display().to_string(), detail };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| err(e.message().to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_modes_and_refuses_nonsense() {
+        assert_eq!(toml::from_str::<Config>("").unwrap(), Config::default());
+        assert_eq!(toml::from_str::<Config>("agent_socket_mode = \"0660\"").unwrap().agent_socket_mode, 0o660);
+        for bad in ["\"0777\"", "\"0060\"", "\"rw\"", "\"1600\""] {
+            assert!(toml::from_str::<Config>(&format!("agent_socket_mode = {bad}")).is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<Config>("unknown = 1").is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! Starting and stopping the daemon: open the vault, maybe unlock it, bind both
+//! sockets, serve until told to stop, then remove the sockets and wipe the keys.
+
+use crate::config::{Config, ConfigError};
+use crate::crypto::{self, SecretBytes};
+use crate::server;
+use crate::vault::{Vault, VaultError};
+use std::future::Future;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    pub agent_socket: PathBuf,
+    pub admin_socket: PathBuf,
+    pub passphrase_file: Option<PathBuf>,
+    pub config: Config,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{what} {}: {source}", path.display())]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("server error: {0}")]
+    Server(#[from] tonic::transport::Error),
+    #[error("--dev: {0}")]
+    Dev(String),
+}
+
+/// Runs the daemon on `opts.data_dir` until `shutdown` completes.
+pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let vault = Arc::new(Vault::open(&opts.data_dir)?);
+    if let Some(file) = &opts.passphrase_file {
+        let passphrase = read_passphrase_file(file)?;
+        let v = vault.clone();
+        blocking(move || v.unlock(&passphrase)).await?;
+        tracing::info!("vault unlocked from the passphrase file");
+    } else {
+        let status = vault.status()?;
+        if !status.initialized {
+            tracing::info!("vault not initialized; run `vaultctl init`");
+        } else {
+            tracing::info!("vault sealed; run `vaultctl unlock`");
+        }
+    }
+    serve(vault, &opts, || {}, shutdown).await
+}
+
+/// `--dev`: a throwaway vault in a fresh temp dir, initialized and unlocked with a
+/// random passphrase that is never shown, deleted on exit.
+pub async fn run_dev(shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let dir = tempfile::Builder::new().prefix("vaultd-dev-").tempdir().map_err(|source| DaemonError::Io {
+        what: "creating a temp dir in",
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let opts = Options {
+        data_dir: dir.path().join("data"),
+        agent_socket: dir.path().join("agent.sock"),
+        admin_socket: dir.path().join("admin.sock"),
+        passphrase_file: None,
+        config: Config::default(),
+    };
+    let vault = Arc::new(Vault::open(&opts.data_dir)?);
+    let passphrase = crypto::random_secret(32).map_err(VaultError::from)?;
+    let v = vault.clone();
+    blocking(move || v.init(&passphrase)).await?;
+    let ready = || {
+        println!("export VAULT_SOCKET={}", shell_quote(&opts.agent_socket));
+        println!("export VAULT_ADMIN_SOCKET={}", shell_quote(&opts.admin_socket));
+        tracing::warn!(dir = %dir.path().display(), "dev mode: throwaway vault, unlocked; deleted on exit");
+    };
+    let result = serve(vault, &opts, ready, shutdown).await;
+    dir.close().map_err(|e| DaemonError::Dev(format!("removing the temp dir: {e}")))?;
+    result
+}
+
+async fn serve(
+    vault: Arc<Vault>,
+    opts: &Options,
+    ready: impl FnOnce(),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let bind = |path: &Path, mode| {
+        let path = path.to_path_buf();
+        async move { server::bind(&path, mode).await.map_err(|source| DaemonError::Io { what: "binding", path, source }) }
+    };
+    let agent = bind(&opts.agent_socket, opts.config.agent_socket_mode).await?;
+    let admin = bind(&opts.admin_socket, 0o600).await?;
+    tracing::info!(agent = %opts.agent_socket.display(), admin = %opts.admin_socket.display(), "listening");
+    ready();
+    let result = server::serve(vault.clone(), agent, admin, shutdown).await;
+    for path in [&opts.agent_socket, &opts.admin_socket] {
+        let _ = std::fs::remove_file(path);
+    }
+    vault.seal();
+    tracing::info!("stopped; keys wiped");
+    Ok(result?)
+}
+
+async fn blocking(f: impl FnOnce() -> Result<(), VaultError> + Send + 'static) -> Result<(), DaemonError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| DaemonError::Dev("a startup task failed".into()))?
+        .map_err(DaemonError::from)
+}
+
+/// Reads a passphrase file. One trailing newline is dropped, since files written
+/// with `echo` end with one; all other bytes count. A file others can read is
+/// used, with a warning: refusing would break systemd credentials on some setups.
+fn read_passphrase_file(path: &Path) -> Result<SecretBytes, DaemonError> {
+    let io_err = |source| DaemonError::Io { what: "reading the passphrase file", path: path.into(), source };
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if meta.mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), "the passphrase file is readable by group or others; chmod 600 it");
+    }
+    let mut bytes = std::fs::read(path).map_err(io_err)?;
+    strip_one_newline(&mut bytes);
+    Ok(SecretBytes::new(bytes))
+}
+
+fn strip_one_newline(bytes: &mut Vec<u8>) {
+    if bytes.ends_with(b"\r\n") {
+        bytes.truncate(bytes.len() - 2);
+    } else if bytes.ends_with(b"\n") {
+        bytes.truncate(bytes.len() - 1);
+    }
+}
+
+/// Single-quotes a path for the `export` lines `--dev` prints.
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_exactly_one_newline() {
+        for (input, want) in [
+            (&b"pass\n"[..], &b"pass"[..]),
+            (b"pass\r\n", b"pass"),
+            (b"pass\n\n", b"pass\n"),
+            (b"pass", b"pass"),
+            (b" pass ", b" pass "),
+        ] {
+            let mut v = input.to_vec();
+            strip_one_newline(&mut v);
+            assert_eq!(v, want);
+        }
+    }
+
+    #[test]
+    fn quotes_for_the_shell() {
+        assert_eq!(shell_quote(Path::new("/tmp/a b/it's")), r"'/tmp/a b/it'\''s'");
+    }
+}

@@ -1,0 +1,17 @@
+//! vaultd: keeps provider API keys and bot tokens encrypted under a master key and
+//! hands each agent process only what it was granted, over gRPC on unix sockets.
+//!
+//! A request flows one way: [`server`] (socket) → [`identity`] → [`policy`] →
+//! [`vault`] ([`store`], [`crypto`]) → reply, with [`api`] as the only place that
+//! speaks gRPC.
+
+pub mod api;
+pub mod config;
+pub mod crypto;
+pub mod daemon;
+pub mod identity;
+pub mod policy;
+pub mod process;
+pub mod server;
+pub mod store;
+pub mod vault;

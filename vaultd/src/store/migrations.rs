@@ -1,0 +1,51 @@
+//! Numbered migrations from `schema/`, embedded at build time and applied in one
+//! transaction. `PRAGMA user_version` records how far a file has come.
+
+use super::StoreError;
+use rusqlite::{Connection, TransactionBehavior};
+
+/// `schema/NNNN_*.sql`, in order. Never edit a released one; append the next.
+const MIGRATIONS: &[&str] = &[include_str!("../../../schema/0001_init.sql")];
+
+/// Brings the database up to date; refuses one from a newer vaultd.
+pub(super) fn apply(conn: &mut Connection) -> Result<u32, StoreError> {
+    let known = MIGRATIONS.len() as u32;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > known {
+        return Err(StoreError::NewerSchema { found, known });
+    }
+    for sql in &MIGRATIONS[found as usize..] {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", known)?;
+    tx.commit()?;
+    Ok(known)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn applies_once_and_refuses_newer() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(apply(&mut conn).unwrap(), 1);
+        assert_eq!(apply(&mut conn).unwrap(), 1);
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(apply(&mut conn), Err(StoreError::NewerSchema { found: 99, known: 1 })));
+    }
+
+    #[test]
+    fn a_failing_migration_leaves_nothing_behind() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE secret (x INTEGER)").unwrap();
+        assert!(apply(&mut conn).is_err());
+        let v: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, 0);
+        let tables: u32 =
+            conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'vault_header'", [], |r| r.get(0)).unwrap();
+        assert_eq!(tables, 0);
+    }
+}

@@ -1,0 +1,318 @@
+//! The only code that touches rusqlite: one SQLite file in WAL mode.
+//!
+//! Durability: `synchronous = FULL` makes every commit fsync the WAL, so a write
+//! that was acknowledged survives a crash or power loss. Reads use their own
+//! connection so an fsync in progress never stalls an agent's read.
+
+mod files;
+mod migrations;
+
+pub use files::prepare_data_dir;
+
+use crate::crypto::{Header, KdfParams, WrappedTerm};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is {problem}")]
+    Unsafe { path: PathBuf, problem: String },
+    #[error(
+        "the database is from a newer vaultd (schema {found}; this build knows up to {known}); refusing to open it"
+    )]
+    NewerSchema { found: u32, known: u32 },
+    #[error("the vault is already initialized")]
+    AlreadyInitialized,
+}
+
+/// A secret's metadata (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRow {
+    pub env: String,
+    pub name: String,
+    pub provider: String,
+    pub description: String,
+    pub current_version: u64,
+    pub created_unix: i64,
+    pub updated_unix: i64,
+}
+
+/// One version's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    pub version: u64,
+    pub state: String,
+    pub created_unix: i64,
+    pub expires_unix: Option<i64>,
+}
+
+/// What a put changes besides the value; empty strings keep what is stored.
+#[derive(Debug, Default, Clone)]
+pub struct SecretLabels {
+    pub provider: String,
+    pub description: String,
+}
+
+pub struct Store {
+    /// std Mutex, not tokio's: every critical section is a short synchronous SQLite
+    /// call that never awaits.
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    schema_version: u32,
+}
+
+pub const DB_FILE: &str = "vault.db";
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if mode != "wal" {
+        return Err(StoreError::Sqlite(rusqlite::Error::InvalidQuery));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA secure_delete = ON;
+         PRAGMA trusted_schema = OFF;",
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating 0600 if missing) `DIR/vault.db` and brings its schema up to date.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        files::prepare_data_dir(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        files::prepare_db_file(&path)?;
+        let mut writer = Connection::open(&path)?;
+        configure(&writer)?;
+        let schema_version = migrations::apply(&mut writer)?;
+        let reader = Connection::open(&path)?;
+        configure(&reader)?;
+        Ok(Store { writer: Mutex::new(writer), reader: Mutex::new(reader), schema_version })
+    }
+
+    pub fn schema_version(&self) -> u32 {
+        self.schema_version
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (the
+        // transaction rolls back on drop), so a poisoned lock is safe to reuse.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key hierarchy's stored half, or `None` before `init`.
+    pub fn header(&self) -> Result<Option<(Header, Vec<WrappedTerm>)>, StoreError> {
+        let conn = self.reader();
+        let header = conn
+            .query_row(
+                "SELECT kdf_memory_kib, kdf_iterations, kdf_parallelism, kdf_salt, wrapped_root
+                 FROM vault_header WHERE id = 1",
+                [],
+                |r| {
+                    Ok(Header {
+                        kdf: KdfParams { memory_kib: r.get(0)?, iterations: r.get(1)?, parallelism: r.get(2)? },
+                        salt: r.get(3)?,
+                        wrapped_root: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?;
+        let Some(header) = header else { return Ok(None) };
+        let mut stmt = conn.prepare("SELECT term, wrapped_key FROM key_term ORDER BY term")?;
+        let terms = stmt
+            .query_map([], |r| Ok(WrappedTerm { term: r.get(0)?, wrapped: r.get(1)? }))?
+            .collect::<Result<_, _>>()?;
+        Ok(Some((header, terms)))
+    }
+
+    /// Stores a new vault's header and first key term, once.
+    pub fn initialize(&self, header: &Header, term: &WrappedTerm) -> Result<(), StoreError> {
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM vault_header)", [], |r| r.get(0))?;
+        if exists {
+            return Err(StoreError::AlreadyInitialized);
+        }
+        let now = now_unix();
+        tx.execute(
+            "INSERT INTO vault_header
+               (id, kdf_memory_kib, kdf_iterations, kdf_parallelism, kdf_salt, wrapped_root, created_unix)
+             VALUES (1, ?, ?, ?, ?, ?, ?)",
+            params![
+                header.kdf.memory_kib,
+                header.kdf.iterations,
+                header.kdf.parallelism,
+                header.salt,
+                header.wrapped_root,
+                now
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO key_term (term, wrapped_key, created_unix) VALUES (?, ?, ?)",
+            params![term.term, term.wrapped, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds a new current version of `env/name` (creating the secret if needed);
+    /// the old current becomes previous. `seal` gets the new version number, which
+    /// the ciphertext is bound to, and runs inside the transaction.
+    pub fn put<E: From<StoreError>>(
+        &self,
+        env: &str,
+        name: &str,
+        labels: &SecretLabels,
+        seal: impl FnOnce(u64) -> Result<Vec<u8>, E>,
+    ) -> Result<u64, E> {
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
+        let now = now_unix();
+        let existing: Option<(i64, u64)> = tx
+            .query_row("SELECT id, current_version FROM secret WHERE env = ? AND name = ?", params![env, name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(StoreError::from)?;
+        let (id, version) = match existing {
+            Some((id, current)) => {
+                let next: u64 = tx
+                    .query_row(
+                        "SELECT COALESCE(MAX(version), 0) + 1 FROM secret_version WHERE secret_id = ?",
+                        [id],
+                        |r| r.get(0),
+                    )
+                    .map_err(StoreError::from)?;
+                tx.execute(
+                    "UPDATE secret_version SET state = 'previous' WHERE secret_id = ? AND version = ?",
+                    params![id, current],
+                )
+                .map_err(StoreError::from)?;
+                tx.execute(
+                    "UPDATE secret SET current_version = ?, updated_unix = ?,
+                       provider = CASE WHEN ?3 = '' THEN provider ELSE ?3 END,
+                       description = CASE WHEN ?4 = '' THEN description ELSE ?4 END
+                     WHERE id = ?5",
+                    params![next, now, labels.provider, labels.description, id],
+                )
+                .map_err(StoreError::from)?;
+                (id, next)
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO secret (env, name, provider, description, current_version, created_unix, updated_unix)
+                     VALUES (?, ?, ?, ?, 1, ?, ?)",
+                    params![env, name, labels.provider, labels.description, now, now],
+                )
+                .map_err(StoreError::from)?;
+                (tx.last_insert_rowid(), 1)
+            }
+        };
+        let ciphertext = seal(version)?;
+        tx.execute(
+            "INSERT INTO secret_version (secret_id, version, state, ciphertext, created_unix)
+             VALUES (?, ?, 'current', ?, ?)",
+            params![id, version, ciphertext, now],
+        )
+        .map_err(StoreError::from)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(version)
+    }
+
+    /// The current version's number and ciphertext.
+    pub fn current(&self, env: &str, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT v.version, v.ciphertext FROM secret s
+             JOIN secret_version v ON v.secret_id = s.id AND v.version = s.current_version
+             WHERE s.env = ? AND s.name = ? AND v.state = 'current' AND v.ciphertext IS NOT NULL",
+        )?;
+        Ok(stmt.query_row(params![env, name], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    }
+
+    pub fn secret(&self, env: &str, name: &str) -> Result<Option<SecretRow>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!("{SECRET_COLUMNS} WHERE env = ? AND name = ?"))?;
+        Ok(stmt.query_row(params![env, name], secret_row).optional()?)
+    }
+
+    pub fn list(&self, env: &str) -> Result<Vec<SecretRow>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!("{SECRET_COLUMNS} WHERE env = ? ORDER BY name"))?;
+        let rows = stmt.query_map([env], secret_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Every version of `env/name`, newest first; `None` for an unknown secret.
+    pub fn versions(&self, env: &str, name: &str) -> Result<Option<Vec<VersionRow>>, StoreError> {
+        let conn = self.reader();
+        let id: Option<i64> = conn
+            .query_row("SELECT id FROM secret WHERE env = ? AND name = ?", params![env, name], |r| r.get(0))
+            .optional()?;
+        let Some(id) = id else { return Ok(None) };
+        let mut stmt = conn.prepare_cached(
+            "SELECT version, state, created_unix, expires_unix FROM secret_version
+             WHERE secret_id = ? ORDER BY version DESC",
+        )?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(VersionRow {
+                    version: r.get(0)?,
+                    state: r.get(1)?,
+                    created_unix: r.get(2)?,
+                    expires_unix: r.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Some(rows))
+    }
+
+    /// Deletes `env/name` with every version; returns how many versions went, or
+    /// `None` for an unknown secret. `secure_delete` overwrites the freed pages.
+    pub fn delete(&self, env: &str, name: &str) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id: Option<i64> = tx
+            .query_row("SELECT id FROM secret WHERE env = ? AND name = ?", params![env, name], |r| r.get(0))
+            .optional()?;
+        let Some(id) = id else { return Ok(None) };
+        let destroyed = tx.execute("DELETE FROM secret_version WHERE secret_id = ?", [id])?;
+        tx.execute("DELETE FROM secret WHERE id = ?", [id])?;
+        tx.commit()?;
+        Ok(Some(destroyed as u64))
+    }
+
+    pub fn count_secrets(&self) -> Result<u64, StoreError> {
+        Ok(self.reader().query_row("SELECT COUNT(*) FROM secret", [], |r| r.get(0))?)
+    }
+}
+
+const SECRET_COLUMNS: &str =
+    "SELECT env, name, provider, description, current_version, created_unix, updated_unix FROM secret";
+
+fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRow> {
+    Ok(SecretRow {
+        env: r.get(0)?,
+        name: r.get(1)?,
+        provider: r.get(2)?,
+        description: r.get(3)?,
+        current_version: r.get(4)?,
+        created_unix: r.get(5)?,
+        updated_unix: r.get(6)?,
+    })
+}
