@@ -29,8 +29,8 @@ pub enum DaemonError {
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("server error: {0}")]
     Server(#[from] tonic::transport::Error),
-    #[error("--dev: {0}")]
-    Dev(String),
+    #[error("{0}")]
+    Startup(String),
 }
 
 /// Runs the daemon on `opts.data_dir` until `shutdown` completes.
@@ -77,7 +77,7 @@ pub async fn run_dev(shutdown: impl Future<Output = ()>) -> Result<(), DaemonErr
         tracing::warn!(dir = %dir.path().display(), "dev mode: throwaway vault, unlocked; deleted on exit");
     };
     let result = serve(vault, &opts, ready, shutdown).await;
-    dir.close().map_err(|e| DaemonError::Dev(format!("removing the temp dir: {e}")))?;
+    dir.close().map_err(|e| DaemonError::Startup(format!("--dev: removing the temp dir: {e}")))?;
     result
 }
 
@@ -107,7 +107,7 @@ async fn serve(
 async fn blocking(f: impl FnOnce() -> Result<(), VaultError> + Send + 'static) -> Result<(), DaemonError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|_| DaemonError::Dev("a startup task failed".into()))?
+        .map_err(|_| DaemonError::Startup("a startup task panicked".into()))?
         .map_err(DaemonError::from)
 }
 

@@ -41,7 +41,8 @@ struct Args {
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VAULTD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     let args = Args::parse();
 
     for failure in vaultd::process::harden() {

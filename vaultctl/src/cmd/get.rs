@@ -1,0 +1,52 @@
+//! `vaultctl get NAME`: read a secret the way an agent does, over the agent
+//! socket, so it also shows what the calling identity has been granted.
+
+use serde::Serialize;
+use vault_proto::names;
+use vault_proto::v1::GetSecretRequest;
+
+use crate::Global;
+use crate::cmd::secret_ref;
+use crate::daemon::{self, Reply as _};
+use crate::output::{self, ShownValue};
+use crate::secret::Secret;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The secret's name.
+    name: String,
+}
+
+/// `{"env","name","version","value"}`, with `value_base64` in place of `value`
+/// when the value is not UTF-8.
+#[derive(Serialize)]
+struct GetJson<'a> {
+    env: &'a str,
+    name: &'a str,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_base64: Option<&'a str>,
+}
+
+pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
+    let secret = secret_ref(global, &args.name)?;
+    let mut agent = daemon::agent(global).await?;
+    let request = GetSecretRequest { env: secret.env, name: secret.name };
+    let mut reply = agent.get_secret(request).await.reply()?;
+    let value = Secret::new(std::mem::take(&mut reply.value));
+
+    if !global.json {
+        // The exact bytes and nothing else, so `get x > file` round-trips.
+        return output::raw(value.expose());
+    }
+    let shown = ShownValue::new(value.expose());
+    output::json(&GetJson {
+        env: names::env_or_default(&reply.env),
+        name: &reply.name,
+        version: reply.version,
+        value: shown.utf8(),
+        value_base64: shown.base64(),
+    })
+}

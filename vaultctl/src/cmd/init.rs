@@ -1,0 +1,35 @@
+//! `vaultctl init`: create the vault and set its passphrase.
+
+use std::path::PathBuf;
+
+use vault_proto::v1::InitRequest;
+
+use crate::Global;
+use crate::cmd::status;
+use crate::daemon::{self, Reply as _};
+use crate::input::{self, Passphrase};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Read the passphrase from FILE ('-' for stdin); one trailing newline is
+    /// ignored. Without it, the passphrase is prompted for twice.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
+    let passphrase = input::passphrase(args.passphrase_file.as_deref(), Passphrase::New)?;
+    let mut admin = daemon::admin(global).await?;
+    let request = InitRequest { passphrase: passphrase.into_request_bytes() };
+    let reply = admin.init(request).await.reply()?;
+    let status = daemon::required(reply.status, "status")?;
+    if global.json {
+        return status::print_json(&status);
+    }
+    let line = if status.sealed {
+        "vault initialized; it is sealed (run `vaultctl unlock`)"
+    } else {
+        "vault initialized and unlocked"
+    };
+    crate::output::lines(&[line])
+}

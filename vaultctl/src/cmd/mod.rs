@@ -1,0 +1,76 @@
+//! The subcommands, one file each. Each validates its input and reads any secret
+//! *before* dialing vaultd, so a typo costs no round trip and a bad name never
+//! reaches the daemon's logs.
+
+mod get;
+mod init;
+mod list;
+mod put;
+mod rm;
+mod seal;
+mod show;
+mod status;
+mod unlock;
+mod versions;
+
+use clap::Subcommand;
+use vault_proto::names;
+use vault_proto::v1::SecretRef;
+
+use crate::Global;
+use crate::exit::usage;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create a new vault protected by a passphrase.
+    Init(init::Args),
+    /// Unseal the vault with its passphrase.
+    Unlock(unlock::Args),
+    /// Seal the vault: drop every key from vaultd's memory.
+    Seal,
+    /// Show whether the vault is initialized and sealed, and its parameters.
+    Status,
+    /// Store a new version of a secret (the value comes from a file, stdin, or a prompt).
+    Put(put::Args),
+    /// Print a secret's current value, read through the agent socket.
+    Get(get::Args),
+    /// Show a secret's metadata, and with --reveal its value.
+    Show(show::Args),
+    /// List the secrets of the environment.
+    List,
+    /// List the versions of a secret.
+    Versions(versions::Args),
+    /// Delete a secret and destroy all its versions.
+    Rm(rm::Args),
+}
+
+pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Init(args) => init::run(global, args).await,
+        Command::Unlock(args) => unlock::run(global, args).await,
+        Command::Seal => seal::run(global).await,
+        Command::Status => status::run(global).await,
+        Command::Put(args) => put::run(global, args).await,
+        Command::Get(args) => get::run(global, args).await,
+        Command::Show(args) => show::run(global, args).await,
+        Command::List => list::run(global).await,
+        Command::Versions(args) => versions::run(global, args).await,
+        Command::Rm(args) => rm::run(global, args).await,
+    }
+}
+
+/// The environment to work in, checked against the naming rule. Empty (say,
+/// `VAULT_ENV=`) means the default, as it does on the wire.
+fn checked_env(global: &Global) -> anyhow::Result<&str> {
+    let env = names::env_or_default(&global.env);
+    names::validate(env).map_err(|e| usage(format!("invalid environment: {e}")))?;
+    Ok(env)
+}
+
+/// The secret a command is about, both parts checked. The error names the rule,
+/// never the input, which may be a secret pasted in the wrong place.
+fn secret_ref(global: &Global, name: &str) -> anyhow::Result<SecretRef> {
+    let env = checked_env(global)?;
+    names::validate(name).map_err(|e| usage(format!("invalid secret name: {e}")))?;
+    Ok(SecretRef { env: env.to_owned(), name: name.to_owned() })
+}

@@ -1,0 +1,58 @@
+//! `vaultctl put NAME`: store a new version of a secret.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use vault_proto::names;
+use vault_proto::v1::PutSecretRequest;
+
+use crate::Global;
+use crate::cmd::secret_ref;
+use crate::daemon::{self, Reply as _};
+use crate::{input, output};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The secret's name: a-z, 0-9, '_', '.', '-'; starting with a-z or 0-9.
+    name: String,
+    /// A label for the provider the secret belongs to ("telegram", "anthropic", …).
+    #[arg(long, value_name = "P")]
+    provider: Option<String>,
+    /// A free-text description.
+    #[arg(long, value_name = "D")]
+    description: Option<String>,
+    /// Read the value from FILE ('-' for stdin), byte for byte. Without it the
+    /// value is read from stdin when that is not a terminal, else prompted for
+    /// without echo.
+    #[arg(long, value_name = "FILE")]
+    from_file: Option<PathBuf>,
+}
+
+/// `{"env","name","version"}`.
+#[derive(Serialize)]
+struct PutJson<'a> {
+    env: &'a str,
+    name: &'a str,
+    version: u64,
+}
+
+pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
+    let secret = secret_ref(global, &args.name)?;
+    let prompt = format!("Value for {}/{}: ", secret.env, secret.name);
+    let value = input::value(args.from_file.as_deref(), &prompt)?;
+
+    let mut admin = daemon::admin(global).await?;
+    let request = PutSecretRequest {
+        secret: Some(secret),
+        value: value.into_request_bytes(),
+        provider: args.provider.unwrap_or_default(),
+        description: args.description.unwrap_or_default(),
+    };
+    let reply = admin.put_secret(request).await.reply()?;
+    let meta = daemon::required(reply.secret, "secret")?;
+    let env = names::env_or_default(&meta.env);
+    if global.json {
+        return output::json(&PutJson { env, name: &meta.name, version: meta.current_version });
+    }
+    output::lines(&[format!("stored {env}/{} version {}", meta.name, meta.current_version)])
+}

@@ -1,0 +1,92 @@
+//! `vaultctl status`, and the status JSON that `init`, `unlock` and `seal` print too.
+
+use serde::Serialize;
+use vault_proto::v1::{StatusRequest, StatusResponse};
+
+use crate::Global;
+use crate::daemon::{self, Reply as _};
+use crate::output;
+
+pub(crate) async fn run(global: &Global) -> anyhow::Result<()> {
+    let mut admin = daemon::admin(global).await?;
+    let status = admin.status(StatusRequest {}).await.reply()?;
+    if global.json {
+        return print_json(&status);
+    }
+    output::lines(&human(&status))
+}
+
+/// `{"initialized","sealed","version","secrets","key_term","schema_version","kdf"}`,
+/// where `kdf` is null until the vault is initialized, else
+/// `{"algorithm","memory_kib","iterations","parallelism","insecure_test_profile"}`.
+/// The names are the proto's, and a stable contract.
+pub(crate) fn print_json(status: &StatusResponse) -> anyhow::Result<()> {
+    output::json(&StatusJson::from(status))
+}
+
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    initialized: bool,
+    sealed: bool,
+    version: &'a str,
+    secrets: u64,
+    key_term: u32,
+    schema_version: u32,
+    kdf: Option<KdfJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct KdfJson<'a> {
+    algorithm: &'a str,
+    memory_kib: u32,
+    iterations: u32,
+    parallelism: u32,
+    insecure_test_profile: bool,
+}
+
+impl<'a> From<&'a StatusResponse> for StatusJson<'a> {
+    fn from(s: &'a StatusResponse) -> Self {
+        StatusJson {
+            initialized: s.initialized,
+            sealed: s.sealed,
+            version: &s.version,
+            secrets: s.secrets,
+            key_term: s.key_term,
+            schema_version: s.schema_version,
+            kdf: s.kdf.as_ref().map(|k| KdfJson {
+                algorithm: &k.algorithm,
+                memory_kib: k.memory_kib,
+                iterations: k.iterations,
+                parallelism: k.parallelism,
+                insecure_test_profile: k.insecure_test_profile,
+            }),
+        }
+    }
+}
+
+/// The human form. The secret count and key term are left out while sealed:
+/// vaultd reports 0 for both then, which would read as "empty vault".
+fn human(s: &StatusResponse) -> Vec<String> {
+    let state = match (s.initialized, s.sealed) {
+        (false, _) => "not initialized",
+        (true, true) => "sealed",
+        (true, false) => "unlocked",
+    };
+    let mut lines = vec![
+        format!("state: {state}"),
+        format!("vaultd version: {}", s.version),
+        format!("schema version: {}", s.schema_version),
+    ];
+    if s.initialized && !s.sealed {
+        lines.push(format!("secrets: {}", s.secrets));
+        lines.push(format!("key term: {}", s.key_term));
+    }
+    if let Some(k) = &s.kdf {
+        let warning = if k.insecure_test_profile { " INSECURE TEST PROFILE, see SECURITY.md" } else { "" };
+        lines.push(format!(
+            "kdf: {} m={} KiB t={} p={}{warning}",
+            k.algorithm, k.memory_kib, k.iterations, k.parallelism
+        ));
+    }
+    lines
+}

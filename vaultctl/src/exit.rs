@@ -1,0 +1,170 @@
+//! How vaultctl ends: the documented exit codes, and the one place that turns an
+//! error into a message and a code, so ops scripts can branch on the outcome.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use crate::daemon::{RpcError, Unreachable};
+
+/// Success.
+pub(crate) const OK: u8 = 0;
+/// Any other failure, including a stored record that failed to decrypt.
+pub(crate) const ERROR: u8 = 1;
+/// Bad command line or bad input (clap's own errors use 2 as well).
+pub(crate) const USAGE: u8 = 2;
+/// The secret does not exist, or the caller may not have it.
+pub(crate) const NOT_FOUND: u8 = 3;
+/// The vault is sealed or not initialized.
+pub(crate) const SEALED: u8 = 4;
+/// vaultd could not be reached.
+pub(crate) const UNREACHABLE: u8 = 5;
+
+/// The exit-code table shown at the end of `vaultctl --help`. Kept beside the
+/// constants; a test checks the two agree.
+pub(crate) const HELP: &str = "\
+Exit status:
+  0  success
+  1  error
+  2  usage error or invalid input
+  3  not found, or permission denied
+  4  vault is sealed or not initialized
+  5  vaultd is unreachable";
+
+/// A mistake the operator fixes by changing the command line or its input.
+/// Messages never quote the input: it may be a secret pasted in the wrong place.
+#[derive(Debug)]
+pub(crate) struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A usage error (exit 2) with the given message.
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// Prints `err` once, on one line, and returns its exit code. The only place
+/// vaultctl reports a failure.
+pub(crate) fn report(err: &anyhow::Error) -> ExitCode {
+    let message = one_line(&format!("{err:#}"));
+    // Nowhere left to report a failure to write to stderr.
+    let _ = writeln!(std::io::stderr(), "vaultctl: {message}");
+    ExitCode::from(code_of(err))
+}
+
+/// The exit code for an error: the first cause in its chain that we recognise.
+fn code_of(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<UsageError>() {
+            return USAGE;
+        }
+        if let Some(rpc) = cause.downcast_ref::<RpcError>() {
+            return code_for_status(rpc.code());
+        }
+        if cause.is::<Unreachable>() {
+            return UNREACHABLE;
+        }
+    }
+    ERROR
+}
+
+/// The one mapping from a gRPC status code to an exit code. vaultd uses
+/// FAILED_PRECONDITION for exactly "sealed" and "not initialized".
+fn code_for_status(code: tonic::Code) -> u8 {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument => USAGE,
+        Code::NotFound | Code::PermissionDenied | Code::Unauthenticated => NOT_FOUND,
+        Code::FailedPrecondition => SEALED,
+        Code::Unavailable => UNREACHABLE,
+        _ => ERROR,
+    }
+}
+
+/// Control characters (a newline in a daemon's message, an escape sequence) would
+/// break the one-line contract or drive the terminal; show them as spaces.
+fn one_line(message: &str) -> String {
+    message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    fn rpc(code: Code) -> anyhow::Error {
+        RpcError::from(Status::new(code, "msg")).into()
+    }
+
+    #[test]
+    fn status_codes_map_to_documented_exit_codes() {
+        let table = [
+            (Code::InvalidArgument, USAGE),
+            (Code::NotFound, NOT_FOUND),
+            (Code::PermissionDenied, NOT_FOUND),
+            (Code::Unauthenticated, NOT_FOUND),
+            (Code::FailedPrecondition, SEALED),
+            (Code::Unavailable, UNREACHABLE),
+            (Code::DataLoss, ERROR),
+            (Code::Internal, ERROR),
+            (Code::AlreadyExists, ERROR),
+            (Code::ResourceExhausted, ERROR),
+            (Code::Unknown, ERROR),
+            (Code::Ok, ERROR),
+        ];
+        for (code, want) in table {
+            assert_eq!(code_of(&rpc(code)), want, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn the_code_survives_added_context() {
+        let err = rpc(Code::FailedPrecondition).context("while putting");
+        assert_eq!(code_of(&err), SEALED);
+        let err = usage("invalid secret name: is empty").context("outer");
+        assert_eq!(code_of(&err), USAGE);
+        assert_eq!(code_of(&anyhow::anyhow!("anything else")), ERROR);
+    }
+
+    #[test]
+    fn an_rpc_error_prints_the_message_only() {
+        let err = rpc(Code::FailedPrecondition);
+        assert_eq!(format!("{err:#}"), "msg");
+        let empty: anyhow::Error = RpcError::from(Status::new(Code::NotFound, "")).into();
+        assert_eq!(format!("{empty:#}"), Code::NotFound.description());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_unreachable_daemon_is_exit_5_with_the_root_cause() {
+        let global = crate::Global {
+            socket: "/nonexistent/agent.sock".into(),
+            admin_socket: "/nonexistent/admin.sock".into(),
+            env: "default".into(),
+            json: false,
+        };
+        let err = crate::daemon::admin(&global).await.err().unwrap();
+        assert_eq!(code_of(&err), UNREACHABLE);
+        assert_eq!(
+            format!("{err:#}"),
+            "cannot reach vaultd at /nonexistent/admin.sock: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        assert_eq!(one_line("a\nb\r\x1b[31mc"), "a b  [31mc");
+    }
+
+    #[test]
+    fn help_lists_every_code() {
+        for code in [OK, ERROR, USAGE, NOT_FOUND, SEALED, UNREACHABLE] {
+            assert!(HELP.contains(&format!("\n  {code}  ")), "{code}");
+        }
+    }
+}

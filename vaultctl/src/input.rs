@@ -1,0 +1,207 @@
+//! Reading secrets from the operator: passphrases and secret values.
+//!
+//! They come from a file, stdin, or a prompt that does not echo — never from argv
+//! (DESIGN §9). Input is read into one buffer sized up front, so no reallocation
+//! leaves an unwiped copy behind, and its size is checked before vaultd is dialed.
+
+use std::io::{IsTerminal as _, Read};
+use std::path::Path;
+
+use anyhow::Context as _;
+use vault_proto::MAX_VALUE_LEN;
+use zeroize::Zeroizing;
+
+use crate::exit::usage;
+use crate::secret::Secret;
+
+/// Whether a prompted passphrase is a new one (typed twice) or an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Passphrase {
+    New,
+    Existing,
+}
+
+/// The vault passphrase: from `file` (`-` is stdin) with one trailing line ending
+/// removed — a file written by `echo` ends with one, and the passphrase does not —
+/// or else from a no-echo prompt.
+pub(crate) fn passphrase(file: Option<&Path>, kind: Passphrase) -> anyhow::Result<Secret> {
+    let passphrase = match file {
+        Some(path) => {
+            let mut bytes = read_path(path, "passphrase")?;
+            strip_one_line_ending(&mut bytes);
+            Secret::new(std::mem::take(&mut *bytes))
+        }
+        None => {
+            require_terminal("no passphrase: use --passphrase-file FILE ('-' for stdin) when not at a terminal")?;
+            let prompt = match kind {
+                Passphrase::New => "New vault passphrase: ",
+                Passphrase::Existing => "Vault passphrase: ",
+            };
+            let first = prompt_secret(prompt)?;
+            if kind == Passphrase::New && !first.is_empty() {
+                let again = prompt_secret("Repeat the passphrase: ")?;
+                if first.expose() != again.expose() {
+                    return Err(usage("the passphrases do not match"));
+                }
+            }
+            first
+        }
+    };
+    if passphrase.is_empty() {
+        return Err(usage("passphrase is empty"));
+    }
+    refuse_too_long("passphrase", passphrase.len())?;
+    Ok(passphrase)
+}
+
+/// A secret value: from `file` (`-` is stdin), else from stdin when it is not a
+/// terminal, else from a no-echo prompt. Files and stdin are taken byte for byte
+/// (binary safe, nothing trimmed); a prompted value is the typed line.
+pub(crate) fn value(file: Option<&Path>, prompt: &str) -> anyhow::Result<Secret> {
+    let value = match file {
+        Some(path) => Secret::new(std::mem::take(&mut *read_path(path, "value")?)),
+        None if !std::io::stdin().is_terminal() => Secret::new(std::mem::take(&mut *read_stdin("value")?)),
+        None => prompt_secret(prompt)?,
+    };
+    if value.is_empty() {
+        return Err(usage("value is empty"));
+    }
+    refuse_too_long("value", value.len())?;
+    Ok(value)
+}
+
+/// Reads a whole file, or stdin for `-`, refusing more than the size limit.
+fn read_path(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    if path == Path::new("-") {
+        return read_stdin(what);
+    }
+    let cannot = || format!("cannot read {}", path.display());
+    let file = std::fs::File::open(path).with_context(cannot)?;
+    let (bytes, total) = read_bounded(file).with_context(cannot)?;
+    refuse_too_long(what, total)?;
+    Ok(bytes)
+}
+
+/// Reads all of stdin, refusing more than the size limit.
+fn read_stdin(what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let (bytes, total) = read_bounded(std::io::stdin().lock()).context("cannot read stdin")?;
+    refuse_too_long(what, total)?;
+    Ok(bytes)
+}
+
+/// Reads `reader` to the end and returns the first [`MAX_VALUE_LEN`] bytes and
+/// the total length. The bytes go into a buffer allocated once; past the limit
+/// the rest is only counted, so the error can say how big the input was without
+/// holding it.
+fn read_bounded(mut reader: impl Read) -> std::io::Result<(Zeroizing<Vec<u8>>, usize)> {
+    let mut kept = Zeroizing::new(Vec::with_capacity(MAX_VALUE_LEN));
+    (&mut reader).take(MAX_VALUE_LEN as u64).read_to_end(&mut kept)?;
+    let mut scratch = Zeroizing::new([0u8; 8192]);
+    let mut total = kept.len();
+    loop {
+        match reader.read(&mut scratch[..]) {
+            Ok(0) => return Ok((kept, total)),
+            Ok(n) => total = total.saturating_add(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn refuse_too_long(what: &str, len: usize) -> anyhow::Result<()> {
+    if len > MAX_VALUE_LEN {
+        return Err(usage(format!("{what} is {len} bytes; the limit is {MAX_VALUE_LEN} bytes")));
+    }
+    Ok(())
+}
+
+/// Removes one trailing `\n` or `\r\n`, no more: a passphrase may itself end in
+/// whitespace, but not in the line ending an editor or `echo` added.
+fn strip_one_line_ending(bytes: &mut Vec<u8>) {
+    if bytes.ends_with(b"\r\n") {
+        bytes.truncate(bytes.len() - 2);
+    } else if bytes.ends_with(b"\n") {
+        bytes.truncate(bytes.len() - 1);
+    }
+}
+
+/// Prompting needs a person at a terminal. Without one (a script, a service, a
+/// test harness) say what to do instead of waiting forever for input.
+fn require_terminal(hint: &str) -> anyhow::Result<()> {
+    if std::io::stdin().is_terminal() { Ok(()) } else { Err(usage(hint)) }
+}
+
+/// One line typed at the terminal without echo, line ending removed.
+fn prompt_secret(prompt: &str) -> anyhow::Result<Secret> {
+    let mut typed = Zeroizing::new(rpassword::prompt_password(prompt).context("cannot read from the terminal")?);
+    Ok(Secret::new(std::mem::take(&mut *typed).into_bytes()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn stripped(input: &[u8]) -> Vec<u8> {
+        let mut bytes = input.to_vec();
+        strip_one_line_ending(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn strips_exactly_one_line_ending() {
+        let cases: [(&[u8], &[u8]); 9] = [
+            (b"hunter2\n", b"hunter2"),
+            (b"hunter2\r\n", b"hunter2"),
+            (b"hunter2", b"hunter2"),
+            (b"hunter2\n\n", b"hunter2\n"),
+            (b"hunter2\r\n\r\n", b"hunter2\r\n"),
+            (b"hunter2 \n", b"hunter2 "),
+            (b"hunter2\r", b"hunter2\r"),
+            (b"\n", b""),
+            (b"", b""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(stripped(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn passphrase_file_strips_one_newline_and_refuses_empty() {
+        let dir = std::env::temp_dir().join(format!("vaultctl-input-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pass");
+
+        std::fs::write(&path, b"correct horse\n").unwrap();
+        let p = passphrase(Some(&path), Passphrase::Existing).unwrap();
+        assert_eq!(p.expose(), b"correct horse");
+
+        std::fs::write(&path, b"\r\n").unwrap();
+        let err = passphrase(Some(&path), Passphrase::New).err().unwrap();
+        assert_eq!(err.to_string(), "passphrase is empty");
+
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn values_are_read_byte_for_byte() {
+        let input = b"\x00\xff tok\r\n\n".to_vec();
+        let (read, total) = read_bounded(&input[..]).unwrap();
+        assert_eq!(&read[..], &input[..]);
+        assert_eq!(total, input.len());
+    }
+
+    #[test]
+    fn oversized_input_is_refused_with_its_size() {
+        let at_limit = vec![b'a'; MAX_VALUE_LEN];
+        let (kept, total) = read_bounded(&at_limit[..]).unwrap();
+        assert_eq!((kept.len(), total), (MAX_VALUE_LEN, MAX_VALUE_LEN));
+        assert!(refuse_too_long("value", total).is_ok());
+
+        let over = vec![b'a'; MAX_VALUE_LEN + 10_000];
+        let (kept, total) = read_bounded(&over[..]).unwrap();
+        assert_eq!((kept.len(), total), (MAX_VALUE_LEN, MAX_VALUE_LEN + 10_000));
+        let err = refuse_too_long("value", total).err().unwrap();
+        assert_eq!(err.to_string(), "value is 75536 bytes; the limit is 65536 bytes");
+    }
+}
