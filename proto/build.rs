@@ -10,6 +10,7 @@ const REDACTED: &[&str] = &[
     "vault.v1.UnlockRequest",
     "vault.v1.PutSecretRequest",
     "vault.v1.ShowSecretResponse",
+    "vault.v1.HashValueRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,7 +1,8 @@
 //! `vaultd --config FILE`: settings that are not secrets (TOML).
 
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -12,12 +13,64 @@ pub struct Config {
     /// read is decided per call from its kernel-attested identity.
     #[serde(default = "default_agent_socket_mode", deserialize_with = "octal_mode")]
     pub agent_socket_mode: u32,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { agent_socket_mode: default_agent_socket_mode() }
+        Config { agent_socket_mode: default_agent_socket_mode(), audit: AuditConfig::default() }
     }
+}
+
+/// `[audit]`: what is recorded, how long it is kept, where copies go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Record every agent read (default). Turning it off is for measuring the cost
+    /// of auditing; it is recorded at startup as a `daemon.start` detail.
+    #[serde(default = "yes")]
+    pub reads: bool,
+    /// Delete entries older than this (e.g. "90d"); the rest still verifies. Unset: keep all.
+    #[serde(default, deserialize_with = "duration")]
+    pub retention: Option<Duration>,
+    /// Copies for a SIEM: `[[audit.sink]] type = "jsonl", path = "…"` ("-" is stdout)
+    /// or `type = "syslog"` (socket defaults to /dev/log, where journald listens too).
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { reads: true, retention: None, sinks: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    Jsonl {
+        path: PathBuf,
+    },
+    Syslog {
+        #[serde(default = "dev_log")]
+        socket: PathBuf,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn dev_log() -> PathBuf {
+    PathBuf::from("/dev/log")
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"90d\" or \"12h\": {e}")))
 }
 
 fn default_agent_socket_mode() -> u32 {
@@ -62,5 +115,31 @@ mod tests {
             assert!(toml::from_str::<Config>(&format!("agent_socket_mode = {bad}")).is_err(), "{bad}");
         }
         assert!(toml::from_str::<Config>("unknown = 1").is_err());
+    }
+
+    #[test]
+    fn parses_the_audit_section() {
+        let text = r#"
+            [audit]
+            reads = false
+            retention = "90d"
+            [[audit.sink]]
+            type = "jsonl"
+            path = "/var/log/vaultd/audit.jsonl"
+            [[audit.sink]]
+            type = "syslog"
+        "#;
+        let audit = toml::from_str::<Config>(text).unwrap().audit;
+        assert!(!audit.reads);
+        assert_eq!(audit.retention, Some(Duration::from_secs(90 * 86400)));
+        assert_eq!(
+            audit.sinks,
+            [
+                SinkConfig::Jsonl { path: "/var/log/vaultd/audit.jsonl".into() },
+                SinkConfig::Syslog { socket: dev_log() }
+            ]
+        );
+        assert!(toml::from_str::<Config>("[audit]\nretention = \"soon\"").is_err());
+        assert!(toml::from_str::<Config>("[[audit.sink]]\ntype = \"carrier-pigeon\"").is_err());
     }
 }

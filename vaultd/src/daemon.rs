@@ -1,7 +1,8 @@
 //! Starting and stopping the daemon: open the vault, maybe unlock it, bind both
 //! sockets, serve until told to stop, then remove the sockets and wipe the keys.
 
-use crate::config::{Config, ConfigError};
+use crate::audit::{Actor, Event, Outcome, forward};
+use crate::config::{Config, ConfigError, SinkConfig};
 use crate::crypto::{self, SecretBytes};
 use crate::server;
 use crate::vault::{Vault, VaultError};
@@ -9,6 +10,10 @@ use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the log head is checkpointed (and forwarded) and retention applied.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug)]
 pub struct Options {
@@ -35,11 +40,11 @@ pub enum DaemonError {
 
 /// Runs the daemon on `opts.data_dir` until `shutdown` completes.
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let vault = Arc::new(Vault::open(&opts.data_dir)?);
+    let vault = Vault::open(&opts.data_dir, opts.config.audit.reads)?;
     if let Some(file) = &opts.passphrase_file {
         let passphrase = read_passphrase_file(file)?;
         let v = vault.clone();
-        blocking(move || v.unlock(&passphrase)).await?;
+        blocking(move || v.unlock(&Actor::vaultd(), &passphrase)).await?;
         tracing::info!("vault unlocked from the passphrase file");
     } else {
         let status = vault.status()?;
@@ -67,10 +72,10 @@ pub async fn run_dev(shutdown: impl Future<Output = ()>) -> Result<(), DaemonErr
         passphrase_file: None,
         config: Config::default(),
     };
-    let vault = Arc::new(Vault::open(&opts.data_dir)?);
+    let vault = Vault::open(&opts.data_dir, opts.config.audit.reads)?;
     let passphrase = crypto::random_secret(32).map_err(VaultError::from)?;
     let v = vault.clone();
-    blocking(move || v.init(&passphrase)).await?;
+    blocking(move || v.init(&Actor::vaultd(), &passphrase)).await?;
     let ready = || {
         println!("export VAULT_SOCKET={}", shell_quote(&opts.agent_socket));
         println!("export VAULT_ADMIN_SOCKET={}", shell_quote(&opts.admin_socket));
@@ -93,15 +98,71 @@ async fn serve(
     };
     let agent = bind(&opts.agent_socket, opts.config.agent_socket_mode).await?;
     let admin = bind(&opts.admin_socket, 0o600).await?;
+    // Refuse to serve if the audit log cannot be written.
+    vault.record_durable(start_event(&opts.config))?;
+    forward::spawn(&opts.config.audit.sinks, &vault.subscribe_sender(), vault.forward_stats());
+    let maintenance = tokio::spawn(maintain(vault.clone(), opts.config.audit.retention));
     tracing::info!(agent = %opts.agent_socket.display(), admin = %opts.admin_socket.display(), "listening");
     ready();
     let result = server::serve(vault.clone(), agent, admin, shutdown).await;
+    maintenance.abort();
     for path in [&opts.agent_socket, &opts.admin_socket] {
         let _ = std::fs::remove_file(path);
     }
-    vault.seal();
+    let stop = vault.record_durable(Event::new("daemon.stop", Outcome::Ok, &Actor::vaultd()));
+    let sealed = vault.seal(&Actor::vaultd());
     tracing::info!("stopped; keys wiped");
-    Ok(result?)
+    result?;
+    stop?;
+    Ok(sealed?)
+}
+
+/// The record of a start: the settings that decide what is recorded and who can connect.
+fn start_event(config: &Config) -> Event {
+    let sinks: Vec<String> = config
+        .audit
+        .sinks
+        .iter()
+        .map(|s| match s {
+            SinkConfig::Jsonl { path } => format!("jsonl:{}", path.display()),
+            SinkConfig::Syslog { socket } => format!("syslog:{}", socket.display()),
+        })
+        .collect();
+    Event::new("daemon.start", Outcome::Ok, &Actor::vaultd())
+        .with("version", env!("CARGO_PKG_VERSION"))
+        .with("agent_socket_mode", format!("{:04o}", config.agent_socket_mode))
+        .with("audit_reads", config.audit.reads)
+        .with("audit_retention", config.audit.retention.map(|r| humantime::format_duration(r).to_string()))
+        .with("audit_sinks", sinks)
+}
+
+/// Hourly, while unlocked: apply retention, then checkpoint the log head (the
+/// checkpoint travels to the sinks, out of reach of whoever can edit the database).
+async fn maintain(vault: Arc<Vault>, retention: Option<Duration>) {
+    let mut every = tokio::time::interval(MAINTENANCE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if vault.status().map_or(true, |s| s.sealed) {
+            continue;
+        }
+        let v = vault.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let pruned = match retention {
+                Some(retention) => v.audit_prune(retention)?,
+                None => 0,
+            };
+            v.checkpoint()?;
+            Ok::<_, VaultError>(pruned)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(pruned)) if pruned > 0 => tracing::info!(pruned, "audit retention applied"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "audit maintenance failed"),
+            Err(_) => tracing::error!("audit maintenance task panicked"),
+        }
+    }
 }
 
 async fn blocking(f: impl FnOnce() -> Result<(), VaultError> + Send + 'static) -> Result<(), DaemonError> {

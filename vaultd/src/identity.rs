@@ -15,7 +15,17 @@ impl Peer {
     /// The peer of an accepted connection; `None` when the kernel gives no
     /// credentials, which callers treat as a denial.
     pub fn of(stream: &UnixStream) -> Option<Peer> {
-        let cred = stream.peer_cred().ok()?;
-        Some(Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() })
+        stream.peer_cred().ok().map(Peer::from)
+    }
+
+    /// The peer of the connection a request arrived on.
+    pub fn of_request<T>(req: &tonic::Request<T>) -> Option<Peer> {
+        req.extensions().get::<tonic::transport::server::UdsConnectInfo>()?.peer_cred.map(Peer::from)
+    }
+}
+
+impl From<tokio::net::unix::UCred> for Peer {
+    fn from(cred: tokio::net::unix::UCred) -> Peer {
+        Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() }
     }
 }

@@ -6,6 +6,7 @@
 //! speaks gRPC.
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod daemon;

@@ -12,12 +12,18 @@ pub enum Socket {
     Admin,
 }
 
-impl std::fmt::Display for Socket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Socket {
+    pub fn name(self) -> &'static str {
+        match self {
             Socket::Agent => "agent",
             Socket::Admin => "admin",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -2,6 +2,7 @@
 //! future, so a test can bind sockets in a temp dir and run it.
 
 use crate::api::{AdminApi, AgentApi};
+use crate::audit::{Actor, Event, Outcome};
 use crate::identity::Peer;
 use crate::policy::{self, Socket};
 use crate::vault::Vault;
@@ -49,11 +50,13 @@ pub async fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepted connections that the socket's policy admits; others are closed at once.
+/// Accepted connections that the socket's policy admits; others are closed at
+/// once, and recorded.
 fn admitted(
     listener: UnixListener,
     socket: Socket,
     owner: u32,
+    vault: Arc<Vault>,
 ) -> impl tokio_stream::Stream<Item = io::Result<UnixStream>> {
     UnixListenerStream::new(listener).filter(move |conn| match conn {
         Ok(stream) => {
@@ -61,6 +64,8 @@ fn admitted(
             let ok = policy::may_connect(socket, peer.as_ref(), owner);
             if !ok {
                 tracing::warn!(%socket, uid = peer.map(|p| p.uid), pid = peer.and_then(|p| p.pid), "connection refused");
+                let actor = Actor::peer(socket.name(), peer.as_ref());
+                vault.record_detached(Event::new("connection.refused", Outcome::Denied, &actor));
             }
             ok
         }
@@ -92,7 +97,7 @@ pub async fn serve(
     let agent_api = AgentServer::new(AgentApi::new(vault.clone()))
         .max_decoding_message_size(MAX_MESSAGE_LEN)
         .max_encoding_message_size(MAX_MESSAGE_LEN);
-    let admin_api = AdminServer::new(AdminApi::new(vault))
+    let admin_api = AdminServer::new(AdminApi::new(vault.clone()))
         .max_decoding_message_size(MAX_MESSAGE_LEN)
         .max_encoding_message_size(MAX_MESSAGE_LEN);
 
@@ -104,12 +109,12 @@ pub async fn serve(
         .add_service(health.clone())
         .add_service(reflection())
         .add_service(agent_api)
-        .serve_with_incoming_shutdown(admitted(agent, Socket::Agent, owner), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(admitted(agent, Socket::Agent, owner, vault.clone()), stopped(stop_rx.clone()));
     let admin_server = builder()
         .add_service(health)
         .add_service(reflection())
         .add_service(admin_api)
-        .serve_with_incoming_shutdown(admitted(admin, Socket::Admin, owner), stopped(stop_rx));
+        .serve_with_incoming_shutdown(admitted(admin, Socket::Admin, owner, vault), stopped(stop_rx));
     let trigger = async move {
         shutdown.await;
         let _ = stop_tx.send(());

@@ -3,10 +3,12 @@
 //! Sealed means no key is in memory; every operation but `status`, `init` and
 //! `unlock` then fails with [`VaultError::Sealed`]. Nothing here knows about gRPC.
 
+use crate::audit::{self, Actor, Committer, Event, Outcome, Verdict, chain, forward};
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
-use crate::store::{SecretLabels, SecretRow, Store, StoreError, VersionRow};
+use crate::store::{AuditFilter, AuditRow, SecretLabels, SecretRow, Store, StoreError, Txn, VersionRow};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use tokio::sync::broadcast;
 use vault_proto::names::{self, NameError};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,8 @@ pub enum VaultError {
     Crypto(#[from] CryptoError),
     #[error(transparent)]
     Store(StoreError),
+    #[error(transparent)]
+    Audit(#[from] audit::committer::CommitFailed),
 }
 
 impl From<StoreError> for VaultError {
@@ -78,6 +82,8 @@ pub struct Status {
     pub key_term: u32,
     pub kdf: Option<KdfParams>,
     pub schema_version: u32,
+    pub audit_forward_errors: u64,
+    pub audit_forward_dropped: u64,
 }
 
 pub struct Vault {
@@ -88,31 +94,119 @@ pub struct Vault {
     /// Serializes init and unlock: each runs Argon2 with 64 MiB, and a burst of
     /// them must neither exhaust memory nor make guessing cheaper.
     kdf_gate: Mutex<()>,
+    /// Group commit for the records of reads.
+    committer: Committer,
+    /// Whether successful agent reads are recorded (denials always are).
+    audit_reads: bool,
+    /// Committed entries, for `audit tail` and the forwarding sinks.
+    published: broadcast::Sender<Arc<AuditRow>>,
+    forward_stats: Arc<forward::Stats>,
 }
 
 impl Vault {
     /// Opens the vault in `data_dir`, sealed.
-    pub fn open(data_dir: &Path) -> Result<Vault, VaultError> {
+    pub fn open(data_dir: &Path, audit_reads: bool) -> Result<Arc<Vault>, VaultError> {
         let store = Store::open(data_dir)?;
-        Ok(Vault { store, keys: RwLock::new(None), kdf_gate: Mutex::new(()) })
+        let (published, _) = broadcast::channel(forward::BUFFER);
+        Ok(Arc::new_cyclic(|vault: &Weak<Vault>| {
+            let vault = vault.clone();
+            let committer = Committer::start(move |events| {
+                let vault = vault.upgrade()?;
+                Some(vault.append(&events, false).map_err(|e| e.to_string()))
+            });
+            Vault {
+                store,
+                keys: RwLock::new(None),
+                kdf_gate: Mutex::new(()),
+                committer,
+                audit_reads,
+                published,
+                forward_stats: Arc::default(),
+            }
+        }))
+    }
+
+    fn current_keys(&self) -> Option<Arc<Unlocked>> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn keys(&self) -> Result<Arc<Unlocked>, VaultError> {
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
-        match keys {
+        match self.current_keys() {
             Some(keys) => Ok(keys),
             None if self.store.header()?.is_none() => Err(VaultError::Uninitialized),
             None => Err(VaultError::Sealed),
         }
     }
 
-    fn set_keys(&self, keys: Option<Unlocked>) {
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys.map(Arc::new);
+    fn set_keys(&self, keys: Option<Unlocked>) -> Option<Arc<Unlocked>> {
+        std::mem::replace(&mut *self.keys.write().unwrap_or_else(|p| p.into_inner()), keys.map(Arc::new))
+    }
+
+    /// Runs `f` and appends the events it returns, in one durable transaction,
+    /// then publishes the committed entries. The one way state changes.
+    fn write<T>(
+        &self,
+        keys: Option<&Unlocked>,
+        f: impl FnOnce(&Txn<'_>) -> Result<(T, Vec<Event>), VaultError>,
+    ) -> Result<T, VaultError> {
+        let (out, rows) = self.store.write(|txn| {
+            let (out, events) = f(txn)?;
+            Ok::<_, VaultError>((out, chain::append(txn, keys, &events)?))
+        })?;
+        self.publish(rows);
+        Ok(out)
+    }
+
+    /// Appends events that record no change of their own (reads, refusals).
+    fn append(&self, events: &[Event], durable: bool) -> Result<(), VaultError> {
+        let keys = self.current_keys();
+        let rows =
+            self.store.write_with(durable, |txn| Ok::<_, VaultError>(chain::append(txn, keys.as_deref(), events)?))?;
+        self.publish(rows);
+        Ok(())
+    }
+
+    fn publish(&self, rows: Vec<AuditRow>) {
+        for row in rows {
+            // No receiver (no sink, nobody tailing) is fine: the entry is in the database.
+            let _ = self.published.send(Arc::new(row));
+        }
+    }
+
+    /// Committed audit entries as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AuditRow>> {
+        self.published.subscribe()
+    }
+
+    /// The sender side, for the forwarding sinks to subscribe to.
+    pub fn subscribe_sender(&self) -> broadcast::Sender<Arc<AuditRow>> {
+        self.published.clone()
+    }
+
+    pub fn forward_stats(&self) -> Arc<forward::Stats> {
+        self.forward_stats.clone()
+    }
+
+    /// Records a refusal that guards nothing (a connection closed at accept),
+    /// without waiting for the commit.
+    pub fn record_detached(&self, event: Event) {
+        self.committer.record_detached(event);
+    }
+
+    /// Records an event now, durably (startup and shutdown records).
+    pub fn record_durable(&self, event: Event) -> Result<(), VaultError> {
+        self.append(&[event], true)
+    }
+
+    /// Records an event through the group commit and waits for it.
+    pub async fn record(&self, event: Event) -> Result<(), VaultError> {
+        Ok(self.committer.record(event).await?)
     }
 
     pub fn status(&self) -> Result<Status, VaultError> {
+        use std::sync::atomic::Ordering::Relaxed;
         let header = self.store.header()?;
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let keys = self.current_keys();
         Ok(Status {
             initialized: header.is_some(),
             sealed: keys.is_none(),
@@ -120,12 +214,14 @@ impl Vault {
             key_term: keys.map_or(0, |k| k.newest_term()),
             kdf: header.map(|(h, _)| h.kdf),
             schema_version: self.store.schema_version(),
+            audit_forward_errors: self.forward_stats.errors.load(Relaxed),
+            audit_forward_dropped: self.forward_stats.dropped.load(Relaxed),
         })
     }
 
     /// Creates the key hierarchy and leaves the vault unlocked. Runs Argon2: call
     /// from a blocking context.
-    pub fn init(&self, passphrase: &SecretBytes) -> Result<(), VaultError> {
+    pub fn init(&self, actor: &Actor, passphrase: &SecretBytes) -> Result<(), VaultError> {
         if passphrase.is_empty() {
             return Err(VaultError::EmptyPassphrase);
         }
@@ -133,34 +229,67 @@ impl Vault {
         if self.store.header()?.is_some() {
             return Err(VaultError::AlreadyInitialized);
         }
-        let (header, term, unlocked) = crypto::create(passphrase, KdfParams::for_new_vault())?;
-        self.store.initialize(&header, &term)?;
-        self.set_keys(Some(unlocked));
-        Ok(())
-    }
-
-    /// Checks the passphrase and loads the keys. A wrong passphrase changes
-    /// nothing, also when the vault is already unlocked. Runs Argon2: call from a
-    /// blocking context.
-    pub fn unlock(&self, passphrase: &SecretBytes) -> Result<(), VaultError> {
-        let _gate = self.kdf_gate.lock().unwrap_or_else(|p| p.into_inner());
-        let (header, terms) = self.store.header()?.ok_or(VaultError::Uninitialized)?;
-        let unlocked = Unlocked::open(passphrase, &header, &terms).map_err(|e| match e {
-            CryptoError::WrongPassphrase => VaultError::WrongPassphrase,
-            other => VaultError::Crypto(other),
+        let kdf = KdfParams::for_new_vault();
+        let (header, term, unlocked) = crypto::create(passphrase, kdf)?;
+        self.write(Some(&unlocked), |txn| {
+            txn.initialize(&header, &term)?;
+            let event = Event::new("vault.init", Outcome::Ok, actor)
+                .with("kdf", format!("argon2id m={} t={} p={}", kdf.memory_kib, kdf.iterations, kdf.parallelism));
+            Ok(((), vec![event]))
         })?;
         self.set_keys(Some(unlocked));
         Ok(())
     }
 
-    /// Drops the keys (wiped once in-flight reads finish).
-    pub fn seal(&self) {
-        self.set_keys(None);
+    /// Checks the passphrase and loads the keys. A wrong passphrase changes
+    /// nothing (also when already unlocked) but is recorded. Runs Argon2: call
+    /// from a blocking context.
+    pub fn unlock(&self, actor: &Actor, passphrase: &SecretBytes) -> Result<(), VaultError> {
+        let _gate = self.kdf_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let (header, terms) = self.store.header()?.ok_or(VaultError::Uninitialized)?;
+        match Unlocked::open(passphrase, &header, &terms) {
+            Ok(unlocked) => {
+                // Also chains what was recorded while sealed.
+                self.write(Some(&unlocked), |_| Ok(((), vec![Event::new("vault.unlock", Outcome::Ok, actor)])))?;
+                self.set_keys(Some(unlocked));
+                Ok(())
+            }
+            Err(e) => {
+                let (outcome, error) = match e {
+                    CryptoError::WrongPassphrase => (Outcome::Denied, VaultError::WrongPassphrase),
+                    other => (Outcome::Failed, VaultError::Crypto(other)),
+                };
+                let event = Event::new("vault.unlock", outcome, actor).with("reason", error.to_string());
+                self.append(&[event], true)?;
+                Err(error)
+            }
+        }
+    }
+
+    /// Drops the keys (wiped once in-flight reads finish). Sealing always takes
+    /// effect; its record (with a checkpoint of the log head) is written with the
+    /// outgoing keys, and an error reports a record that could not be written.
+    pub fn seal(&self, actor: &Actor) -> Result<(), VaultError> {
+        let Some(keys) = self.set_keys(None) else { return Ok(()) };
+        self.write(Some(&keys), |txn| Ok(((), vec![checkpoint(txn)?, Event::new("vault.seal", Outcome::Ok, actor)])))
+    }
+
+    /// Appends a checkpoint: the head's seq and MAC, for forwarding to a place an
+    /// attacker who can edit the database cannot reach.
+    pub fn checkpoint(&self) -> Result<(), VaultError> {
+        let keys = self.keys()?;
+        self.write(Some(&keys), |txn| Ok(((), vec![checkpoint(txn)?])))
     }
 
     /// Stores `value` as the new current version; returns its number. Fsyncs:
     /// call from a blocking context.
-    pub fn put(&self, secret: SecretRef<'_>, labels: &SecretLabels, value: &SecretBytes) -> Result<u64, VaultError> {
+    pub fn put(
+        &self,
+        actor: &Actor,
+        secret: SecretRef<'_>,
+        labels: &SecretLabels,
+        value: &SecretBytes,
+    ) -> Result<u64, VaultError> {
         if value.is_empty() {
             return Err(VaultError::EmptyValue);
         }
@@ -168,16 +297,40 @@ impl Vault {
             return Err(VaultError::ValueTooLarge(value.len()));
         }
         let keys = self.keys()?;
-        self.store.put(secret.env, secret.name, labels, |version| {
-            Ok::<_, VaultError>(keys.seal_version(&secret.version(version), value.expose())?)
+        let digest = keys.value_digest(value.expose());
+        self.write(Some(&keys), |txn| {
+            let version = txn.put(secret.env, secret.name, labels, |version| {
+                Ok::<_, VaultError>(keys.seal_version(&secret.version(version), value.expose())?)
+            })?;
+            let event = Event::new("secret.write", Outcome::Ok, actor)
+                .secret(secret.env, secret.name)
+                .with("version", version)
+                .with("value_digest", digest);
+            Ok((version, vec![event]))
         })
     }
 
-    /// The current version's number and value.
-    pub fn get(&self, secret: SecretRef<'_>) -> Result<(u64, SecretBytes), VaultError> {
+    fn read_current(&self, secret: SecretRef<'_>) -> Result<(u64, SecretBytes), VaultError> {
         let keys = self.keys()?;
         let (version, ciphertext) = self.store.current(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
         Ok((version, keys.open_version(&secret.version(version), &ciphertext)?))
+    }
+
+    /// An agent's read of the current value. The value is released only after its
+    /// audit record is committed; a denial is always recorded.
+    pub async fn get(&self, actor: &Actor, secret: SecretRef<'_>) -> Result<(u64, SecretBytes), VaultError> {
+        let result = self.read_current(secret);
+        if self.audit_reads || result.is_err() {
+            self.record(read_event("secret.read", actor, secret, &result)).await?;
+        }
+        result
+    }
+
+    /// The owner's `show --reveal`: like [`Vault::get`], always recorded.
+    pub async fn reveal(&self, actor: &Actor, secret: SecretRef<'_>) -> Result<(u64, SecretBytes), VaultError> {
+        let result = self.read_current(secret);
+        self.record(read_event("secret.reveal", actor, secret, &result)).await?;
+        result
     }
 
     pub fn describe(&self, secret: SecretRef<'_>) -> Result<SecretRow, VaultError> {
@@ -198,8 +351,86 @@ impl Vault {
     }
 
     /// Deletes the secret and every version; returns how many versions went.
-    pub fn delete(&self, secret: SecretRef<'_>) -> Result<u64, VaultError> {
+    pub fn delete(&self, actor: &Actor, secret: SecretRef<'_>) -> Result<u64, VaultError> {
+        let keys = self.keys()?;
+        self.write(Some(&keys), |txn| {
+            let destroyed = txn.delete(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
+            let event = Event::new("secret.delete", Outcome::Ok, actor)
+                .secret(secret.env, secret.name)
+                .with("versions_destroyed", destroyed);
+            Ok((destroyed, vec![event]))
+        })
+    }
+
+    /// Audit entries matching `filter` (metadata only; needs the vault unlocked).
+    pub fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, VaultError> {
         self.keys()?;
-        self.store.delete(secret.env, secret.name)?.ok_or_else(|| secret.not_found())
+        Ok(self.store.audit_query(filter)?)
+    }
+
+    /// Checks the whole chain (on its own connection; reads go on meanwhile).
+    /// Blocking: call from a blocking context.
+    pub fn audit_verify(&self) -> Result<Verdict, VaultError> {
+        let keys = self.keys()?;
+        let mut verifier: Option<chain::Verifier<'_>> = None;
+        let snapshot = self.store.audit_walk(|snapshot, row| {
+            verifier.get_or_insert_with(|| chain::Verifier::new(&keys, snapshot.anchor.as_ref())).check(&row)
+        })?;
+        let verifier = verifier.unwrap_or_else(|| chain::Verifier::new(&keys, snapshot.anchor.as_ref()));
+        Ok(verifier.finish(snapshot.head.as_ref(), snapshot.anchor.as_ref()))
+    }
+
+    /// Up to `limit` entries after `after_seq`, oldest first (export pages).
+    pub fn audit_page(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRow>, VaultError> {
+        self.keys()?;
+        Ok(self.store.audit_page(after_seq, limit)?)
+    }
+
+    /// Deletes entries older than `retention`, recording the pruning in the chain
+    /// so that `audit verify` can tell it from tampering. Returns how many went.
+    pub fn audit_prune(&self, retention: std::time::Duration) -> Result<u64, VaultError> {
+        let keys = self.keys()?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let cutoff = now.saturating_sub(retention).as_millis() as i64;
+        self.write(Some(&keys), |txn| match txn.audit_prune(cutoff)? {
+            None => Ok((0, vec![])),
+            Some((upto, count)) => {
+                let event = Event::new("audit.pruned", Outcome::Ok, &Actor::vaultd())
+                    .with("upto", upto)
+                    .with("count", count)
+                    .with("retention", humantime::format_duration(retention).to_string());
+                Ok((count, vec![event]))
+            }
+        })
+    }
+
+    /// The keyed digest of a candidate value, to find it in the audit log.
+    pub fn value_digest(&self, value: &SecretBytes) -> Result<String, VaultError> {
+        Ok(self.keys()?.value_digest(value.expose()))
+    }
+}
+
+/// A checkpoint event naming the current head of the log.
+fn checkpoint(txn: &Txn<'_>) -> Result<Event, VaultError> {
+    let (seq, mac) = txn.audit_last()?.unwrap_or((0, None));
+    let mac: String = mac.unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Event::new("audit.checkpoint", Outcome::Ok, &Actor::vaultd()).with("seq", seq).with("mac", mac))
+}
+
+/// The record of a read: allowed (with the version), denied (unknown, sealed) or
+/// failed (did not decrypt).
+fn read_event(
+    kind: &'static str,
+    actor: &Actor,
+    secret: SecretRef<'_>,
+    result: &Result<(u64, SecretBytes), VaultError>,
+) -> Event {
+    let event = |outcome| Event::new(kind, outcome, actor).secret(secret.env, secret.name);
+    match result {
+        Ok((version, _)) => event(Outcome::Ok).with("version", *version),
+        Err(e @ (VaultError::NotFound { .. } | VaultError::Sealed | VaultError::Uninitialized)) => {
+            event(Outcome::Denied).with("reason", e.to_string())
+        }
+        Err(e) => event(Outcome::Failed).with("reason", e.to_string()),
     }
 }

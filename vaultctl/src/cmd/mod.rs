@@ -2,6 +2,7 @@
 //! *before* dialing vaultd, so a typo costs no round trip and a bad name never
 //! reaches the daemon's logs.
 
+mod audit;
 mod get;
 mod init;
 mod list;
@@ -42,6 +43,9 @@ pub(crate) enum Command {
     Versions(versions::Args),
     /// Delete a secret and destroy all its versions.
     Rm(rm::Args),
+    /// Query, export, follow and verify the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::Command),
 }
 
 pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
@@ -56,6 +60,7 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::List => list::run(global).await,
         Command::Versions(args) => versions::run(global, args).await,
         Command::Rm(args) => rm::run(global, args).await,
+        Command::Audit(command) => audit::run(global, command).await,
     }
 }
 

@@ -1,13 +1,25 @@
 //! The admin service: init, unlock, seal, status and secret management, for the
 //! vault's owner (the accept-time policy admits nobody else).
 
-use super::{blocking, secret_meta, version_meta};
+use super::{actor, blocking, secret_meta, version_meta};
+use crate::audit::{Event, Outcome, Verdict, entry_json};
 use crate::crypto::SecretBytes;
-use crate::store::SecretLabels;
+use crate::store::{AuditFilter, AuditRow, SecretLabels};
 use crate::vault::{SecretRef, Vault};
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use vault_proto::v1::{self, admin_server::Admin};
+
+type EntryStream = Pin<Box<dyn Stream<Item = Result<v1::AuditEntry, Status>> + Send>>;
+
+/// Entries an export or tail stream buffers ahead of a slow reader.
+const STREAM_BUFFER: usize = 256;
+/// Entries an export reads from the database at a time.
+const EXPORT_PAGE: u32 = 1000;
 
 pub struct AdminApi {
     vault: Arc<Vault>,
@@ -34,6 +46,8 @@ impl AdminApi {
                 insecure_test_profile: k.is_insecure_test_profile(),
             }),
             schema_version: s.schema_version,
+            audit_forward_errors: s.audit_forward_errors,
+            audit_forward_dropped: s.audit_forward_dropped,
         })
     }
 }
@@ -51,17 +65,19 @@ fn secret_ref(r: &Option<v1::SecretRef>) -> Result<SecretRef<'_>, Status> {
 #[tonic::async_trait]
 impl Admin for AdminApi {
     async fn init(&self, req: Request<v1::InitRequest>) -> Result<Response<v1::InitResponse>, Status> {
+        let actor = actor("admin", &req);
         let passphrase = take_secret(&mut req.into_inner().passphrase);
         let vault = self.vault.clone();
-        blocking(move || vault.init(&passphrase)).await?;
+        blocking(move || vault.init(&actor, &passphrase)).await?;
         tracing::info!("vault initialized and unlocked");
         Ok(Response::new(v1::InitResponse { status: Some(self.status()?) }))
     }
 
     async fn unlock(&self, req: Request<v1::UnlockRequest>) -> Result<Response<v1::UnlockResponse>, Status> {
+        let actor = actor("admin", &req);
         let passphrase = take_secret(&mut req.into_inner().passphrase);
         let vault = self.vault.clone();
-        match blocking(move || vault.unlock(&passphrase)).await {
+        match blocking(move || vault.unlock(&actor, &passphrase)).await {
             Ok(()) => tracing::info!("vault unlocked"),
             Err(status) => {
                 tracing::warn!(reason = status.message(), "unlock refused");
@@ -71,8 +87,10 @@ impl Admin for AdminApi {
         Ok(Response::new(v1::UnlockResponse { status: Some(self.status()?) }))
     }
 
-    async fn seal(&self, _: Request<v1::SealRequest>) -> Result<Response<v1::SealResponse>, Status> {
-        self.vault.seal();
+    async fn seal(&self, req: Request<v1::SealRequest>) -> Result<Response<v1::SealResponse>, Status> {
+        let actor = actor("admin", &req);
+        let vault = self.vault.clone();
+        blocking(move || vault.seal(&actor)).await?;
         tracing::info!("vault sealed");
         Ok(Response::new(v1::SealResponse { status: Some(self.status()?) }))
     }
@@ -82,6 +100,7 @@ impl Admin for AdminApi {
     }
 
     async fn put_secret(&self, req: Request<v1::PutSecretRequest>) -> Result<Response<v1::PutSecretResponse>, Status> {
+        let actor = actor("admin", &req);
         let mut req = req.into_inner();
         let value = take_secret(&mut req.value);
         let secret = secret_ref(&req.secret)?;
@@ -90,7 +109,7 @@ impl Admin for AdminApi {
         let vault = self.vault.clone();
         let (row, version) = blocking(move || {
             let secret = SecretRef { env: &env, name: &name };
-            let version = vault.put(secret, &labels, &value)?;
+            let version = vault.put(&actor, secret, &labels, &value)?;
             Ok((vault.describe(secret)?, version))
         })
         .await?;
@@ -102,11 +121,12 @@ impl Admin for AdminApi {
         &self,
         req: Request<v1::ShowSecretRequest>,
     ) -> Result<Response<v1::ShowSecretResponse>, Status> {
+        let actor = actor("admin", &req);
         let req = req.into_inner();
         let secret = secret_ref(&req.secret)?;
         let row = self.vault.describe(secret)?;
         let value = if req.reveal {
-            let (_, value) = self.vault.get(secret)?;
+            let (_, value) = self.vault.reveal(&actor, secret).await?;
             tracing::info!(env = secret.env, name = secret.name, "secret revealed to the owner");
             value.expose().to_vec()
         } else {
@@ -135,11 +155,150 @@ impl Admin for AdminApi {
         &self,
         req: Request<v1::DeleteSecretRequest>,
     ) -> Result<Response<v1::DeleteSecretResponse>, Status> {
+        let actor = actor("admin", &req);
         let secret = secret_ref(&req.get_ref().secret)?;
         let (env, name) = (secret.env.to_owned(), secret.name.to_owned());
         let vault = self.vault.clone();
-        let destroyed = blocking(move || vault.delete(SecretRef { env: &env, name: &name })).await?;
+        let destroyed = blocking(move || vault.delete(&actor, SecretRef { env: &env, name: &name })).await?;
         tracing::info!(env = secret.env, name = secret.name, destroyed, "secret removed");
         Ok(Response::new(v1::DeleteSecretResponse { versions_destroyed: destroyed }))
     }
+
+    async fn query_audit(
+        &self,
+        req: Request<v1::QueryAuditRequest>,
+    ) -> Result<Response<v1::QueryAuditResponse>, Status> {
+        let filter = audit_filter(req.into_inner().filter);
+        let rows = self.vault.audit_query(&filter)?;
+        Ok(Response::new(v1::QueryAuditResponse { entries: rows.iter().map(entry).collect() }))
+    }
+
+    type ExportAuditStream = EntryStream;
+
+    async fn export_audit(&self, req: Request<v1::ExportAuditRequest>) -> Result<Response<EntryStream>, Status> {
+        self.vault.record(Event::new("audit.export", Outcome::Ok, &actor("admin", &req))).await?;
+        let first = self.vault.audit_page(0, EXPORT_PAGE)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let vault = self.vault.clone();
+        // Pages are read one at a time so an export of millions of entries never
+        // sits in memory; the stream ends at the newest entry when it started.
+        tokio::task::spawn_blocking(move || {
+            let mut page = first;
+            while !page.is_empty() {
+                let after = page.last().map_or(0, |r| r.seq);
+                for row in &page {
+                    if tx.blocking_send(Ok(entry(row))).is_err() {
+                        return; // the client went away
+                    }
+                }
+                page = match vault.audit_page(after, EXPORT_PAGE) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::from(e)));
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type TailAuditStream = EntryStream;
+
+    async fn tail_audit(&self, req: Request<v1::TailAuditRequest>) -> Result<Response<EntryStream>, Status> {
+        let filter = audit_filter(req.into_inner().filter);
+        // Subscribe before reading the backlog so nothing falls in between.
+        let mut live = self.vault.subscribe();
+        let backlog = self.vault.audit_query(&filter)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            let mut last = 0;
+            for row in &backlog {
+                last = row.seq;
+                if tx.send(Ok(entry(row))).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(row) if row.seq > last && matches(&filter, &row) => {
+                        if tx.send(Ok(entry(&row))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<v1::VerifyAuditRequest>,
+    ) -> Result<Response<v1::VerifyAuditResponse>, Status> {
+        let actor = actor("admin", &req);
+        let vault = self.vault.clone();
+        let verdict = blocking(move || vault.audit_verify()).await?;
+        let (event, reply) = match verdict {
+            Verdict::Intact { entries, first_seq, last_seq } => (
+                Event::new("audit.verify", Outcome::Ok, &actor).with("entries", entries),
+                v1::VerifyAuditResponse { intact: true, entries, first_seq, last_seq, ..Default::default() },
+            ),
+            Verdict::Broken { seq, problem } => {
+                tracing::error!(seq, %problem, "audit chain broken");
+                (
+                    Event::new("audit.verify", Outcome::Failed, &actor)
+                        .with("broken_seq", seq)
+                        .with("problem", problem.clone()),
+                    v1::VerifyAuditResponse { intact: false, broken_seq: seq, problem, ..Default::default() },
+                )
+            }
+        };
+        self.vault.record(event).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn hash_value(&self, req: Request<v1::HashValueRequest>) -> Result<Response<v1::HashValueResponse>, Status> {
+        let value = take_secret(&mut req.into_inner().value);
+        Ok(Response::new(v1::HashValueResponse { digest: self.vault.value_digest(&value)? }))
+    }
+}
+
+fn entry(row: &AuditRow) -> v1::AuditEntry {
+    v1::AuditEntry { seq: row.seq, json: entry_json(row).to_string() }
+}
+
+fn audit_filter(f: Option<v1::AuditFilter>) -> AuditFilter {
+    let f = f.unwrap_or_default();
+    let text = |s: String| (!s.is_empty()).then_some(s);
+    let time = |t: i64| (t != 0).then_some(t);
+    AuditFilter {
+        since_unix_ms: time(f.since_unix_ms),
+        until_unix_ms: time(f.until_unix_ms),
+        kind: text(f.r#type),
+        client: text(f.client),
+        secret: text(f.secret),
+        limit: f.limit,
+    }
+}
+
+/// The live side of `tail`: the same rules as the SQL of `audit_query`.
+fn matches(f: &AuditFilter, row: &AuditRow) -> bool {
+    let kind_ok = f.kind.as_deref().is_none_or(|k| {
+        row.kind == k || row.class == k || row.kind.strip_prefix(k).is_some_and(|rest| rest.starts_with('.'))
+    });
+    let secret_ok = f.secret.as_deref().is_none_or(|s| match s.split_once('/') {
+        Some(_) => row.secret == s,
+        None => row.secret.rsplit_once('/').is_some_and(|(_, name)| name == s),
+    });
+    let client_ok = f.client.as_deref().is_none_or(|c| {
+        serde_json::from_str::<serde_json::Value>(&row.actor).is_ok_and(|a| a["client"].as_str() == Some(c))
+    });
+    kind_ok
+        && secret_ok
+        && client_ok
+        && f.since_unix_ms.is_none_or(|t| row.time_unix_ms >= t)
+        && f.until_unix_ms.is_none_or(|t| row.time_unix_ms < t)
 }

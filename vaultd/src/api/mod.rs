@@ -7,7 +7,9 @@ mod agent;
 pub use admin::AdminApi;
 pub use agent::AgentApi;
 
+use crate::audit::Actor;
 use crate::crypto::CryptoError;
+use crate::identity::Peer;
 use crate::store::{SecretRow, VersionRow};
 use crate::vault::VaultError;
 use tonic::Status;
@@ -29,13 +31,18 @@ impl From<VaultError> for Status {
             | VaultError::ValueTooLarge(_) => Status::invalid_argument(msg),
             VaultError::Crypto(CryptoError::DecryptionFailed) => Status::data_loss(msg),
             VaultError::Crypto(CryptoError::KdfParams(_)) => Status::data_loss(msg),
-            VaultError::Crypto(_) | VaultError::Store(_) => {
+            VaultError::Crypto(_) | VaultError::Store(_) | VaultError::Audit(_) => {
                 // Storage and RNG errors never carry a value; log the detail for the operator.
                 tracing::error!(error = %msg, "internal error");
                 Status::internal(msg)
             }
         }
     }
+}
+
+/// Who sent `req`, as the kernel attested it at accept.
+fn actor<T>(socket: &'static str, req: &tonic::Request<T>) -> Actor {
+    Actor::peer(socket, Peer::of_request(req).as_ref())
 }
 
 /// Runs blocking work (Argon2, fsync) off the async workers.

@@ -5,7 +5,7 @@
 //! where it belongs (domain label, environment, name, version, term), so a
 //! ciphertext copied or swapped into another row fails to decrypt.
 
-use super::{CryptoError, KdfParams, Key, SecretBytes, aead, kdf};
+use super::{CryptoError, KdfParams, Key, Mac, SecretBytes, aead, kdf, mac};
 use std::collections::BTreeMap;
 
 const FORMAT_V1: u8 = 1;
@@ -35,10 +35,11 @@ pub struct VersionId<'a> {
 /// Proof that the vault was unlocked, and the keys that come with it. Dropping it
 /// (seal, shutdown) wipes every key. There is no other way to decrypt.
 pub struct Unlocked {
-    /// Kept for what later derives from it (HKDF subkeys, new terms, rekey).
-    #[allow(dead_code)]
-    root: Key,
     terms: BTreeMap<u32, Key>,
+    /// Chains the audit log (HKDF of the root key).
+    audit_key: Key,
+    /// Fingerprints values for the audit log (`vaultctl audit hash`).
+    digest_key: Key,
 }
 
 fn root_aad(kdf: &KdfParams, salt: &[u8]) -> Vec<u8> {
@@ -95,7 +96,7 @@ pub fn create(passphrase: &SecretBytes, kdf: KdfParams) -> Result<(Header, Wrapp
     let wrapped_root = with_format(aead::seal(&passphrase_key, &root_aad(&kdf, &salt), &root.0[..])?);
     let term_key = Key::random()?;
     let term = WrappedTerm { term: 1, wrapped: with_format(aead::seal(&root, &term_aad(1), &term_key.0[..])?) };
-    let unlocked = Unlocked { root, terms: BTreeMap::from([(1, term_key)]) };
+    let unlocked = Unlocked::from_keys(&root, BTreeMap::from([(1, term_key)]));
     Ok((Header { kdf, salt, wrapped_root }, term, unlocked))
 }
 
@@ -119,7 +120,43 @@ impl Unlocked {
         if ring.is_empty() {
             return Err(CryptoError::DecryptionFailed);
         }
-        Ok(Unlocked { root, terms: ring })
+        Ok(Unlocked::from_keys(&root, ring))
+    }
+
+    fn from_keys(root: &Key, terms: BTreeMap<u32, Key>) -> Unlocked {
+        Unlocked {
+            terms,
+            audit_key: mac::derive(root, mac::AUDIT_LABEL),
+            digest_key: mac::derive(root, mac::DIGEST_LABEL),
+        }
+    }
+
+    /// The MAC that chains an audit entry to the one before it.
+    pub fn audit_mac(&self, previous: &[u8], content: &[u8]) -> Mac {
+        mac::sign(&self.audit_key, &[b"entry\0", previous, content])
+    }
+
+    /// Whether `expected` is the chain MAC of `content` after `previous` (constant time).
+    pub fn audit_mac_matches(&self, previous: &[u8], content: &[u8], expected: &[u8]) -> bool {
+        mac::verify(&self.audit_key, &[b"entry\0", previous, content], expected)
+    }
+
+    /// The MAC of the audit head row: which entry is the newest chained one.
+    pub fn audit_head_mac(&self, seq: u64, entry_mac: &[u8]) -> Mac {
+        mac::sign(&self.audit_key, &[b"head\0", &seq.to_be_bytes(), entry_mac])
+    }
+
+    pub fn audit_head_matches(&self, seq: u64, entry_mac: &[u8], expected: &[u8]) -> bool {
+        mac::verify(&self.audit_key, &[b"head\0", &seq.to_be_bytes(), entry_mac], expected)
+    }
+
+    /// A keyed fingerprint of a value (`hmac-sha256:HEX`): lets the audit log say
+    /// *which* value was written without revealing it, and lets an auditor holding
+    /// a candidate value check it (`vaultctl audit hash`).
+    pub fn value_digest(&self, value: &[u8]) -> String {
+        let mac = mac::sign(&self.digest_key, &[value]);
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        format!("hmac-sha256:{hex}")
     }
 
     /// The term new writes are sealed under.

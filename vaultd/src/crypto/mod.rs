@@ -8,9 +8,11 @@
 mod aead;
 pub mod kdf;
 mod keyring;
+mod mac;
 
 pub use kdf::KdfParams;
 pub use keyring::{Header, Unlocked, VersionId, WrappedTerm, create};
+pub use mac::{MAC_LEN, Mac};
 
 use zeroize::Zeroizing;
 

@@ -4,13 +4,15 @@
 //! that was acknowledged survives a crash or power loss. Reads use their own
 //! connection so an fsync in progress never stalls an agent's read.
 
+mod audit;
 mod files;
 mod migrations;
 
+pub use audit::{AuditFilter, AuditRow, AuditSnapshot};
 pub use files::prepare_data_dir;
 
 use crate::crypto::{Header, KdfParams, WrappedTerm};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -63,7 +65,14 @@ pub struct Store {
     /// call that never awaits.
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    path: PathBuf,
     schema_version: u32,
+}
+
+/// An open write transaction. Everything an action changes, and the audit entries
+/// that record it, go through one `Txn`, so they commit or vanish together.
+pub struct Txn<'c> {
+    tx: Transaction<'c>,
 }
 
 pub const DB_FILE: &str = "vault.db";
@@ -98,7 +107,7 @@ impl Store {
         let schema_version = migrations::apply(&mut writer)?;
         let reader = Connection::open(&path)?;
         configure(&reader)?;
-        Ok(Store { writer: Mutex::new(writer), reader: Mutex::new(reader), schema_version })
+        Ok(Store { writer: Mutex::new(writer), reader: Mutex::new(reader), path, schema_version })
     }
 
     pub fn schema_version(&self) -> u32 {
@@ -140,98 +149,36 @@ impl Store {
         Ok(Some((header, terms)))
     }
 
-    /// Stores a new vault's header and first key term, once.
-    pub fn initialize(&self, header: &Header, term: &WrappedTerm) -> Result<(), StoreError> {
-        let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM vault_header)", [], |r| r.get(0))?;
-        if exists {
-            return Err(StoreError::AlreadyInitialized);
-        }
-        let now = now_unix();
-        tx.execute(
-            "INSERT INTO vault_header
-               (id, kdf_memory_kib, kdf_iterations, kdf_parallelism, kdf_salt, wrapped_root, created_unix)
-             VALUES (1, ?, ?, ?, ?, ?, ?)",
-            params![
-                header.kdf.memory_kib,
-                header.kdf.iterations,
-                header.kdf.parallelism,
-                header.salt,
-                header.wrapped_root,
-                now
-            ],
-        )?;
-        tx.execute(
-            "INSERT INTO key_term (term, wrapped_key, created_unix) VALUES (?, ?, ?)",
-            params![term.term, term.wrapped, now],
-        )?;
-        tx.commit()?;
-        Ok(())
+    /// Runs `f` in one write transaction and commits it, fsync-durable; any error
+    /// rolls everything back.
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Txn<'_>) -> Result<T, E>) -> Result<T, E> {
+        self.write_with(true, f)
     }
 
-    /// Adds a new current version of `env/name` (creating the secret if needed);
-    /// the old current becomes previous. `seal` gets the new version number, which
-    /// the ciphertext is bound to, and runs inside the transaction.
-    pub fn put<E: From<StoreError>>(
+    /// [`Store::write`], with `durable = false` committing without waiting for
+    /// fsync (`synchronous = NORMAL`): the commit survives a vaultd crash, and an
+    /// OS crash loses at most what the next durable commit would have synced.
+    /// Used only for batches of read audit records.
+    pub fn write_with<T, E: From<StoreError>>(
         &self,
-        env: &str,
-        name: &str,
-        labels: &SecretLabels,
-        seal: impl FnOnce(u64) -> Result<Vec<u8>, E>,
-    ) -> Result<u64, E> {
+        durable: bool,
+        f: impl FnOnce(&Txn<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
-        let now = now_unix();
-        let existing: Option<(i64, u64)> = tx
-            .query_row("SELECT id, current_version FROM secret WHERE env = ? AND name = ?", params![env, name], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(StoreError::from)?;
-        let (id, version) = match existing {
-            Some((id, current)) => {
-                let next: u64 = tx
-                    .query_row(
-                        "SELECT COALESCE(MAX(version), 0) + 1 FROM secret_version WHERE secret_id = ?",
-                        [id],
-                        |r| r.get(0),
-                    )
-                    .map_err(StoreError::from)?;
-                tx.execute(
-                    "UPDATE secret_version SET state = 'previous' WHERE secret_id = ? AND version = ?",
-                    params![id, current],
-                )
-                .map_err(StoreError::from)?;
-                tx.execute(
-                    "UPDATE secret SET current_version = ?, updated_unix = ?,
-                       provider = CASE WHEN ?3 = '' THEN provider ELSE ?3 END,
-                       description = CASE WHEN ?4 = '' THEN description ELSE ?4 END
-                     WHERE id = ?5",
-                    params![next, now, labels.provider, labels.description, id],
-                )
-                .map_err(StoreError::from)?;
-                (id, next)
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO secret (env, name, provider, description, current_version, created_unix, updated_unix)
-                     VALUES (?, ?, ?, ?, 1, ?, ?)",
-                    params![env, name, labels.provider, labels.description, now, now],
-                )
-                .map_err(StoreError::from)?;
-                (tx.last_insert_rowid(), 1)
-            }
-        };
-        let ciphertext = seal(version)?;
-        tx.execute(
-            "INSERT INTO secret_version (secret_id, version, state, ciphertext, created_unix)
-             VALUES (?, ?, 'current', ?, ?)",
-            params![id, version, ciphertext, now],
-        )
-        .map_err(StoreError::from)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(version)
+        if !durable {
+            conn.pragma_update(None, "synchronous", "NORMAL").map_err(StoreError::from)?;
+        }
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
+            let txn = Txn { tx };
+            let out = f(&txn)?;
+            txn.tx.commit().map_err(StoreError::from)?;
+            Ok(out)
+        })();
+        if !durable {
+            conn.pragma_update(None, "synchronous", "FULL").map_err(StoreError::from)?;
+        }
+        result
     }
 
     /// The current version's number and ciphertext.
@@ -282,23 +229,113 @@ impl Store {
         Ok(Some(rows))
     }
 
+    pub fn count_secrets(&self) -> Result<u64, StoreError> {
+        Ok(self.reader().query_row("SELECT COUNT(*) FROM secret", [], |r| r.get(0))?)
+    }
+}
+
+impl Txn<'_> {
+    /// Stores a new vault's header and first key term, once.
+    pub fn initialize(&self, header: &Header, term: &WrappedTerm) -> Result<(), StoreError> {
+        let tx = &self.tx;
+        let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM vault_header)", [], |r| r.get(0))?;
+        if exists {
+            return Err(StoreError::AlreadyInitialized);
+        }
+        let now = now_unix();
+        tx.execute(
+            "INSERT INTO vault_header
+               (id, kdf_memory_kib, kdf_iterations, kdf_parallelism, kdf_salt, wrapped_root, created_unix)
+             VALUES (1, ?, ?, ?, ?, ?, ?)",
+            params![
+                header.kdf.memory_kib,
+                header.kdf.iterations,
+                header.kdf.parallelism,
+                header.salt,
+                header.wrapped_root,
+                now
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO key_term (term, wrapped_key, created_unix) VALUES (?, ?, ?)",
+            params![term.term, term.wrapped, now],
+        )?;
+        Ok(())
+    }
+
+    /// Adds a new current version of `env/name` (creating the secret if needed);
+    /// the old current becomes previous. `seal` gets the new version number, which
+    /// the ciphertext is bound to, and runs inside the transaction.
+    pub fn put<E: From<StoreError>>(
+        &self,
+        env: &str,
+        name: &str,
+        labels: &SecretLabels,
+        seal: impl FnOnce(u64) -> Result<Vec<u8>, E>,
+    ) -> Result<u64, E> {
+        let tx = &self.tx;
+        let now = now_unix();
+        let existing: Option<(i64, u64)> = tx
+            .query_row("SELECT id, current_version FROM secret WHERE env = ? AND name = ?", params![env, name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(StoreError::from)?;
+        let (id, version) = match existing {
+            Some((id, current)) => {
+                let next: u64 = tx
+                    .query_row(
+                        "SELECT COALESCE(MAX(version), 0) + 1 FROM secret_version WHERE secret_id = ?",
+                        [id],
+                        |r| r.get(0),
+                    )
+                    .map_err(StoreError::from)?;
+                tx.execute(
+                    "UPDATE secret_version SET state = 'previous' WHERE secret_id = ? AND version = ?",
+                    params![id, current],
+                )
+                .map_err(StoreError::from)?;
+                tx.execute(
+                    "UPDATE secret SET current_version = ?, updated_unix = ?,
+                       provider = CASE WHEN ?3 = '' THEN provider ELSE ?3 END,
+                       description = CASE WHEN ?4 = '' THEN description ELSE ?4 END
+                     WHERE id = ?5",
+                    params![next, now, labels.provider, labels.description, id],
+                )
+                .map_err(StoreError::from)?;
+                (id, next)
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO secret (env, name, provider, description, current_version, created_unix, updated_unix)
+                     VALUES (?, ?, ?, ?, 1, ?, ?)",
+                    params![env, name, labels.provider, labels.description, now, now],
+                )
+                .map_err(StoreError::from)?;
+                (tx.last_insert_rowid(), 1)
+            }
+        };
+        let ciphertext = seal(version)?;
+        tx.execute(
+            "INSERT INTO secret_version (secret_id, version, state, ciphertext, created_unix)
+             VALUES (?, ?, 'current', ?, ?)",
+            params![id, version, ciphertext, now],
+        )
+        .map_err(StoreError::from)?;
+        Ok(version)
+    }
+
     /// Deletes `env/name` with every version; returns how many versions went, or
     /// `None` for an unknown secret. `secure_delete` overwrites the freed pages.
     pub fn delete(&self, env: &str, name: &str) -> Result<Option<u64>, StoreError> {
-        let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = &self.tx;
         let id: Option<i64> = tx
             .query_row("SELECT id FROM secret WHERE env = ? AND name = ?", params![env, name], |r| r.get(0))
             .optional()?;
         let Some(id) = id else { return Ok(None) };
         let destroyed = tx.execute("DELETE FROM secret_version WHERE secret_id = ?", [id])?;
         tx.execute("DELETE FROM secret WHERE id = ?", [id])?;
-        tx.commit()?;
         Ok(Some(destroyed as u64))
-    }
-
-    pub fn count_secrets(&self) -> Result<u64, StoreError> {
-        Ok(self.reader().query_row("SELECT COUNT(*) FROM secret", [], |r| r.get(0))?)
     }
 }
 

@@ -1,0 +1,220 @@
+//! Audit rows: appending inside a write transaction, querying, and a consistent
+//! snapshot for verification and export. The chaining itself (MACs) is the
+//! audit module's job; this file only stores what it is given.
+
+use super::{Store, StoreError, Txn};
+use rusqlite::{OptionalExtension, params};
+
+/// One stored audit entry. `actor` and `detail` are JSON objects as text: the MAC
+/// covers exactly these bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub seq: u64,
+    pub time_unix_ms: i64,
+    pub kind: String,
+    pub class: String,
+    pub outcome: String,
+    pub actor: String,
+    pub secret: String,
+    pub detail: String,
+    pub mac: Option<Vec<u8>>,
+}
+
+/// What `audit query` filters on; `None`/empty means "any".
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since_unix_ms: Option<i64>,
+    pub until_unix_ms: Option<i64>,
+    /// An exact kind (`secret.read`), a kind's family (`secret`), or a class (`security`).
+    pub kind: Option<String>,
+    /// The client name recorded in the actor.
+    pub client: Option<String>,
+    /// `env/name`, or a bare name in any environment.
+    pub secret: Option<String>,
+    pub limit: u32,
+}
+
+const COLUMNS: &str = "seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        seq: r.get(0)?,
+        time_unix_ms: r.get(1)?,
+        kind: r.get(2)?,
+        class: r.get(3)?,
+        outcome: r.get(4)?,
+        actor: r.get(5)?,
+        secret: r.get(6)?,
+        detail: r.get(7)?,
+        mac: r.get(8)?,
+    })
+}
+
+impl Txn<'_> {
+    /// The newest entry's seq and MAC (`None` for an empty log).
+    pub fn audit_last(&self) -> Result<Option<(u64, Option<Vec<u8>>)>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// Entries not yet chained (written while sealed), oldest first.
+    pub fn audit_unchained(&self) -> Result<Vec<AuditRow>, StoreError> {
+        let mut stmt =
+            self.tx.prepare_cached(&format!("SELECT {COLUMNS} FROM audit WHERE mac IS NULL ORDER BY seq"))?;
+        let rows = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The MAC of the newest entry before `seq`, if there is one and it is chained.
+    pub fn audit_mac_before(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT mac FROM audit WHERE seq < ? ORDER BY seq DESC LIMIT 1")?
+            .query_row([seq], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .optional()?
+            .flatten())
+    }
+
+    pub fn audit_insert(&self, r: &AuditRow) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO audit (seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![r.seq, r.time_unix_ms, r.kind, r.class, r.outcome, r.actor, r.secret, r.detail, r.mac])?;
+        Ok(())
+    }
+
+    pub fn audit_set_mac(&self, seq: u64, mac: &[u8]) -> Result<(), StoreError> {
+        self.tx.prepare_cached("UPDATE audit SET mac = ? WHERE seq = ?")?.execute(params![mac, seq])?;
+        Ok(())
+    }
+
+    pub fn audit_set_head(&self, seq: u64, head_mac: &[u8]) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO audit_head (id, seq, head_mac) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET seq = ?1, head_mac = ?2",
+            )?
+            .execute(params![seq, head_mac])?;
+        Ok(())
+    }
+
+    pub fn audit_anchor(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .tx
+            .query_row("SELECT seq, mac FROM audit_anchor WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// Deletes chained entries older than `before_unix_ms`, never the newest one,
+    /// and moves the anchor to the last deleted entry. Returns (last deleted seq,
+    /// how many), or `None` when nothing was old enough.
+    pub fn audit_prune(&self, before_unix_ms: i64) -> Result<Option<(u64, u64)>, StoreError> {
+        let upto: Option<(u64, Vec<u8>)> = self
+            .tx
+            .query_row(
+                "SELECT seq, mac FROM audit
+                 WHERE time_unix_ms < ?1 AND mac IS NOT NULL AND seq < (SELECT MAX(seq) FROM audit)
+                 ORDER BY seq DESC LIMIT 1",
+                [before_unix_ms],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((upto, mac)) = upto else { return Ok(None) };
+        let count = self.tx.execute("DELETE FROM audit WHERE seq <= ?", [upto])?;
+        self.tx.execute(
+            "INSERT INTO audit_anchor (id, seq, mac) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET seq = ?1, mac = ?2",
+            params![upto, mac],
+        )?;
+        Ok(Some((upto, count as u64)))
+    }
+}
+
+/// A consistent read of the whole log: every row, the head and the anchor, all
+/// from one read transaction, so a verification never races a concurrent append.
+pub struct AuditSnapshot {
+    pub head: Option<(u64, Vec<u8>)>,
+    pub anchor: Option<(u64, Vec<u8>)>,
+}
+
+impl Store {
+    /// Entries matching `filter`: the newest `limit`, returned oldest first.
+    pub fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        let conn = self.reader();
+        let (secret_env, secret_name) = match filter.secret.as_deref().map(|s| s.split_once('/')) {
+            Some(Some((env, name))) => (Some(env.to_owned()), Some(name.to_owned())),
+            Some(None) => (None, filter.secret.clone()),
+            None => (None, None),
+        };
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM audit
+             WHERE (?1 IS NULL OR time_unix_ms >= ?1)
+               AND (?2 IS NULL OR time_unix_ms < ?2)
+               AND (?3 IS NULL OR kind = ?3 OR class = ?3 OR substr(kind, 1, length(?3) + 1) = ?3 || '.')
+               AND (?4 IS NULL OR json_extract(actor, '$.client') = ?4)
+               AND (?5 IS NULL OR substr(secret, instr(secret, '/') + 1) = ?5)
+               AND (?6 IS NULL OR substr(secret, 1, instr(secret, '/') - 1) = ?6)
+             ORDER BY seq DESC LIMIT ?7"
+        ))?;
+        let limit = if filter.limit == 0 { u32::MAX } else { filter.limit };
+        let mut rows: Vec<AuditRow> = stmt
+            .query_map(
+                params![
+                    filter.since_unix_ms,
+                    filter.until_unix_ms,
+                    filter.kind,
+                    filter.client,
+                    secret_name,
+                    secret_env,
+                    limit
+                ],
+                row,
+            )?
+            .collect::<Result<_, _>>()?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// Walks every entry in seq order inside one read transaction on a connection
+    /// of its own (agents' reads are not held up), calling `each` per row; stops
+    /// early when `each` returns `false`.
+    pub fn audit_walk(
+        &self,
+        mut each: impl FnMut(&AuditSnapshot, AuditRow) -> bool,
+    ) -> Result<AuditSnapshot, StoreError> {
+        let mut conn = rusqlite::Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let tx = conn.transaction()?;
+        let head = tx
+            .query_row("SELECT seq, head_mac FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let anchor = tx
+            .query_row("SELECT seq, mac FROM audit_anchor WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let snapshot = AuditSnapshot { head, anchor };
+        {
+            let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                if !each(&snapshot, row(r)?) {
+                    break;
+                }
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Up to `limit` entries with seq > `after_seq`, oldest first.
+    pub fn audit_page(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let conn = self.reader();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"))?;
+        let rows = stmt.query_map(params![after_seq, limit], row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+}
