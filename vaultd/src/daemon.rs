@@ -95,6 +95,13 @@ async fn serve(
     let admin = bind(&opts.admin_socket, 0o600).await?;
     tracing::info!(agent = %opts.agent_socket.display(), admin = %opts.admin_socket.display(), "listening");
     ready();
+    // Seal the moment shutdown begins: requests still draining keep the keys they
+    // already hold, new ones are refused, and nothing waits on a slow client.
+    let v = vault.clone();
+    let shutdown = async move {
+        shutdown.await;
+        v.seal();
+    };
     let result = server::serve(vault.clone(), agent, admin, shutdown).await;
     for path in [&opts.agent_socket, &opts.admin_socket] {
         let _ = std::fs::remove_file(path);

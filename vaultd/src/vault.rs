@@ -143,6 +143,9 @@ impl Vault {
     /// nothing, also when the vault is already unlocked. Runs Argon2: call from a
     /// blocking context.
     pub fn unlock(&self, passphrase: &SecretBytes) -> Result<(), VaultError> {
+        if passphrase.is_empty() {
+            return Err(VaultError::EmptyPassphrase);
+        }
         let _gate = self.kdf_gate.lock().unwrap_or_else(|p| p.into_inner());
         let (header, terms) = self.store.header()?.ok_or(VaultError::Uninitialized)?;
         let unlocked = Unlocked::open(passphrase, &header, &terms).map_err(|e| match e {
