@@ -1,1 +1,556 @@
+//! The end-to-end harness: the real `vaultd` and `vaultctl` binaries, a vault in a
+//! temp dir, and helpers to drive it.
+//!
+//! - [`bins`] builds both binaries once per test process (they live in other
+//!   packages, so Cargo's `CARGO_BIN_EXE_*` is not available here).
+//! - [`Daemon`] runs vaultd with its own data dir and sockets in a [`TempDir`], its
+//!   stderr captured to a file, and stops it on drop (SIGTERM, then SIGKILL).
+//! - [`Daemon::ctl`] runs vaultctl against it; [`Output`] checks the CLI contract
+//!   (exit code, one-line error on stderr, nothing on stdout).
+//!
+//! Every test gets its own temp dir and daemon, so tests run in parallel.
 
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The passphrase [`Daemon::init`] sets and [`Daemon::unlock`] uses.
+pub const PASSPHRASE: &[u8] = b"e2e correct horse battery staple";
+
+/// How long vaultd may take to start listening (the `--dev` test runs the real
+/// Argon2 in a debug build) or to stop after SIGTERM.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one vaultctl call may take before the test fails instead of hanging.
+const CTL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The two binaries under test.
+#[derive(Debug)]
+pub struct Bins {
+    pub vaultd: PathBuf,
+    pub vaultctl: PathBuf,
+}
+
+/// Builds vaultd and vaultctl (once per test process) with the test binary's own
+/// profile and target dir, and returns their paths.
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(build)
+}
+
+fn build() -> Bins {
+    // The test binary is target/<profile dir>/deps/<name>-<hash>.
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("the profile dir is inside the target dir");
+    let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let out = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "vaultd", "-p", "vaultctl", "--profile", profile, "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .output()
+        .expect("running cargo build");
+    assert!(out.status.success(), "building vaultd and vaultctl failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    Bins { vaultd: profile_dir.join("vaultd"), vaultctl: profile_dir.join("vaultctl") }
+}
+
+/// What a finished process left behind. `stderr` is text: the CLI's errors are
+/// (and vaultd's log is) UTF-8 by contract.
+#[derive(Debug)]
+pub struct Output {
+    /// The exit code; `None` when killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Asserts success and returns `self`.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, Some(0), "expected success; stderr: {}", self.stderr);
+        self
+    }
+
+    /// stdout as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stdout parsed as one JSON document.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?} (stderr: {})", self.text(), self.stderr))
+    }
+
+    /// Asserts the CLI's error contract: exit `code`, nothing on stdout, exactly
+    /// one line on stderr starting `vaultctl: `. Returns the message after the prefix.
+    #[track_caller]
+    pub fn error(&self, code: i32) -> &str {
+        assert_eq!(self.code, Some(code), "exit code; stderr: {:?}; stdout: {:?}", self.stderr, self.text());
+        assert!(self.stdout.is_empty(), "stdout must be empty on error, got {:?}", self.text());
+        let line = self
+            .stderr
+            .strip_suffix('\n')
+            .unwrap_or_else(|| panic!("stderr must end with a newline: {:?}", self.stderr));
+        assert!(!line.contains('\n'), "stderr must be one line: {:?}", self.stderr);
+        line.strip_prefix("vaultctl: ")
+            .unwrap_or_else(|| panic!("stderr must start with `vaultctl: `: {:?}", self.stderr))
+    }
+}
+
+/// Runs `cmd` with `stdin` piped in, collecting stdout and stderr; fails the test
+/// (killing the process) if it runs longer than [`CTL_TIMEOUT`].
+pub fn run(mut cmd: Command, stdin: &[u8]) -> Output {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut pipe = child.stdin.take().expect("piped stdin");
+    let input = stdin.to_vec();
+    // A command that exits without reading stdin makes this fail with EPIPE: fine.
+    let writer = std::thread::spawn(move || drop(pipe.write_all(&input)));
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let Some(status) = wait_until(&mut child, Instant::now() + CTL_TIMEOUT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not finish within {CTL_TIMEOUT:?}");
+    };
+    let _ = writer.join();
+    let join = |h: std::thread::JoinHandle<Vec<u8>>| h.join().expect("pipe reader thread");
+    Output {
+        code: status.code(),
+        stdout: join(stdout),
+        stderr: String::from_utf8(join(stderr)).expect("stderr is UTF-8"),
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Polls `child` until it exits or `deadline` passes.
+pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child process") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends `signal` to `child` (ignoring "no such process": it may just have exited).
+pub fn signal(child: &Child, signal: rustix::process::Signal) {
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(child), signal);
+}
+
+/// Stops `child`: `sig`, then SIGKILL if it is still running after `grace`.
+/// Returns the exit status and whether SIGKILL was needed.
+pub fn terminate(child: &mut Child, sig: rustix::process::Signal, grace: Duration) -> (ExitStatus, bool) {
+    signal(child, sig);
+    if let Some(status) = wait_until(child, Instant::now() + grace) {
+        return (status, false);
+    }
+    signal(child, rustix::process::Signal::KILL);
+    (child.wait().expect("waiting for a killed child"), true)
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) if the test ends
+/// without waiting for it, so a failing test never leaks a process.
+#[derive(Debug)]
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// Sends `sig` and waits for the child to exit, failing the test if it needs SIGKILL.
+    pub fn stop_with(&mut self, sig: rustix::process::Signal) -> ExitStatus {
+        let mut child = self.0.take().expect("the child is running");
+        let (status, killed) = terminate(&mut child, sig, DAEMON_TIMEOUT);
+        assert!(!killed, "the child ignored {sig:?} for {DAEMON_TIMEOUT:?}");
+        status
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            terminate(&mut child, rustix::process::Signal::TERM, Duration::from_secs(5));
+        }
+    }
+}
+
+/// How a daemon is started; the same options apply on [`Daemon::restart`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Set `VAULTD_INSECURE_TEST_KDF=1` so init/unlock take microseconds, not a second.
+    pub fast_kdf: bool,
+    /// TOML written to `DIR/vaultd.toml` and passed as `--config`.
+    pub config: Option<String>,
+    /// Extra environment for vaultd, e.g. `("VAULTD_LOG", "trace")`.
+    pub env: Vec<(String, String)>,
+    /// Extra arguments for vaultd, e.g. `--passphrase-file F`.
+    pub args: Vec<std::ffi::OsString>,
+    /// Start vaultd with this umask (through `sh -c 'umask …; exec …'`).
+    pub umask: Option<u32>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { fast_kdf: true, config: None, env: Vec::new(), args: Vec::new(), umask: None }
+    }
+}
+
+/// How a daemon ended.
+#[derive(Debug)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    /// Everything vaultd wrote to stderr (across restarts).
+    pub log: String,
+}
+
+/// A vaultd in a temp dir: `DIR/data` (data dir), `DIR/agent.sock`,
+/// `DIR/admin.sock`, stderr appended to `DIR/vaultd.log`. Stopped on drop.
+pub struct Daemon {
+    pub dir: TempDir,
+    pub data_dir: PathBuf,
+    pub agent_socket: PathBuf,
+    pub admin_socket: PathBuf,
+    pub log_path: PathBuf,
+    /// Used by the next [`Daemon::launch`] (or restart).
+    pub opts: Options,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// A started daemon with default options: listening, not initialized.
+    pub fn start() -> Daemon {
+        Daemon::start_with(Options::default())
+    }
+
+    /// A started daemon, listening, not initialized.
+    pub fn start_with(opts: Options) -> Daemon {
+        let mut d = Daemon::new(opts);
+        d.launch();
+        d
+    }
+
+    /// A started daemon, initialized with [`PASSPHRASE`] (so unlocked).
+    pub fn initialized() -> Daemon {
+        let d = Daemon::start();
+        d.init();
+        d
+    }
+
+    /// The temp dir and paths, nothing running yet: a test can prepare the data
+    /// dir first, then [`Daemon::launch`] or [`Daemon::launch_expecting_exit`].
+    pub fn new(opts: Options) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("vault-e2e-").tempdir().expect("creating a temp dir");
+        let p = dir.path();
+        Daemon {
+            data_dir: p.join("data"),
+            agent_socket: p.join("agent.sock"),
+            admin_socket: p.join("admin.sock"),
+            log_path: p.join("vaultd.log"),
+            dir,
+            opts,
+            child: None,
+        }
+    }
+
+    fn spawn(&mut self) -> &mut Child {
+        assert!(self.child.is_none(), "vaultd is already running");
+        let mut cmd = match self.opts.umask {
+            None => Command::new(&bins().vaultd),
+            Some(umask) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("umask {umask:03o}; exec \"$0\" \"$@\"")]).arg(&bins().vaultd);
+                sh
+            }
+        };
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        cmd.arg("--socket").arg(&self.agent_socket);
+        cmd.arg("--admin-socket").arg(&self.admin_socket);
+        if let Some(config) = &self.opts.config {
+            let path = self.write_file("vaultd.toml", config.as_bytes());
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(&self.opts.args);
+        cmd.env_remove("VAULTD_LOG").env_remove("VAULTD_INSECURE_TEST_KDF").env_remove("RUNTIME_DIRECTORY");
+        if self.opts.fast_kdf {
+            cmd.env("VAULTD_INSECURE_TEST_KDF", "1");
+        }
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("opening the log");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        self.child.insert(cmd.spawn().expect("spawning vaultd"))
+    }
+
+    /// Starts vaultd and waits until the admin socket accepts connections (both
+    /// sockets are bound by then). Fails with vaultd's log if it exits instead.
+    pub fn launch(&mut self) {
+        self.spawn();
+        let deadline = Instant::now() + DAEMON_TIMEOUT;
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.admin_socket).is_ok() {
+                return;
+            }
+            let child = self.child.as_mut().expect("just spawned");
+            if let Some(status) = child.try_wait().expect("waiting for vaultd") {
+                self.child = None;
+                panic!("vaultd exited during startup ({status}); its log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "vaultd did not listen within {DAEMON_TIMEOUT:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts vaultd expecting it to refuse to start; returns how it ended.
+    pub fn launch_expecting_exit(&mut self) -> Stopped {
+        let child = self.spawn();
+        let status = wait_until(child, Instant::now() + DAEMON_TIMEOUT);
+        let Some(status) = status else {
+            panic!("vaultd kept running; expected it to refuse to start. Log:\n{}", self.log());
+        };
+        self.child = None;
+        Stopped { status, log: self.log() }
+    }
+
+    /// SIGTERM, and wait for vaultd to exit (failing the test if it needs SIGKILL).
+    pub fn stop(&mut self) -> Stopped {
+        self.stop_with(rustix::process::Signal::TERM)
+    }
+
+    /// Sends `sig` and waits for vaultd to exit (failing the test if it needs SIGKILL).
+    pub fn stop_with(&mut self, sig: rustix::process::Signal) -> Stopped {
+        self.try_stop(sig, DAEMON_TIMEOUT)
+            .unwrap_or_else(|s| panic!("vaultd ignored {sig:?} for {DAEMON_TIMEOUT:?}; log:\n{}", s.log))
+    }
+
+    /// Sends `sig` and waits up to `grace` for vaultd to exit: `Ok` if it did,
+    /// else `Err` once SIGKILL has ended it.
+    pub fn try_stop(&mut self, sig: rustix::process::Signal, grace: Duration) -> Result<Stopped, Stopped> {
+        let mut child = self.child.take().expect("vaultd is not running");
+        let (status, killed) = terminate(&mut child, sig, grace);
+        let stopped = Stopped { status, log: self.log() };
+        if killed { Err(stopped) } else { Ok(stopped) }
+    }
+
+    /// Stops vaultd (asserting a clean exit) and starts it again on the same data.
+    pub fn restart(&mut self) {
+        let stopped = self.stop();
+        assert!(stopped.status.success(), "vaultd exited with {} on SIGTERM; log:\n{}", stopped.status, stopped.log);
+        self.launch();
+    }
+
+    /// SIGKILL, as a crash would: nothing is cleaned up.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("vaultd is running");
+        signal(&child, rustix::process::Signal::KILL);
+        child.wait().expect("waiting for vaultd");
+    }
+
+    /// Asserts vaultd is still running.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("vaultd was never started or was stopped");
+        if let Some(status) = child.try_wait().expect("waiting for vaultd") {
+            panic!("vaultd exited ({status}); log:\n{}", self.log());
+        }
+    }
+
+    /// vaultd's pid while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("vaultd is running").id()
+    }
+
+    /// Everything vaultd has written to stderr so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log_path).unwrap_or_default()).into_owned()
+    }
+
+    /// Writes `DIR/name` (mode 0600) and returns its path.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, bytes).expect("writing a test file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+        path
+    }
+
+    /// A vaultctl command aimed at this daemon through `VAULT_SOCKET` and
+    /// `VAULT_ADMIN_SOCKET` (and no inherited `VAULT_ENV`).
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&bins().vaultctl);
+        cmd.args(args)
+            .env("VAULT_SOCKET", &self.agent_socket)
+            .env("VAULT_ADMIN_SOCKET", &self.admin_socket)
+            .env_remove("VAULT_ENV")
+            .env_remove("VAULT_TOKEN");
+        cmd
+    }
+
+    /// Runs vaultctl with `args`, `stdin` piped in (so `put` reads its value from it).
+    pub fn ctl(&self, args: &[&str], stdin: &[u8]) -> Output {
+        run(self.ctl_command(args), stdin)
+    }
+
+    /// `vaultctl put NAME` with `value` on stdin; returns the new version number.
+    #[track_caller]
+    pub fn put(&self, name: &str, value: &[u8]) -> u64 {
+        let out = self.ctl(&["--json", "put", name], value).ok();
+        out.json()["version"].as_u64().expect("put --json has a version")
+    }
+
+    /// `vaultctl get NAME`: the exact bytes vaultctl printed.
+    #[track_caller]
+    pub fn get(&self, name: &str) -> Vec<u8> {
+        self.ctl(&["get", name], b"").ok().stdout
+    }
+
+    /// `vaultctl init` with [`PASSPHRASE`] from a file.
+    #[track_caller]
+    pub fn init(&self) {
+        let file = self.passphrase_file(PASSPHRASE);
+        self.ctl(&["init", "--passphrase-file", path_str(&file)], b"").ok();
+    }
+
+    /// `vaultctl unlock` with [`PASSPHRASE`] from a file.
+    #[track_caller]
+    pub fn unlock(&self) {
+        let file = self.passphrase_file(PASSPHRASE);
+        self.ctl(&["unlock", "--passphrase-file", path_str(&file)], b"").ok();
+    }
+
+    /// `passphrase` plus the trailing newline an editor or `echo` adds, in a file
+    /// outside the data dir.
+    pub fn passphrase_file(&self, passphrase: &[u8]) -> PathBuf {
+        self.write_file("passphrase", &[passphrase, b"\n"].concat())
+    }
+
+    /// `vaultctl status --json`.
+    #[track_caller]
+    pub fn status(&self) -> serde_json::Value {
+        self.ctl(&["--json", "status"], b"").ok().json()
+    }
+
+    /// A connection to the vault's database, for inspecting or tampering with it
+    /// while vaultd runs (WAL mode: vaultd's reader sees committed changes).
+    pub fn db(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(self.data_dir.join("vault.db")).expect("opening vault.db");
+        conn.busy_timeout(Duration::from_secs(5)).expect("busy_timeout");
+        conn
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, rustix::process::Signal::TERM, Duration::from_secs(5));
+        }
+    }
+}
+
+/// A path as `&str`, for argument lists (temp paths are UTF-8).
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// Standard padded base64 (RFC 4648), to check vaultctl's `value_base64` fields.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (b(0) << 16) | (b(1) << 8) | b(2);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]) } else { '=' });
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every file under `dir`, recursively (sockets and other non-regular files skipped).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("reading a dir") {
+        let path = entry.expect("a dir entry").path();
+        let kind = std::fs::symlink_metadata(&path).expect("stat").file_type();
+        if kind.is_dir() {
+            files.extend(files_under(&path));
+        } else if kind.is_file() {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// A random-looking lowercase hex tag, so each test's canaries are its own.
+pub fn unique_tag() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+/// Whether the tests run as root (the peer-uid and ownership tests need it).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let vectors: [(&[u8], &str); 7] = [
+            (b"", ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+        ];
+        for (input, want) in vectors {
+            assert_eq!(base64(input), want);
+        }
+    }
+
+    #[test]
+    fn error_contract_is_checked() {
+        let good = Output { code: Some(3), stdout: vec![], stderr: "vaultctl: not found\n".into() };
+        assert_eq!(good.error(3), "not found");
+        for bad in [
+            Output { code: Some(3), stdout: vec![], stderr: "vaultctl: a\nb\n".into() },
+            Output { code: Some(3), stdout: vec![], stderr: "error: x\n".into() },
+            Output { code: Some(3), stdout: b"x".to_vec(), stderr: "vaultctl: x\n".into() },
+            Output { code: Some(1), stdout: vec![], stderr: "vaultctl: x\n".into() },
+        ] {
+            assert!(std::panic::catch_unwind(|| bad.error(3).len()).is_err(), "{bad:?}");
+        }
+    }
+}

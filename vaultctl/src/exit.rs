@@ -57,6 +57,29 @@ pub(crate) fn report(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(code_of(err))
 }
 
+/// Ends on a command-line error: `--help` and `--version` print as clap renders
+/// them (exit 0); a usage error becomes one line, `vaultctl: …`, exit 2, like
+/// every other error (the full usage is one `--help` away).
+pub(crate) fn clap_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = err.print();
+        return ExitCode::from(OK);
+    }
+    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = err.print();
+        return ExitCode::from(USAGE);
+    }
+    // The message is the first paragraph (clap puts the missing argument's name on
+    // its own line); the usage that follows it is left to --help.
+    let text = err.render().to_string();
+    let message = text.split("\n\n").next().unwrap_or("invalid arguments");
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    let _ = writeln!(std::io::stderr(), "vaultctl: {} (see --help)", one_line(message));
+    ExitCode::from(USAGE)
+}
+
 /// The exit code for an error: the first cause in its chain that we recognise.
 fn code_of(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {

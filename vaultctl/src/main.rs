@@ -56,8 +56,10 @@ pub(crate) struct Global {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    // clap reports its own usage errors (exit 2) and handles --help/--version.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return exit::clap_error(err),
+    };
     match cmd::run(&cli.global, cli.command).await {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => exit::report(&err),

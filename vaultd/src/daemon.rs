@@ -104,16 +104,26 @@ async fn serve(
     let maintenance = tokio::spawn(maintain(vault.clone(), opts.config.audit.retention));
     tracing::info!(agent = %opts.agent_socket.display(), admin = %opts.admin_socket.display(), "listening");
     ready();
+    // Seal the moment shutdown begins: requests still draining keep the keys they
+    // already hold, new ones are refused, and nothing waits on a slow client.
+    let v = vault.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let stop = v.record_durable(Event::new("daemon.stop", Outcome::Ok, &Actor::vaultd()));
+        let sealed = v.seal(&Actor::vaultd());
+        for e in [stop.err(), sealed.err()].into_iter().flatten() {
+            tracing::error!(error = %e, "recording the shutdown failed");
+        }
+    };
     let result = server::serve(vault.clone(), agent, admin, shutdown).await;
     maintenance.abort();
     for path in [&opts.agent_socket, &opts.admin_socket] {
         let _ = std::fs::remove_file(path);
     }
-    let stop = vault.record_durable(Event::new("daemon.stop", Outcome::Ok, &Actor::vaultd()));
+    // Already sealed unless serving ended on an error.
     let sealed = vault.seal(&Actor::vaultd());
     tracing::info!("stopped; keys wiped");
     result?;
-    stop?;
     Ok(sealed?)
 }
 

@@ -1,8 +1,6 @@
 //! Who is calling: the peer's credentials as the kernel reports them at accept
 //! (SO_PEERCRED). Never anything the caller says about itself.
 
-use tokio::net::UnixStream;
-
 /// A connected peer's kernel-attested credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
@@ -12,13 +10,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The peer of an accepted connection; `None` when the kernel gives no
-    /// credentials, which callers treat as a denial.
-    pub fn of(stream: &UnixStream) -> Option<Peer> {
-        stream.peer_cred().ok().map(Peer::from)
-    }
-
-    /// The peer of the connection a request arrived on.
+    /// The peer of the connection a request arrived on, as read at accept;
+    /// `None` when the kernel gave no credentials, which callers treat as a denial.
     pub fn of_request<T>(req: &tonic::Request<T>) -> Option<Peer> {
         req.extensions().get::<tonic::transport::server::UdsConnectInfo>()?.peer_cred.map(Peer::from)
     }

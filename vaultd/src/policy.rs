@@ -27,8 +27,8 @@ impl std::fmt::Display for Socket {
     }
 }
 
-/// Whether `peer` may talk to `socket` of a vault run by uid `owner`.
-pub fn may_connect(socket: Socket, peer: Option<&Peer>, owner: u32) -> bool {
+/// Whether `peer` may call the vault API on `socket` of a vault run by uid `owner`.
+pub fn may_use(socket: Socket, peer: Option<&Peer>, owner: u32) -> bool {
     let Some(peer) = peer else { return false };
     match socket {
         Socket::Admin => peer.uid == owner || peer.uid == 0,
@@ -55,7 +55,7 @@ mod tests {
             (Socket::Agent, None, false),
         ];
         for (socket, p, want) in cases {
-            assert_eq!(may_connect(socket, p.as_ref(), owner), want, "{socket} {p:?}");
+            assert_eq!(may_use(socket, p.as_ref(), owner), want, "{socket} {p:?}");
         }
     }
 }

@@ -13,9 +13,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
+use tonic::{Request, Status};
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
 use vault_proto::MAX_MESSAGE_LEN;
 use vault_proto::v1::{admin_server::AdminServer, agent_server::AgentServer};
 
@@ -24,6 +29,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// A request that takes longer than this is cancelled (Argon2 at the ceiling
 /// parameters is the slowest legitimate call).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long shutdown waits for open requests before closing their connections.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// Binds a unix socket at `path` with `mode`. A stale socket file left by a crash
 /// is replaced; a live one (another vaultd answering) or a non-socket is refused.
@@ -50,31 +57,45 @@ pub async fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepted connections that the socket's policy admits; others are closed at
-/// once, and recorded.
-fn admitted(
-    listener: UnixListener,
+/// Admits a request when the socket's policy admits its caller (as the kernel
+/// reported it at accept). A refusal is an answer, PERMISSION_DENIED, not a
+/// closed connection, so the caller can tell "denied" from "vaultd is down".
+/// Every refusal is recorded.
+fn guard(
     socket: Socket,
     owner: u32,
     vault: Arc<Vault>,
-) -> impl tokio_stream::Stream<Item = io::Result<UnixStream>> {
-    UnixListenerStream::new(listener).filter(move |conn| match conn {
-        Ok(stream) => {
-            let peer = Peer::of(stream);
-            let ok = policy::may_connect(socket, peer.as_ref(), owner);
-            if !ok {
-                tracing::warn!(%socket, uid = peer.map(|p| p.uid), pid = peer.and_then(|p| p.pid), "connection refused");
-                let actor = Actor::peer(socket.name(), peer.as_ref());
-                vault.record_detached(Event::new("connection.refused", Outcome::Denied, &actor));
-            }
-            ok
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req: Request<()>| {
+        let peer = Peer::of_request(&req);
+        if policy::may_use(socket, peer.as_ref(), owner) {
+            return Ok(req);
         }
-        Err(_) => true,
-    })
+        tracing::warn!(%socket, uid = peer.map(|p| p.uid), pid = peer.and_then(|p| p.pid), "request refused");
+        let actor = Actor::peer(socket.name(), peer.as_ref());
+        vault.record_detached(Event::new("request.refused", Outcome::Denied, &actor));
+        Err(Status::permission_denied(format!("permission denied: this user may not use the {socket} socket")))
+    }
 }
 
-/// Serves the agent and admin APIs (plus gRPC health and reflection on both) until
-/// `shutdown` completes, then drains in-flight requests.
+/// gRPC health and reflection for one socket, naming only the API it serves.
+async fn discovery(service: &str) -> (HealthServer<impl Health>, ServerReflectionServer<impl ServerReflection>) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_service_status(service, ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vault_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(service)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .build_v1()
+        .expect("the embedded descriptor sets are generated at build time and valid");
+    (health, reflection)
+}
+
+/// Serves the agent and admin APIs (plus gRPC health and reflection) until
+/// `shutdown` completes, then lets in-flight requests finish for at most
+/// [`DRAIN`]: an idle or hung client must not keep vaultd (and its keys) alive.
 pub async fn serve(
     vault: Arc<Vault>,
     agent: UnixListener,
@@ -82,44 +103,44 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let owner = rustix::process::geteuid().as_raw();
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<AgentServer<AgentApi>>().await;
-    health_reporter.set_serving::<AdminServer<AdminApi>>().await;
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(vault_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .expect("the embedded descriptor sets are generated at build time and valid")
-    };
     let builder = || Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION).timeout(REQUEST_TIMEOUT);
-
-    let agent_api = AgentServer::new(AgentApi::new(vault.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_LEN)
-        .max_encoding_message_size(MAX_MESSAGE_LEN);
-    let admin_api = AdminServer::new(AdminApi::new(vault.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_LEN)
-        .max_encoding_message_size(MAX_MESSAGE_LEN);
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
+
+    let agent_api = AgentServer::new(AgentApi::new(vault.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_LEN)
+        .max_encoding_message_size(MAX_MESSAGE_LEN);
+    let (health, reflection) = discovery(AgentServer::<AgentApi>::NAME).await;
     let agent_server = builder()
-        .add_service(health.clone())
-        .add_service(reflection())
-        .add_service(agent_api)
-        .serve_with_incoming_shutdown(admitted(agent, Socket::Agent, owner, vault.clone()), stopped(stop_rx.clone()));
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(InterceptedService::new(agent_api, guard(Socket::Agent, owner, vault.clone())))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(agent), stopped(stop_rx.clone()));
+
+    let admin_api = AdminServer::new(AdminApi::new(vault.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_LEN)
+        .max_encoding_message_size(MAX_MESSAGE_LEN);
+    let (health, reflection) = discovery(AdminServer::<AdminApi>::NAME).await;
     let admin_server = builder()
         .add_service(health)
-        .add_service(reflection())
-        .add_service(admin_api)
-        .serve_with_incoming_shutdown(admitted(admin, Socket::Admin, owner, vault), stopped(stop_rx));
-    let trigger = async move {
-        shutdown.await;
-        let _ = stop_tx.send(());
-        Ok(())
-    };
-    tokio::try_join!(agent_server, admin_server, trigger)?;
-    Ok(())
+        .add_service(reflection)
+        .add_service(InterceptedService::new(admin_api, guard(Socket::Admin, owner, vault)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(admin), stopped(stop_rx));
+
+    let servers = async { tokio::try_join!(agent_server, admin_server).map(|_| ()) };
+    tokio::pin!(servers);
+    tokio::select! {
+        result = &mut servers => return result,
+        () = shutdown => {}
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(DRAIN, servers).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("connections still open {DRAIN:?} after shutdown began; closing them");
+            Ok(())
+        }
+    }
 }

@@ -245,6 +245,9 @@ impl Vault {
     /// nothing (also when already unlocked) but is recorded. Runs Argon2: call
     /// from a blocking context.
     pub fn unlock(&self, actor: &Actor, passphrase: &SecretBytes) -> Result<(), VaultError> {
+        if passphrase.is_empty() {
+            return Err(VaultError::EmptyPassphrase);
+        }
         let _gate = self.kdf_gate.lock().unwrap_or_else(|p| p.into_inner());
         let (header, terms) = self.store.header()?.ok_or(VaultError::Uninitialized)?;
         match Unlocked::open(passphrase, &header, &terms) {

@@ -290,8 +290,10 @@ impl Txn<'_> {
                         |r| r.get(0),
                     )
                     .map_err(StoreError::from)?;
+                // One previous version at a time (AWS's model): the old previous retires.
                 tx.execute(
-                    "UPDATE secret_version SET state = 'previous' WHERE secret_id = ? AND version = ?",
+                    "UPDATE secret_version SET state = CASE version WHEN ?2 THEN 'previous' ELSE 'retired' END
+                     WHERE secret_id = ?1 AND (state = 'previous' OR version = ?2)",
                     params![id, current],
                 )
                 .map_err(StoreError::from)?;
