@@ -448,6 +448,57 @@ impl Daemon {
         self.ctl(&["--json", "status"], b"").ok().json()
     }
 
+    /// `vaultctl audit verify`: `Ok((entries, first_seq, last_seq))` from its one line,
+    /// or `Err((broken_seq, problem))` from its one-line error (exit 1).
+    #[track_caller]
+    pub fn audit_verify(&self) -> Result<(u64, u64, u64), (u64, String)> {
+        let out = self.ctl(&["audit", "verify"], b"");
+        if out.code == Some(0) {
+            let text = out.text();
+            let parsed = text
+                .strip_prefix("audit log intact: ")
+                .and_then(|r| r.strip_suffix(")\n"))
+                .and_then(|r| r.split_once(" entries (seq "))
+                .and_then(|(n, range)| Some((n, range.split_once("..=")?)))
+                .and_then(|(n, (a, b))| Some((n.parse().ok()?, a.parse().ok()?, b.parse().ok()?)));
+            return Ok(parsed.unwrap_or_else(|| panic!("unexpected `audit verify` output: {text:?}")));
+        }
+        let message = out.error(1);
+        let parsed = message
+            .strip_prefix("audit log broken at entry ")
+            .and_then(|r| r.split_once(": "))
+            .and_then(|(seq, problem)| Some((seq.parse().ok()?, problem.to_owned())));
+        Err(parsed.unwrap_or_else(|| panic!("unexpected `audit verify` error: {message:?}")))
+    }
+
+    /// `vaultctl --json audit query ARGS`: the entries (every match unless ARGS set `--limit`).
+    #[track_caller]
+    pub fn audit_query(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let mut full = vec!["--json", "audit", "query"];
+        full.extend(args);
+        if !args.contains(&"--limit") {
+            full.extend(["--limit", "0"]);
+        }
+        match self.ctl(&full, b"").ok().json() {
+            serde_json::Value::Array(entries) => entries,
+            other => panic!("`audit query --json` printed {other}, not an array"),
+        }
+    }
+
+    /// `vaultctl audit export` to a new file `DIR/name` (checked: its one line, mode
+    /// 0600): the file's bytes and its entries.
+    #[track_caller]
+    pub fn audit_export(&self, name: &str) -> (Vec<u8>, Vec<serde_json::Value>) {
+        let path = self.dir.path().join(name);
+        let out = self.ctl(&["audit", "export", "--format", "jsonl", "--output", path_str(&path)], b"").ok();
+        let bytes = std::fs::read(&path).expect("reading the export");
+        let entries = jsonl(&bytes);
+        assert_eq!(out.text(), format!("exported {} entries to {}\n", entries.len(), path.display()));
+        let mode = std::fs::metadata(&path).expect("stat the export").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the export must be 0600");
+        (bytes, entries)
+    }
+
     /// A connection to the vault's database, for inspecting or tampering with it
     /// while vaultd runs (WAL mode: vaultd's reader sees committed changes).
     pub fn db(&self) -> rusqlite::Connection {
@@ -512,6 +563,31 @@ pub fn unique_tag() -> String {
     h.write_u128(now.as_nanos());
     h.write_u32(std::process::id());
     format!("{:016x}", h.finish())
+}
+
+/// JSON lines (an export, a JSONL sink), each parsed.
+#[track_caller]
+pub fn jsonl(bytes: &[u8]) -> Vec<serde_json::Value> {
+    let text = std::str::from_utf8(bytes).expect("JSON lines are UTF-8");
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}"))).collect()
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, failing the test after 10 s.
+#[track_caller]
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out after 10 s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Whether the tests run as root (the peer-uid and ownership tests need it).

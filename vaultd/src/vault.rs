@@ -110,9 +110,9 @@ impl Vault {
         let (published, _) = broadcast::channel(forward::BUFFER);
         Ok(Arc::new_cyclic(|vault: &Weak<Vault>| {
             let vault = vault.clone();
-            let committer = Committer::start(move |events| {
-                let vault = vault.upgrade()?;
-                Some(vault.append(&events, false).map_err(|e| e.to_string()))
+            let committer = Committer::new(move |events| match vault.upgrade() {
+                Some(vault) => vault.append(&events, false).map_err(|e| e.to_string()),
+                None => Err("vaultd is shutting down".into()),
             });
             Vault {
                 store,
@@ -431,9 +431,9 @@ fn read_event(
     let event = |outcome| Event::new(kind, outcome, actor).secret(secret.env, secret.name);
     match result {
         Ok((version, _)) => event(Outcome::Ok).with("version", *version),
-        Err(e @ (VaultError::NotFound { .. } | VaultError::Sealed | VaultError::Uninitialized)) => {
-            event(Outcome::Denied).with("reason", e.to_string())
-        }
+        Err(VaultError::NotFound { .. }) => event(Outcome::Denied).with("reason", "not found"),
+        Err(VaultError::Sealed) => event(Outcome::Denied).with("reason", "sealed"),
+        Err(VaultError::Uninitialized) => event(Outcome::Denied).with("reason", "not initialized"),
         Err(e) => event(Outcome::Failed).with("reason", e.to_string()),
     }
 }

@@ -16,7 +16,8 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<()> {
     output::lines(&human(&status))
 }
 
-/// `{"initialized","sealed","version","secrets","key_term","schema_version","kdf"}`,
+/// `{"initialized","sealed","version","secrets","key_term","schema_version","kdf",
+/// "audit_forward_errors","audit_forward_dropped"}`,
 /// where `kdf` is null until the vault is initialized, else
 /// `{"algorithm","memory_kib","iterations","parallelism","insecure_test_profile"}`.
 /// The names are the proto's, and a stable contract.
@@ -33,6 +34,8 @@ struct StatusJson<'a> {
     key_term: u32,
     schema_version: u32,
     kdf: Option<KdfJson<'a>>,
+    audit_forward_errors: u64,
+    audit_forward_dropped: u64,
 }
 
 #[derive(Serialize)]
@@ -60,6 +63,8 @@ impl<'a> From<&'a StatusResponse> for StatusJson<'a> {
                 parallelism: k.parallelism,
                 insecure_test_profile: k.insecure_test_profile,
             }),
+            audit_forward_errors: s.audit_forward_errors,
+            audit_forward_dropped: s.audit_forward_dropped,
         }
     }
 }
@@ -86,6 +91,12 @@ fn human(s: &StatusResponse) -> Vec<String> {
         lines.push(format!(
             "kdf: {} m={} KiB t={} p={}{warning}",
             k.algorithm, k.memory_kib, k.iterations, k.parallelism
+        ));
+    }
+    if s.audit_forward_errors > 0 || s.audit_forward_dropped > 0 {
+        lines.push(format!(
+            "audit forwarding: {} failed attempts, {} entries skipped (see vaultd's log; the audit log itself is complete)",
+            s.audit_forward_errors, s.audit_forward_dropped
         ));
     }
     lines

@@ -60,10 +60,13 @@ impl Txn<'_> {
             .optional()?)
     }
 
-    /// Entries not yet chained (written while sealed), oldest first.
+    /// Entries not yet chained (written while sealed), oldest first. They can only
+    /// follow the head, so this is a primary-key range, not a scan of the log.
     pub fn audit_unchained(&self) -> Result<Vec<AuditRow>, StoreError> {
-        let mut stmt =
-            self.tx.prepare_cached(&format!("SELECT {COLUMNS} FROM audit WHERE mac IS NULL ORDER BY seq"))?;
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM audit
+             WHERE seq > COALESCE((SELECT seq FROM audit_head WHERE id = 1), 0) AND mac IS NULL ORDER BY seq"
+        ))?;
         let rows = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
         Ok(rows)
     }
