@@ -91,7 +91,7 @@ insert before the first  | 1       | INSERT INTO audit SELECT 0, $copy, mac FROM
 swap two entries         | $W2     | UPDATE audit SET seq = -1 WHERE seq = $k; UPDATE audit SET seq = $k
                                      WHERE seq = $k + 1; UPDATE audit SET seq = $k + 1 WHERE seq = -1           | $k
 delete the last two      | 1       | DELETE FROM audit WHERE seq >= $n - 1                                      | $n - 1
-the same, head rewritten | 1       | DELETE FROM audit WHERE seq >= $n - 1; UPDATE audit_head SET seq = $n - 2  | $n - 2
+the same, head rewritten | 1       | DELETE FROM audit WHERE seq >= $n - 1; UPDATE audit_head SET seq = $n - 2  | $n - 1
 set a mac to NULL        | $REVEAL | UPDATE audit SET mac = NULL WHERE seq = $k                                 | $k
 append an unchained one  | $READ   | INSERT INTO audit SELECT $n + 1, $copy, NULL FROM audit WHERE seq = $k     | $n + 1
 edit, NULL macs, +read   | $W2     | UPDATE audit SET detail = json_set(detail, '$.version', 1) WHERE seq = $k;

@@ -98,9 +98,9 @@ async fn serve(
     };
     let agent = bind(&opts.agent_socket, opts.config.agent_socket_mode).await?;
     let admin = bind(&opts.admin_socket, 0o600).await?;
-    // Refuse to serve if the audit log cannot be written.
-    vault.record_durable(start_event(&opts.config))?;
+    // Sinks first, so they see the start record; refuse to serve if it cannot be written.
     forward::spawn(&opts.config.audit.sinks, &vault.subscribe_sender(), vault.forward_stats());
+    vault.record_durable(start_event(&opts.config))?;
     let maintenance = tokio::spawn(maintain(vault.clone(), opts.config.audit.retention));
     tracing::info!(agent = %opts.agent_socket.display(), admin = %opts.admin_socket.display(), "listening");
     ready();

@@ -3,7 +3,8 @@
 //! Sealed means no key is in memory; every operation but `status`, `init` and
 //! `unlock` then fails with [`VaultError::Sealed`]. Nothing here knows about gRPC.
 
-use crate::audit::{self, Actor, Committer, Event, Outcome, Verdict, chain, forward};
+use crate::audit::chain::{self, Tip};
+use crate::audit::{self, Actor, Committer, Event, Outcome, Verdict, forward};
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
 use crate::store::{AuditFilter, AuditRow, SecretLabels, SecretRow, Store, StoreError, Txn, VersionRow};
 use std::path::Path;
@@ -91,6 +92,10 @@ pub struct Vault {
     /// `None` while sealed. Readers clone the `Arc` and drop the lock at once, so a
     /// seal never waits on a read; the keys are wiped when the last clone drops.
     keys: RwLock<Option<Arc<Unlocked>>>,
+    /// The audit chain's keys and tip while unlocked. Every write holds this lock
+    /// around its transaction (lock order: this, then the store's writer), so the
+    /// tip always matches what is committed and an unlock never races an append.
+    chain: Mutex<Option<Chain>>,
     /// Serializes init and unlock: each runs Argon2 with 64 MiB, and a burst of
     /// them must neither exhaust memory nor make guessing cheaper.
     kdf_gate: Mutex<()>,
@@ -111,12 +116,13 @@ impl Vault {
         Ok(Arc::new_cyclic(|vault: &Weak<Vault>| {
             let vault = vault.clone();
             let committer = Committer::new(move |events| match vault.upgrade() {
-                Some(vault) => vault.append(&events, false).map_err(|e| e.to_string()),
+                Some(vault) => vault.append(events, false).map_err(|e| e.to_string()),
                 None => Err("vaultd is shutting down".into()),
             });
             Vault {
                 store,
                 keys: RwLock::new(None),
+                chain: Mutex::new(None),
                 kdf_gate: Mutex::new(()),
                 committer,
                 audit_reads,
@@ -138,30 +144,61 @@ impl Vault {
         }
     }
 
-    fn set_keys(&self, keys: Option<Unlocked>) -> Option<Arc<Unlocked>> {
-        std::mem::replace(&mut *self.keys.write().unwrap_or_else(|p| p.into_inner()), keys.map(Arc::new))
+    fn chain(&self) -> std::sync::MutexGuard<'_, Option<Chain>> {
+        self.chain.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` and appends the events it returns, in one durable transaction,
-    /// then publishes the committed entries. The one way state changes.
-    fn write<T>(
+    /// Runs `f` and appends the events it returns, in one transaction (durable
+    /// unless `durable` is false: read records only), then publishes the committed
+    /// entries. The one way state changes.
+    fn commit<T>(
         &self,
-        keys: Option<&Unlocked>,
+        durable: bool,
         f: impl FnOnce(&Txn<'_>) -> Result<(T, Vec<Event>), VaultError>,
     ) -> Result<T, VaultError> {
-        let (out, rows) = self.store.write(|txn| {
+        let mut chain = self.chain();
+        let mut tip = chain.as_ref().map(|c| c.tip.clone());
+        let (out, rows) = self.store.write_with(durable, |txn| {
             let (out, events) = f(txn)?;
-            Ok::<_, VaultError>((out, chain::append(txn, keys, &events)?))
+            let link = chain.as_ref().zip(tip.as_mut()).map(|(c, tip)| (&*c.keys, tip));
+            Ok::<_, VaultError>((out, chain::append(txn, link, &events)?))
         })?;
+        if let (Some(c), Some(tip)) = (chain.as_mut(), tip) {
+            c.tip = tip;
+        }
+        drop(chain);
         self.publish(rows);
         Ok(out)
     }
 
+    fn write<T>(&self, f: impl FnOnce(&Txn<'_>) -> Result<(T, Vec<Event>), VaultError>) -> Result<T, VaultError> {
+        self.commit(true, f)
+    }
+
     /// Appends events that record no change of their own (reads, refusals).
-    fn append(&self, events: &[Event], durable: bool) -> Result<(), VaultError> {
-        let keys = self.current_keys();
-        let rows =
-            self.store.write_with(durable, |txn| Ok::<_, VaultError>(chain::append(txn, keys.as_deref(), events)?))?;
+    fn append(&self, events: Vec<Event>, durable: bool) -> Result<(), VaultError> {
+        self.commit(durable, |_| Ok(((), events)))
+    }
+
+    /// Makes `unlocked` the vault's keys: in one transaction, runs `prepare` (init
+    /// stores the new header there), resumes the audit chain and records `event`.
+    fn open_with(
+        &self,
+        unlocked: Unlocked,
+        prepare: impl FnOnce(&Txn<'_>) -> Result<(), VaultError>,
+        event: Event,
+    ) -> Result<(), VaultError> {
+        let keys = Arc::new(unlocked);
+        let mut chain = self.chain();
+        let (tip, rows) = self.store.write(|txn| {
+            prepare(txn)?;
+            let mut tip = chain::resume(txn, &keys)?;
+            let rows = chain::append(txn, Some((&keys, &mut tip)), &[event])?;
+            Ok::<_, VaultError>((tip, rows))
+        })?;
+        *chain = Some(Chain { keys: keys.clone(), tip });
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
+        drop(chain);
         self.publish(rows);
         Ok(())
     }
@@ -195,7 +232,7 @@ impl Vault {
 
     /// Records an event now, durably (startup and shutdown records).
     pub fn record_durable(&self, event: Event) -> Result<(), VaultError> {
-        self.append(&[event], true)
+        self.append(vec![event], true)
     }
 
     /// Records an event through the group commit and waits for it.
@@ -231,14 +268,9 @@ impl Vault {
         }
         let kdf = KdfParams::for_new_vault();
         let (header, term, unlocked) = crypto::create(passphrase, kdf)?;
-        self.write(Some(&unlocked), |txn| {
-            txn.initialize(&header, &term)?;
-            let event = Event::new("vault.init", Outcome::Ok, actor)
-                .with("kdf", format!("argon2id m={} t={} p={}", kdf.memory_kib, kdf.iterations, kdf.parallelism));
-            Ok(((), vec![event]))
-        })?;
-        self.set_keys(Some(unlocked));
-        Ok(())
+        let event = Event::new("vault.init", Outcome::Ok, actor)
+            .with("kdf", format!("argon2id m={} t={} p={}", kdf.memory_kib, kdf.iterations, kdf.parallelism));
+        self.open_with(unlocked, |txn| Ok(txn.initialize(&header, &term)?), event)
     }
 
     /// Checks the passphrase and loads the keys. A wrong passphrase changes
@@ -251,19 +283,15 @@ impl Vault {
         let _gate = self.kdf_gate.lock().unwrap_or_else(|p| p.into_inner());
         let (header, terms) = self.store.header()?.ok_or(VaultError::Uninitialized)?;
         match Unlocked::open(passphrase, &header, &terms) {
-            Ok(unlocked) => {
-                // Also chains what was recorded while sealed.
-                self.write(Some(&unlocked), |_| Ok(((), vec![Event::new("vault.unlock", Outcome::Ok, actor)])))?;
-                self.set_keys(Some(unlocked));
-                Ok(())
-            }
+            // Also chains what was recorded while sealed.
+            Ok(unlocked) => self.open_with(unlocked, |_| Ok(()), Event::new("vault.unlock", Outcome::Ok, actor)),
             Err(e) => {
                 let (outcome, error) = match e {
                     CryptoError::WrongPassphrase => (Outcome::Denied, VaultError::WrongPassphrase),
                     other => (Outcome::Failed, VaultError::Crypto(other)),
                 };
                 let event = Event::new("vault.unlock", outcome, actor).with("reason", error.to_string());
-                self.append(&[event], true)?;
+                self.append(vec![event], true)?;
                 Err(error)
             }
         }
@@ -273,15 +301,21 @@ impl Vault {
     /// effect; its record (with a checkpoint of the log head) is written with the
     /// outgoing keys, and an error reports a record that could not be written.
     pub fn seal(&self, actor: &Actor) -> Result<(), VaultError> {
-        let Some(keys) = self.set_keys(None) else { return Ok(()) };
-        self.write(Some(&keys), |txn| Ok(((), vec![checkpoint(txn)?, Event::new("vault.seal", Outcome::Ok, actor)])))
+        let mut chain = self.chain();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let Some(Chain { keys, mut tip }) = chain.take() else { return Ok(()) };
+        let events = [checkpoint(&tip), Event::new("vault.seal", Outcome::Ok, actor)];
+        let rows = self.store.write(|txn| chain::append(txn, Some((&keys, &mut tip)), &events))?;
+        drop(chain);
+        self.publish(rows);
+        Ok(())
     }
 
     /// Appends a checkpoint: the head's seq and MAC, for forwarding to a place an
     /// attacker who can edit the database cannot reach.
     pub fn checkpoint(&self) -> Result<(), VaultError> {
-        let keys = self.keys()?;
-        self.write(Some(&keys), |txn| Ok(((), vec![checkpoint(txn)?])))
+        let tip = self.chain().as_ref().map(|c| c.tip.clone()).ok_or(VaultError::Sealed)?;
+        self.append(vec![checkpoint(&tip)], true)
     }
 
     /// Stores `value` as the new current version; returns its number. Fsyncs:
@@ -301,7 +335,7 @@ impl Vault {
         }
         let keys = self.keys()?;
         let digest = keys.value_digest(value.expose());
-        self.write(Some(&keys), |txn| {
+        self.write(|txn| {
             let version = txn.put(secret.env, secret.name, labels, |version| {
                 Ok::<_, VaultError>(keys.seal_version(&secret.version(version), value.expose())?)
             })?;
@@ -355,8 +389,8 @@ impl Vault {
 
     /// Deletes the secret and every version; returns how many versions went.
     pub fn delete(&self, actor: &Actor, secret: SecretRef<'_>) -> Result<u64, VaultError> {
-        let keys = self.keys()?;
-        self.write(Some(&keys), |txn| {
+        self.keys()?;
+        self.write(|txn| {
             let destroyed = txn.delete(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
             let event = Event::new("secret.delete", Outcome::Ok, actor)
                 .secret(secret.env, secret.name)
@@ -392,10 +426,10 @@ impl Vault {
     /// Deletes entries older than `retention`, recording the pruning in the chain
     /// so that `audit verify` can tell it from tampering. Returns how many went.
     pub fn audit_prune(&self, retention: std::time::Duration) -> Result<u64, VaultError> {
-        let keys = self.keys()?;
+        self.keys()?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let cutoff = now.saturating_sub(retention).as_millis() as i64;
-        self.write(Some(&keys), |txn| match txn.audit_prune(cutoff)? {
+        self.write(|txn| match txn.audit_prune(cutoff)? {
             None => Ok((0, vec![])),
             Some((upto, count)) => {
                 let event = Event::new("audit.pruned", Outcome::Ok, &Actor::vaultd())
@@ -413,11 +447,16 @@ impl Vault {
     }
 }
 
-/// A checkpoint event naming the current head of the log.
-fn checkpoint(txn: &Txn<'_>) -> Result<Event, VaultError> {
-    let (seq, mac) = txn.audit_last()?.unwrap_or((0, None));
-    let mac: String = mac.unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(Event::new("audit.checkpoint", Outcome::Ok, &Actor::vaultd()).with("seq", seq).with("mac", mac))
+/// A checkpoint event naming the current tip of the log.
+fn checkpoint(tip: &Tip) -> Event {
+    let mac: String = tip.mac.iter().map(|b| format!("{b:02x}")).collect();
+    Event::new("audit.checkpoint", Outcome::Ok, &Actor::vaultd()).with("seq", tip.seq).with("mac", mac)
+}
+
+/// The audit chain's state while unlocked.
+struct Chain {
+    keys: Arc<Unlocked>,
+    tip: Tip,
 }
 
 /// The record of a read: allowed (with the version), denied (unknown, sealed) or

@@ -104,14 +104,15 @@ async fn query(global: &Global, filter: Filter) -> anyhow::Result<()> {
 }
 
 async fn export(global: &Global, args: ExportArgs) -> anyhow::Result<()> {
-    let mut admin = daemon::admin(global).await?;
-    let mut stream = admin.export_audit(v1::ExportAuditRequest {}).await.reply()?;
+    // The file first: an export refused for its file must not stream (and record) the log.
     let cannot = || format!("cannot create {}", args.output.display());
     let file =
         std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&args.output).with_context(cannot)?;
     let mut out = std::io::BufWriter::new(file);
     let mut count = 0u64;
     let written = async {
+        let mut admin = daemon::admin(global).await?;
+        let mut stream = admin.export_audit(v1::ExportAuditRequest {}).await.reply()?;
         while let Some(entry) = stream.message().await.map_err(daemon::RpcError::from)? {
             writeln!(out, "{}", entry.json)?;
             count += 1;
@@ -124,7 +125,7 @@ async fn export(global: &Global, args: ExportArgs) -> anyhow::Result<()> {
     if let Err(e) = written {
         // A partial export is worse than none: it looks complete.
         let _ = std::fs::remove_file(&args.output);
-        return Err(e.context(format!("export to {} failed; the partial file was removed", args.output.display())));
+        return Err(e.context(format!("export to {} failed; the file was removed", args.output.display())));
     }
     if global.json {
         return output::json(&serde_json::json!({ "entries": count, "output": args.output }));

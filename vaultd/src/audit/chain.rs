@@ -3,8 +3,13 @@
 //! `mac(n) = HMAC(audit key, mac(n-1) || content(n))`, starting from 32 zero bytes
 //! (or, after retention, from the anchor: the last pruned entry's MAC). The head
 //! row carries its own MAC over the newest chained entry, so cutting entries off
-//! the end is caught too. Entries written while sealed are stored unchained and
-//! chained, in order, by the first append after the next unlock.
+//! the end is caught too.
+//!
+//! While unlocked, where the chain ends (the [`Tip`]) is kept in memory, never
+//! re-read from the table: rows deleted, forged or un-chained behind vaultd's back
+//! stay visible to `audit verify` instead of being chained over. The tip is found
+//! at unlock, from the head checked against its MAC ([`resume`]); entries written
+//! while sealed (stored unchained) are chained then, in order.
 
 use super::event::Event;
 use crate::crypto::{MAC_LEN, Unlocked};
@@ -12,6 +17,13 @@ use crate::store::{AuditRow, StoreError, Txn};
 use serde_json::Value;
 
 const GENESIS: [u8; MAC_LEN] = [0; MAC_LEN];
+
+/// The newest chained entry: what the next entry's MAC links to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tip {
+    pub seq: u64,
+    pub mac: Vec<u8>,
+}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -30,20 +42,36 @@ fn content(row: &AuditRow) -> Vec<u8> {
     out
 }
 
-/// Appends `events` inside `txn`. With `keys`, any entries left unchained from a
-/// sealed period are chained first, then the new ones, and the head moves; without
-/// (sealed), the new entries are stored unchained.
-pub fn append(txn: &Txn<'_>, keys: Option<&Unlocked>, events: &[Event]) -> Result<Vec<AuditRow>, StoreError> {
-    let last = txn.audit_last()?;
-    let mut seq = last.as_ref().map_or(0, |(seq, _)| *seq);
-    if seq == 0 {
-        seq = txn.audit_anchor()?.map_or(0, |(seq, _)| seq);
+/// The MAC of `row` chained onto `tip`, which then moves to `row`.
+fn chain_row(keys: &Unlocked, tip: &mut Tip, row: &AuditRow) -> Vec<u8> {
+    let mac = keys.audit_mac(&tip.mac, &content(row)).to_vec();
+    tip.seq = row.seq;
+    tip.mac.clone_from(&mac);
+    mac
+}
+
+fn set_head(txn: &Txn<'_>, keys: &Unlocked, tip: &Tip) -> Result<(), StoreError> {
+    txn.audit_set_head(tip.seq, &keys.audit_head_mac(tip.seq, &tip.mac))
+}
+
+/// Appends `events` inside `txn`. Unlocked (`chain` given), each is chained onto
+/// the tip, which advances (the caller keeps the new tip only if `txn` commits);
+/// sealed, they are stored unchained until the next unlock.
+pub fn append(
+    txn: &Txn<'_>,
+    chain: Option<(&Unlocked, &mut Tip)>,
+    events: &[Event],
+) -> Result<Vec<AuditRow>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
     }
+    // Past both the table and the tip: a forged row keeps its seq (and breaks
+    // verification there); a deleted tail leaves a gap rather than being reused.
+    let first = txn.audit_max_seq()?.max(chain.as_ref().map_or(0, |(_, tip)| tip.seq)) + 1;
     let time_unix_ms = now_ms();
-    let mut rows = Vec::with_capacity(events.len());
-    for event in events {
-        seq += 1;
-        rows.push(AuditRow {
+    let mut rows: Vec<AuditRow> = (first..)
+        .zip(events)
+        .map(|(seq, event)| AuditRow {
             seq,
             time_unix_ms,
             kind: event.kind.into(),
@@ -53,40 +81,59 @@ pub fn append(txn: &Txn<'_>, keys: Option<&Unlocked>, events: &[Event]) -> Resul
             secret: event.secret.clone().unwrap_or_default(),
             detail: Value::Object(event.detail.clone()).to_string(),
             mac: None,
-        });
-    }
-    let Some(keys) = keys else {
-        for row in &rows {
-            txn.audit_insert(row)?;
+        })
+        .collect();
+    if let Some((keys, tip)) = chain {
+        for row in &mut rows {
+            row.mac = Some(chain_row(keys, tip, row));
         }
-        return Ok(rows);
-    };
-    // The entry before the first one to chain: the last chained entry, the anchor,
-    // or the start of the log.
-    let backlog = txn.audit_unchained()?;
-    let mut previous = match backlog.first() {
-        Some(first) => txn.audit_mac_before(first.seq)?,
-        None => last.and_then(|(_, mac)| mac),
-    };
-    if previous.is_none() {
-        previous = txn.audit_anchor()?.map(|(_, mac)| mac);
+        set_head(txn, keys, tip)?;
     }
-    let mut previous = previous.unwrap_or_else(|| GENESIS.to_vec());
-    for row in &backlog {
-        let mac = keys.audit_mac(&previous, &content(row));
-        txn.audit_set_mac(row.seq, &mac)?;
-        previous = mac.to_vec();
-    }
-    for row in &mut rows {
-        let mac = keys.audit_mac(&previous, &content(row));
-        row.mac = Some(mac.to_vec());
+    for row in &rows {
         txn.audit_insert(row)?;
-        previous = mac.to_vec();
-    }
-    if let Some(newest) = rows.last().map(|r| r.seq).or(backlog.last().map(|r| r.seq)) {
-        txn.audit_set_head(newest, &keys.audit_head_mac(newest, &previous))?;
     }
     Ok(rows)
+}
+
+/// At unlock: finds the tip (the head, if its MAC checks out) and chains the
+/// entries written while sealed onto it. A head that does not check out means
+/// the log was tampered with: that is logged, the newest chained entry is used
+/// instead, and `audit verify` will show where the chain breaks.
+pub fn resume(txn: &Txn<'_>, keys: &Unlocked) -> Result<Tip, StoreError> {
+    let start = txn.audit_anchor()?.map_or(Tip { seq: 0, mac: GENESIS.to_vec() }, |(seq, mac)| Tip { seq, mac });
+    let last_chained = || -> Result<Tip, StoreError> {
+        Ok(txn.audit_last_chained()?.map_or_else(|| start.clone(), |(seq, mac)| Tip { seq, mac }))
+    };
+    let mut tip = match txn.audit_head()? {
+        Some((seq, head_mac)) => match txn.audit_mac_at(seq)? {
+            Some(mac) if keys.audit_head_matches(seq, &mac, &head_mac) => Tip { seq, mac },
+            _ => {
+                tracing::error!(
+                    seq,
+                    "the audit log head does not verify: the log was altered; run `vaultctl audit verify`"
+                );
+                last_chained()?
+            }
+        },
+        None => {
+            let tip = last_chained()?;
+            if tip != start {
+                tracing::error!("the audit log head is missing: the log was altered; run `vaultctl audit verify`");
+            }
+            tip
+        }
+    };
+    let backlog = txn.audit_after(tip.seq)?;
+    let mut chained = false;
+    for row in backlog.iter().filter(|r| r.mac.is_none()) {
+        let mac = chain_row(keys, &mut tip, row);
+        txn.audit_set_mac(row.seq, &mac)?;
+        chained = true;
+    }
+    if chained {
+        set_head(txn, keys, &tip)?;
+    }
+    Ok(tip)
 }
 
 /// The outcome of `audit verify`.
@@ -167,9 +214,15 @@ impl<'k> Verifier<'k> {
                     let problem = format!("entries {}..={head_seq} are missing (deleted from the end)", last_seq + 1);
                     return Verdict::Broken { seq: last_seq + 1, problem };
                 }
-                if *head_seq < last_seq || !self.keys.audit_head_matches(*head_seq, &self.previous, head_mac) {
-                    let problem = format!("the log head does not match entry {last_seq} (entries added or removed)");
-                    return Verdict::Broken { seq: (*head_seq + 1).min(last_seq), problem };
+                if *head_seq < last_seq {
+                    let problem = format!("entry {} follows the log head (inserted)", head_seq + 1);
+                    return Verdict::Broken { seq: head_seq + 1, problem };
+                }
+                if !self.keys.audit_head_matches(*head_seq, &self.previous, head_mac) {
+                    // The head names the last entry but its MAC is for another: the
+                    // entries after it were removed and the head rewritten to hide it.
+                    let problem = format!("entries after {last_seq} are missing (the log head was rewritten)");
+                    return Verdict::Broken { seq: last_seq + 1, problem };
                 }
             }
             None if self.entries > 0 => {

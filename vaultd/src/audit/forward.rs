@@ -188,7 +188,11 @@ mod tests {
         let (tx, _) = broadcast::channel(4);
         let stats = Arc::new(Stats::default());
         spawn(&[SinkConfig::Syslog { socket: socket.clone() }], &tx, stats.clone());
-        for seq in 0..100 {
+        tx.send(Arc::new(row(0, "ok"))).unwrap();
+        while stats.errors.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await; // the sink is now stuck on entry 0
+        }
+        for seq in 1..100 {
             tx.send(Arc::new(row(seq, "ok"))).unwrap(); // never blocks, though nobody listens
         }
         tokio::time::sleep(Duration::from_millis(350)).await;

@@ -51,34 +51,47 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
 }
 
 impl Txn<'_> {
-    /// The newest entry's seq and MAC (`None` for an empty log).
-    pub fn audit_last(&self) -> Result<Option<(u64, Option<Vec<u8>>)>, StoreError> {
+    /// The highest seq in use: the newest entry's, or the anchor's after retention
+    /// emptied the table (0 for a new log).
+    pub fn audit_max_seq(&self) -> Result<u64, StoreError> {
         Ok(self
             .tx
-            .prepare_cached("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT COALESCE(MAX(seq), (SELECT seq FROM audit_anchor WHERE id = 1), 0) FROM audit")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    /// The stored head: (seq, head MAC).
+    pub fn audit_head(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .tx
+            .query_row("SELECT seq, head_mac FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
 
-    /// Entries not yet chained (written while sealed), oldest first. They can only
-    /// follow the head, so this is a primary-key range, not a scan of the log.
-    pub fn audit_unchained(&self) -> Result<Vec<AuditRow>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM audit
-             WHERE seq > COALESCE((SELECT seq FROM audit_head WHERE id = 1), 0) AND mac IS NULL ORDER BY seq"
-        ))?;
-        let rows = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
-        Ok(rows)
-    }
-
-    /// The MAC of the newest entry before `seq`, if there is one and it is chained.
-    pub fn audit_mac_before(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The MAC of entry `seq`, if it exists and is chained.
+    pub fn audit_mac_at(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .tx
-            .prepare_cached("SELECT mac FROM audit WHERE seq < ? ORDER BY seq DESC LIMIT 1")?
-            .query_row([seq], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .query_row("SELECT mac FROM audit WHERE seq = ?", [seq], |r| r.get::<_, Option<Vec<u8>>>(0))
             .optional()?
             .flatten())
+    }
+
+    /// The newest chained entry: (seq, MAC).
+    pub fn audit_last_chained(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .tx
+            .query_row("SELECT seq, mac FROM audit WHERE mac IS NOT NULL ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    /// Entries after `seq`, oldest first.
+    pub fn audit_after(&self, seq: u64) -> Result<Vec<AuditRow>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(&format!("SELECT {COLUMNS} FROM audit WHERE seq > ? ORDER BY seq"))?;
+        let rows = stmt.query_map([seq], row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     pub fn audit_insert(&self, r: &AuditRow) -> Result<(), StoreError> {

@@ -135,7 +135,13 @@ impl Store {
                 Ok(Mutex::new(conn))
             })
             .collect::<Result<_, StoreError>>()?;
-        Ok(Store { writers: Mutex::new(Writers { durable, fast }), readers, next_reader: Default::default(), path, schema_version })
+        Ok(Store {
+            writers: Mutex::new(Writers { durable, fast }),
+            readers,
+            next_reader: Default::default(),
+            path,
+            schema_version,
+        })
     }
 
     pub fn schema_version(&self) -> u32 {
