@@ -64,10 +64,18 @@ pub(crate) fn or_dash(text: &str) -> &str {
 
 /// A secret value ready to show: the text itself when it is UTF-8, else base64
 /// (RFC 4648 standard alphabet, padded). JSON uses the key `value` for the first
-/// and `value_base64` for the second, so a script never has to guess which.
+/// and `value_base64` for the second, so a script never has to guess which
+/// (serialized flattened into the object that carries it).
+#[derive(Serialize)]
 pub(crate) enum ShownValue<'a> {
+    #[serde(rename = "value")]
     Utf8(&'a str),
+    #[serde(rename = "value_base64", serialize_with = "as_str")]
     Base64(Zeroizing<String>),
+}
+
+fn as_str<S: serde::Serializer>(text: &Zeroizing<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(text)
 }
 
 impl<'a> ShownValue<'a> {
@@ -75,22 +83,6 @@ impl<'a> ShownValue<'a> {
         match std::str::from_utf8(bytes) {
             Ok(text) => ShownValue::Utf8(text),
             Err(_) => ShownValue::Base64(base64(bytes)),
-        }
-    }
-
-    /// The `value` JSON field: set only for UTF-8 values.
-    pub(crate) fn utf8(&self) -> Option<&str> {
-        match self {
-            ShownValue::Utf8(text) => Some(text),
-            ShownValue::Base64(_) => None,
-        }
-    }
-
-    /// The `value_base64` JSON field: set only for binary values.
-    pub(crate) fn base64(&self) -> Option<&str> {
-        match self {
-            ShownValue::Utf8(_) => None,
-            ShownValue::Base64(encoded) => Some(encoded),
         }
     }
 
@@ -108,24 +100,12 @@ impl<'a> ShownValue<'a> {
     }
 }
 
-/// Standard base64 with padding. Written here rather than pulled in as a crate:
-/// vaultctl only ever encodes, and only to display a value.
+/// Standard base64 with padding, into a zeroizing string sized up front so it
+/// never reallocates and leaves a copy of the value behind.
 fn base64(bytes: &[u8]) -> Zeroizing<String> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    // Sized exactly, so the string never reallocates and leaves a copy behind.
+    use base64::Engine as _;
     let mut out = Zeroizing::new(String::with_capacity(bytes.len().div_ceil(3) * 4));
-    for chunk in bytes.chunks(3) {
-        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let group = (byte(0) << 16) | (byte(1) << 8) | byte(2);
-        for i in 0..4 {
-            // A chunk of n bytes carries n + 1 sextets; the rest is padding.
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((group >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
+    base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut out);
     out
 }
 
@@ -161,34 +141,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_rfc4648_vectors() {
-        let vectors: [(&[u8], &str); 8] = [
-            (b"", ""),
-            (b"f", "Zg=="),
-            (b"fo", "Zm8="),
-            (b"foo", "Zm9v"),
-            (b"foob", "Zm9vYg=="),
-            (b"fooba", "Zm9vYmE="),
-            (b"foobar", "Zm9vYmFy"),
-            (b"\x00\xff\xfe\x03\xe0", "AP/+A+A="),
-        ];
-        for (input, want) in vectors {
-            assert_eq!(base64(input).as_str(), want, "{input:?}");
-        }
-    }
-
-    #[test]
     fn utf8_values_are_text_and_others_base64() {
+        let json = |v: &ShownValue<'_>| serde_json::to_string(v).unwrap_or_default();
         let text = ShownValue::new("tok-€\n".as_bytes());
-        assert_eq!((text.utf8(), text.base64()), (Some("tok-€\n"), None));
+        assert_eq!(json(&text), r#"{"value":"tok-€\n"}"#);
         assert_eq!(text.line().as_str(), "value: tok-€\n");
 
         let binary = ShownValue::new(b"\xff\x00a");
-        assert_eq!((binary.utf8(), binary.base64()), (None, Some("/wBh")));
+        assert_eq!(json(&binary), r#"{"value_base64":"/wBh"}"#);
         assert_eq!(binary.line().as_str(), "value (base64): /wBh");
 
         // A truncated multi-byte sequence is not UTF-8.
-        assert!(ShownValue::new(&"€".as_bytes()[..2]).base64().is_some());
+        assert_eq!(json(&ShownValue::new(&"€".as_bytes()[..2])), r#"{"value_base64":"4oI="}"#);
     }
 
     #[test]

@@ -24,10 +24,8 @@ struct GetJson<'a> {
     env: &'a str,
     name: &'a str,
     version: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_base64: Option<&'a str>,
+    #[serde(flatten)]
+    value: ShownValue<'a>,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
@@ -41,12 +39,10 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         // The exact bytes and nothing else, so `get x > file` round-trips.
         return output::raw(value.expose());
     }
-    let shown = ShownValue::new(value.expose());
     output::json(&GetJson {
         env: names::env_or_default(&reply.env),
         name: &reply.name,
         version: reply.version,
-        value: shown.utf8(),
-        value_base64: shown.base64(),
+        value: ShownValue::new(value.expose()),
     })
 }

@@ -51,10 +51,8 @@ impl<'a> From<&'a SecretMeta> for MetaJson<'a> {
 struct ShowJson<'a> {
     #[serde(flatten)]
     meta: MetaJson<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_base64: Option<&'a str>,
+    #[serde(flatten)]
+    value: Option<&'a ShownValue<'a>>,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
@@ -68,11 +66,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let shown = args.reveal.then(|| ShownValue::new(value.expose()));
 
     if global.json {
-        return output::json(&ShowJson {
-            meta: MetaJson::from(&meta),
-            value: shown.as_ref().and_then(ShownValue::utf8),
-            value_base64: shown.as_ref().and_then(ShownValue::base64),
-        });
+        return output::json(&ShowJson { meta: MetaJson::from(&meta), value: shown.as_ref() });
     }
     output::lines(&[
         format!("env: {}", names::env_or_default(&meta.env)),
@@ -105,7 +99,7 @@ mod tests {
             created_unix: 1,
             updated_unix: 3,
         };
-        let plain = ShowJson { meta: MetaJson::from(&meta), value: None, value_base64: None };
+        let plain = ShowJson { meta: MetaJson::from(&meta), value: None };
         assert_eq!(
             serde_json::to_string(&plain).ok().as_deref(),
             Some(concat!(
@@ -114,7 +108,7 @@ mod tests {
             ))
         );
         let shown = ShownValue::new(b"\xff");
-        let revealed = ShowJson { meta: MetaJson::from(&meta), value: shown.utf8(), value_base64: shown.base64() };
+        let revealed = ShowJson { meta: MetaJson::from(&meta), value: Some(&shown) };
         let json = serde_json::to_string(&revealed).unwrap_or_default();
         assert!(json.ends_with(r#""updated_unix":3,"value_base64":"/w=="}"#), "{json}");
     }
