@@ -16,6 +16,7 @@ pub enum NameError {
     TooLong,
     BadFirstChar,
     BadChar,
+    NoSlash,
 }
 
 impl std::fmt::Display for NameError {
@@ -25,6 +26,7 @@ impl std::fmt::Display for NameError {
             NameError::TooLong => "is longer than 128 characters",
             NameError::BadFirstChar => "must start with a-z or 0-9",
             NameError::BadChar => "may contain only a-z, 0-9, '_', '.' and '-'",
+            NameError::NoSlash => "must be ENV/NAME (with `*` for any characters)",
         })
     }
 }
@@ -48,6 +50,40 @@ pub fn validate(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Checks a grant pattern: `ENV/NAME`, each part a name in which `*` stands for
+/// any run of characters (`prod/telegram`, `prod/*`, `*/openai`, `*/*`).
+pub fn validate_pattern(pattern: &str) -> Result<(), NameError> {
+    let (env, name) = pattern.split_once('/').ok_or(NameError::NoSlash)?;
+    for part in [env, name] {
+        if part.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if part.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong);
+        }
+        let ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-' | b'*');
+        if !part.bytes().all(|b| ok(&b)) {
+            return Err(NameError::BadChar);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `pattern` (checked by [`validate_pattern`]) matches `env/name`.
+pub fn pattern_matches(pattern: &str, env: &str, name: &str) -> bool {
+    let Some((penv, pname)) = pattern.split_once('/') else { return false };
+    glob(penv.as_bytes(), env.as_bytes()) && glob(pname.as_bytes(), name.as_bytes())
+}
+
+/// `*` matches any run of bytes; everything else matches itself.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
+        Some((c, rest)) => text.split_first().is_some_and(|(t, tail)| t == c && glob(rest, tail)),
+    }
+}
+
 /// The environment to use: the given one, or [`DEFAULT_ENV`] when empty.
 pub fn env_or_default(env: &str) -> &str {
     if env.is_empty() { DEFAULT_ENV } else { env }
@@ -56,6 +92,31 @@ pub fn env_or_default(env: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_match_env_and_name_separately() {
+        let cases = [
+            ("prod/telegram", "prod", "telegram", true),
+            ("prod/telegram", "prod", "telegram2", false),
+            ("prod/*", "prod", "anything", true),
+            ("prod/*", "staging", "telegram", false),
+            ("*/openai", "staging", "openai", true),
+            ("*/*", "a", "b", true),
+            ("prod/tele*", "prod", "telegram", true),
+            ("prod/*gram", "prod", "telegram", true),
+            ("prod/t*m", "prod", "tm", true),
+            ("prod/t*m", "prod", "tx", false),
+            // `*` never crosses the slash: "prod/x" is not matched by "*" in env alone.
+            ("*/x", "prod", "y/x", false),
+        ];
+        for (pattern, env, name, want) in cases {
+            assert_eq!(validate_pattern(pattern), Ok(()), "{pattern}");
+            assert_eq!(pattern_matches(pattern, env, name), want, "{pattern} vs {env}/{name}");
+        }
+        for bad in ["telegram", "prod/", "/x", "Prod/x", "prod/a b", "a/b/c"] {
+            assert!(validate_pattern(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn accepts_the_documented_alphabet() {

@@ -356,10 +356,20 @@ fn query_and_export_match_what_happened() {
         std::fs::copy(&bins().vaultctl, &vaultctl).unwrap();
         // Until every child forked meanwhile has exec'd, the copy is "text file busy".
         wait_for("the copy to run", || std::process::Command::new(&vaultctl).arg("--version").output().ok());
-        let mut cmd = std::process::Command::new(&vaultctl);
-        cmd.uid(65534).gid(65534);
-        cmd.args(["get", "telegram"]).env("VAULT_SOCKET", &d.agent_socket).current_dir("/");
-        vault_tests::run(cmd, b"").error(3);
+        // The agent socket admits any caller the kernel names; with no client
+        // granted, the read is denied (looking like "not found") and recorded.
+        std::fs::set_permissions(&d.agent_socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let as_nobody = |args: &[&str]| {
+            let mut cmd = std::process::Command::new(&vaultctl);
+            cmd.uid(65534).gid(65534).current_dir("/");
+            cmd.args(args).env("VAULT_SOCKET", &d.agent_socket).env("VAULT_ADMIN_SOCKET", &d.admin_socket);
+            vault_tests::run(cmd, b"")
+        };
+        as_nobody(&["get", "telegram"]).error(3);
+        want_security.push("secret.read denied default/telegram not granted");
+        // The admin socket refuses another uid outright, even if its mode were loosened.
+        std::fs::set_permissions(&d.admin_socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        as_nobody(&["status"]).error(3);
         wait_for("the refusal's record", || d.audit_query(&["--type", "request"]).first().cloned());
         want_security.push("request.refused denied - -");
     } else {
@@ -371,7 +381,7 @@ fn query_and_export_match_what_happened() {
     assert_eq!(security.iter().map(brief).collect::<Vec<_>>(), want_security);
     assert!(security.iter().all(|e| e["class"] == "security"), "{security:#?}");
     if let Some(refused) = security.iter().find(|e| e["type"] == "request.refused") {
-        assert!(refused["actor"]["uid"] == 65534 && refused["actor"]["socket"] == "agent", "{refused}");
+        assert!(refused["actor"]["uid"] == 65534 && refused["actor"]["socket"] == "admin", "{refused}");
     }
 
     let (_, all) = d.audit_export("export.jsonl");

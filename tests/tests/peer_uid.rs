@@ -1,6 +1,7 @@
-//! The peer-uid check at accept: with both sockets reachable by everyone on the
+//! Callers as other uids, with both sockets reachable by everyone on the
 //! filesystem (the agent socket 0666 by config, the admin socket chmod 0666 by
-//! mistake), another uid still gets nothing. Needs root to run as another uid.
+//! mistake): the admin socket refuses them; the agent socket serves exactly what a
+//! matching, enabled client was granted. Needs root to run as other uids.
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
@@ -50,8 +51,10 @@ fn other_uids_are_refused_on_both_sockets() {
         run(cmd, b"")
     };
 
-    let calls: [&[&str]; 5] =
-        [&["get", "telegram"], &["status"], &["show", "--reveal", "telegram"], &["list"], &["seal"]];
+    // No client for this uid: the read looks like "not found", the admin calls are refused.
+    let out = call(Some(NOBODY), &["get", "telegram"]);
+    assert!(out.error(3).contains("not found"), "{out:?}");
+    let calls: [&[&str]; 4] = [&["status"], &["show", "--reveal", "telegram"], &["list"], &["seal"]];
     for args in calls {
         let out = call(Some(NOBODY), args);
         assert!(!out.stderr.contains("123:telegram-token"), "{}", out.stderr);
@@ -60,15 +63,74 @@ fn other_uids_are_refused_on_both_sockets() {
         assert!(message.contains("permission denied"), "uid {NOBODY} {args:?}: {message}");
     }
     let log = d.log();
-    for socket in ["agent", "admin"] {
-        let refused = log
-            .lines()
-            .any(|l| l.contains("request refused") && l.contains(&format!("socket={socket}")) && l.contains("65534"));
-        assert!(refused, "expected a refusal of uid 65534 on the {socket} socket in the log:\n{log}");
-    }
+    let refused =
+        log.lines().any(|l| l.contains("request refused") && l.contains("socket=admin") && l.contains("65534"));
+    assert!(refused, "expected a refusal of uid 65534 on the admin socket in the log:\n{log}");
 
     // The same binary as the owner: everything works, and nothing was sealed.
     assert_eq!(call(None, &["get", "telegram"]).ok().stdout, b"123:telegram-token");
     let status = call(None, &["--json", "status"]).ok().json();
     assert_eq!(status["sealed"], false, "{status}");
+}
+
+/// DESIGN §5 end to end: the same program as uid A (granted) reads prod/telegram,
+/// as uid B it gets the documented denial, and after `client disable` A is denied
+/// on its very next call.
+#[test]
+fn a_granted_uid_reads_another_is_denied_and_disable_takes_effect_at_once() {
+    if !is_root() {
+        eprintln!("skipped: needs root (run as root, as CI does)");
+        return;
+    }
+    const A: u32 = 65534;
+    const B: u32 = 65533;
+    let d = Daemon::start_with(Options { config: Some("agent_socket_mode = \"0666\"\n".into()), ..Options::default() });
+    d.init();
+    d.ctl(&["--env", "prod", "put", "telegram"], b"123:prod-token").ok();
+    d.ctl(&["--env", "prod", "put", "openai"], b"sk-prod").ok();
+    chmod(d.dir.path(), 0o755);
+    let (_bin_dir, vaultctl) = vaultctl_for_everyone();
+    let get = |uid: u32, name: &str| -> Output {
+        let mut cmd = std::process::Command::new(&vaultctl);
+        cmd.args(["--env", "prod", "get", name]).env("VAULT_SOCKET", &d.agent_socket).current_dir("/");
+        cmd.uid(uid).gid(uid);
+        run(cmd, b"")
+    };
+    d.ctl(&["client", "add", "bot", "--uid", &A.to_string(), "--allow", "prod/telegram"], b"").ok();
+
+    assert_eq!(get(A, "telegram").ok().stdout, b"123:prod-token");
+    let not_granted = get(A, "openai");
+    let missing = get(A, "nothere");
+    assert_eq!(not_granted.error(3).replace("openai", "X"), missing.error(3).replace("nothere", "X"), "same answer");
+    assert!(get(B, "telegram").error(3).contains("not found"));
+
+    d.ctl(&["client", "disable", "bot"], b"").ok();
+    get(A, "telegram").error(3);
+    d.ctl(&["client", "enable", "bot"], b"").ok();
+    assert_eq!(get(A, "telegram").ok().stdout, b"123:prod-token");
+
+    let reads = d.ctl(&["--json", "audit", "query", "--type", "secret.read", "--limit", "0"], b"").ok().json();
+    let seen: Vec<String> = reads
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["actor"]["uid"],
+                e["outcome"].as_str().unwrap(),
+                e["actor"]["client"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    let want = [
+        format!("{A} ok bot"),
+        format!("{A} denied -"),
+        format!("{A} denied -"),
+        format!("{B} denied -"),
+        format!("{A} denied -"),
+        format!("{A} ok bot"),
+    ];
+    assert_eq!(seen, want, "{reads:#}");
+    assert!(d.ctl(&["audit", "verify"], b"").ok().text().contains("intact"));
 }

@@ -1,9 +1,13 @@
 //! What a caller may do. Deny by default.
 //!
-//! For now the rule is per socket: the admin socket admits the vault's owner and
-//! root; the agent socket admits only the owner until clients and grants exist.
+//! The admin socket admits the vault's owner and root. The agent socket admits any
+//! caller the kernel can name (its mode decides who can connect at all); each read
+//! is then allowed for the owner, or for a caller matching an enabled client that
+//! holds a grant for the secret, and for nobody else.
 
 use crate::identity::Peer;
+use crate::store::ClientRow;
+use std::path::Path;
 
 /// Which of the two sockets a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +36,51 @@ pub fn may_use(socket: Socket, peer: Option<&Peer>, owner: u32) -> bool {
     let Some(peer) = peer else { return false };
     match socket {
         Socket::Admin => peer.uid == owner || peer.uid == 0,
-        Socket::Agent => peer.uid == owner,
+        Socket::Agent => true,
     }
+}
+
+/// Why a read is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadAccess {
+    /// The vault's owner reads everything (`vaultctl get`).
+    Owner,
+    /// A client the caller matches holds a grant for the secret.
+    Client(String),
+}
+
+/// Whether `peer` may read `env/name`. `clients` are the enabled clients with the
+/// caller's uid; `exe` gives the caller's executable, read only if a client asks.
+pub fn read_access(
+    owner: u32,
+    peer: &Peer,
+    exe: impl FnOnce() -> Option<std::path::PathBuf>,
+    clients: &[ClientRow],
+    env: &str,
+    name: &str,
+) -> Option<ReadAccess> {
+    if peer.uid == owner {
+        return Some(ReadAccess::Owner);
+    }
+    let mut exe = Some(exe);
+    let mut caller_exe = None;
+    for c in clients.iter().filter(|c| c.enabled && c.uid == peer.uid) {
+        if c.gid.is_some_and(|gid| gid != peer.gid) {
+            continue;
+        }
+        if let Some(want) = &c.exe {
+            if let Some(read) = exe.take() {
+                caller_exe = read();
+            }
+            if caller_exe.as_deref() != Some(Path::new(want)) {
+                continue;
+            }
+        }
+        if c.grants.iter().any(|p| vault_proto::names::pattern_matches(p, env, name)) {
+            return Some(ReadAccess::Client(c.name.clone()));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -50,12 +97,58 @@ mod tests {
             (Socket::Admin, Some(peer(1001)), false),
             (Socket::Admin, None, false),
             (Socket::Agent, Some(peer(1000)), true),
-            (Socket::Agent, Some(peer(0)), false),
-            (Socket::Agent, Some(peer(1001)), false),
+            (Socket::Agent, Some(peer(0)), true),
+            (Socket::Agent, Some(peer(1001)), true),
             (Socket::Agent, None, false),
         ];
         for (socket, p, want) in cases {
             assert_eq!(may_use(socket, p.as_ref(), owner), want, "{socket} {p:?}");
         }
+    }
+
+    fn client(name: &str, uid: u32, gid: Option<u32>, exe: Option<&str>, enabled: bool, grants: &[&str]) -> ClientRow {
+        ClientRow {
+            name: name.into(),
+            uid,
+            gid,
+            exe: exe.map(Into::into),
+            enabled,
+            grants: grants.iter().map(|g| (*g).into()).collect(),
+            created_unix: 0,
+        }
+    }
+
+    #[test]
+    fn reads_by_every_kind_of_caller() {
+        let owner = 1000;
+        let bot = client("bot", 2000, Some(2000), Some("/usr/bin/bot"), true, &["prod/telegram"]);
+        let any_exe = client("worker", 3000, None, None, true, &["prod/*"]);
+        let off = client("off", 4000, None, None, false, &["prod/*"]);
+        let clients = [bot, any_exe, off];
+        let peer = |uid, gid| Peer { uid, gid, pid: Some(7) };
+        // (who, caller, its executable, secret name in prod, expected access)
+        let cases = [
+            ("owner", peer(owner, owner), None, "telegram", Some(ReadAccess::Owner)),
+            (
+                "granted client",
+                peer(2000, 2000),
+                Some("/usr/bin/bot"),
+                "telegram",
+                Some(ReadAccess::Client("bot".into())),
+            ),
+            ("client without the grant", peer(2000, 2000), Some("/usr/bin/bot"), "openai", None),
+            ("wrong executable", peer(2000, 2000), Some("/usr/bin/python3"), "telegram", None),
+            ("unreadable executable", peer(2000, 2000), None, "telegram", None),
+            ("wrong gid", peer(2000, 9), Some("/usr/bin/bot"), "telegram", None),
+            ("wildcard grant", peer(3000, 1), None, "openai", Some(ReadAccess::Client("worker".into()))),
+            ("disabled client", peer(4000, 4000), None, "telegram", None),
+            ("other uid, no client", peer(5000, 5000), None, "telegram", None),
+        ];
+        for (who, p, exe, name, want) in cases {
+            let exe = || exe.map(std::path::PathBuf::from);
+            assert_eq!(read_access(owner, &p, exe, &clients, "prod", name), want, "{who}");
+        }
+        let no_exe = || None;
+        assert_eq!(read_access(owner, &peer(3000, 1), no_exe, &clients, "staging", "openai"), None, "other env");
     }
 }

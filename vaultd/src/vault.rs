@@ -6,7 +6,9 @@
 use crate::audit::chain::{self, Tip};
 use crate::audit::{self, Actor, Committer, Event, Outcome, Verdict, forward};
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
-use crate::store::{AuditFilter, AuditRow, SecretLabels, SecretRow, Store, StoreError, Txn, VersionRow};
+use crate::identity::Peer;
+use crate::policy::{self, ReadAccess};
+use crate::store::{AuditFilter, AuditRow, ClientRow, SecretLabels, SecretRow, Store, StoreError, Txn, VersionRow};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio::sync::broadcast;
@@ -26,6 +28,12 @@ pub enum VaultError {
     EmptyPassphrase,
     #[error("secret {env}/{name} not found")]
     NotFound { env: String, name: String },
+    #[error("client {0} not found")]
+    ClientNotFound(String),
+    #[error("client {0} already exists")]
+    ClientExists(String),
+    #[error("invalid grant pattern: {0}")]
+    InvalidPattern(NameError),
     #[error("invalid {what}: {why}")]
     InvalidName { what: &'static str, why: NameError },
     #[error("the value is empty")]
@@ -103,6 +111,8 @@ pub struct Vault {
     committer: Committer,
     /// Whether successful agent reads are recorded (denials always are).
     audit_reads: bool,
+    /// The vault's owner (vaultd's uid): reads everything on the agent socket.
+    owner: u32,
     /// Committed entries, for `audit tail` and the forwarding sinks.
     published: broadcast::Sender<Arc<AuditRow>>,
     forward_stats: Arc<forward::Stats>,
@@ -126,6 +136,7 @@ impl Vault {
                 kdf_gate: Mutex::new(()),
                 committer,
                 audit_reads,
+                owner: rustix::process::geteuid().as_raw(),
                 published,
                 forward_stats: Arc::default(),
             }
@@ -353,12 +364,39 @@ impl Vault {
         Ok((version, keys.open_version(&secret.version(version), &ciphertext)?))
     }
 
-    /// An agent's read of the current value. The value is released only after its
-    /// audit record is committed; a denial is always recorded.
-    pub async fn get(&self, actor: &Actor, secret: SecretRef<'_>) -> Result<(u64, SecretBytes), VaultError> {
-        let result = self.read_current(secret);
+    /// An agent's read of the current value, for `peer` as the kernel named it.
+    /// Not granted and not found are the same answer. The value is released only
+    /// after its audit record is committed; a denial is always recorded.
+    pub async fn get(
+        &self,
+        actor: &Actor,
+        peer: Option<&Peer>,
+        secret: SecretRef<'_>,
+    ) -> Result<(u64, SecretBytes), VaultError> {
+        let access = match peer {
+            Some(peer) => {
+                let clients = self.store.clients_for_uid(peer.uid)?;
+                policy::read_access(self.owner, peer, || peer.exe(), &clients, secret.env, secret.name)
+            }
+            None => None,
+        };
+        let mut actor = actor.clone();
+        let result = match &access {
+            Some(ReadAccess::Client(name)) => {
+                actor.client = Some(name.clone());
+                self.read_current(secret)
+            }
+            Some(ReadAccess::Owner) => self.read_current(secret),
+            None => {
+                let event = Event::new("secret.read", Outcome::Denied, &actor)
+                    .secret(secret.env, secret.name)
+                    .with("reason", "not granted");
+                self.record(event).await?;
+                return Err(secret.not_found());
+            }
+        };
         if self.audit_reads || result.is_err() {
-            self.record(read_event("secret.read", actor, secret, &result)).await?;
+            self.record(read_event("secret.read", &actor, secret, &result)).await?;
         }
         result
     }
@@ -396,6 +434,80 @@ impl Vault {
                 .secret(secret.env, secret.name)
                 .with("versions_destroyed", destroyed);
             Ok((destroyed, vec![event]))
+        })
+    }
+
+    pub fn clients(&self) -> Result<Vec<ClientRow>, VaultError> {
+        self.keys()?;
+        Ok(self.store.clients()?)
+    }
+
+    /// Adds a client with its first grants.
+    pub fn client_add(&self, actor: &Actor, client: ClientRow) -> Result<ClientRow, VaultError> {
+        names::validate(&client.name).map_err(|why| VaultError::InvalidName { what: "client name", why })?;
+        check_patterns(&client.grants)?;
+        self.keys()?;
+        let event = Event::new("client.add", Outcome::Ok, actor)
+            .with("client", client.name.clone())
+            .with("uid", client.uid)
+            .with("gid", client.gid)
+            .with("exe", client.exe.clone())
+            .with("grants", client.grants.clone());
+        self.client_change(&client.name.clone(), event, |txn| {
+            if !txn.client_add(&client)? {
+                return Err(VaultError::ClientExists(client.name.clone()));
+            }
+            Ok(true)
+        })
+    }
+
+    pub fn client_remove(&self, actor: &Actor, name: &str) -> Result<(), VaultError> {
+        self.keys()?;
+        self.write(|txn| {
+            if !txn.client_remove(name)? {
+                return Err(VaultError::ClientNotFound(name.into()));
+            }
+            Ok(((), vec![Event::new("client.remove", Outcome::Ok, actor).with("client", name)]))
+        })
+    }
+
+    pub fn client_set_enabled(&self, actor: &Actor, name: &str, enabled: bool) -> Result<ClientRow, VaultError> {
+        self.keys()?;
+        let kind = if enabled { "client.enable" } else { "client.disable" };
+        let event = Event::new(kind, Outcome::Ok, actor).with("client", name);
+        self.client_change(name, event, |txn| Ok(txn.client_set_enabled(name, enabled)?))
+    }
+
+    /// Adds (`grant`) or removes grant patterns.
+    pub fn client_grants(
+        &self,
+        actor: &Actor,
+        name: &str,
+        patterns: &[String],
+        grant: bool,
+    ) -> Result<ClientRow, VaultError> {
+        check_patterns(patterns)?;
+        self.keys()?;
+        let kind = if grant { "client.grant" } else { "client.ungrant" };
+        let event = Event::new(kind, Outcome::Ok, actor).with("client", name).with("patterns", patterns.to_vec());
+        self.client_change(name, event, |txn| {
+            Ok(if grant { txn.client_grant(name, patterns)? } else { txn.client_ungrant(name, patterns)? })
+        })
+    }
+
+    /// Applies `change` (false: no such client), records `event`, returns the client.
+    fn client_change(
+        &self,
+        name: &str,
+        event: Event,
+        change: impl FnOnce(&Txn<'_>) -> Result<bool, VaultError>,
+    ) -> Result<ClientRow, VaultError> {
+        self.write(|txn| {
+            if !change(txn)? {
+                return Err(VaultError::ClientNotFound(name.into()));
+            }
+            let row = txn.client(name)?.ok_or_else(|| VaultError::ClientNotFound(name.into()))?;
+            Ok((row, vec![event]))
         })
     }
 
@@ -445,6 +557,10 @@ impl Vault {
     pub fn value_digest(&self, value: &SecretBytes) -> Result<String, VaultError> {
         Ok(self.keys()?.value_digest(value.expose()))
     }
+}
+
+fn check_patterns(patterns: &[String]) -> Result<(), VaultError> {
+    patterns.iter().try_for_each(|p| names::validate_pattern(p).map_err(VaultError::InvalidPattern))
 }
 
 /// A checkpoint event naming the current tip of the log.

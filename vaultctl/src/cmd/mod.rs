@@ -3,6 +3,7 @@
 //! reaches the daemon's logs.
 
 mod audit;
+mod client;
 mod get;
 mod init;
 mod list;
@@ -46,6 +47,9 @@ pub(crate) enum Command {
     /// Query, export, follow and verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::Command),
+    /// Manage clients (agent identities) and their grants.
+    #[command(subcommand)]
+    Client(client::Command),
 }
 
 pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
@@ -61,6 +65,7 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Versions(args) => versions::run(global, args).await,
         Command::Rm(args) => rm::run(global, args).await,
         Command::Audit(command) => audit::run(global, command).await,
+        Command::Client(command) => client::run(global, command).await,
     }
 }
 

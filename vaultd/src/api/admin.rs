@@ -4,7 +4,7 @@
 use super::{actor, blocking, secret_meta, version_meta};
 use crate::audit::{Event, Outcome, Verdict, entry_json};
 use crate::crypto::SecretBytes;
-use crate::store::{AuditFilter, AuditRow, SecretLabels};
+use crate::store::{AuditFilter, AuditRow, ClientRow, SecretLabels};
 use crate::vault::{SecretRef, Vault};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -263,6 +263,82 @@ impl Admin for AdminApi {
     async fn hash_value(&self, req: Request<v1::HashValueRequest>) -> Result<Response<v1::HashValueResponse>, Status> {
         let value = take_secret(&mut req.into_inner().value);
         Ok(Response::new(v1::HashValueResponse { digest: self.vault.value_digest(&value)? }))
+    }
+
+    async fn add_client(&self, req: Request<v1::AddClientRequest>) -> Result<Response<v1::ClientInfo>, Status> {
+        let actor = actor("admin", &req);
+        let r = req.into_inner();
+        let client = ClientRow {
+            name: r.name,
+            uid: r.uid,
+            gid: r.gid,
+            exe: (!r.exe.is_empty()).then_some(r.exe),
+            enabled: true,
+            grants: r.allow,
+            created_unix: 0,
+        };
+        let vault = self.vault.clone();
+        Ok(Response::new(client_info(blocking(move || vault.client_add(&actor, client)).await?)))
+    }
+
+    async fn remove_client(&self, req: Request<v1::ClientName>) -> Result<Response<v1::RemoveClientResponse>, Status> {
+        let actor = actor("admin", &req);
+        let name = req.into_inner().name;
+        let vault = self.vault.clone();
+        blocking(move || vault.client_remove(&actor, &name)).await?;
+        Ok(Response::new(v1::RemoveClientResponse {}))
+    }
+
+    async fn set_client_enabled(
+        &self,
+        req: Request<v1::SetClientEnabledRequest>,
+    ) -> Result<Response<v1::ClientInfo>, Status> {
+        let actor = actor("admin", &req);
+        let r = req.into_inner();
+        let vault = self.vault.clone();
+        Ok(Response::new(client_info(blocking(move || vault.client_set_enabled(&actor, &r.name, r.enabled)).await?)))
+    }
+
+    async fn grant(&self, req: Request<v1::GrantRequest>) -> Result<Response<v1::ClientInfo>, Status> {
+        self.change_grants(req, true).await
+    }
+
+    async fn ungrant(&self, req: Request<v1::GrantRequest>) -> Result<Response<v1::ClientInfo>, Status> {
+        self.change_grants(req, false).await
+    }
+
+    async fn list_clients(
+        &self,
+        _: Request<v1::ListClientsRequest>,
+    ) -> Result<Response<v1::ListClientsResponse>, Status> {
+        let clients = self.vault.clients()?;
+        Ok(Response::new(v1::ListClientsResponse { clients: clients.into_iter().map(client_info).collect() }))
+    }
+}
+
+impl AdminApi {
+    async fn change_grants(
+        &self,
+        req: Request<v1::GrantRequest>,
+        grant: bool,
+    ) -> Result<Response<v1::ClientInfo>, Status> {
+        let actor = actor("admin", &req);
+        let r = req.into_inner();
+        let vault = self.vault.clone();
+        let row = blocking(move || vault.client_grants(&actor, &r.name, &r.patterns, grant)).await?;
+        Ok(Response::new(client_info(row)))
+    }
+}
+
+fn client_info(c: ClientRow) -> v1::ClientInfo {
+    v1::ClientInfo {
+        name: c.name,
+        uid: c.uid,
+        gid: c.gid,
+        exe: c.exe.unwrap_or_default(),
+        enabled: c.enabled,
+        grants: c.grants,
+        created_unix: c.created_unix,
     }
 }
 

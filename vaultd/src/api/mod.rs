@@ -22,11 +22,12 @@ impl From<VaultError> for Status {
         let msg = e.to_string();
         match e {
             VaultError::Sealed | VaultError::Uninitialized => Status::failed_precondition(msg),
-            VaultError::AlreadyInitialized => Status::already_exists(msg),
+            VaultError::AlreadyInitialized | VaultError::ClientExists(_) => Status::already_exists(msg),
             VaultError::WrongPassphrase => Status::permission_denied(msg),
-            VaultError::NotFound { .. } => Status::not_found(msg),
+            VaultError::NotFound { .. } | VaultError::ClientNotFound(_) => Status::not_found(msg),
             VaultError::EmptyPassphrase
             | VaultError::InvalidName { .. }
+            | VaultError::InvalidPattern(_)
             | VaultError::EmptyValue
             | VaultError::ValueTooLarge(_) => Status::invalid_argument(msg),
             VaultError::Crypto(CryptoError::DecryptionFailed) => Status::data_loss(msg),

@@ -18,6 +18,9 @@ pub struct Actor {
     pub gid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// The client the caller was matched to, when one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// Set for actions vaultd takes on its own (startup, retention, checkpoints).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub vaultd: bool,
@@ -30,6 +33,7 @@ impl Actor {
             uid: peer.map(|p| p.uid),
             gid: peer.map(|p| p.gid),
             pid: peer.and_then(|p| p.pid),
+            client: None,
             vaultd: false,
         }
     }
@@ -94,7 +98,7 @@ impl Event {
             return "security";
         }
         match self.kind.split('.').next().unwrap_or_default() {
-            "vault" | "connection" => "security",
+            "vault" | "request" | "client" => "security",
             "secret" if self.kind == "secret.read" || self.kind == "secret.reveal" => "access",
             "secret" => "change",
             "audit" => "audit",

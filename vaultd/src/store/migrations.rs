@@ -5,8 +5,11 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// `schema/NNNN_*.sql`, in order. Never edit a released one; append the next.
-const MIGRATIONS: &[&str] =
-    &[include_str!("../../../schema/0001_init.sql"), include_str!("../../../schema/0002_audit.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../schema/0001_init.sql"),
+    include_str!("../../../schema/0002_audit.sql"),
+    include_str!("../../../schema/0003_access.sql"),
+];
 
 /// Brings the database up to date; refuses one from a newer vaultd.
 pub(super) fn apply(conn: &mut Connection) -> Result<u32, StoreError> {
@@ -32,10 +35,10 @@ mod tests {
     #[test]
     fn applies_once_and_refuses_newer() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(apply(&mut conn).unwrap(), 2);
-        assert_eq!(apply(&mut conn).unwrap(), 2);
+        assert_eq!(apply(&mut conn).unwrap(), 3);
+        assert_eq!(apply(&mut conn).unwrap(), 3);
         conn.pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(apply(&mut conn), Err(StoreError::NewerSchema { found: 99, known: 2 })));
+        assert!(matches!(apply(&mut conn), Err(StoreError::NewerSchema { found: 99, known: 3 })));
     }
 
     #[test]

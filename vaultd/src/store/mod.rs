@@ -4,10 +4,12 @@
 //! that was acknowledged survives a crash or power loss. Reads use their own
 //! connection so an fsync in progress never stalls an agent's read.
 
+mod access;
 mod audit;
 mod files;
 mod migrations;
 
+pub use access::ClientRow;
 pub use audit::{AuditFilter, AuditRow, AuditSnapshot};
 pub use files::prepare_data_dir;
 
@@ -92,7 +94,7 @@ pub struct Txn<'c> {
 
 pub const DB_FILE: &str = "vault.db";
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 

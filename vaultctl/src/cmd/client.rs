@@ -1,0 +1,167 @@
+//! `vaultctl client …`: the agents' identities (kernel-attested selectors) and the
+//! grants that say which `ENV/NAME` patterns each may read.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use vault_proto::names;
+use vault_proto::v1::{self, ClientInfo};
+
+use crate::Global;
+use crate::daemon::{self, Reply as _};
+use crate::exit::usage;
+use crate::output::{self, or_dash, timestamp};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Add a client: callers with this uid (and gid, and executable, when given).
+    Add(AddArgs),
+    /// Let a client read secrets matching ENV/NAME patterns (`prod/telegram`, `prod/*`).
+    Grant(GrantArgs),
+    /// Take grants away.
+    Ungrant(GrantArgs),
+    /// List clients and their grants.
+    List,
+    /// Remove a client and its grants.
+    Rm(NameArg),
+    /// Let a disabled client read again.
+    Enable(NameArg),
+    /// Stop a client from reading anything, keeping its grants.
+    Disable(NameArg),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct AddArgs {
+    name: String,
+    /// The caller's user id (from the kernel, SO_PEERCRED).
+    #[arg(long)]
+    uid: u32,
+    /// Also require this group id.
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Also require this executable (absolute path, as /proc/PID/exe names it).
+    #[arg(long, value_name = "PATH")]
+    exe: Option<PathBuf>,
+    /// A pattern the client may read (repeatable).
+    #[arg(long = "allow", value_name = "PATTERN")]
+    allow: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct GrantArgs {
+    name: String,
+    #[arg(required = true, value_name = "PATTERN")]
+    patterns: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct NameArg {
+    name: String,
+}
+
+/// `{"name","uid","gid","exe","enabled","grants","created_unix"}`.
+#[derive(Serialize)]
+struct ClientJson<'a> {
+    name: &'a str,
+    uid: u32,
+    gid: Option<u32>,
+    exe: Option<&'a str>,
+    enabled: bool,
+    grants: &'a [String],
+    created_unix: i64,
+}
+
+impl<'a> From<&'a ClientInfo> for ClientJson<'a> {
+    fn from(c: &'a ClientInfo) -> Self {
+        ClientJson {
+            name: &c.name,
+            uid: c.uid,
+            gid: c.gid,
+            exe: (!c.exe.is_empty()).then_some(c.exe.as_str()),
+            enabled: c.enabled,
+            grants: &c.grants,
+            created_unix: c.created_unix,
+        }
+    }
+}
+
+fn checked_name(name: &str) -> anyhow::Result<String> {
+    names::validate(name).map_err(|e| usage(format!("invalid client name: {e}")))?;
+    Ok(name.to_owned())
+}
+
+fn checked_patterns(patterns: &[String]) -> anyhow::Result<Vec<String>> {
+    for p in patterns {
+        names::validate_pattern(p).map_err(|e| usage(format!("invalid grant pattern: {e}")))?;
+    }
+    Ok(patterns.to_vec())
+}
+
+pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
+    let reply = match command {
+        Command::Add(a) => {
+            let exe = match a.exe {
+                Some(p) if p.is_absolute() => {
+                    p.to_str().map(str::to_owned).ok_or_else(|| usage("--exe must be UTF-8"))?
+                }
+                Some(_) => return Err(usage("--exe must be an absolute path")),
+                None => String::new(),
+            };
+            let request = v1::AddClientRequest {
+                name: checked_name(&a.name)?,
+                uid: a.uid,
+                gid: a.gid,
+                exe,
+                allow: checked_patterns(&a.allow)?,
+            };
+            daemon::admin(global).await?.add_client(request).await.reply()?
+        }
+        Command::Grant(g) => {
+            let request = v1::GrantRequest { name: checked_name(&g.name)?, patterns: checked_patterns(&g.patterns)? };
+            daemon::admin(global).await?.grant(request).await.reply()?
+        }
+        Command::Ungrant(g) => {
+            let request = v1::GrantRequest { name: checked_name(&g.name)?, patterns: checked_patterns(&g.patterns)? };
+            daemon::admin(global).await?.ungrant(request).await.reply()?
+        }
+        Command::Enable(n) => set_enabled(global, &n.name, true).await?,
+        Command::Disable(n) => set_enabled(global, &n.name, false).await?,
+        Command::Rm(n) => {
+            let name = checked_name(&n.name)?;
+            daemon::admin(global).await?.remove_client(v1::ClientName { name: name.clone() }).await.reply()?;
+            if global.json {
+                return output::json(&serde_json::json!({ "removed": name }));
+            }
+            return output::lines(&[format!("removed client {name}")]);
+        }
+        Command::List => {
+            let clients = daemon::admin(global).await?.list_clients(v1::ListClientsRequest {}).await.reply()?.clients;
+            if global.json {
+                return output::json(&clients.iter().map(ClientJson::from).collect::<Vec<_>>());
+            }
+            let rows: Vec<Vec<String>> = clients.iter().map(row).collect();
+            return output::table(&["NAME", "UID", "GID", "EXE", "ENABLED", "GRANTS", "CREATED"], &rows);
+        }
+    };
+    if global.json {
+        return output::json(&ClientJson::from(&reply));
+    }
+    output::table(&["NAME", "UID", "GID", "EXE", "ENABLED", "GRANTS", "CREATED"], &[row(&reply)])
+}
+
+async fn set_enabled(global: &Global, name: &str, enabled: bool) -> anyhow::Result<ClientInfo> {
+    let request = v1::SetClientEnabledRequest { name: checked_name(name)?, enabled };
+    daemon::admin(global).await?.set_client_enabled(request).await.reply()
+}
+
+fn row(c: &ClientInfo) -> Vec<String> {
+    vec![
+        c.name.clone(),
+        c.uid.to_string(),
+        c.gid.map_or_else(|| "-".into(), |g| g.to_string()),
+        or_dash(&c.exe).to_owned(),
+        if c.enabled { "yes" } else { "no" }.into(),
+        if c.grants.is_empty() { "-".into() } else { c.grants.join(",") },
+        timestamp(c.created_unix),
+    ]
+}
