@@ -11,6 +11,7 @@ const REDACTED: &[&str] = &[
     "vault.v1.PutSecretRequest",
     "vault.v1.ShowSecretResponse",
     "vault.v1.HashValueRequest",
+    "vault.v1.CreateTokenResponse",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

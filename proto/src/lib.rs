@@ -76,6 +76,7 @@ redacted_debug!(v1::UnlockRequest {} redact { passphrase });
 redacted_debug!(v1::PutSecretRequest { secret, provider, description } redact { value });
 redacted_debug!(v1::ShowSecretResponse { secret } redact { value });
 redacted_debug!(v1::HashValueRequest {} redact { value });
+redacted_debug!(v1::CreateTokenResponse { info } redact { token });
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Mode of the agent socket, in octal: "0600" (default) lets only the vault's
@@ -15,11 +15,18 @@ pub struct Config {
     pub agent_socket_mode: u32,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// `[limits]`: client_rate, client_burst, global_rate, global_burst (reads per second).
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { agent_socket_mode: default_agent_socket_mode(), audit: AuditConfig::default() }
+        Config {
+            agent_socket_mode: default_agent_socket_mode(),
+            audit: AuditConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! holds a grant for the secret, and for nobody else.
 
 use crate::identity::Peer;
-use crate::store::ClientRow;
+use crate::store::{ClientRow, TokenRow};
 use std::path::Path;
 
 /// Which of the two sockets a connection arrived on.
@@ -40,6 +40,29 @@ pub fn may_use(socket: Socket, peer: Option<&Peer>, owner: u32) -> bool {
     }
 }
 
+/// Why a bearer token is refused, or `None` when it is good for a use by a caller
+/// with `uid` at `now`. The caller is told only "invalid or expired token"; the
+/// reason goes to the audit log.
+pub fn token_refusal(token: &TokenRow, uid: u32, now: i64) -> Option<&'static str> {
+    if token.revoked_unix.is_some() {
+        return Some("revoked");
+    }
+    if token.expires_unix.is_some_and(|t| now >= t) {
+        return Some("expired");
+    }
+    let last = token.last_used_unix.unwrap_or(token.created_unix);
+    if token.idle_secs.is_some_and(|idle| now - last >= idle) {
+        return Some("idle too long");
+    }
+    if token.uses_left.is_some_and(|n| n <= 0) {
+        return Some("no uses left");
+    }
+    if token.bind_uid.is_some_and(|bound| bound != uid) {
+        return Some("used from another uid");
+    }
+    None
+}
+
 /// Why a read is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadAccess {
@@ -62,6 +85,18 @@ pub fn read_access(
     if peer.uid == owner {
         return Some(ReadAccess::Owner);
     }
+    read_access_as(peer, exe, clients, env, name)
+}
+
+/// [`read_access`] for a caller that is not the owner (a token's caller is judged
+/// only by the token's client).
+pub fn read_access_as(
+    peer: &Peer,
+    exe: impl FnOnce() -> Option<std::path::PathBuf>,
+    clients: &[ClientRow],
+    env: &str,
+    name: &str,
+) -> Option<ReadAccess> {
     let mut exe = Some(exe);
     let mut caller_exe = None;
     for c in clients.iter().filter(|c| c.enabled && c.uid == peer.uid) {
@@ -150,5 +185,40 @@ mod tests {
         }
         let no_exe = || None;
         assert_eq!(read_access(owner, &peer(3000, 1), no_exe, &clients, "staging", "openai"), None, "other env");
+    }
+
+    #[test]
+    fn token_rules() {
+        let good = TokenRow {
+            accessor: "a".into(),
+            client: "bot".into(),
+            bind_uid: Some(2000),
+            created_unix: 100,
+            expires_unix: Some(200),
+            idle_secs: Some(50),
+            uses_left: Some(1),
+            last_used_unix: None,
+            revoked_unix: None,
+        };
+        let cases = [
+            ("valid", good.clone(), 2000, 120, None),
+            ("expired", good.clone(), 2000, 200, Some("expired")),
+            ("revoked", TokenRow { revoked_unix: Some(110), ..good.clone() }, 2000, 120, Some("revoked")),
+            ("idle", good.clone(), 2000, 150, Some("idle too long")),
+            ("idle since last use", TokenRow { last_used_unix: Some(140), ..good.clone() }, 2000, 180, None),
+            ("used up", TokenRow { uses_left: Some(0), ..good.clone() }, 2000, 120, Some("no uses left")),
+            ("wrong uid", good.clone(), 2001, 120, Some("used from another uid")),
+            ("any uid", TokenRow { bind_uid: None, ..good.clone() }, 2001, 120, None),
+            (
+                "no limits",
+                TokenRow { expires_unix: None, idle_secs: None, uses_left: None, ..good },
+                2000,
+                1 << 40,
+                None,
+            ),
+        ];
+        for (what, token, uid, now, want) in cases {
+            assert_eq!(token_refusal(&token, uid, now), want, "{what}");
+        }
     }
 }

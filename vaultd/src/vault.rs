@@ -7,10 +7,14 @@ use crate::audit::chain::{self, Tip};
 use crate::audit::{self, Actor, Committer, Event, Outcome, Verdict, forward};
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
 use crate::identity::Peer;
+use crate::limits::{Limits, LimitsConfig};
 use crate::policy::{self, ReadAccess};
-use crate::store::{AuditFilter, AuditRow, ClientRow, SecretLabels, SecretRow, Store, StoreError, Txn, VersionRow};
+use crate::store::{
+    AuditFilter, AuditRow, ClientRow, NewToken, SecretLabels, SecretRow, Store, StoreError, TokenRow, Txn, VersionRow,
+};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 use tokio::sync::broadcast;
 use vault_proto::names::{self, NameError};
 
@@ -34,6 +38,14 @@ pub enum VaultError {
     ClientExists(String),
     #[error("invalid grant pattern: {0}")]
     InvalidPattern(NameError),
+    #[error("invalid, expired or revoked token")]
+    TokenRefused,
+    #[error("token {0} not found")]
+    TokenNotFound(String),
+    #[error("client {0} has {max} live tokens already; revoke some first", max = MAX_TOKENS_PER_CLIENT)]
+    TooManyTokens(String),
+    #[error("rate limit exceeded; retry in {} ms", .0.as_millis())]
+    RateLimited(Duration),
     #[error("invalid {what}: {why}")]
     InvalidName { what: &'static str, why: NameError },
     #[error("the value is empty")]
@@ -95,8 +107,23 @@ pub struct Status {
     pub audit_forward_dropped: u64,
 }
 
+/// Live tokens a client may hold at once.
+pub const MAX_TOKENS_PER_CLIENT: u64 = 100;
+
+/// Who is reading, once identified.
+enum Reader {
+    Owner,
+    /// Judged by the clients its uid (and gid, executable) match.
+    Kernel(Peer),
+    /// Judged by the token's client alone.
+    Token(ClientRow),
+    /// Nobody the vault knows (no credentials).
+    Nobody,
+}
+
 pub struct Vault {
     store: Store,
+    limits: Limits,
     /// `None` while sealed. Readers clone the `Arc` and drop the lock at once, so a
     /// seal never waits on a read; the keys are wiped when the last clone drops.
     keys: RwLock<Option<Arc<Unlocked>>>,
@@ -120,7 +147,7 @@ pub struct Vault {
 
 impl Vault {
     /// Opens the vault in `data_dir`, sealed.
-    pub fn open(data_dir: &Path, audit_reads: bool) -> Result<Arc<Vault>, VaultError> {
+    pub fn open(data_dir: &Path, audit_reads: bool, limits: LimitsConfig) -> Result<Arc<Vault>, VaultError> {
         let store = Store::open(data_dir)?;
         let (published, _) = broadcast::channel(forward::BUFFER);
         Ok(Arc::new_cyclic(|vault: &Weak<Vault>| {
@@ -131,6 +158,7 @@ impl Vault {
             });
             Vault {
                 store,
+                limits: Limits::new(limits),
                 keys: RwLock::new(None),
                 chain: Mutex::new(None),
                 kdf_gate: Mutex::new(()),
@@ -364,41 +392,147 @@ impl Vault {
         Ok((version, keys.open_version(&secret.version(version), &ciphertext)?))
     }
 
-    /// An agent's read of the current value, for `peer` as the kernel named it.
-    /// Not granted and not found are the same answer. The value is released only
-    /// after its audit record is committed; a denial is always recorded.
+    /// An agent's read of one secret; see [`Vault::get_many`].
     pub async fn get(
         &self,
         actor: &Actor,
         peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
         secret: SecretRef<'_>,
     ) -> Result<(u64, SecretBytes), VaultError> {
-        let access = match peer {
-            Some(peer) => {
-                let clients = self.store.clients_for_uid(peer.uid)?;
-                policy::read_access(self.owner, peer, || peer.exe(), &clients, secret.env, secret.name)
-            }
-            None => None,
-        };
+        let mut values = self.get_many(actor, peer, token, &[secret]).await?;
+        values.pop().ok_or_else(|| secret.not_found())
+    }
+
+    /// An agent's read of current values, all or nothing, for `peer` as the kernel
+    /// named it (or, with `token`, for the token's client). Not granted and not
+    /// found are the same answer. Values are released only after their audit
+    /// records are committed; every denial is recorded.
+    pub async fn get_many(
+        &self,
+        actor: &Actor,
+        peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
+        secrets: &[SecretRef<'_>],
+    ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
         let mut actor = actor.clone();
-        let result = match &access {
-            Some(ReadAccess::Client(name)) => {
-                actor.client = Some(name.clone());
-                self.read_current(secret)
-            }
-            Some(ReadAccess::Owner) => self.read_current(secret),
-            None => {
-                let event = Event::new("secret.read", Outcome::Denied, &actor)
-                    .secret(secret.env, secret.name)
-                    .with("reason", "not granted");
-                self.record(event).await?;
-                return Err(secret.not_found());
-            }
+        let reader = self.identify(&mut actor, peer, token).await?;
+        let limit_key = match &reader {
+            Reader::Owner => None,
+            Reader::Token(c) => Some(c.name.clone()),
+            Reader::Kernel(p) => Some(format!("uid:{}", p.uid)),
+            Reader::Nobody => Some("nobody".into()),
         };
-        if self.audit_reads || result.is_err() {
-            self.record(read_event("secret.read", &actor, secret, &result)).await?;
+        if let Err(wait) = self.limits.admit(limit_key.as_deref()) {
+            let event = Event::new("request.rate_limited", Outcome::Denied, &actor)
+                .with("retry_after_ms", wait.as_millis() as u64);
+            self.record_detached(event);
+            return Err(VaultError::RateLimited(wait));
         }
-        result
+        let clients = match &reader {
+            Reader::Kernel(p) => self.store.clients_for_uid(p.uid)?,
+            _ => Vec::new(),
+        };
+        let mut results = Vec::with_capacity(secrets.len());
+        let mut events = Vec::with_capacity(secrets.len());
+        for secret in secrets {
+            let access = match &reader {
+                Reader::Owner => Some(ReadAccess::Owner),
+                Reader::Kernel(p) => policy::read_access_as(p, || p.exe(), &clients, secret.env, secret.name),
+                Reader::Token(c) => policy::read_access_as(
+                    &Peer { uid: c.uid, gid: c.gid.unwrap_or_default(), pid: None },
+                    || c.exe.as_ref().map(Into::into),
+                    std::slice::from_ref(c),
+                    secret.env,
+                    secret.name,
+                ),
+                Reader::Nobody => None,
+            };
+            let mut who = actor.clone();
+            let result = match access {
+                Some(ReadAccess::Client(name)) => {
+                    who.client = Some(name);
+                    self.read_current(*secret)
+                }
+                Some(ReadAccess::Owner) => self.read_current(*secret),
+                None => {
+                    events.push(
+                        Event::new("secret.read", Outcome::Denied, &who)
+                            .secret(secret.env, secret.name)
+                            .with("reason", "not granted"),
+                    );
+                    results.push(Err(secret.not_found()));
+                    continue;
+                }
+            };
+            if self.audit_reads || result.is_err() {
+                events.push(read_event("secret.read", &who, *secret, &result));
+            }
+            results.push(result);
+        }
+        self.record_all(events).await?;
+        results.into_iter().collect()
+    }
+
+    /// Names the reader: a token (checked and used up by one), else the kernel's
+    /// identity. A refused token is recorded and never falls back to the uid.
+    async fn identify(
+        &self,
+        actor: &mut Actor,
+        peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
+    ) -> Result<Reader, VaultError> {
+        let Some(peer) = peer else { return Ok(Reader::Nobody) };
+        let Some(token) = token else {
+            return Ok(if peer.uid == self.owner { Reader::Owner } else { Reader::Kernel(*peer) });
+        };
+        if let Err(wait) = self.limits.auth_allowed(peer.uid) {
+            self.record_detached(
+                Event::new("token.refused", Outcome::Denied, actor).with("reason", "paused after failed attempts"),
+            );
+            return Err(VaultError::RateLimited(wait));
+        }
+        let keys = self.keys()?;
+        let hash = keys.token_hash(token.expose());
+        let now = crate::store::now_unix();
+        // The check and the use in one durable transaction: a use-limited token
+        // cannot be spent twice, even across a crash.
+        let checked = self.write(|txn| {
+            let Some(row) = txn.token_by_hash(&hash)? else { return Ok((Err(("unknown", None)), vec![])) };
+            if let Some(reason) = policy::token_refusal(&row, peer.uid, now) {
+                return Ok((Err((reason, Some(row.accessor.clone()))), vec![]));
+            }
+            txn.token_use(&row.accessor, now)?;
+            let client = txn.client(&row.client)?.filter(|c| c.enabled);
+            Ok((
+                client.map(|c| (row.accessor.clone(), c)).ok_or(("client disabled or removed", Some(row.accessor))),
+                vec![],
+            ))
+        })?;
+        match checked {
+            Ok((accessor, client)) => {
+                self.limits.auth_succeeded(peer.uid);
+                actor.token = Some(accessor);
+                Ok(Reader::Token(client))
+            }
+            Err((reason, accessor)) => {
+                self.limits.auth_failed(peer.uid);
+                let mut event = Event::new("token.refused", Outcome::Denied, actor).with("reason", reason);
+                if let Some(accessor) = accessor {
+                    event = event.with("accessor", accessor);
+                }
+                self.record(event).await?;
+                Err(VaultError::TokenRefused)
+            }
+        }
+    }
+
+    /// Records events through the group commit and waits for all of them.
+    async fn record_all(&self, events: Vec<Event>) -> Result<(), VaultError> {
+        for event in events {
+            self.record(event).await?;
+        }
+        Ok(())
     }
 
     /// The owner's `show --reveal`: like [`Vault::get`], always recorded.
@@ -511,6 +645,86 @@ impl Vault {
         })
     }
 
+    /// Creates a token for `client`; returns it (shown once, stored only hashed)
+    /// with its metadata. Bound to the client's uid unless `any_uid`.
+    pub fn token_create(
+        &self,
+        actor: &Actor,
+        client: &str,
+        ttl: Option<Duration>,
+        idle: Option<Duration>,
+        uses: Option<u32>,
+        any_uid: bool,
+    ) -> Result<(SecretBytes, TokenRow), VaultError> {
+        let keys = self.keys()?;
+        let secret = crypto::random_secret(32)?;
+        let token = SecretBytes::new(format!("vt_{}", hex(secret.expose())).into_bytes());
+        let accessor = hex(crypto::random_secret(8)?.expose());
+        let hash = keys.token_hash(token.expose());
+        let now = crate::store::now_unix();
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let row = self.write(|txn| {
+            let owner = txn.client(client)?.ok_or_else(|| VaultError::ClientNotFound(client.into()))?;
+            if txn.tokens_active(client, now)? >= MAX_TOKENS_PER_CLIENT {
+                return Err(VaultError::TooManyTokens(client.into()));
+            }
+            let new = NewToken {
+                accessor: &accessor,
+                hash: &hash,
+                client,
+                bind_uid: (!any_uid).then_some(owner.uid),
+                created_unix: now,
+                expires_unix: ttl.map(|t| now.saturating_add(secs(t))),
+                idle_secs: idle.map(secs),
+                uses: uses.map(i64::from),
+            };
+            txn.token_insert(&new)?;
+            let row = TokenRow {
+                accessor: accessor.clone(),
+                client: client.into(),
+                bind_uid: new.bind_uid,
+                created_unix: now,
+                expires_unix: new.expires_unix,
+                idle_secs: new.idle_secs,
+                uses_left: new.uses,
+                last_used_unix: None,
+                revoked_unix: None,
+            };
+            let event = Event::new("token.create", Outcome::Ok, actor)
+                .with("accessor", accessor.clone())
+                .with("client", client)
+                .with("bind_uid", new.bind_uid)
+                .with("expires_unix", new.expires_unix)
+                .with("idle_secs", new.idle_secs)
+                .with("uses", new.uses);
+            Ok((row, vec![event]))
+        })?;
+        Ok((token, row))
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRow>, VaultError> {
+        self.keys()?;
+        Ok(self.store.tokens()?)
+    }
+
+    /// Revokes one token by accessor, or (`None`) every live one; returns how many.
+    pub fn token_revoke(&self, actor: &Actor, accessor: Option<&str>) -> Result<u64, VaultError> {
+        self.keys()?;
+        let now = crate::store::now_unix();
+        self.write(|txn| {
+            if let Some(a) = accessor
+                && !txn.token_exists(a)?
+            {
+                return Err(VaultError::TokenNotFound(a.into()));
+            }
+            let revoked = txn.token_revoke(accessor, now)?;
+            let event = Event::new("token.revoke", Outcome::Ok, actor)
+                .with("accessor", accessor.unwrap_or("*"))
+                .with("revoked", revoked);
+            Ok((revoked, vec![event]))
+        })
+    }
+
     /// Audit entries matching `filter` (metadata only; needs the vault unlocked).
     pub fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, VaultError> {
         self.keys()?;
@@ -557,6 +771,10 @@ impl Vault {
     pub fn value_digest(&self, value: &SecretBytes) -> Result<String, VaultError> {
         Ok(self.keys()?.value_digest(value.expose()))
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn check_patterns(patterns: &[String]) -> Result<(), VaultError> {

@@ -8,6 +8,7 @@ use vault_proto::v1::GetSecretRequest;
 use crate::Global;
 use crate::cmd::secret_ref;
 use crate::daemon::{self, Reply as _};
+use crate::exit::usage;
 use crate::output::{self, ShownValue};
 use crate::secret::Secret;
 
@@ -31,7 +32,13 @@ struct GetJson<'a> {
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let secret = secret_ref(global, &args.name)?;
     let mut agent = daemon::agent(global).await?;
-    let request = GetSecretRequest { env: secret.env, name: secret.name };
+    let mut request = tonic::Request::new(GetSecretRequest { env: secret.env, name: secret.name });
+    // A bearer token comes only from the environment, never from argv.
+    if let Some(token) = std::env::var_os("VAULT_TOKEN").filter(|t| !t.is_empty()) {
+        let header = format!("Bearer {}", token.to_string_lossy());
+        let value = header.parse().map_err(|_| usage("VAULT_TOKEN is not a valid token"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let mut reply = agent.get_secret(request).await.reply()?;
     let value = Secret::new(std::mem::take(&mut reply.value));
 

@@ -12,6 +12,7 @@ mod rm;
 mod seal;
 mod show;
 mod status;
+mod token;
 mod unlock;
 mod versions;
 
@@ -50,6 +51,9 @@ pub(crate) enum Command {
     /// Manage clients (agent identities) and their grants.
     #[command(subcommand)]
     Client(client::Command),
+    /// Create, list and revoke bearer tokens for clients.
+    #[command(subcommand)]
+    Token(token::Command),
 }
 
 pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
@@ -66,6 +70,7 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Rm(args) => rm::run(global, args).await,
         Command::Audit(command) => audit::run(global, command).await,
         Command::Client(command) => client::run(global, command).await,
+        Command::Token(command) => token::run(global, command).await,
     }
 }
 

@@ -1,6 +1,9 @@
 //! The agent service: reads, for the callers the accept-time policy admitted.
 
 use super::actor;
+use crate::audit::Actor;
+use crate::crypto::SecretBytes;
+use crate::identity::Peer;
 use crate::vault::{SecretRef, Vault};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -19,20 +22,50 @@ impl AgentApi {
 #[tonic::async_trait]
 impl Agent for AgentApi {
     async fn get_secret(&self, req: Request<v1::GetSecretRequest>) -> Result<Response<v1::GetSecretResponse>, Status> {
-        let actor = actor("agent", &req);
-        let peer = crate::identity::Peer::of_request(&req);
+        let (actor, peer, token) = caller(&req)?;
         let req = req.into_inner();
         let secret = SecretRef::parse(&req.env, &req.name)?;
-        // A read is a short indexed SELECT on the reader connection and one AES-GCM
+        // A read is a short indexed SELECT on a reader connection and one AES-GCM
         // open: cheaper inline than a hop to the blocking pool. Its audit record
-        // goes through the group commit, which never blocks this worker.
-        let (version, value) = self.vault.get(&actor, peer.as_ref(), secret).await?;
+        // goes through the group commit.
+        let (version, value) = self.vault.get(&actor, peer.as_ref(), token.as_ref(), secret).await?;
         tracing::debug!(env = secret.env, name = secret.name, version, "secret read");
-        Ok(Response::new(v1::GetSecretResponse {
-            env: secret.env.into(),
-            name: secret.name.into(),
-            version,
-            value: value.expose().to_vec(),
-        }))
+        Ok(Response::new(reply(secret, version, &value)))
     }
+
+    async fn get_secrets(
+        &self,
+        req: Request<v1::GetSecretsRequest>,
+    ) -> Result<Response<v1::GetSecretsResponse>, Status> {
+        let (actor, peer, token) = caller(&req)?;
+        let req = req.into_inner();
+        if req.names.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!("at most {MAX_BATCH} names per call")));
+        }
+        let secrets = req.names.iter().map(|n| SecretRef::parse(&req.env, n)).collect::<Result<Vec<_>, _>>()?;
+        let values = self.vault.get_many(&actor, peer.as_ref(), token.as_ref(), &secrets).await?;
+        let secrets = secrets.iter().zip(&values).map(|(s, (version, value))| reply(*s, *version, value)).collect();
+        Ok(Response::new(v1::GetSecretsResponse { secrets }))
+    }
+}
+
+/// Names per `GetSecrets` call: a startup batch, not a dump of the vault.
+const MAX_BATCH: usize = 256;
+
+fn reply(secret: SecretRef<'_>, version: u64, value: &SecretBytes) -> v1::GetSecretResponse {
+    v1::GetSecretResponse { env: secret.env.into(), name: secret.name.into(), version, value: value.expose().to_vec() }
+}
+
+/// Who is calling: the audit actor, the kernel's credentials, and a bearer token
+/// if one was presented (`authorization: Bearer vt_…`).
+fn caller<T>(req: &Request<T>) -> Result<(Actor, Option<Peer>, Option<SecretBytes>), Status> {
+    let token = match req.metadata().get("authorization") {
+        None => None,
+        Some(value) => {
+            let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).filter(|t| t.starts_with("vt_"));
+            // A malformed header is refused like a bad token, without echoing it.
+            Some(token.map(|t| SecretBytes::new(t.as_bytes().to_vec())).ok_or(crate::vault::VaultError::TokenRefused)?)
+        }
+    };
+    Ok((actor("agent", req), Peer::of_request(req), token))
 }

@@ -23,8 +23,19 @@ impl From<VaultError> for Status {
         match e {
             VaultError::Sealed | VaultError::Uninitialized => Status::failed_precondition(msg),
             VaultError::AlreadyInitialized | VaultError::ClientExists(_) => Status::already_exists(msg),
+            VaultError::TokenRefused => Status::unauthenticated(msg),
+            VaultError::TooManyTokens(_) => Status::resource_exhausted(msg),
+            VaultError::RateLimited(wait) => {
+                let mut status = Status::resource_exhausted(msg);
+                if let Ok(v) = wait.as_millis().to_string().parse() {
+                    status.metadata_mut().insert("retry-after-ms", v);
+                }
+                status
+            }
             VaultError::WrongPassphrase => Status::permission_denied(msg),
-            VaultError::NotFound { .. } | VaultError::ClientNotFound(_) => Status::not_found(msg),
+            VaultError::NotFound { .. } | VaultError::ClientNotFound(_) | VaultError::TokenNotFound(_) => {
+                Status::not_found(msg)
+            }
             VaultError::EmptyPassphrase
             | VaultError::InvalidName { .. }
             | VaultError::InvalidPattern(_)

@@ -21,6 +21,9 @@ pub struct Actor {
     /// The client the caller was matched to, when one was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// The accessor of the bearer token the caller presented and passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// Set for actions vaultd takes on its own (startup, retention, checkpoints).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub vaultd: bool,
@@ -34,6 +37,7 @@ impl Actor {
             gid: peer.map(|p| p.gid),
             pid: peer.and_then(|p| p.pid),
             client: None,
+            token: None,
             vaultd: false,
         }
     }
@@ -98,7 +102,7 @@ impl Event {
             return "security";
         }
         match self.kind.split('.').next().unwrap_or_default() {
-            "vault" | "request" | "client" => "security",
+            "vault" | "request" | "client" | "token" => "security",
             "secret" if self.kind == "secret.read" || self.kind == "secret.reveal" => "access",
             "secret" => "change",
             "audit" => "audit",

@@ -40,6 +40,8 @@ pub struct Unlocked {
     audit_key: Key,
     /// Fingerprints values for the audit log (`vaultctl audit hash`).
     digest_key: Key,
+    /// Hashes bearer tokens for storage and lookup.
+    token_key: Key,
 }
 
 fn root_aad(kdf: &KdfParams, salt: &[u8]) -> Vec<u8> {
@@ -128,6 +130,7 @@ impl Unlocked {
             terms,
             audit_key: mac::derive(root, mac::AUDIT_LABEL),
             digest_key: mac::derive(root, mac::DIGEST_LABEL),
+            token_key: mac::derive(root, mac::TOKEN_LABEL),
         }
     }
 
@@ -148,6 +151,12 @@ impl Unlocked {
 
     pub fn audit_head_matches(&self, seq: u64, entry_mac: &[u8], expected: &[u8]) -> bool {
         mac::verify(&self.audit_key, &[b"head\0", &seq.to_be_bytes(), entry_mac], expected)
+    }
+
+    /// The stored form of a bearer token: a keyed hash, so a stolen database
+    /// yields no usable token and lookups need the vault unlocked.
+    pub fn token_hash(&self, token: &[u8]) -> Mac {
+        mac::sign(&self.token_key, &[token])
     }
 
     /// A keyed fingerprint of a value (`hmac-sha256:HEX`): lets the audit log say

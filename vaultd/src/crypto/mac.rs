@@ -12,6 +12,7 @@ pub type Mac = [u8; MAC_LEN];
 
 pub(super) const AUDIT_LABEL: &[u8] = b"vaultd/v1/audit-chain";
 pub(super) const DIGEST_LABEL: &[u8] = b"vaultd/v1/value-digest";
+pub(super) const TOKEN_LABEL: &[u8] = b"vaultd/v1/token-hash";
 
 struct Len32;
 

@@ -8,10 +8,12 @@ mod access;
 mod audit;
 mod files;
 mod migrations;
+mod tokens;
 
 pub use access::ClientRow;
 pub use audit::{AuditFilter, AuditRow, AuditSnapshot};
 pub use files::prepare_data_dir;
+pub use tokens::{NewToken, TokenRow};
 
 use crate::crypto::{Header, KdfParams, WrappedTerm};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};

@@ -1,0 +1,157 @@
+//! Bearer tokens, GetSecrets and rate limits, end to end with real processes.
+//! The parts that run as other uids need root (CI is root) and skip otherwise.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use tonic::Code;
+use vault_proto::v1::GetSecretsRequest;
+use vault_tests::{Daemon, Options, Output, bins, is_root, run};
+
+const A: u32 = 65534;
+const B: u32 = 65533;
+
+/// A daemon whose agent socket everyone can reach, and a vaultctl they can run.
+fn shared_daemon(extra_config: &str) -> (Daemon, tempfile::TempDir, PathBuf) {
+    let config = format!("agent_socket_mode = \"0666\"\n{extra_config}");
+    let d = Daemon::start_with(Options { config: Some(config), ..Options::default() });
+    d.init();
+    fs::set_permissions(d.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = tempfile::Builder::new().prefix("vault-e2e-bin-").tempdir().unwrap();
+    fs::set_permissions(bin.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let vaultctl = bin.path().join("vaultctl");
+    fs::copy(&bins().vaultctl, &vaultctl).unwrap();
+    vault_tests::wait_for("the copy to run", || std::process::Command::new(&vaultctl).arg("--version").output().ok());
+    (d, bin, vaultctl)
+}
+
+fn get_as(d: &Daemon, vaultctl: &PathBuf, uid: u32, token: Option<&str>, name: &str) -> Output {
+    let mut cmd = std::process::Command::new(vaultctl);
+    cmd.args(["--env", "prod", "get", name]).env("VAULT_SOCKET", &d.agent_socket).env_remove("VAULT_TOKEN");
+    if let Some(token) = token {
+        cmd.env("VAULT_TOKEN", token);
+    }
+    cmd.uid(uid).gid(uid).current_dir("/");
+    run(cmd, b"")
+}
+
+fn create_token(d: &Daemon, args: &[&str]) -> (String, String) {
+    let mut all = vec!["--json", "token", "create", "--client", "bot"];
+    all.extend_from_slice(args);
+    let created = d.ctl(&all, b"").ok().json();
+    (created["token"].as_str().unwrap().to_owned(), created["accessor"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn tokens_are_bound_counted_expire_revoke_and_survive_a_restart() {
+    if !is_root() {
+        eprintln!("skipped: needs root (run as root, as CI does)");
+        return;
+    }
+    let (mut d, _bin, vaultctl) = shared_daemon("");
+    d.ctl(&["--env", "prod", "put", "telegram"], b"123:tg").ok();
+    d.ctl(&["client", "add", "bot", "--uid", &A.to_string(), "--allow", "prod/telegram"], b"").ok();
+
+    let (token, accessor) = create_token(&d, &["--uses", "2"]);
+    assert!(token.starts_with("vt_") && token.len() > 40, "{token}");
+    assert_eq!(get_as(&d, &vaultctl, A, Some(&token), "telegram").ok().stdout, b"123:tg");
+    let refusal = get_as(&d, &vaultctl, B, Some(&token), "telegram").error(3).to_owned();
+    assert!(refusal.contains("token"), "a token bound to uid {A} is refused from {B}: {refusal}");
+    assert_eq!(get_as(&d, &vaultctl, A, Some(&token), "telegram").ok().stdout, b"123:tg");
+    get_as(&d, &vaultctl, A, Some(&token), "telegram").error(3); // two uses, both spent
+    get_as(&d, &vaultctl, A, Some("vt_not-a-real-token"), "telegram").error(3);
+
+    let (lasting, lasting_accessor) = create_token(&d, &["--ttl", "1h"]);
+    let (short, _) = create_token(&d, &["--ttl", "1s"]);
+    let (any, _) = create_token(&d, &["--any-uid"]);
+    assert_eq!(get_as(&d, &vaultctl, B, Some(&any), "telegram").ok().stdout, b"123:tg", "--any-uid");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    get_as(&d, &vaultctl, A, Some(&short), "telegram").error(3);
+
+    // A restart seals; once unlocked the token works until its TTL.
+    d.restart();
+    d.unlock();
+    assert_eq!(get_as(&d, &vaultctl, A, Some(&lasting), "telegram").ok().stdout, b"123:tg");
+    d.ctl(&["token", "revoke", &lasting_accessor], b"").ok();
+    get_as(&d, &vaultctl, A, Some(&lasting), "telegram").error(3);
+
+    let list = d.ctl(&["--json", "token", "list"], b"").ok();
+    let listed = list.json();
+    let spent = listed.as_array().unwrap().iter().find(|t| t["accessor"] == accessor.as_str()).unwrap();
+    assert_eq!(spent["uses_left"], 0, "{spent}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["accessor"] == lasting_accessor.as_str() && t["revoked_unix"].is_i64())
+    );
+
+    // The token itself never reaches the list, the audit trail or vaultd's log.
+    let (export, entries) = d.audit_export("audit.jsonl");
+    for t in [&token, &lasting, &short, &any] {
+        let secret = &t.as_bytes()[3..];
+        for (what, haystack) in [("list", &list.stdout), ("export", &export), ("log", &d.log().into_bytes())] {
+            assert!(!vault_tests::contains(haystack, secret), "a token reached the {what}");
+        }
+    }
+    let reasons: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["type"] == "token.refused")
+        .map(|e| e["detail"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["used from another uid", "no uses left", "unknown", "expired", "revoked"], "{entries:#?}");
+    let used: Vec<_> = entries.iter().filter(|e| e["type"] == "secret.read" && e["outcome"] == "ok").collect();
+    assert!(used.iter().all(|e| e["actor"]["token"].is_string() && e["actor"]["client"] == "bot"), "{used:#?}");
+    assert!(d.audit_verify().is_ok());
+}
+
+#[test]
+fn a_burst_over_the_limit_is_refused_and_others_are_unaffected() {
+    if !is_root() {
+        eprintln!("skipped: needs root (run as root, as CI does)");
+        return;
+    }
+    let (d, _bin, vaultctl) = shared_daemon("[limits]\nclient_rate = 1.0\nclient_burst = 3.0\n");
+    d.ctl(&["--env", "prod", "put", "telegram"], b"123:tg").ok();
+    for (name, uid) in [("greedy", A), ("polite", B)] {
+        d.ctl(&["client", "add", name, "--uid", &uid.to_string(), "--allow", "prod/telegram"], b"").ok();
+    }
+    let codes: Vec<i32> = (0..6).map(|_| get_as(&d, &vaultctl, A, None, "telegram").code.unwrap()).collect();
+    assert_eq!(&codes[..3], [0, 0, 0], "the burst is served");
+    assert!(codes[3..].iter().all(|&c| c == 1), "then refused: {codes:?}");
+    let refused = get_as(&d, &vaultctl, A, None, "telegram");
+    assert!(refused.error(1).contains("rate limit exceeded; retry in"), "{refused:?}");
+    assert_eq!(get_as(&d, &vaultctl, B, None, "telegram").ok().stdout, b"123:tg", "another client is unaffected");
+    for _ in 0..6 {
+        d.ctl(&["--env", "prod", "get", "telegram"], b"").ok(); // the owner is not limited
+    }
+    let limited = d.audit_query(&["--type", "request.rate_limited", "--limit", "0"]);
+    assert_eq!(limited.len(), 4, "{limited:#?}");
+    assert!(limited.iter().all(|e| e["actor"]["uid"] == A));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_secrets_is_all_or_nothing() {
+    let d = Daemon::initialized();
+    d.put("telegram", b"t");
+    d.put("openai", b"o");
+    let mut agent = vault_proto::agent_client(vault_proto::connect(&d.agent_socket).await.unwrap());
+    let ask =
+        |names: &[&str]| GetSecretsRequest { env: String::new(), names: names.iter().map(|n| (*n).into()).collect() };
+    let got = agent.get_secrets(ask(&["openai", "telegram"])).await.unwrap().into_inner().secrets;
+    let pairs: Vec<_> = got.iter().map(|s| (s.name.as_str(), s.value.as_slice(), s.version)).collect();
+    assert_eq!(pairs, [("openai", &b"o"[..], 1), ("telegram", &b"t"[..], 1)]);
+    let err = agent.get_secrets(ask(&["openai", "missing", "telegram"])).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("missing"), "{err:?}");
+    let err = agent.get_secrets(ask(&["openai", "Bad Name"])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let too_many: Vec<String> = (0..257).map(|i| format!("s{i}")).collect();
+    let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    assert_eq!(agent.get_secrets(ask(&refs)).await.unwrap_err().code(), Code::InvalidArgument);
+    let reads = d.audit_query(&["--type", "secret.read", "--limit", "0"]);
+    assert_eq!(reads.len(), 5, "two reads, then two allowed and one denied in the failed batch: {reads:#?}");
+}
