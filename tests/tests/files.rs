@@ -54,9 +54,13 @@ fn files_are_owner_only_even_with_a_permissive_umask() {
 
 #[test]
 fn agent_socket_mode_comes_from_the_config() {
-    let config = "agent_socket_mode = \"0660\"\n".to_owned();
+    // A group the daemon may give the socket: its own (any gid when root).
+    let gid = if vault_tests::is_root() { 4242 } else { rustix::process::getegid().as_raw() };
+    let config = format!("agent_socket_mode = \"0660\"\nagent_socket_gid = {gid}\n");
     let d = Daemon::start_with(Options { config: Some(config), ..Options::default() });
     assert_eq!(mode(&d.agent_socket), 0o660);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&d.agent_socket).unwrap().gid(), gid, "the agent socket's group");
     assert_eq!(mode(&d.admin_socket), 0o600, "the admin socket is always owner-only");
 }
 

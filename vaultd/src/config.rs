@@ -13,6 +13,10 @@ pub struct Config {
     /// read is decided per call from its kernel-attested identity.
     #[serde(default = "default_agent_socket_mode", deserialize_with = "octal_mode")]
     pub agent_socket_mode: u32,
+    /// Group id to give the agent socket, so `agent_socket_mode = "0660"` admits
+    /// exactly the agents in that group (vaultd must be a member, or root).
+    #[serde(default)]
+    pub agent_socket_gid: Option<u32>,
     #[serde(default)]
     pub audit: AuditConfig,
     /// `[limits]`: client_rate, client_burst, global_rate, global_burst (reads per second).
@@ -24,6 +28,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             agent_socket_mode: default_agent_socket_mode(),
+            agent_socket_gid: None,
             audit: AuditConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
         }
@@ -118,6 +123,7 @@ mod tests {
     fn parses_modes_and_refuses_nonsense() {
         assert_eq!(toml::from_str::<Config>("").unwrap(), Config::default());
         assert_eq!(toml::from_str::<Config>("agent_socket_mode = \"0660\"").unwrap().agent_socket_mode, 0o660);
+        assert_eq!(toml::from_str::<Config>("agent_socket_gid = 1234").unwrap().agent_socket_gid, Some(1234));
         for bad in ["\"0777\"", "\"0060\"", "\"rw\"", "\"1600\""] {
             assert!(toml::from_str::<Config>(&format!("agent_socket_mode = {bad}")).is_err(), "{bad}");
         }

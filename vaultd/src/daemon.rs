@@ -92,12 +92,14 @@ async fn serve(
     ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let bind = |path: &Path, mode| {
+    let bind = |path: &Path, mode, gid| {
         let path = path.to_path_buf();
-        async move { server::bind(&path, mode).await.map_err(|source| DaemonError::Io { what: "binding", path, source }) }
+        async move {
+            server::bind(&path, mode, gid).await.map_err(|source| DaemonError::Io { what: "binding", path, source })
+        }
     };
-    let agent = bind(&opts.agent_socket, opts.config.agent_socket_mode).await?;
-    let admin = bind(&opts.admin_socket, 0o600).await?;
+    let agent = bind(&opts.agent_socket, opts.config.agent_socket_mode, opts.config.agent_socket_gid).await?;
+    let admin = bind(&opts.admin_socket, 0o600, None).await?;
     // Sinks first, so they see the start record; refuse to serve if it cannot be written.
     forward::spawn(&opts.config.audit.sinks, &vault.subscribe_sender(), vault.forward_stats());
     vault.record_durable(start_event(&opts.config))?;

@@ -34,7 +34,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 /// Binds a unix socket at `path` with `mode`. A stale socket file left by a crash
 /// is replaced; a live one (another vaultd answering) or a non-socket is refused.
-pub async fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
+pub async fn bind(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(io::Error::new(
@@ -53,6 +53,10 @@ pub async fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     // The process umask is 077, so the socket is born owner-only; `mode` may then
     // loosen the agent socket for agents running as other users.
     let listener = UnixListener::bind(path)?;
+    if let Some(gid) = gid {
+        // Group first, then mode: the socket is never group-accessible for another group.
+        rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid)))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
