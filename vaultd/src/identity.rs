@@ -1,5 +1,15 @@
 //! Who is calling: the peer's credentials as the kernel reports them at accept
-//! (SO_PEERCRED). Never anything the caller says about itself.
+//! (SO_PEERCRED), and the start time of the peer process, read at accept too, so
+//! later reads of `/proc/PID` can tell if the pid now names another process.
+//! Never anything the caller says about itself (argv, comm, environment).
+
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tonic::transport::server::Connected;
 
 /// A connected peer's kernel-attested credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -7,30 +17,112 @@ pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
+    /// The process's start time (clock ticks since boot) when it connected.
+    pub start_time: Option<u64>,
 }
 
 impl Peer {
+    fn of_stream(stream: &UnixStream) -> Option<Peer> {
+        let cred = stream.peer_cred().ok()?;
+        let pid = cred.pid();
+        Some(Peer { uid: cred.uid(), gid: cred.gid(), pid, start_time: pid.and_then(start_time) })
+    }
+
     /// The peer of the connection a request arrived on, as read at accept;
     /// `None` when the kernel gave no credentials, which callers treat as a denial.
     pub fn of_request<T>(req: &tonic::Request<T>) -> Option<Peer> {
-        req.extensions().get::<tonic::transport::server::UdsConnectInfo>()?.peer_cred.map(Peer::from)
+        req.extensions().get::<Attestation>()?.0
+    }
+
+    /// The caller's executable, as the kernel names it (`/proc/PID/exe`), or
+    /// `None` when it cannot be read or the pid no longer names the process that
+    /// connected (it exited and the pid was reused: start time or owner differ).
+    pub fn exe(&self) -> Option<PathBuf> {
+        let pid = self.pid?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        self.still_same_process().then_some(exe)
+    }
+
+    /// SPIRE's check, after reading: same start time as at accept, same owner.
+    fn still_same_process(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(pid) = self.pid else { return false };
+        let owner = std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()).ok();
+        self.start_time.is_some() && start_time(pid) == self.start_time && owner == Some(self.uid)
     }
 }
 
-impl From<tokio::net::unix::UCred> for Peer {
-    fn from(cred: tokio::net::unix::UCred) -> Peer {
-        Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() }
+/// Field 22 of `/proc/PID/stat`; the command name before it may hold spaces and
+/// parentheses, so fields are counted after the last `)`.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What accept learned about a connection; tonic hands it to every request.
+#[derive(Debug, Clone)]
+pub struct Attestation(pub Option<Peer>);
+
+/// An accepted unix stream that attests its peer at accept.
+#[derive(Debug)]
+pub struct AttestedStream(pub UnixStream);
+
+impl Connected for AttestedStream {
+    type ConnectInfo = Attestation;
+
+    fn connect_info(&self) -> Attestation {
+        Attestation(Peer::of_stream(&self.0))
     }
 }
 
-impl Peer {
-    /// The caller's executable, as the kernel names it (`/proc/PID/exe`).
-    ///
-    /// Read at request time from the pid the kernel gave at accept. Known gap
-    /// (tracked in the access-control issue): the process is not yet pinned with a
-    /// pidfd, so a caller that exits and whose pid is reused between accept and
-    /// this read would be judged by the new process's executable.
-    pub fn exe(&self) -> Option<std::path::PathBuf> {
-        std::fs::read_link(format!("/proc/{}/exe", self.pid?)).ok()
+impl AsyncRead for AttestedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AttestedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_start_time_is_stable_and_pins_us() {
+        let me = std::process::id() as i32;
+        let t = start_time(me);
+        assert!(t.is_some());
+        assert_eq!(start_time(me), t);
+        let uid = rustix::process::geteuid().as_raw();
+        let peer = Peer { uid, gid: 0, pid: Some(me), start_time: t };
+        assert_eq!(peer.exe(), std::env::current_exe().ok());
+        let reused = Peer { start_time: t.map(|t| t + 1), ..peer };
+        assert_eq!(reused.exe(), None, "a pid naming a process that started at another time is not trusted");
+        let other_owner = Peer { uid: uid + 1, ..peer };
+        assert_eq!(other_owner.exe(), None);
     }
 }

@@ -125,7 +125,7 @@ mod tests {
     #[test]
     fn every_socket_by_every_kind_of_caller() {
         let owner = 1000;
-        let peer = |uid| Peer { uid, gid: uid, pid: Some(1) };
+        let peer = |uid| Peer { uid, gid: uid, pid: Some(1), start_time: None };
         let cases = [
             (Socket::Admin, Some(peer(1000)), true),
             (Socket::Admin, Some(peer(0)), true),
@@ -160,7 +160,7 @@ mod tests {
         let any_exe = client("worker", 3000, None, None, true, &["prod/*"]);
         let off = client("off", 4000, None, None, false, &["prod/*"]);
         let clients = [bot, any_exe, off];
-        let peer = |uid, gid| Peer { uid, gid, pid: Some(7) };
+        let peer = |uid, gid| Peer { uid, gid, pid: Some(7), start_time: None };
         // (who, caller, its executable, secret name in prod, expected access)
         let cases = [
             ("owner", peer(owner, owner), None, "telegram", Some(ReadAccess::Owner)),

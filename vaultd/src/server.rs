@@ -3,7 +3,7 @@
 
 use crate::api::{AdminApi, AgentApi};
 use crate::audit::{Actor, Event, Outcome};
-use crate::identity::Peer;
+use crate::identity::{AttestedStream, Peer};
 use crate::policy::{self, Socket};
 use crate::vault::Vault;
 use std::future::Future;
@@ -82,6 +82,12 @@ fn guard(
     }
 }
 
+/// Accepted connections, each attesting its peer at accept.
+fn attested(listener: UnixListener) -> impl tokio_stream::Stream<Item = io::Result<AttestedStream>> {
+    use tokio_stream::StreamExt as _;
+    UnixListenerStream::new(listener).map(|conn| conn.map(AttestedStream))
+}
+
 /// gRPC health and reflection for one socket, naming only the API it serves.
 async fn discovery(service: &str) -> (HealthServer<impl Health>, ServerReflectionServer<impl ServerReflection>) {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -121,7 +127,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(InterceptedService::new(agent_api, guard(Socket::Agent, owner, vault.clone())))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(agent), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(attested(agent), stopped(stop_rx.clone()));
 
     let admin_api = AdminServer::new(AdminApi::new(vault.clone()))
         .max_decoding_message_size(MAX_MESSAGE_LEN)
@@ -131,7 +137,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(InterceptedService::new(admin_api, guard(Socket::Admin, owner, vault)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(admin), stopped(stop_rx));
+        .serve_with_incoming_shutdown(attested(admin), stopped(stop_rx));
 
     let servers = async { tokio::try_join!(agent_server, admin_server).map(|_| ()) };
     tokio::pin!(servers);

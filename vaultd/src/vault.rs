@@ -440,7 +440,7 @@ impl Vault {
                 Reader::Owner => Some(ReadAccess::Owner),
                 Reader::Kernel(p) => policy::read_access_as(p, || p.exe(), &clients, secret.env, secret.name),
                 Reader::Token(c) => policy::read_access_as(
-                    &Peer { uid: c.uid, gid: c.gid.unwrap_or_default(), pid: None },
+                    &Peer { uid: c.uid, gid: c.gid.unwrap_or_default(), pid: None, start_time: None },
                     || c.exe.as_ref().map(Into::into),
                     std::slice::from_ref(c),
                     secret.env,
