@@ -134,3 +134,52 @@ fn a_granted_uid_reads_another_is_denied_and_disable_takes_effect_at_once() {
     assert_eq!(seen, want, "{reads:#}");
     assert!(d.ctl(&["audit", "verify"], b"").ok().text().contains("intact"));
 }
+
+/// A client pinned to an executable's path and content: the real binary at that
+/// path matches; the same binary with another pinned hash, or another path, does not.
+#[test]
+fn executable_path_and_hash_selectors() {
+    if !is_root() {
+        eprintln!("skipped: needs root (run as root, as CI does)");
+        return;
+    }
+    const A: u32 = 65534;
+    let d = Daemon::start_with(Options { config: Some("agent_socket_mode = \"0666\"\n".into()), ..Options::default() });
+    d.init();
+    d.ctl(&["--env", "prod", "put", "telegram"], b"123:prod-token").ok();
+    chmod(d.dir.path(), 0o755);
+    let (_bin_dir, vaultctl) = vaultctl_for_everyone();
+    let sum = std::process::Command::new("sha256sum").arg(&vaultctl).output().unwrap();
+    let sha = String::from_utf8(sum.stdout).unwrap().split_whitespace().next().unwrap().to_owned();
+    let exe = vaultctl.to_str().unwrap();
+    let get = || {
+        let mut cmd = std::process::Command::new(&vaultctl);
+        cmd.args(["--env", "prod", "get", "telegram"]).env("VAULT_SOCKET", &d.agent_socket).current_dir("/");
+        cmd.uid(A).gid(A);
+        run(cmd, b"")
+    };
+    let add = |args: &[&str]| {
+        let mut all = vec!["client", "add", "bot", "--uid", "65534", "--allow", "prod/telegram"];
+        all.extend_from_slice(args);
+        d.ctl(&all, b"").ok();
+    };
+    let zeros = "0".repeat(64);
+    let cases: [(&str, Vec<&str>, bool); 4] = [
+        ("path and hash", vec!["--exe", exe, "--exe-sha256", &sha], true),
+        ("hash of something else", vec!["--exe", exe, "--exe-sha256", &zeros], false),
+        ("another path", vec!["--exe", "/usr/bin/false"], false),
+        ("hash alone", vec!["--exe-sha256", &sha], true),
+    ];
+    for (what, args, allowed) in cases {
+        add(&args);
+        let out = get();
+        if allowed {
+            assert_eq!(out.ok().stdout, b"123:prod-token", "{what}");
+        } else {
+            assert!(out.error(3).contains("not found"), "{what}");
+        }
+        d.ctl(&["client", "rm", "bot"], b"").ok();
+    }
+    let bad = d.ctl(&["client", "add", "bot", "--uid", "1", "--exe-sha256", "xyz"], b"");
+    assert!(bad.error(2).contains("executable hash"), "{bad:?}");
+}

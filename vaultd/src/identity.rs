@@ -52,6 +52,76 @@ impl Peer {
     }
 }
 
+/// A caller as policy sees it: the peer plus its executable and that file's
+/// SHA-256, each read at most once and only if a client's selectors ask.
+pub struct Caller {
+    pub peer: Peer,
+    exe: std::sync::OnceLock<Option<PathBuf>>,
+    sha256: std::sync::OnceLock<Option<String>>,
+}
+
+impl Caller {
+    pub fn new(peer: Peer) -> Caller {
+        Caller { peer, exe: Default::default(), sha256: Default::default() }
+    }
+}
+
+impl crate::policy::Process for Caller {
+    fn uid(&self) -> u32 {
+        self.peer.uid
+    }
+
+    fn gid(&self) -> u32 {
+        self.peer.gid
+    }
+
+    fn exe(&self) -> Option<PathBuf> {
+        self.exe.get_or_init(|| self.peer.exe()).clone()
+    }
+
+    fn exe_sha256(&self) -> Option<String> {
+        self.sha256.get_or_init(|| self.peer.exe_sha256()).clone()
+    }
+}
+
+/// Executables larger than this are not hashed (and so match no hash selector).
+const MAX_HASHED_EXE: u64 = 512 * 1024 * 1024;
+/// Hashes remembered by (device, inode, mtime, size): a file is hashed once per change.
+const HASH_CACHE: usize = 256;
+
+type FileKey = (u64, u64, i64, i64, u64);
+
+static HASHES: std::sync::Mutex<Option<std::collections::HashMap<FileKey, String>>> = std::sync::Mutex::new(None);
+
+impl Peer {
+    /// SHA-256 of the file the caller is running (through `/proc/PID/exe`, which
+    /// opens the very inode it executes, even if the path was replaced since).
+    pub fn exe_sha256(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::File::open(format!("/proc/{}/exe", self.pid?)).ok()?;
+        let m = file.metadata().ok()?;
+        if m.len() > MAX_HASHED_EXE {
+            return None;
+        }
+        let key = (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len());
+        let cached = HASHES.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|c| c.get(&key).cloned());
+        let hash = match cached {
+            Some(hash) => hash,
+            None => {
+                let hash = crate::crypto::sha256_reader(std::io::Read::take(&file, MAX_HASHED_EXE)).ok()?;
+                let mut cache = HASHES.lock().unwrap_or_else(|p| p.into_inner());
+                let cache = cache.get_or_insert_with(Default::default);
+                if cache.len() >= HASH_CACHE {
+                    cache.clear();
+                }
+                cache.insert(key, hash.clone());
+                hash
+            }
+        };
+        self.still_same_process().then_some(hash)
+    }
+}
+
 /// Field 22 of `/proc/PID/stat`; the command name before it may hold spaces and
 /// parentheses, so fields are counted after the last `)`.
 fn start_time(pid: i32) -> Option<u64> {
@@ -124,5 +194,12 @@ mod tests {
         assert_eq!(reused.exe(), None, "a pid naming a process that started at another time is not trusted");
         let other_owner = Peer { uid: uid + 1, ..peer };
         assert_eq!(other_owner.exe(), None);
+
+        let exe = std::fs::File::open(std::env::current_exe().unwrap_or_default()).ok();
+        let want = exe.and_then(|f| crate::crypto::sha256_reader(f).ok());
+        assert!(want.is_some());
+        assert_eq!(peer.exe_sha256(), want);
+        assert_eq!(peer.exe_sha256(), want, "from the cache");
+        assert_eq!(reused.exe_sha256(), None);
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::identity::Peer;
 use crate::store::{ClientRow, TokenRow};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Which of the two sockets a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,59 +63,27 @@ pub fn token_refusal(token: &TokenRow, uid: u32, now: i64) -> Option<&'static st
     None
 }
 
-/// Why a read is allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadAccess {
-    /// The vault's owner reads everything (`vaultctl get`).
-    Owner,
-    /// A client the caller matches holds a grant for the secret.
-    Client(String),
+/// What policy may ask about a caller. The executable and its hash are read
+/// only when a client's selectors need them.
+pub trait Process {
+    fn uid(&self) -> u32;
+    fn gid(&self) -> u32;
+    fn exe(&self) -> Option<PathBuf>;
+    fn exe_sha256(&self) -> Option<String>;
 }
 
-/// Whether `peer` may read `env/name`. `clients` are the enabled clients with the
-/// caller's uid; `exe` gives the caller's executable, read only if a client asks.
-pub fn read_access(
-    owner: u32,
-    peer: &Peer,
-    exe: impl FnOnce() -> Option<std::path::PathBuf>,
-    clients: &[ClientRow],
-    env: &str,
-    name: &str,
-) -> Option<ReadAccess> {
-    if peer.uid == owner {
-        return Some(ReadAccess::Owner);
-    }
-    read_access_as(peer, exe, clients, env, name)
-}
-
-/// [`read_access`] for a caller that is not the owner (a token's caller is judged
-/// only by the token's client).
-pub fn read_access_as(
-    peer: &Peer,
-    exe: impl FnOnce() -> Option<std::path::PathBuf>,
-    clients: &[ClientRow],
-    env: &str,
-    name: &str,
-) -> Option<ReadAccess> {
-    let mut exe = Some(exe);
-    let mut caller_exe = None;
-    for c in clients.iter().filter(|c| c.enabled && c.uid == peer.uid) {
-        if c.gid.is_some_and(|gid| gid != peer.gid) {
-            continue;
-        }
-        if let Some(want) = &c.exe {
-            if let Some(read) = exe.take() {
-                caller_exe = read();
-            }
-            if caller_exe.as_deref() != Some(Path::new(want)) {
-                continue;
-            }
-        }
-        if c.grants.iter().any(|p| vault_proto::names::pattern_matches(p, env, name)) {
-            return Some(ReadAccess::Client(c.name.clone()));
-        }
-    }
-    None
+/// The first enabled client that `caller` matches (every selector) and that holds
+/// a grant for `env/name`; `None` means deny.
+pub fn granting_client<'c>(caller: &dyn Process, clients: &'c [ClientRow], env: &str, name: &str) -> Option<&'c str> {
+    clients
+        .iter()
+        .filter(|c| c.enabled && c.uid == caller.uid() && c.gid.is_none_or(|gid| gid == caller.gid()))
+        .filter(|c| c.grants.iter().any(|p| vault_proto::names::pattern_matches(p, env, name)))
+        .find(|c| {
+            c.exe.as_ref().is_none_or(|want| caller.exe().as_deref() == Some(Path::new(want)))
+                && c.exe_sha256.as_ref().is_none_or(|want| caller.exe_sha256().as_deref() == Some(want.as_str()))
+        })
+        .map(|c| c.name.as_str())
 }
 
 #[cfg(test)]
@@ -147,44 +115,63 @@ mod tests {
             uid,
             gid,
             exe: exe.map(Into::into),
+            exe_sha256: None,
             enabled,
             grants: grants.iter().map(|g| (*g).into()).collect(),
             created_unix: 0,
         }
     }
 
+    struct Fake {
+        uid: u32,
+        gid: u32,
+        exe: Option<&'static str>,
+        sha: Option<&'static str>,
+    }
+
+    impl Process for Fake {
+        fn uid(&self) -> u32 {
+            self.uid
+        }
+        fn gid(&self) -> u32 {
+            self.gid
+        }
+        fn exe(&self) -> Option<PathBuf> {
+            self.exe.map(PathBuf::from)
+        }
+        fn exe_sha256(&self) -> Option<String> {
+            self.sha.map(Into::into)
+        }
+    }
+
     #[test]
     fn reads_by_every_kind_of_caller() {
-        let owner = 1000;
         let bot = client("bot", 2000, Some(2000), Some("/usr/bin/bot"), true, &["prod/telegram"]);
+        let pinned =
+            ClientRow { exe_sha256: Some("ab12".into()), ..client("pinned", 6000, None, None, true, &["prod/*"]) };
         let any_exe = client("worker", 3000, None, None, true, &["prod/*"]);
         let off = client("off", 4000, None, None, false, &["prod/*"]);
-        let clients = [bot, any_exe, off];
-        let peer = |uid, gid| Peer { uid, gid, pid: Some(7), start_time: None };
-        // (who, caller, its executable, secret name in prod, expected access)
+        let clients = [bot, pinned, any_exe, off];
+        let caller = |uid, gid, exe, sha| Fake { uid, gid, exe, sha };
+        let bot_exe = Some("/usr/bin/bot");
+        // (who, caller, secret name in prod, the client that grants it)
         let cases = [
-            ("owner", peer(owner, owner), None, "telegram", Some(ReadAccess::Owner)),
-            (
-                "granted client",
-                peer(2000, 2000),
-                Some("/usr/bin/bot"),
-                "telegram",
-                Some(ReadAccess::Client("bot".into())),
-            ),
-            ("client without the grant", peer(2000, 2000), Some("/usr/bin/bot"), "openai", None),
-            ("wrong executable", peer(2000, 2000), Some("/usr/bin/python3"), "telegram", None),
-            ("unreadable executable", peer(2000, 2000), None, "telegram", None),
-            ("wrong gid", peer(2000, 9), Some("/usr/bin/bot"), "telegram", None),
-            ("wildcard grant", peer(3000, 1), None, "openai", Some(ReadAccess::Client("worker".into()))),
-            ("disabled client", peer(4000, 4000), None, "telegram", None),
-            ("other uid, no client", peer(5000, 5000), None, "telegram", None),
+            ("granted client", caller(2000, 2000, bot_exe, None), "telegram", Some("bot")),
+            ("client without the grant", caller(2000, 2000, bot_exe, None), "openai", None),
+            ("wrong executable", caller(2000, 2000, Some("/usr/bin/python3"), None), "telegram", None),
+            ("unreadable executable", caller(2000, 2000, None, None), "telegram", None),
+            ("wrong gid", caller(2000, 9, bot_exe, None), "telegram", None),
+            ("wildcard grant", caller(3000, 1, None, None), "openai", Some("worker")),
+            ("disabled client", caller(4000, 4000, None, None), "telegram", None),
+            ("other uid, no client", caller(5000, 5000, None, None), "telegram", None),
+            ("pinned hash matches", caller(6000, 1, None, Some("ab12")), "telegram", Some("pinned")),
+            ("pinned hash differs", caller(6000, 1, None, Some("ffff")), "telegram", None),
+            ("pinned hash unreadable", caller(6000, 1, None, None), "telegram", None),
         ];
-        for (who, p, exe, name, want) in cases {
-            let exe = || exe.map(std::path::PathBuf::from);
-            assert_eq!(read_access(owner, &p, exe, &clients, "prod", name), want, "{who}");
+        for (who, c, name, want) in cases {
+            assert_eq!(granting_client(&c, &clients, "prod", name), want, "{who}");
         }
-        let no_exe = || None;
-        assert_eq!(read_access(owner, &peer(3000, 1), no_exe, &clients, "staging", "openai"), None, "other env");
+        assert_eq!(granting_client(&caller(3000, 1, None, None), &clients, "staging", "openai"), None, "other env");
     }
 
     #[test]

@@ -6,9 +6,9 @@
 use crate::audit::chain::{self, Tip};
 use crate::audit::{self, Actor, Committer, Event, Outcome, Verdict, forward};
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
-use crate::identity::Peer;
+use crate::identity::{Caller, Peer};
 use crate::limits::{Limits, LimitsConfig};
-use crate::policy::{self, ReadAccess};
+use crate::policy;
 use crate::store::{
     AuditFilter, AuditRow, ClientRow, NewToken, SecretLabels, SecretRow, Store, StoreError, TokenRow, Txn, VersionRow,
 };
@@ -38,6 +38,8 @@ pub enum VaultError {
     ClientExists(String),
     #[error("invalid grant pattern: {0}")]
     InvalidPattern(NameError),
+    #[error("invalid executable hash: expected 64 lowercase hex digits (sha256sum's output)")]
+    InvalidExeSha256,
     #[error("invalid, expired or revoked token")]
     TokenRefused,
     #[error("token {0} not found")]
@@ -114,7 +116,7 @@ pub const MAX_TOKENS_PER_CLIENT: u64 = 100;
 enum Reader {
     Owner,
     /// Judged by the clients its uid (and gid, executable) match.
-    Kernel(Peer),
+    Kernel(Caller),
     /// Judged by the token's client alone.
     Token(ClientRow),
     /// Nobody the vault knows (no credentials).
@@ -420,7 +422,7 @@ impl Vault {
         let limit_key = match &reader {
             Reader::Owner => None,
             Reader::Token(c) => Some(c.name.clone()),
-            Reader::Kernel(p) => Some(format!("uid:{}", p.uid)),
+            Reader::Kernel(c) => Some(format!("uid:{}", c.peer.uid)),
             Reader::Nobody => Some("nobody".into()),
         };
         if let Err(wait) = self.limits.admit(limit_key.as_deref()) {
@@ -430,41 +432,37 @@ impl Vault {
             return Err(VaultError::RateLimited(wait));
         }
         let clients = match &reader {
-            Reader::Kernel(p) => self.store.clients_for_uid(p.uid)?,
+            Reader::Kernel(c) => self.store.clients_for_uid(c.peer.uid)?,
             _ => Vec::new(),
         };
         let mut results = Vec::with_capacity(secrets.len());
         let mut events = Vec::with_capacity(secrets.len());
         for secret in secrets {
-            let access = match &reader {
-                Reader::Owner => Some(ReadAccess::Owner),
-                Reader::Kernel(p) => policy::read_access_as(p, || p.exe(), &clients, secret.env, secret.name),
-                Reader::Token(c) => policy::read_access_as(
-                    &Peer { uid: c.uid, gid: c.gid.unwrap_or_default(), pid: None, start_time: None },
-                    || c.exe.as_ref().map(Into::into),
-                    std::slice::from_ref(c),
-                    secret.env,
-                    secret.name,
-                ),
+            // Some(None): the owner; Some(Some(client)): a client's grant; None: deny.
+            let access: Option<Option<String>> = match &reader {
+                Reader::Owner => Some(None),
+                Reader::Kernel(caller) => {
+                    policy::granting_client(caller, &clients, secret.env, secret.name).map(|c| Some(c.to_owned()))
+                }
+                Reader::Token(c) => c
+                    .grants
+                    .iter()
+                    .any(|p| vault_proto::names::pattern_matches(p, secret.env, secret.name))
+                    .then(|| Some(c.name.clone())),
                 Reader::Nobody => None,
             };
             let mut who = actor.clone();
-            let result = match access {
-                Some(ReadAccess::Client(name)) => {
-                    who.client = Some(name);
-                    self.read_current(*secret)
-                }
-                Some(ReadAccess::Owner) => self.read_current(*secret),
-                None => {
-                    events.push(
-                        Event::new("secret.read", Outcome::Denied, &who)
-                            .secret(secret.env, secret.name)
-                            .with("reason", "not granted"),
-                    );
-                    results.push(Err(secret.not_found()));
-                    continue;
-                }
+            let Some(client) = access else {
+                events.push(
+                    Event::new("secret.read", Outcome::Denied, &who)
+                        .secret(secret.env, secret.name)
+                        .with("reason", "not granted"),
+                );
+                results.push(Err(secret.not_found()));
+                continue;
             };
+            who.client = client;
+            let result = self.read_current(*secret);
             if self.audit_reads || result.is_err() {
                 events.push(read_event("secret.read", &who, *secret, &result));
             }
@@ -484,7 +482,7 @@ impl Vault {
     ) -> Result<Reader, VaultError> {
         let Some(peer) = peer else { return Ok(Reader::Nobody) };
         let Some(token) = token else {
-            return Ok(if peer.uid == self.owner { Reader::Owner } else { Reader::Kernel(*peer) });
+            return Ok(if peer.uid == self.owner { Reader::Owner } else { Reader::Kernel(Caller::new(*peer)) });
         };
         if let Err(wait) = self.limits.auth_allowed(peer.uid) {
             self.record_detached(
@@ -580,12 +578,18 @@ impl Vault {
     pub fn client_add(&self, actor: &Actor, client: ClientRow) -> Result<ClientRow, VaultError> {
         names::validate(&client.name).map_err(|why| VaultError::InvalidName { what: "client name", why })?;
         check_patterns(&client.grants)?;
+        if let Some(sha) = &client.exe_sha256
+            && !(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
+            return Err(VaultError::InvalidExeSha256);
+        }
         self.keys()?;
         let event = Event::new("client.add", Outcome::Ok, actor)
             .with("client", client.name.clone())
             .with("uid", client.uid)
             .with("gid", client.gid)
             .with("exe", client.exe.clone())
+            .with("exe_sha256", client.exe_sha256.clone())
             .with("grants", client.grants.clone());
         self.client_change(&client.name.clone(), event, |txn| {
             if !txn.client_add(&client)? {

@@ -42,6 +42,9 @@ pub(crate) struct AddArgs {
     /// Also require this executable (absolute path, as /proc/PID/exe names it).
     #[arg(long, value_name = "PATH")]
     exe: Option<PathBuf>,
+    /// Also require the executable's content: its SHA-256 (as `sha256sum` prints it).
+    #[arg(long, value_name = "HEX")]
+    exe_sha256: Option<String>,
     /// A pattern the client may read (repeatable).
     #[arg(long = "allow", value_name = "PATTERN")]
     allow: Vec<String>,
@@ -59,13 +62,14 @@ pub(crate) struct NameArg {
     name: String,
 }
 
-/// `{"name","uid","gid","exe","enabled","grants","created_unix"}`.
+/// `{"name","uid","gid","exe","exe_sha256","enabled","grants","created_unix"}`.
 #[derive(Serialize)]
 struct ClientJson<'a> {
     name: &'a str,
     uid: u32,
     gid: Option<u32>,
     exe: Option<&'a str>,
+    exe_sha256: Option<&'a str>,
     enabled: bool,
     grants: &'a [String],
     created_unix: i64,
@@ -78,6 +82,7 @@ impl<'a> From<&'a ClientInfo> for ClientJson<'a> {
             uid: c.uid,
             gid: c.gid,
             exe: (!c.exe.is_empty()).then_some(c.exe.as_str()),
+            exe_sha256: (!c.exe_sha256.is_empty()).then_some(c.exe_sha256.as_str()),
             enabled: c.enabled,
             grants: &c.grants,
             created_unix: c.created_unix,
@@ -113,6 +118,7 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
                 gid: a.gid,
                 exe,
                 allow: checked_patterns(&a.allow)?,
+                exe_sha256: a.exe_sha256.unwrap_or_default().to_ascii_lowercase(),
             };
             daemon::admin(global).await?.add_client(request).await.reply()?
         }

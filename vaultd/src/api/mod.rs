@@ -39,6 +39,7 @@ impl From<VaultError> for Status {
             VaultError::EmptyPassphrase
             | VaultError::InvalidName { .. }
             | VaultError::InvalidPattern(_)
+            | VaultError::InvalidExeSha256
             | VaultError::EmptyValue
             | VaultError::ValueTooLarge(_) => Status::invalid_argument(msg),
             VaultError::Crypto(CryptoError::DecryptionFailed) => Status::data_loss(msg),

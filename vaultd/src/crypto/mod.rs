@@ -84,6 +84,19 @@ fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     ring::rand::SystemRandom::new().fill(buf).map_err(|_| CryptoError::Random)
 }
 
+/// SHA-256 of everything `reader` yields, as lowercase hex (executable pinning).
+pub fn sha256_reader(mut reader: impl std::io::Read) -> std::io::Result<String> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf)? {
+            0 => break,
+            n => ctx.update(&buf[..n]),
+        }
+    }
+    Ok(ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Fresh random bytes (e.g. the `--dev` passphrase).
 pub fn random_secret(len: usize) -> Result<SecretBytes, CryptoError> {
     let mut bytes = vec![0; len];

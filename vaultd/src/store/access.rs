@@ -10,13 +10,15 @@ pub struct ClientRow {
     pub uid: u32,
     pub gid: Option<u32>,
     pub exe: Option<String>,
+    pub exe_sha256: Option<String>,
     pub enabled: bool,
     pub grants: Vec<String>,
     pub created_unix: i64,
 }
 
 const CLIENTS: &str = "SELECT c.id, c.name, c.uid, c.gid, c.exe, c.enabled, c.created_unix,
-            COALESCE((SELECT json_group_array(pattern) FROM client_grant g WHERE g.client_id = c.id), '[]')
+            COALESCE((SELECT json_group_array(pattern) FROM client_grant g WHERE g.client_id = c.id), '[]'),
+            c.exe_sha256
      FROM client c";
 
 fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
@@ -28,6 +30,7 @@ fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
         uid: r.get(2)?,
         gid: r.get(3)?,
         exe: r.get(4)?,
+        exe_sha256: r.get(8)?,
         enabled: r.get(5)?,
         created_unix: r.get(6)?,
         grants,
@@ -38,9 +41,9 @@ impl Txn<'_> {
     /// Adds a client; `false` if the name is taken.
     pub fn client_add(&self, c: &ClientRow) -> Result<bool, StoreError> {
         let added = self.tx.execute(
-            "INSERT INTO client (name, uid, gid, exe, enabled, created_unix) VALUES (?, ?, ?, ?, 1, ?)
+            "INSERT INTO client (name, uid, gid, exe, exe_sha256, enabled, created_unix) VALUES (?, ?, ?, ?, ?, 1, ?)
              ON CONFLICT (name) DO NOTHING",
-            params![c.name, c.uid, c.gid, c.exe, now_unix()],
+            params![c.name, c.uid, c.gid, c.exe, c.exe_sha256, now_unix()],
         )?;
         if added == 1 {
             self.client_grant(&c.name, &c.grants)?;

@@ -10,6 +10,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schema/0002_audit.sql"),
     include_str!("../../../schema/0003_access.sql"),
     include_str!("../../../schema/0004_tokens.sql"),
+    include_str!("../../../schema/0005_exe_sha256.sql"),
 ];
 
 /// Brings the database up to date; refuses one from a newer vaultd.
@@ -36,10 +37,10 @@ mod tests {
     #[test]
     fn applies_once_and_refuses_newer() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(apply(&mut conn).unwrap(), 4);
-        assert_eq!(apply(&mut conn).unwrap(), 4);
+        assert_eq!(apply(&mut conn).unwrap(), 5);
+        assert_eq!(apply(&mut conn).unwrap(), 5);
         conn.pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(apply(&mut conn), Err(StoreError::NewerSchema { found: 99, known: 4 })));
+        assert!(matches!(apply(&mut conn), Err(StoreError::NewerSchema { found: 99, known: 5 })));
     }
 
     #[test]
