@@ -1,0 +1,230 @@
+//! The load client: N tasks, each on its own connection with one request in
+//! flight at a time, until a deadline (or a request count); the latency of every
+//! request in the measured period. The same client drives the floor and vaultd.
+//!
+//! It runs as its own process — the bench re-executes itself with the hidden
+//! `client` subcommand ([`client`]) — on a single-threaded tokio runtime, and
+//! prints one JSON line, a [`LoadResult`], on stdout. [`run`] is the bench's side.
+
+use crate::report::{LoadResult, percentile};
+use anyhow::{Context as _, ensure};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use vault_proto::v1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Op {
+    /// `Agent.GetSecret` of the secret `--name` (vaultd's agent socket, or the floor).
+    Get,
+    /// `Agent.GetSecrets` of the `--batch` secrets `NAME-0`, `NAME-1`, … in one call.
+    GetMany,
+    /// `Admin.PutSecret` of a new secret `PREFIX-N` per request (vaultd's admin socket).
+    Put,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ClientArgs {
+    /// The socket to load.
+    #[arg(long)]
+    pub(crate) socket: PathBuf,
+    #[arg(long, value_enum)]
+    pub(crate) op: Op,
+    /// Connections, each with one request in flight at a time.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) in_flight: u16,
+    /// Warm-up before measuring; requests in it are not counted.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) warmup: f64,
+    /// The measured period (with --count: the longest the run may take).
+    #[arg(long)]
+    pub(crate) seconds: f64,
+    /// Stop after this many requests.
+    #[arg(long)]
+    pub(crate) count: Option<u64>,
+    /// The secret `get` reads (`get-many`: NAME-0, NAME-1, …).
+    #[arg(long, default_value = "bench")]
+    pub(crate) name: String,
+    /// Secrets per `get-many` call.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) batch: u16,
+    /// `put` stores secrets PREFIX-0, PREFIX-1, …
+    #[arg(long, default_value = "put")]
+    pub(crate) prefix: String,
+}
+
+impl ClientArgs {
+    fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "client".into(),
+            "--socket".into(),
+            self.socket.display().to_string(),
+            "--op".into(),
+            clap::ValueEnum::to_possible_value(&self.op).map(|v| v.get_name().to_owned()).unwrap_or_default(),
+            "--in-flight".into(),
+            self.in_flight.to_string(),
+            "--warmup".into(),
+            self.warmup.to_string(),
+            "--seconds".into(),
+            self.seconds.to_string(),
+            "--name".into(),
+            self.name.clone(),
+            "--batch".into(),
+            self.batch.to_string(),
+            "--prefix".into(),
+            self.prefix.clone(),
+        ];
+        if let Some(count) = self.count {
+            a.extend(["--count".into(), count.to_string()]);
+        }
+        a
+    }
+}
+
+/// The bench's side: runs the client as a separate process and returns what it measured.
+pub(crate) async fn run(args: &ClientArgs) -> anyhow::Result<LoadResult> {
+    let limit = Duration::from_secs_f64(args.warmup + args.seconds + 30.0);
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the load client")?;
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .with_context(|| format!("the load client ran over {limit:?}"))??;
+    ensure!(out.status.success(), "the load client failed ({})", out.status);
+    serde_json::from_slice(&out.stdout).context("reading the load client's result")
+}
+
+/// The hidden `client` subcommand.
+pub(crate) fn client(args: &ClientArgs) -> anyhow::Result<()> {
+    crate::die_with_parent()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(load(args))?;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+/// What one task saw.
+#[derive(Default)]
+struct TaskTally {
+    latencies_ns: Vec<u64>,
+    total: u64,
+    errors: u64,
+    first_error: Option<String>,
+    reply_bytes: usize,
+}
+
+async fn load(args: &ClientArgs) -> anyhow::Result<LoadResult> {
+    let cpu_before = crate::vaultd::cpu_seconds(std::process::id())?;
+    let mut channels = Vec::new();
+    for _ in 0..args.in_flight {
+        channels.push(
+            vault_proto::connect(&args.socket)
+                .await
+                .with_context(|| format!("connecting to {}", args.socket.display()))?,
+        );
+    }
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let deadline = measure_from + Duration::from_secs_f64(args.seconds);
+    let issued = Arc::new(AtomicU64::new(0));
+    let count = args.count.unwrap_or(u64::MAX);
+    let tasks: Vec<_> = channels
+        .into_iter()
+        .map(|channel| {
+            let (args, issued) = (args.clone(), issued.clone());
+            tokio::spawn(async move { task(channel, &args, measure_from, deadline, &issued, count).await })
+        })
+        .collect();
+    let mut tally = TaskTally::default();
+    for t in tasks {
+        let t = t.await.context("a load task panicked")?;
+        tally.latencies_ns.extend(t.latencies_ns);
+        tally.total += t.total;
+        tally.errors += t.errors;
+        tally.first_error = tally.first_error.or(t.first_error);
+        tally.reply_bytes = tally.reply_bytes.max(t.reply_bytes);
+    }
+    let measured_s = (Instant::now().max(measure_from) - measure_from).as_secs_f64();
+    let mut lat = tally.latencies_ns;
+    lat.sort_unstable();
+    let us = |p: f64| percentile(&lat, p).map_or(f64::NAN, |ns| ns as f64 / 1000.0);
+    Ok(LoadResult {
+        client_pid: std::process::id(),
+        requests: lat.len() as u64,
+        requests_total: tally.total,
+        errors: tally.errors,
+        first_error: tally.first_error,
+        measured_s,
+        throughput: lat.len() as f64 / measured_s,
+        p50_us: us(50.0),
+        p99_us: us(99.0),
+        max_us: us(100.0),
+        reply_bytes: tally.reply_bytes,
+        client_cpu_s: crate::vaultd::cpu_seconds(std::process::id())? - cpu_before,
+    })
+}
+
+/// One connection's loop: a request at a time until `deadline` or until `count`
+/// requests have been issued across all tasks. Latencies of requests started at
+/// or after `measure_from` are kept; a failed request is counted, not timed.
+async fn task(
+    channel: tonic::transport::Channel,
+    args: &ClientArgs,
+    measure_from: Instant,
+    deadline: Instant,
+    issued: &AtomicU64,
+    count: u64,
+) -> TaskTally {
+    let mut agent = vault_proto::agent_client(channel.clone());
+    let mut admin = vault_proto::admin_client(channel);
+    let value = crate::secret_value();
+    let names: Vec<String> = (0..args.batch).map(|i| format!("{}-{i}", args.name)).collect();
+    let mut t = TaskTally::default();
+    loop {
+        let started = Instant::now();
+        if started >= deadline {
+            break;
+        }
+        let n = issued.fetch_add(1, Ordering::Relaxed);
+        if n >= count {
+            break;
+        }
+        let outcome = match args.op {
+            Op::Get => {
+                let req = v1::GetSecretRequest { env: String::new(), name: args.name.clone() };
+                agent.get_secret(req).await.map(|r| prost::Message::encoded_len(r.get_ref()))
+            }
+            Op::GetMany => {
+                let req = v1::GetSecretsRequest { env: String::new(), names: names.clone() };
+                agent.get_secrets(req).await.map(|r| prost::Message::encoded_len(r.get_ref()))
+            }
+            Op::Put => {
+                let secret = Some(v1::SecretRef { env: String::new(), name: format!("{}-{n}", args.prefix) });
+                let req = v1::PutSecretRequest { secret, value: value.clone(), ..Default::default() };
+                admin.put_secret(req).await.map(|r| prost::Message::encoded_len(r.get_ref()))
+            }
+        };
+        let took = started.elapsed();
+        t.total += 1;
+        match outcome {
+            Ok(bytes) => {
+                t.reply_bytes = bytes;
+                if started >= measure_from {
+                    t.latencies_ns.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+                }
+            }
+            Err(status) => {
+                t.errors += 1;
+                t.first_error.get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+            }
+        }
+    }
+    t
+}
