@@ -482,7 +482,7 @@ impl Vault {
     ) -> Result<Reader, VaultError> {
         let Some(peer) = peer else { return Ok(Reader::Nobody) };
         let Some(token) = token else {
-            return Ok(if peer.uid == self.owner { Reader::Owner } else { Reader::Kernel(Caller::new(*peer)) });
+            return Ok(if peer.uid == self.owner { Reader::Owner } else { Reader::Kernel(Caller::new(peer.clone())) });
         };
         if let Err(wait) = self.limits.auth_allowed(peer.uid) {
             self.record_detached(
