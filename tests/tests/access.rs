@@ -63,6 +63,16 @@ fn tokens_are_bound_counted_expire_revoke_and_survive_a_restart() {
     get_as(&d, &vaultctl, A, Some(&token), "telegram").error(3); // two uses, both spent
     get_as(&d, &vaultctl, A, Some("vt_not-a-real-token"), "telegram").error(3);
 
+    // A token of a disabled client is refused and spends none of its uses.
+    let (counted, counted_accessor) = create_token(&d, &["--uses", "1"]);
+    d.ctl(&["client", "disable", "bot"], b"").ok();
+    get_as(&d, &vaultctl, A, Some(&counted), "telegram").error(3);
+    d.ctl(&["client", "enable", "bot"], b"").ok();
+    let listed = d.ctl(&["--json", "token", "list"], b"").ok().json();
+    let untouched = listed.as_array().unwrap().iter().find(|t| t["accessor"] == counted_accessor.as_str()).unwrap();
+    assert!(untouched["uses_left"] == 1 && untouched["last_used_unix"].is_null(), "{untouched}");
+    assert_eq!(get_as(&d, &vaultctl, A, Some(&counted), "telegram").ok().stdout, b"123:tg");
+
     let (lasting, lasting_accessor) = create_token(&d, &["--ttl", "1h"]);
     let (short, _) = create_token(&d, &["--ttl", "1s"]);
     let (any, _) = create_token(&d, &["--any-uid"]);
@@ -102,7 +112,8 @@ fn tokens_are_bound_counted_expire_revoke_and_survive_a_restart() {
         .filter(|e| e["type"] == "token.refused")
         .map(|e| e["detail"]["reason"].as_str().unwrap())
         .collect();
-    assert_eq!(reasons, ["used from another uid", "no uses left", "unknown", "expired", "revoked"], "{entries:#?}");
+    let want = ["used from another uid", "no uses left", "unknown", "client disabled or removed", "expired", "revoked"];
+    assert_eq!(reasons, want, "{entries:#?}");
     let used: Vec<_> = entries.iter().filter(|e| e["type"] == "secret.read" && e["outcome"] == "ok").collect();
     assert!(used.iter().all(|e| e["actor"]["token"].is_string() && e["actor"]["client"] == "bot"), "{used:#?}");
     assert!(d.audit_verify().is_ok());

@@ -12,26 +12,30 @@ use tokio::net::UnixStream;
 use tonic::transport::server::Connected;
 
 /// A connected peer's kernel-attested credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
     /// The process's start time (clock ticks since boot) when it connected.
     pub start_time: Option<u64>,
+    /// A pidfd for the process that connected (SO_PEERPIDFD), where the kernel
+    /// gives one: the surest way to know a pid still names that process.
+    pub pidfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 impl Peer {
     fn of_stream(stream: &UnixStream) -> Option<Peer> {
         let cred = stream.peer_cred().ok()?;
         let pid = cred.pid();
-        Some(Peer { uid: cred.uid(), gid: cred.gid(), pid, start_time: pid.and_then(start_time) })
+        let pidfd = crate::sys::peer_pidfd(std::os::fd::AsFd::as_fd(stream)).ok().map(std::sync::Arc::new);
+        Some(Peer { uid: cred.uid(), gid: cred.gid(), pid, start_time: pid.and_then(start_time), pidfd })
     }
 
     /// The peer of the connection a request arrived on, as read at accept;
     /// `None` when the kernel gave no credentials, which callers treat as a denial.
     pub fn of_request<T>(req: &tonic::Request<T>) -> Option<Peer> {
-        req.extensions().get::<Attestation>()?.0
+        req.extensions().get::<Attestation>()?.0.clone()
     }
 
     /// The caller's executable, as the kernel names it (`/proc/PID/exe`), or
@@ -43,10 +47,19 @@ impl Peer {
         self.still_same_process().then_some(exe)
     }
 
-    /// SPIRE's check, after reading: same start time as at accept, same owner.
+    /// Checked after reading `/proc/PID/…`: the pidfd taken at accept (where the
+    /// kernel gave one) still names a live process with this pid; and, as SPIRE
+    /// does, the pid has the start time it had at accept and the same owner.
     fn still_same_process(&self) -> bool {
+        use std::os::fd::AsRawFd;
         use std::os::unix::fs::MetadataExt;
         let Some(pid) = self.pid else { return false };
+        if let Some(pidfd) = &self.pidfd {
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap_or_default();
+            if !info.lines().any(|l| l.strip_prefix("Pid:").is_some_and(|p| p.trim() == pid.to_string())) {
+                return false; // exited (Pid: -1), so the pid may name another process now
+            }
+        }
         let owner = std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()).ok();
         self.start_time.is_some() && start_time(pid) == self.start_time && owner == Some(self.uid)
     }
@@ -188,11 +201,11 @@ mod tests {
         assert!(t.is_some());
         assert_eq!(start_time(me), t);
         let uid = rustix::process::geteuid().as_raw();
-        let peer = Peer { uid, gid: 0, pid: Some(me), start_time: t };
+        let peer = Peer { uid, gid: 0, pid: Some(me), start_time: t, pidfd: None };
         assert_eq!(peer.exe(), std::env::current_exe().ok());
-        let reused = Peer { start_time: t.map(|t| t + 1), ..peer };
+        let reused = Peer { start_time: t.map(|t| t + 1), ..peer.clone() };
         assert_eq!(reused.exe(), None, "a pid naming a process that started at another time is not trusted");
-        let other_owner = Peer { uid: uid + 1, ..peer };
+        let other_owner = Peer { uid: uid + 1, ..peer.clone() };
         assert_eq!(other_owner.exe(), None);
 
         let exe = std::fs::File::open(std::env::current_exe().unwrap_or_default()).ok();

@@ -16,4 +16,5 @@ pub mod policy;
 pub mod process;
 pub mod server;
 pub mod store;
+mod sys;
 pub mod vault;

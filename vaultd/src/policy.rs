@@ -93,7 +93,7 @@ mod tests {
     #[test]
     fn every_socket_by_every_kind_of_caller() {
         let owner = 1000;
-        let peer = |uid| Peer { uid, gid: uid, pid: Some(1), start_time: None };
+        let peer = |uid| Peer { uid, gid: uid, pid: Some(1), start_time: None, pidfd: None };
         let cases = [
             (Socket::Admin, Some(peer(1000)), true),
             (Socket::Admin, Some(peer(0)), true),

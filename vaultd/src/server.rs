@@ -75,7 +75,7 @@ fn guard(
         if policy::may_use(socket, peer.as_ref(), owner) {
             return Ok(req);
         }
-        tracing::warn!(%socket, uid = peer.map(|p| p.uid), pid = peer.and_then(|p| p.pid), "request refused");
+        tracing::warn!(%socket, uid = peer.as_ref().map(|p| p.uid), pid = peer.as_ref().and_then(|p| p.pid), "request refused");
         let actor = Actor::peer(socket.name(), peer.as_ref());
         vault.record_detached(Event::new("request.refused", Outcome::Denied, &actor));
         Err(Status::permission_denied(format!("permission denied: this user may not use the {socket} socket")))

@@ -482,7 +482,7 @@ impl Vault {
     ) -> Result<Reader, VaultError> {
         let Some(peer) = peer else { return Ok(Reader::Nobody) };
         let Some(token) = token else {
-            return Ok(if peer.uid == self.owner { Reader::Owner } else { Reader::Kernel(Caller::new(*peer)) });
+            return Ok(if peer.uid == self.owner { Reader::Owner } else { Reader::Kernel(Caller::new(peer.clone())) });
         };
         if let Err(wait) = self.limits.auth_allowed(peer.uid) {
             self.record_detached(
@@ -500,12 +500,12 @@ impl Vault {
             if let Some(reason) = policy::token_refusal(&row, peer.uid, now) {
                 return Ok((Err((reason, Some(row.accessor.clone()))), vec![]));
             }
+            // A refused token spends nothing: the client is checked before the use is.
+            let Some(client) = txn.client(&row.client)?.filter(|c| c.enabled) else {
+                return Ok((Err(("client disabled or removed", Some(row.accessor))), vec![]));
+            };
             txn.token_use(&row.accessor, now)?;
-            let client = txn.client(&row.client)?.filter(|c| c.enabled);
-            Ok((
-                client.map(|c| (row.accessor.clone(), c)).ok_or(("client disabled or removed", Some(row.accessor))),
-                vec![],
-            ))
+            Ok((Ok((row.accessor, client)), vec![]))
         })?;
         match checked {
             Ok((accessor, client)) => {

@@ -1,0 +1,583 @@
+//! The authorization table: every RPC of `vault.v1.Agent` and `vault.v1.Admin`,
+//! called by every kind of caller, each as a real process with a real uid, and
+//! each cell's gRPC status asserted.
+//!
+//! The calls are made by a child process: this test binary, copied to a 0755 temp
+//! dir and re-executed (with `.uid(U).gid(U)`) running only [`authz_child`], which
+//! performs one row's calls and prints one result line per call. Both sockets are
+//! reachable by everyone on the filesystem (the agent socket 0666 by config, the
+//! admin socket chmod 0666 as a mistaken mode would), so what is tested is vaultd's
+//! own per-request check. Needs root (CI is root) to run as other uids; the uids
+//! are plain numbers (no passwd entry is needed to run as one).
+//!
+//! Admin requests are valid ones that would succeed if admitted (the right
+//! passphrase, existing objects), on throwaway objects of the row's own, so a
+//! bypass shows as OK instead of hiding behind an error, and cannot disturb other
+//! cells. Afterwards the vault is checked for side effects of the denied calls.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status, Streaming};
+use vault_proto::v1::admin_client::AdminClient;
+use vault_proto::v1::agent_client::AgentClient;
+use vault_proto::v1::{self, AuditEntry, AuditFilter, SecretRef};
+use vault_tests::{Daemon, Options, PASSPHRASE, is_root};
+
+/// Set (to a JSON spec) only in the child: which calls to make, as whom.
+const CHILD_ENV: &str = "VAULT_E2E_AUTHZ_CHILD";
+/// Prefix of the child's result lines (libtest prints its own lines too).
+const MARK: &str = "authz-result ";
+/// The one call per cell: the agent reads first, then the admin calls in proto
+/// order, except that Seal and Unlock go last (in that order) so that a seal,
+/// whoever manages it, is undone before the next row.
+const AGENT_CALLS: [&str; 3] = ["GetSecret", "GetSecrets", "GetSecret missing"];
+const ADMIN_CALLS: [&str; 23] = [
+    "Init",
+    "Unlock",
+    "Seal",
+    "Status",
+    "PutSecret",
+    "ShowSecret",
+    "ListSecrets",
+    "ListVersions",
+    "DeleteSecret",
+    "QueryAudit",
+    "ExportAudit",
+    "TailAudit",
+    "VerifyAudit",
+    "HashValue",
+    "AddClient",
+    "RemoveClient",
+    "SetClientEnabled",
+    "Grant",
+    "Ungrant",
+    "ListClients",
+    "CreateToken",
+    "ListTokens",
+    "RevokeTokens",
+];
+/// How long one call (or a stream's first message) may take in the child.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Owner,
+    Granted,
+    NoGrant,
+    Disabled,
+    OtherUid,
+    WrongExe,
+    TokenValid,
+    TokenExpired,
+    TokenRevoked,
+    TokenWrongUid,
+}
+
+impl Kind {
+    const ALL: [Kind; 10] = [
+        Kind::Owner,
+        Kind::Granted,
+        Kind::NoGrant,
+        Kind::Disabled,
+        Kind::OtherUid,
+        Kind::WrongExe,
+        Kind::TokenValid,
+        Kind::TokenExpired,
+        Kind::TokenRevoked,
+        Kind::TokenWrongUid,
+    ];
+
+    /// (label, tag naming its throwaway objects, uid; `None`: the owner, root)
+    fn who(self) -> (&'static str, &'static str, Option<u32>) {
+        match self {
+            Kind::Owner => ("owner", "owner", None),
+            Kind::Granted => ("granted client", "granted", Some(65534)),
+            Kind::NoGrant => ("client without the grant", "nogrant", Some(65533)),
+            Kind::Disabled => ("disabled client", "disabled", Some(65532)),
+            Kind::OtherUid => ("other uid, no client", "otheruid", Some(65531)),
+            Kind::WrongExe => ("wrong executable", "wrongexe", Some(65530)),
+            Kind::TokenValid => ("valid token", "tokvalid", Some(65529)),
+            Kind::TokenExpired => ("expired token", "tokexpired", Some(65527)),
+            Kind::TokenRevoked => ("revoked token", "tokrevoked", Some(65526)),
+            // The valid token (bound to 65529), presented by 65528.
+            Kind::TokenWrongUid => ("token from the wrong uid", "tokwronguid", Some(65528)),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        self.who().0
+    }
+
+    fn tag(self) -> &'static str {
+        self.who().1
+    }
+
+    fn bad_token(self) -> bool {
+        matches!(self, Kind::TokenExpired | Kind::TokenRevoked | Kind::TokenWrongUid)
+    }
+
+    /// The expected status of `call` by this kind of caller.
+    fn want(self, call: &str) -> Code {
+        let reads = matches!(self, Kind::Owner | Kind::Granted | Kind::TokenValid);
+        match call {
+            _ if self.bad_token() && AGENT_CALLS.contains(&call) => Code::Unauthenticated,
+            "GetSecret missing" => Code::NotFound,
+            "GetSecret" | "GetSecrets" if reads => Code::Ok,
+            "GetSecret" | "GetSecrets" => Code::NotFound, // indistinguishable from missing
+            _ if self != Kind::Owner => Code::PermissionDenied,
+            "Init" => Code::AlreadyExists,
+            _ => Code::Ok,
+        }
+    }
+}
+
+/// The calls in the order a child makes them.
+fn call_order() -> Vec<&'static str> {
+    let mut calls: Vec<&str> = AGENT_CALLS.to_vec();
+    calls.extend(ADMIN_CALLS.iter().filter(|c| !matches!(**c, "Seal" | "Unlock")));
+    calls.extend(["Seal", "Unlock"]);
+    calls
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A short form for the printed matrix.
+fn short(code: &str) -> &str {
+    match code {
+        "PERMISSION_DENIED" => "PD",
+        "NOT_FOUND" => "NF",
+        "UNAUTHENTICATED" => "UA",
+        "ALREADY_EXISTS" => "AE",
+        "RESOURCE_EXHAUSTED" => "RE",
+        other => other,
+    }
+}
+
+fn secret_ref(env: &str, name: &str) -> Option<SecretRef> {
+    Some(SecretRef { env: env.into(), name: name.into() })
+}
+
+// ---------------------------------------------------------------- the child
+
+/// Not a test of its own: the body of the child process, which does nothing
+/// unless [`CHILD_ENV`] is set.
+#[test]
+fn authz_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(child(&spec));
+}
+
+struct Caller {
+    agent: AgentClient<Channel>,
+    admin: AdminClient<Channel>,
+    token: Option<String>,
+    tag: String,
+    passphrase: Vec<u8>,
+    accessor: String,
+}
+
+async fn child(spec: &serde_json::Value) {
+    let text = |key: &str| spec[key].as_str().unwrap_or_default().to_owned();
+    let mut caller = Caller {
+        agent: vault_proto::agent_client(vault_proto::connect(text("agent")).await.unwrap()),
+        admin: vault_proto::admin_client(vault_proto::connect(text("admin")).await.unwrap()),
+        token: spec["token"].as_str().map(str::to_owned),
+        tag: text("tag"),
+        passphrase: text("passphrase").into_bytes(),
+        accessor: text("accessor"),
+    };
+    for call in spec["calls"].as_array().unwrap() {
+        let call = call.as_str().unwrap();
+        let result = match tokio::time::timeout(CALL_TIMEOUT, caller.call(call)).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_exceeded(format!("no answer within {CALL_TIMEOUT:?}"))),
+        };
+        let (code, message) =
+            result.map_or_else(|s| (s.code(), s.message().to_owned()), |()| (Code::Ok, String::new()));
+        println!("{MARK}{}", serde_json::json!({ "call": call, "code": code_name(code), "message": message }));
+    }
+}
+
+/// `msg` with `authorization: Bearer TOKEN` when the caller has a token.
+fn request<T>(token: Option<&str>, msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    if let Some(token) = token {
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    req
+}
+
+/// A server stream counts as answered by its call or its first message,
+/// whichever carries the status (a denial may come on either).
+async fn first_message(opened: Result<Response<Streaming<AuditEntry>>, Status>) -> Result<(), Status> {
+    let mut stream = opened?.into_inner();
+    match tokio::time::timeout(CALL_TIMEOUT, stream.message()).await {
+        Ok(message) => message.map(drop),
+        Err(_) => Err(Status::deadline_exceeded("the stream opened but sent nothing")),
+    }
+}
+
+/// A unary call's status, its reply dropped.
+fn done<T>(reply: Result<T, Status>) -> Result<(), Status> {
+    reply.map(drop)
+}
+
+impl Caller {
+    async fn call(&mut self, call: &str) -> Result<(), Status> {
+        let t = self.token.as_deref();
+        let tag = self.tag.as_str();
+        let (agent, admin) = (&mut self.agent, &mut self.admin);
+        let get = |name: &str| v1::GetSecretRequest { env: "prod".into(), name: name.into() };
+        let scratch = format!("scratch-{tag}");
+        let pattern = vec!["scratch/granted".to_owned()];
+        let filter = |limit| Some(AuditFilter { limit, ..AuditFilter::default() });
+        let passphrase = self.passphrase.clone();
+        match call {
+            "GetSecret" => done(agent.get_secret(request(t, get("telegram"))).await),
+            "GetSecret missing" => done(agent.get_secret(request(t, get("nosuch"))).await),
+            "GetSecrets" => {
+                let names = vec!["telegram".to_owned()];
+                done(agent.get_secrets(request(t, v1::GetSecretsRequest { env: "prod".into(), names })).await)
+            }
+            "Init" => done(admin.init(request(t, v1::InitRequest { passphrase })).await),
+            "Unlock" => done(admin.unlock(request(t, v1::UnlockRequest { passphrase })).await),
+            "Seal" => done(admin.seal(request(t, v1::SealRequest {})).await),
+            "Status" => done(admin.status(request(t, v1::StatusRequest {})).await),
+            "PutSecret" => {
+                let secret = secret_ref("scratch", &format!("put-{tag}"));
+                let put = v1::PutSecretRequest { secret, value: b"v".to_vec(), ..Default::default() };
+                done(admin.put_secret(request(t, put)).await)
+            }
+            "ShowSecret" => {
+                let show = v1::ShowSecretRequest { secret: secret_ref("prod", "telegram"), reveal: true };
+                done(admin.show_secret(request(t, show)).await)
+            }
+            "ListSecrets" => done(admin.list_secrets(request(t, v1::ListSecretsRequest { env: "prod".into() })).await),
+            "ListVersions" => {
+                let versions = v1::ListVersionsRequest { secret: secret_ref("prod", "telegram") };
+                done(admin.list_versions(request(t, versions)).await)
+            }
+            "DeleteSecret" => {
+                let delete = v1::DeleteSecretRequest { secret: secret_ref("scratch", &format!("del-{tag}")) };
+                done(admin.delete_secret(request(t, delete)).await)
+            }
+            "QueryAudit" => done(admin.query_audit(request(t, v1::QueryAuditRequest { filter: filter(5) })).await),
+            "ExportAudit" => first_message(admin.export_audit(request(t, v1::ExportAuditRequest {})).await).await,
+            "TailAudit" => {
+                first_message(admin.tail_audit(request(t, v1::TailAuditRequest { filter: filter(1) })).await).await
+            }
+            "VerifyAudit" => done(admin.verify_audit(request(t, v1::VerifyAuditRequest {})).await),
+            "HashValue" => {
+                done(admin.hash_value(request(t, v1::HashValueRequest { value: b"candidate".to_vec() })).await)
+            }
+            "AddClient" => {
+                let add = v1::AddClientRequest {
+                    name: format!("add-{tag}"),
+                    uid: 4242,
+                    gid: None,
+                    exe: String::new(),
+                    allow: vec!["scratch/*".into()],
+                    exe_sha256: String::new(),
+                };
+                done(admin.add_client(request(t, add)).await)
+            }
+            "RemoveClient" => done(admin.remove_client(request(t, v1::ClientName { name: format!("rm-{tag}") })).await),
+            "SetClientEnabled" => {
+                let disable = v1::SetClientEnabledRequest { name: scratch, enabled: false };
+                done(admin.set_client_enabled(request(t, disable)).await)
+            }
+            "Grant" => done(admin.grant(request(t, v1::GrantRequest { name: scratch, patterns: pattern })).await),
+            "Ungrant" => done(admin.ungrant(request(t, v1::GrantRequest { name: scratch, patterns: pattern })).await),
+            "ListClients" => done(admin.list_clients(request(t, v1::ListClientsRequest {})).await),
+            "CreateToken" => {
+                let create = v1::CreateTokenRequest { client: scratch, ttl_secs: 600, ..Default::default() };
+                done(admin.create_token(request(t, create)).await)
+            }
+            "ListTokens" => done(admin.list_tokens(request(t, v1::ListTokensRequest {})).await),
+            "RevokeTokens" => {
+                let revoke = v1::RevokeTokensRequest { accessor: self.accessor.clone(), all: false };
+                done(admin.revoke_tokens(request(t, revoke)).await)
+            }
+            other => Err(Status::unimplemented(format!("the test has no call {other:?}"))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the parent
+
+/// A copy of this test binary that every uid can execute (the target dir may not
+/// be reachable), at its canonical path (as /proc/PID/exe will name it).
+fn child_binary() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("vault-e2e-bin-").tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("authz-child");
+    fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = copy.canonicalize().unwrap();
+    // A fresh copy can be briefly "text file busy" if a fork elsewhere inherited the write fd.
+    vault_tests::wait_for("the copy to run", || {
+        std::process::Command::new(&copy).args(["--list", "--exact", "authz_child"]).output().ok()
+    });
+    (dir, copy)
+}
+
+/// One row's results: call → (status code name, message).
+type Results = BTreeMap<String, (String, String)>;
+
+fn run_row(d: &Daemon, exe: &Path, kind: Kind, token: Option<&str>, accessor: &str) -> Results {
+    let spec = serde_json::json!({
+        "agent": d.agent_socket,
+        "admin": d.admin_socket,
+        "token": token,
+        "tag": kind.tag(),
+        "passphrase": std::str::from_utf8(PASSPHRASE).unwrap(),
+        "accessor": accessor,
+        "calls": call_order(),
+    });
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["authz_child", "--exact", "--nocapture", "--test-threads=1"]);
+    cmd.env(CHILD_ENV, spec.to_string()).current_dir("/");
+    if let Some(uid) = kind.who().2 {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = vault_tests::run(cmd, b"");
+    let mut results = Results::new();
+    for line in out.text().lines() {
+        // libtest's "test authz_child ... " has no newline before the first result.
+        if let Some((_, json)) = line.split_once(MARK) {
+            let r: serde_json::Value = serde_json::from_str(json).unwrap();
+            let text = |k: &str| r[k].as_str().unwrap().to_owned();
+            results.insert(text("call"), (text("code"), text("message")));
+        }
+    }
+    if out.code != Some(0) || results.len() != call_order().len() {
+        let failed = format!("CHILD FAILED ({:?}): {}", out.code, out.stderr.trim());
+        for call in call_order() {
+            results.entry(call.to_owned()).or_insert_with(|| (failed.clone(), String::new()));
+        }
+    }
+    results
+}
+
+async fn admin(d: &Daemon) -> AdminClient<Channel> {
+    vault_proto::admin_client(vault_proto::connect(&d.admin_socket).await.unwrap())
+}
+
+async fn put(admin: &mut AdminClient<Channel>, env: &str, name: &str, value: &[u8]) {
+    let put = v1::PutSecretRequest { secret: secret_ref(env, name), value: value.to_vec(), ..Default::default() };
+    admin.put_secret(put).await.unwrap();
+}
+
+async fn add_client(admin: &mut AdminClient<Channel>, name: &str, uid: u32, exe: &str, allow: &[&str]) {
+    let allow = allow.iter().map(|p| (*p).to_owned()).collect();
+    let add = v1::AddClientRequest { name: name.into(), uid, gid: None, exe: exe.into(), allow, ..Default::default() };
+    admin.add_client(add).await.unwrap();
+}
+
+/// A token for `client`: (token, accessor, expires_unix).
+async fn create_token(admin: &mut AdminClient<Channel>, client: &str, ttl_secs: u64) -> (String, String, i64) {
+    let create = v1::CreateTokenRequest { client: client.into(), ttl_secs, ..Default::default() };
+    let reply = admin.create_token(create).await.unwrap().into_inner();
+    let info = reply.info.unwrap();
+    (reply.token, info.accessor, info.expires_unix)
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_by_every_kind_of_caller() {
+    if !is_root() {
+        eprintln!("skipped: needs root (run as root, as CI does)");
+        return;
+    }
+    let started = Instant::now();
+    let config = "agent_socket_mode = \"0666\"\n[limits]\nclient_rate = 1000.0\nclient_burst = 1000.0\n";
+    let d = Daemon::start_with(Options { config: Some(config.into()), ..Options::default() });
+    d.init();
+    fs::set_permissions(d.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&d.admin_socket, fs::Permissions::from_mode(0o666)).unwrap(); // the mistake
+    let (_bin_dir, child_exe) = child_binary();
+    let exe = child_exe.to_str().unwrap();
+    let uid = |kind: Kind| kind.who().2.unwrap();
+
+    let mut admin = admin(&d).await;
+    // The expiring token first, so its second has passed by the time its row runs.
+    add_client(&mut admin, "tok-expired", uid(Kind::TokenExpired), "", &["prod/telegram"]).await;
+    let (expired, _, expires_unix) = create_token(&mut admin, "tok-expired", 1).await;
+    put(&mut admin, "prod", "telegram", b"123:tg").await;
+    put(&mut admin, "prod", "other", b"other").await;
+    add_client(&mut admin, "granted", uid(Kind::Granted), exe, &["prod/telegram"]).await;
+    add_client(&mut admin, "nogrant", uid(Kind::NoGrant), "", &["prod/other"]).await;
+    add_client(&mut admin, "disabled", uid(Kind::Disabled), "", &["prod/telegram"]).await;
+    admin.set_client_enabled(v1::SetClientEnabledRequest { name: "disabled".into(), enabled: false }).await.unwrap();
+    add_client(&mut admin, "wrongexe", uid(Kind::WrongExe), "/usr/bin/false", &["prod/telegram"]).await;
+    // The valid token's client requires an executable its uid's callers do not
+    // have, so only the token (judged by its client alone) can grant the read.
+    add_client(&mut admin, "tok-valid", uid(Kind::TokenValid), "/usr/bin/false", &["prod/telegram"]).await;
+    let (valid, _, _) = create_token(&mut admin, "tok-valid", 0).await;
+    // The revoked token's client would grant the read by uid: a fallback shows as OK.
+    add_client(&mut admin, "tok-revoked", uid(Kind::TokenRevoked), "", &["prod/telegram"]).await;
+    let (revoked, revoked_accessor, _) = create_token(&mut admin, "tok-revoked", 0).await;
+    let revoke = v1::RevokeTokensRequest { accessor: revoked_accessor, all: false };
+    assert_eq!(admin.revoke_tokens(revoke).await.unwrap().into_inner().revoked, 1);
+    // Each row's throwaway objects: a secret to delete, a client to remove, a client
+    // to disable, grant, ungrant and make a token for, and a token to revoke.
+    let mut accessors = BTreeMap::new();
+    for kind in Kind::ALL {
+        let tag = kind.tag();
+        put(&mut admin, "scratch", &format!("del-{tag}"), b"v").await;
+        add_client(&mut admin, &format!("rm-{tag}"), 4243, "", &[]).await;
+        add_client(&mut admin, &format!("scratch-{tag}"), 4244, "", &[]).await;
+        accessors.insert(tag, create_token(&mut admin, &format!("scratch-{tag}"), 0).await.1);
+    }
+    let setup = started.elapsed();
+
+    // The owner last: its Seal and Unlock are the last calls of the run.
+    let mut results = BTreeMap::new();
+    for kind in Kind::ALL.into_iter().cycle().skip(1).take(Kind::ALL.len()) {
+        let token = match kind {
+            Kind::TokenValid | Kind::TokenWrongUid => Some(valid.as_str()),
+            Kind::TokenExpired => {
+                vault_tests::wait_for("the 1 s token to expire", || (now_unix() >= expires_unix).then_some(()));
+                Some(expired.as_str())
+            }
+            Kind::TokenRevoked => Some(revoked.as_str()),
+            _ => None,
+        };
+        results.insert(kind.tag(), run_row(&d, &child_exe, kind, token, &accessors[kind.tag()]));
+        // A row that managed to seal the vault (a bypass, reported in its cell)
+        // must not turn the next rows' cells into FAILED_PRECONDITION.
+        if admin.status(v1::StatusRequest {}).await.unwrap().into_inner().sealed {
+            d.unlock();
+        }
+    }
+    let calls_took = started.elapsed() - setup;
+
+    // Every cell.
+    let mut mismatches = Vec::new();
+    let columns: Vec<&str> = AGENT_CALLS.iter().chain(&ADMIN_CALLS).copied().collect();
+    for kind in Kind::ALL {
+        for call in &columns {
+            let want = code_name(kind.want(call));
+            let (got, message) = &results[kind.tag()][*call];
+            if got != want {
+                mismatches.push(format!("{:<26} {call:<18} want {want:<18} got {got}: {message}", kind.label()));
+            }
+        }
+    }
+    // Not granted looks exactly like not there: same code, same message but the name.
+    let message = |kind: Kind, call: &str| results[kind.tag()][call].1.clone();
+    for kind in [Kind::NoGrant, Kind::Disabled, Kind::OtherUid, Kind::WrongExe] {
+        let denied = message(kind, "GetSecret").replace("telegram", "NAME");
+        let missing = message(kind, "GetSecret missing").replace("nosuch", "NAME");
+        let batch = message(kind, "GetSecrets").replace("telegram", "NAME");
+        if denied != missing || batch != missing || !missing.contains("not found") {
+            mismatches
+                .push(format!("{}: not granted {denied:?} / {batch:?} differs from missing {missing:?}", kind.label()));
+        }
+    }
+    // A refused token says nothing about why.
+    let refusals: Vec<String> = [Kind::TokenExpired, Kind::TokenRevoked, Kind::TokenWrongUid]
+        .into_iter()
+        .flat_map(|k| AGENT_CALLS.map(|c| message(k, c)))
+        .collect();
+    if refusals.iter().any(|m| *m != refusals[0]) {
+        mismatches.push(format!("token refusals differ: {refusals:?}"));
+    }
+
+    // The refused admin calls changed nothing; the owner's did what they say.
+    let clients = admin.list_clients(v1::ListClientsRequest {}).await.unwrap().into_inner().clients;
+    let client = |name: &str| clients.iter().find(|c| c.name == name);
+    let secrets = admin.list_secrets(v1::ListSecretsRequest { env: "scratch".into() }).await.unwrap().into_inner();
+    let secret = |name: &str| secrets.secrets.iter().any(|s| s.name == name);
+    let tokens = admin.list_tokens(v1::ListTokensRequest {}).await.unwrap().into_inner().tokens;
+    for kind in Kind::ALL {
+        let tag = kind.tag();
+        let owner = kind == Kind::Owner;
+        let scratch = client(&format!("scratch-{tag}"));
+        let revoked = tokens.iter().any(|t| t.accessor == accessors[tag] && t.revoked_unix != 0);
+        let made = tokens.iter().filter(|t| t.client == format!("scratch-{tag}")).count();
+        let effects = [
+            ("a client added", client(&format!("add-{tag}")).is_some()),
+            ("a client removed", client(&format!("rm-{tag}")).is_none()),
+            ("a client disabled", scratch.is_some_and(|c| !c.enabled)),
+            ("a grant left", scratch.is_some_and(|c| c.grants.iter().any(|g| g == "scratch/granted"))),
+            ("a secret put", secret(&format!("put-{tag}"))),
+            ("a secret deleted", !secret(&format!("del-{tag}"))),
+            ("a token revoked", revoked),
+            ("a token created", made == 2),
+        ];
+        for (what, happened) in effects {
+            // The owner's Grant is undone by its Ungrant; everything else it did stays.
+            let expected = owner && what != "a grant left";
+            if happened != expected {
+                mismatches.push(format!("{}: {what}: {happened}, want {expected}", kind.label()));
+            }
+        }
+    }
+    let status = admin.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    if status.sealed {
+        mismatches.push("the vault is sealed after the owner's Seal, Unlock".into());
+    }
+
+    // The table, callers across, RPCs down.
+    let mut table = format!("{:<18}", "");
+    for kind in Kind::ALL {
+        table += &format!(" {:>11}", kind.tag());
+    }
+    for call in &columns {
+        table += &format!("\n{call:<18}");
+        for kind in Kind::ALL {
+            let got = &results[kind.tag()][*call].0;
+            let flag = if got == code_name(kind.want(call)) { "" } else { "!" };
+            table += &format!(" {:>11}", format!("{flag}{}", short(got)));
+        }
+    }
+    table += "\n(PD permission denied, NF not found, UA unauthenticated, AE already exists; ! unexpected)";
+    eprintln!(
+        "{table}\nsetup {:.1} s, {} calls in {:.1} s",
+        setup.as_secs_f64(),
+        Kind::ALL.len() * columns.len(),
+        calls_took.as_secs_f64()
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} cells (and checks) are wrong:\n{}\n\n{table}\nvaultd's log:\n{}",
+        mismatches.len(),
+        Kind::ALL.len() * columns.len(),
+        mismatches.join("\n"),
+        d.log()
+    );
+    let verified = d.audit_verify();
+    assert!(verified.is_ok(), "{verified:?}");
+}
