@@ -525,12 +525,9 @@ impl Vault {
         }
     }
 
-    /// Records events through the group commit and waits for all of them.
+    /// Records events through the group commit, in one batch, and waits for all.
     async fn record_all(&self, events: Vec<Event>) -> Result<(), VaultError> {
-        for event in events {
-            self.record(event).await?;
-        }
-        Ok(())
+        Ok(self.committer.record_all(events).await?)
     }
 
     /// The owner's `show --reveal`: like [`Vault::get`], always recorded.

@@ -48,12 +48,27 @@ impl Committer {
 
     /// Queues `event` and waits until it is committed.
     pub async fn record(&self, event: Event) -> Result<(), CommitFailed> {
-        let (done, committed) = oneshot::channel();
-        if self.enqueue(event, Some(done)) {
+        self.record_all(vec![event]).await
+    }
+
+    /// Queues `events` together (so one commit takes them all) and waits until
+    /// every one is committed.
+    pub async fn record_all(&self, events: Vec<Event>) -> Result<(), CommitFailed> {
+        let mut committed = Vec::with_capacity(events.len());
+        let lead = {
+            let mut queue = self.queue();
+            for event in events {
+                let (done, rx) = oneshot::channel();
+                queue.pending.push((event, Some(done)));
+                committed.push(rx);
+            }
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
             // Before committing, let the requests already queued on this runtime
             // add their records (yield while the queue still grows): under load
             // that turns many commits into one; alone it costs a yield or two.
-            let mut queued = 1;
+            let mut queued = self.queue().pending.len();
             for _ in 0..MAX_GATHER_YIELDS {
                 tokio::task::yield_now().await;
                 let now = self.queue().pending.len();
@@ -64,7 +79,10 @@ impl Committer {
             }
             self.lead();
         }
-        committed.await.map_err(|_| CommitFailed("the commit was abandoned".into()))?
+        for rx in committed {
+            rx.await.map_err(|_| CommitFailed("the commit was abandoned".into()))??;
+        }
+        Ok(())
     }
 
     /// Queues `event` without waiting (for records of refusals that guard nothing,
@@ -141,5 +159,17 @@ mod tests {
         let failing = Committer::new(|_| Err("disk full".into()));
         let err = failing.record(event()).await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("disk full") && err.contains("refused"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn one_call_s_records_commit_together() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let committer = Committer::new(move |events| {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push(events.len());
+            Ok(())
+        });
+        assert!(committer.record_all((0..20).map(|_| event()).collect()).await.is_ok());
+        assert_eq!(*batches.lock().unwrap_or_else(|p| p.into_inner()), [20]);
     }
 }
