@@ -22,6 +22,9 @@ pub struct Config {
     /// `[limits]`: client_rate, client_burst, global_rate, global_burst (reads per second).
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
+    /// `[rotation]`: versions kept, scheduler period, hook limits.
+    #[serde(default)]
+    pub rotation: crate::rotation::RotationConfig,
 }
 
 impl Default for Config {
@@ -31,6 +34,7 @@ impl Default for Config {
             agent_socket_gid: None,
             audit: AuditConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
+            rotation: crate::rotation::RotationConfig::default(),
         }
     }
 }
@@ -79,9 +83,13 @@ fn dev_log() -> PathBuf {
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_value(d).map(Some)
+}
+
+/// A humantime duration ("90d", "12h", "500ms").
+pub(crate) fn duration_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s)
-        .map(Some)
         .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"90d\" or \"12h\": {e}")))
 }
 
@@ -154,5 +162,17 @@ mod tests {
         );
         assert!(toml::from_str::<Config>("[audit]\nretention = \"soon\"").is_err());
         assert!(toml::from_str::<Config>("[[audit.sink]]\ntype = \"carrier-pigeon\"").is_err());
+    }
+
+    #[test]
+    fn parses_the_rotation_section() {
+        let text = "[rotation]\nkeep_versions = 3\ncheck_every = \"1s\"\nhook_timeout = \"5s\"\nhook_memory_mib = 64";
+        let rotation = toml::from_str::<Config>(text).unwrap().rotation;
+        assert_eq!(rotation.keep_versions, 3);
+        assert_eq!(rotation.check_every, Duration::from_secs(1));
+        assert_eq!(rotation.hook_timeout, Duration::from_secs(5));
+        assert_eq!(rotation.hook_memory_mib, 64);
+        assert_eq!(rotation.hook_processes, crate::rotation::RotationConfig::default().hook_processes);
+        assert!(toml::from_str::<Config>("[rotation]\nhook_timeout = \"never\"").is_err());
     }
 }

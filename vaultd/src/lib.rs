@@ -14,6 +14,7 @@ pub mod identity;
 pub mod limits;
 pub mod policy;
 pub mod process;
+pub mod rotation;
 pub mod server;
 pub mod store;
 mod sys;

@@ -35,6 +35,37 @@ pub(crate) fn peer_pidfd(socket: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(pidfd) })
 }
 
+/// Resource limits for a hook, applied in the child before it runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChildLimits {
+    pub memory_bytes: u64,
+    pub cpu_secs: u64,
+    pub processes: u64,
+}
+
+/// Makes `cmd`'s child confine itself before exec: the limits as hard rlimits (it
+/// cannot raise them), no core dumps, and SIGKILL when vaultd dies, so a hook
+/// never outlives the daemon that would read its answer.
+pub(crate) fn confine_child(cmd: &mut tokio::process::Command, limits: ChildLimits) {
+    use rustix::process::{Resource, Rlimit, set_parent_process_death_signal, setrlimit};
+    let rlimit = |n: u64| Rlimit { current: Some(n), maximum: Some(n) };
+    let confine = move || -> io::Result<()> {
+        setrlimit(Resource::As, rlimit(limits.memory_bytes))?;
+        setrlimit(Resource::Cpu, rlimit(limits.cpu_secs))?;
+        setrlimit(Resource::Nproc, rlimit(limits.processes))?;
+        setrlimit(Resource::Core, rlimit(0))?;
+        set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed. It makes four setrlimit and one prctl
+    // system calls through rustix (direct syscalls: no allocation, no locks) and
+    // touches nothing but its captured `Copy` limits.
+    unsafe {
+        cmd.pre_exec(confine);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,7 +79,7 @@ pub enum CryptoError {
     Random,
 }
 
-fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     use ring::rand::SecureRandom;
     ring::rand::SystemRandom::new().fill(buf).map_err(|_| CryptoError::Random)
 }

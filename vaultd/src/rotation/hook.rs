@@ -1,0 +1,327 @@
+//! The rotator hook protocol (`--rotator exec:PATH`, README "Rotation hooks").
+//!
+//! One run of the program per step, with the step's name in `VAULTD_STEP`:
+//! - `create`: stdin is the current value; stdout is the new value, one line of
+//!   printable text (a trailing newline is dropped).
+//! - `test`: stdin is the new (pending) value; exit 0 if it works.
+//! - `revoke-old`: stdin is a value to revoke at the provider (the previous one,
+//!   once its grace period ends, or a new one that failed its test).
+//!
+//! Values never travel on argv. Each run gets a cleared environment (only `PATH`
+//! and the `VAULTD_*` variables below), `/` as its directory, its own process
+//! group (killed whole on timeout), hard rlimits on memory, CPU seconds and
+//! processes, no core dumps, and SIGKILL if vaultd dies. The last line of its
+//! stderr becomes part of the error message (so it must not carry secrets; it is
+//! dropped when it contains the value).
+
+use super::RotationConfig;
+use crate::crypto::SecretBytes;
+use crate::sys::{ChildLimits, confine_child};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Create,
+    Test,
+    RevokeOld,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Create => "create",
+            Step::Test => "test",
+            Step::RevokeOld => "revoke-old",
+        }
+    }
+}
+
+/// What the hook is told about the secret (never its value: that is on stdin).
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub env: &'a str,
+    pub name: &'a str,
+    pub provider: &'a str,
+    /// The version the step is about: the one being created, tested or revoked.
+    pub version: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("hook {path}: {problem}; refusing to run it")]
+    Unsafe { path: PathBuf, problem: String },
+    #[error("hook {path} could not be started: {source}")]
+    Spawn { path: PathBuf, source: std::io::Error },
+    #[error("hook {step} step timed out after {}", humantime::format_duration(*.after))]
+    Timeout { step: &'static str, after: Duration },
+    #[error("hook {step} step exited with status {code}{stderr}")]
+    Exit { step: &'static str, code: i32, stderr: String },
+    #[error("hook {step} step was killed by signal {signal}{hint}{stderr}")]
+    Signal { step: &'static str, signal: i32, hint: &'static str, stderr: String },
+    #[error("hook {step} step printed {what}")]
+    Garbage { step: &'static str, what: String },
+    #[error("hook {step} step: {source}")]
+    Io { step: &'static str, source: std::io::Error },
+}
+
+/// Stderr kept per run: enough for a message, bounded whatever the hook prints.
+const STDERR_CAP: u64 = 4096;
+
+/// Runs one step of the hook at `path`, feeding `input` on stdin. Returns what it
+/// printed (the new value) for `create`, `None` for the other steps.
+///
+/// Call it from an async task, not a blocking-pool thread: the child's death
+/// signal follows the thread that spawned it, and pool threads come and go.
+pub async fn run(
+    path: &Path,
+    step: Step,
+    context: &Context<'_>,
+    input: &SecretBytes,
+    config: &RotationConfig,
+) -> Result<Option<SecretBytes>, HookError> {
+    check_safe(path)?;
+    let mut cmd = tokio::process::Command::new(path);
+    cmd.env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("VAULTD_STEP", step.as_str())
+        .env("VAULTD_SECRET", format!("{}/{}", context.env, context.name))
+        .env("VAULTD_ENV", context.env)
+        .env("VAULTD_NAME", context.name)
+        .env("VAULTD_PROVIDER", context.provider)
+        .env("VAULTD_VERSION", context.version.to_string())
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    confine_child(
+        &mut cmd,
+        ChildLimits {
+            memory_bytes: config.hook_memory_mib.saturating_mul(1024 * 1024),
+            cpu_secs: config.hook_cpu_secs,
+            processes: config.hook_processes,
+        },
+    );
+    let mut child = cmd.spawn().map_err(|source| HookError::Spawn { path: path.into(), source })?;
+    let group = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
+    let kill_group = || {
+        if let Some(group) = group {
+            // Also reaps whatever the hook left running in the background.
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    };
+    let step_name = step.as_str();
+    let io = |source| HookError::Io { step: step_name, source };
+
+    let (Some(mut stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        kill_group();
+        return Err(io(std::io::Error::other("no pipes to the hook")));
+    };
+    let input = Zeroizing::new(input.expose().to_vec());
+    let exchange = async {
+        let feed = async {
+            // A hook that exits without reading its stdin is fine: ignore EPIPE.
+            let _ = stdin.write_all(&input).await;
+            drop(stdin);
+        };
+        let mut out = Zeroizing::new(Vec::new());
+        let mut err = Vec::new();
+        let (mut stdout, mut stderr) = (stdout.take(vault_proto::MAX_VALUE_LEN as u64 + 2), stderr.take(STDERR_CAP));
+        let read_out = stdout.read_to_end(&mut out);
+        let read_err = stderr.read_to_end(&mut err);
+        let ((), out_len, err_len) = tokio::join!(feed, read_out, read_err);
+        out_len.map_err(io)?;
+        err_len.map_err(io)?;
+        if out.len() > vault_proto::MAX_VALUE_LEN + 1 {
+            return Ok((None, out, err));
+        }
+        let status = child.wait().await.map_err(io)?;
+        Ok::<_, HookError>((Some(status), out, err))
+    };
+    let outcome = tokio::time::timeout(config.hook_timeout, exchange).await;
+    kill_group();
+    let (status, mut out, err) = match outcome {
+        Err(_) => return Err(HookError::Timeout { step: step_name, after: config.hook_timeout }),
+        Ok(result) => result?,
+    };
+    let Some(status) = status else {
+        return Err(HookError::Garbage {
+            step: step_name,
+            what: format!("more than {} bytes", vault_proto::MAX_VALUE_LEN),
+        });
+    };
+    let stderr = last_line(&err, &[input.as_slice(), out.as_slice()]);
+    if let Some(signal) = status.signal() {
+        let hint = match signal {
+            libc::SIGXCPU => " (its CPU time limit)",
+            libc::SIGKILL => " (killed: a limit, or vaultd's timeout)",
+            libc::SIGSEGV | libc::SIGBUS | libc::SIGABRT => " (out of memory under its limit?)",
+            _ => "",
+        };
+        return Err(HookError::Signal { step: step_name, signal, hint, stderr });
+    }
+    if !status.success() {
+        return Err(HookError::Exit { step: step_name, code: status.code().unwrap_or(-1), stderr });
+    }
+    if step != Step::Create {
+        return Ok(None);
+    }
+    if out.last() == Some(&b'\n') {
+        out.pop();
+    }
+    let garbage = |what: &str| Err(HookError::Garbage { step: step_name, what: what.into() });
+    if out.is_empty() {
+        return garbage("no value on stdout");
+    }
+    if out.contains(&b'\n') {
+        return garbage("more than one line on stdout (the new value must be one line)");
+    }
+    if out.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return garbage("control characters on stdout (the new value must be printable text)");
+    }
+    if out.len() > vault_proto::MAX_VALUE_LEN {
+        return garbage(&format!("more than {} bytes", vault_proto::MAX_VALUE_LEN));
+    }
+    Ok(Some(SecretBytes::new(std::mem::take(&mut *out))))
+}
+
+/// A hook runs with vaultd's privileges: refuse one that someone else could have
+/// replaced (not a regular executable file, writable by group or others, or owned
+/// by a user other than root or vaultd's).
+pub fn check_safe(path: &Path) -> Result<(), HookError> {
+    let unsafe_ = |problem: String| HookError::Unsafe { path: path.into(), problem };
+    let meta = std::fs::metadata(path).map_err(|e| unsafe_(e.to_string()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_file() {
+        return Err(unsafe_("not a regular file".into()));
+    }
+    if meta.mode() & 0o111 == 0 {
+        return Err(unsafe_("not executable".into()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_(format!("writable by group or others (mode {:04o})", meta.mode() & 0o7777)));
+    }
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(unsafe_(format!("owned by uid {}, not root or vaultd's user", meta.uid())));
+    }
+    Ok(())
+}
+
+/// `: LINE` for the last non-empty stderr line (printable, at most 200
+/// characters), or nothing if there is none or it contains one of `secrets`.
+fn last_line(stderr: &[u8], secrets: &[&[u8]]) -> String {
+    let Some(line) = stderr.split(|&b| b == b'\n').rev().find(|l| !l.iter().all(u8::is_ascii_whitespace)) else {
+        return String::new();
+    };
+    if secrets.iter().any(|s| !s.is_empty() && line.windows(s.len()).any(|w| w == *s)) {
+        return ": (its stderr mentioned the value; not shown)".into();
+    }
+    let text: String = String::from_utf8_lossy(line)
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(200)
+        .collect();
+    format!(": {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn hook(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("hook");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        path
+    }
+
+    fn config() -> RotationConfig {
+        RotationConfig { hook_timeout: Duration::from_secs(5), ..RotationConfig::default() }
+    }
+
+    async fn create(path: &Path, config: &RotationConfig) -> Result<Option<SecretBytes>, HookError> {
+        let context = Context { env: "prod", name: "telegram", provider: "telegram", version: 4 };
+        run(path, Step::Create, &context, &SecretBytes::new(b"old-value".to_vec()), config).await
+    }
+
+    #[tokio::test]
+    async fn create_reads_the_old_value_and_prints_the_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = hook(
+            dir.path(),
+            r#"[ "$VAULTD_STEP" = create ] || exit 9
+[ "$VAULTD_SECRET" = prod/telegram ] && [ "$VAULTD_VERSION" = 4 ] || exit 8
+[ -z "$HOME" ] || exit 7
+old=$(cat); echo "new-after-$old""#,
+        );
+        let value = create(&path, &config()).await.unwrap().unwrap();
+        assert_eq!(value.expose(), b"new-after-old-value");
+    }
+
+    #[tokio::test]
+    async fn failures_are_named_and_never_echo_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: &[(&str, &str)] = &[
+            ("echo 'provider said no' >&2; exit 3", "exited with status 3: provider said no"),
+            ("cat >&2; exit 1", "exited with status 1: (its stderr mentioned the value; not shown)"),
+            ("true", "printed no value on stdout"),
+            ("printf 'a\\nb\\n'", "more than one line"),
+            ("printf 'a\\tb'", "control characters"),
+            ("head -c 70000 /dev/zero | tr '\\0' a", "more than 65536 bytes"),
+            ("kill -9 $$", "killed by signal 9"),
+        ];
+        for (body, expected) in cases {
+            let err = create(&hook(dir.path(), body), &config()).await.unwrap_err().to_string();
+            assert!(err.contains(expected), "{body}: {err}");
+            assert!(!err.contains("old-value"), "{body}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hanging_hook_and_its_children_are_killed_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("child-alive");
+        let path = hook(dir.path(), &format!("(sleep 2; touch {}) & sleep 60", marker.display()));
+        let config = RotationConfig { hook_timeout: Duration::from_millis(300), ..config() };
+        let started = std::time::Instant::now();
+        let err = create(&path, &config).await.unwrap_err().to_string();
+        assert!(err.contains("timed out after 300ms"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!marker.exists(), "the hook's background child outlived the timeout");
+    }
+
+    #[tokio::test]
+    async fn the_memory_limit_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 MiB of address space is too little for a 256 MiB buffer.
+        let path = hook(dir.path(), "python3 -c 'b = bytearray(256 * 1024 * 1024)' || exit 42; echo allocated");
+        let config = RotationConfig { hook_memory_mib: 64, ..config() };
+        let err = create(&path, &config).await.unwrap_err().to_string();
+        assert!(err.contains("exited with status 42"), "{err}");
+    }
+
+    #[test]
+    fn refuses_hooks_others_could_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = hook(dir.path(), "true");
+        check_safe(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o722)).unwrap();
+        assert!(check_safe(&path).unwrap_err().to_string().contains("writable by group or others"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_safe(&path).unwrap_err().to_string().contains("not executable"));
+        assert!(check_safe(&dir.path().join("missing")).is_err());
+        assert!(check_safe(dir.path()).unwrap_err().to_string().contains("not a regular file"));
+    }
+}
