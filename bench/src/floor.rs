@@ -50,6 +50,17 @@ impl Agent for Echo {
         let secrets = req.names.into_iter().map(|name| self.reply(&req.env, name)).collect();
         Ok(Response::new(v1::GetSecretsResponse { secrets }))
     }
+
+    type WatchSecretsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::GetSecretsResponse, Status>> + Send>>;
+
+    /// The floor measures unary calls only; watch fan-out is measured on vaultd alone.
+    async fn watch_secrets(
+        &self,
+        _: Request<v1::GetSecretsRequest>,
+    ) -> Result<Response<Self::WatchSecretsStream>, Status> {
+        Err(Status::unimplemented("the floor server has no watch"))
+    }
 }
 
 /// The hidden `floor-server` subcommand: serve on `socket` until SIGTERM/SIGINT

@@ -198,7 +198,7 @@ async fn task(
         }
         let outcome = match args.op {
             Op::Get => {
-                let req = v1::GetSecretRequest { env: String::new(), name: args.name.clone() };
+                let req = v1::GetSecretRequest { env: String::new(), name: args.name.clone(), version: 0 };
                 agent.get_secret(req).await.map(|r| prost::Message::encoded_len(r.get_ref()))
             }
             Op::GetMany => {

@@ -73,7 +73,8 @@ macro_rules! redacted_debug {
 redacted_debug!(v1::GetSecretResponse { env, name, version } redact { value });
 redacted_debug!(v1::InitRequest {} redact { passphrase });
 redacted_debug!(v1::UnlockRequest {} redact { passphrase });
-redacted_debug!(v1::PutSecretRequest { secret, provider, description } redact { value });
+redacted_debug!(v1::PutSecretRequest { secret, provider, description, rotation } redact { value });
+redacted_debug!(v1::RotateSecretRequest { secret } redact { value });
 redacted_debug!(v1::ShowSecretResponse { secret } redact { value });
 redacted_debug!(v1::HashValueRequest {} redact { value });
 redacted_debug!(v1::CreateTokenResponse { info } redact { token });
@@ -86,7 +87,8 @@ mod tests {
     fn debug_of_value_carrying_messages_is_redacted() {
         let put = v1::PutSecretRequest { value: b"hunter2-token".to_vec(), ..Default::default() };
         let unlock = v1::UnlockRequest { passphrase: b"correct horse".to_vec() };
-        let shown = format!("{put:?} {unlock:?}");
+        let rotate = v1::RotateSecretRequest { value: b"hunter2-rotated".to_vec(), ..Default::default() };
+        let shown = format!("{put:?} {unlock:?} {rotate:?}");
         assert!(shown.contains("[redacted]"), "{shown}");
         assert!(!shown.contains("hunter2") && !shown.contains("horse"), "{shown}");
         // 104 is 'h': prost's derived Debug would print the bytes as numbers.

@@ -110,11 +110,29 @@ impl Output {
     }
 }
 
+/// Spawns `cmd`, retrying on ETXTBSY: a binary copied by another test thread can
+/// still be open for writing in a child forked meanwhile, until that child execs.
+pub fn spawn(cmd: &mut Command) -> Child {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result.unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}")),
+        }
+    }
+}
+
+/// "Text file busy" on Linux.
+const ETXTBSY: i32 = 26;
+
 /// Runs `cmd` with `stdin` piped in, collecting stdout and stderr; fails the test
 /// (killing the process) if it runs longer than [`CTL_TIMEOUT`].
 pub fn run(mut cmd: Command, stdin: &[u8]) -> Output {
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut child = spawn(&mut cmd);
     let mut pipe = child.stdin.take().expect("piped stdin");
     let input = stdin.to_vec();
     // A command that exits without reading stdin makes this fail with EPIPE: fine.

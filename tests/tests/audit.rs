@@ -192,11 +192,15 @@ async fn load(d: &Daemon) -> BTreeMap<String, u64> {
                     _ => format!("s{}", (i + t) % 20),
                 };
                 let outcome = if i % 50 == 7 {
-                    let req = ShowSecretRequest { secret: Some(SecretRef { env: String::new(), name }), reveal: true };
+                    let req = ShowSecretRequest {
+                        secret: Some(SecretRef { env: String::new(), name }),
+                        reveal: true,
+                        version: 0,
+                    };
                     admin.show_secret(req).await.unwrap();
                     "secret.reveal ok"
                 } else {
-                    match agent.get_secret(GetSecretRequest { env: String::new(), name }).await {
+                    match agent.get_secret(GetSecretRequest { env: String::new(), name, version: 0 }).await {
                         Ok(_) => "secret.read ok",
                         Err(e) if e.code() == tonic::Code::NotFound => "secret.read denied",
                         Err(e) => panic!("{e}"),

@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 use vault_proto::v1::admin_client::AdminClient;
 use vault_proto::v1::agent_client::AgentClient;
-use vault_proto::v1::{self, AuditEntry, AuditFilter, SecretRef};
+use vault_proto::v1::{self, AuditFilter, SecretRef};
 use vault_tests::{Daemon, Options, PASSPHRASE, is_root};
 
 /// Set (to a JSON spec) only in the child: which calls to make, as whom.
@@ -36,8 +36,8 @@ const MARK: &str = "authz-result ";
 /// The one call per cell: the agent reads first, then the admin calls in proto
 /// order, except that Seal and Unlock go last (in that order) so that a seal,
 /// whoever manages it, is undone before the next row.
-const AGENT_CALLS: [&str; 3] = ["GetSecret", "GetSecrets", "GetSecret missing"];
-const ADMIN_CALLS: [&str; 23] = [
+const AGENT_CALLS: [&str; 4] = ["GetSecret", "GetSecrets", "WatchSecrets", "GetSecret missing"];
+const ADMIN_CALLS: [&str; 26] = [
     "Init",
     "Unlock",
     "Seal",
@@ -47,6 +47,9 @@ const ADMIN_CALLS: [&str; 23] = [
     "ListSecrets",
     "ListVersions",
     "DeleteSecret",
+    "SetRotation",
+    "RotateSecret",
+    "ListRotations",
     "QueryAudit",
     "ExportAudit",
     "TailAudit",
@@ -128,8 +131,8 @@ impl Kind {
         match call {
             _ if self.bad_token() && AGENT_CALLS.contains(&call) => Code::Unauthenticated,
             "GetSecret missing" => Code::NotFound,
-            "GetSecret" | "GetSecrets" if reads => Code::Ok,
-            "GetSecret" | "GetSecrets" => Code::NotFound, // indistinguishable from missing
+            "GetSecret" | "GetSecrets" | "WatchSecrets" if reads => Code::Ok,
+            "GetSecret" | "GetSecrets" | "WatchSecrets" => Code::NotFound, // indistinguishable from missing
             _ if self != Kind::Owner => Code::PermissionDenied,
             "Init" => Code::AlreadyExists,
             _ => Code::Ok,
@@ -237,7 +240,7 @@ fn request<T>(token: Option<&str>, msg: T) -> Request<T> {
 
 /// A server stream counts as answered by its call or its first message,
 /// whichever carries the status (a denial may come on either).
-async fn first_message(opened: Result<Response<Streaming<AuditEntry>>, Status>) -> Result<(), Status> {
+async fn first_message<T>(opened: Result<Response<Streaming<T>>, Status>) -> Result<(), Status> {
     let mut stream = opened?.into_inner();
     match tokio::time::timeout(CALL_TIMEOUT, stream.message()).await {
         Ok(message) => message.map(drop),
@@ -255,7 +258,7 @@ impl Caller {
         let t = self.token.as_deref();
         let tag = self.tag.as_str();
         let (agent, admin) = (&mut self.agent, &mut self.admin);
-        let get = |name: &str| v1::GetSecretRequest { env: "prod".into(), name: name.into() };
+        let get = |name: &str| v1::GetSecretRequest { env: "prod".into(), name: name.into(), version: 0 };
         let scratch = format!("scratch-{tag}");
         let pattern = vec!["scratch/granted".to_owned()];
         let filter = |limit| Some(AuditFilter { limit, ..AuditFilter::default() });
@@ -267,6 +270,11 @@ impl Caller {
                 let names = vec!["telegram".to_owned()];
                 done(agent.get_secrets(request(t, v1::GetSecretsRequest { env: "prod".into(), names })).await)
             }
+            "WatchSecrets" => {
+                let names = vec!["telegram".to_owned()];
+                let watch = v1::GetSecretsRequest { env: "prod".into(), names };
+                first_message(agent.watch_secrets(request(t, watch)).await).await
+            }
             "Init" => done(admin.init(request(t, v1::InitRequest { passphrase })).await),
             "Unlock" => done(admin.unlock(request(t, v1::UnlockRequest { passphrase })).await),
             "Seal" => done(admin.seal(request(t, v1::SealRequest {})).await),
@@ -277,7 +285,7 @@ impl Caller {
                 done(admin.put_secret(request(t, put)).await)
             }
             "ShowSecret" => {
-                let show = v1::ShowSecretRequest { secret: secret_ref("prod", "telegram"), reveal: true };
+                let show = v1::ShowSecretRequest { secret: secret_ref("prod", "telegram"), reveal: true, version: 0 };
                 done(admin.show_secret(request(t, show)).await)
             }
             "ListSecrets" => done(admin.list_secrets(request(t, v1::ListSecretsRequest { env: "prod".into() })).await),
@@ -288,6 +296,22 @@ impl Caller {
             "DeleteSecret" => {
                 let delete = v1::DeleteSecretRequest { secret: secret_ref("scratch", &format!("del-{tag}")) };
                 done(admin.delete_secret(request(t, delete)).await)
+            }
+            "SetRotation" => {
+                let change = v1::RotationChange { rotator: Some("generate".into()), ..Default::default() };
+                let set = v1::SetRotationRequest {
+                    secret: secret_ref("scratch", &format!("put-{tag}")),
+                    change: Some(change),
+                };
+                done(admin.set_rotation(request(t, set)).await)
+            }
+            "RotateSecret" => {
+                let rotate =
+                    v1::RotateSecretRequest { secret: secret_ref("scratch", &format!("put-{tag}")), value: vec![] };
+                done(admin.rotate_secret(request(t, rotate)).await)
+            }
+            "ListRotations" => {
+                done(admin.list_rotations(request(t, v1::ListRotationsRequest { due_only: false })).await)
             }
             "QueryAudit" => done(admin.query_audit(request(t, v1::QueryAuditRequest { filter: filter(5) })).await),
             "ExportAudit" => first_message(admin.export_audit(request(t, v1::ExportAuditRequest {})).await).await,
@@ -520,6 +544,10 @@ async fn every_rpc_by_every_kind_of_caller() {
     let client = |name: &str| clients.iter().find(|c| c.name == name);
     let secrets = admin.list_secrets(v1::ListSecretsRequest { env: "scratch".into() }).await.unwrap().into_inner();
     let secret = |name: &str| secrets.secrets.iter().any(|s| s.name == name);
+    // Put once (version 1), set to `generate` and rotated (version 2).
+    let rotated = |name: &str| {
+        secrets.secrets.iter().any(|s| s.name == name && s.rotator == "generate:32:alnum" && s.current_version == 2)
+    };
     let tokens = admin.list_tokens(v1::ListTokensRequest {}).await.unwrap().into_inner().tokens;
     for kind in Kind::ALL {
         let tag = kind.tag();
@@ -533,6 +561,7 @@ async fn every_rpc_by_every_kind_of_caller() {
             ("a client disabled", scratch.is_some_and(|c| !c.enabled)),
             ("a grant left", scratch.is_some_and(|c| c.grants.iter().any(|g| g == "scratch/granted"))),
             ("a secret put", secret(&format!("put-{tag}"))),
+            ("a secret rotated", rotated(&format!("put-{tag}"))),
             ("a secret deleted", !secret(&format!("del-{tag}"))),
             ("a token revoked", revoked),
             ("a token created", made == 2),

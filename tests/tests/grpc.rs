@@ -85,12 +85,12 @@ async fn each_api_is_served_only_on_its_own_socket() {
     let mut admin_on_agent = vault_proto::admin_client(channel(&d.agent_socket).await);
     let err = admin_on_agent.status(StatusRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
-    let show = ShowSecretRequest { secret: Some(secret("telegram")), reveal: true };
+    let show = ShowSecretRequest { secret: Some(secret("telegram")), reveal: true, version: 0 };
     let err = admin_on_agent.show_secret(show).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
     // ...and agent reads do not go through the admin socket.
     let mut agent_on_admin = vault_proto::agent_client(channel(&d.admin_socket).await);
-    let get = GetSecretRequest { env: String::new(), name: "telegram".into() };
+    let get = GetSecretRequest { env: String::new(), name: "telegram".into(), version: 0 };
     let err = agent_on_admin.get_secret(get.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
 
@@ -115,11 +115,11 @@ async fn vaultd_checks_input_itself_and_never_echoes_it() {
         let err = admin.put_secret(put).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "put {name:?}: {err:?}");
         assert!(name.len() < 2 || !err.message().contains(name), "put echoes {name:?}: {}", err.message());
-        let get = GetSecretRequest { env: String::new(), name: name.into() };
+        let get = GetSecretRequest { env: String::new(), name: name.into(), version: 0 };
         let err = agent.get_secret(get).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "get {name:?}: {err:?}");
         assert!(name.len() < 2 || !err.message().contains(name), "get echoes {name:?}: {}", err.message());
-        let get = GetSecretRequest { env: name.into(), name: "telegram".into() };
+        let get = GetSecretRequest { env: name.into(), name: "telegram".into(), version: 0 };
         let err = agent.get_secret(get).await.unwrap_err();
         let code = if name.is_empty() { Code::NotFound } else { Code::InvalidArgument };
         assert_eq!(err.code(), code, "env {name:?}: {err:?}");
@@ -149,7 +149,7 @@ async fn admin_calls_on_a_fresh_vault_report_failed_precondition() {
     let mut admin = vault_proto::admin_client(channel(&d.admin_socket).await);
     let status = admin.status(StatusRequest {}).await.unwrap().into_inner();
     assert!(!status.initialized && status.sealed && status.kdf.is_none(), "{status:?}");
-    assert_eq!(status.schema_version, 5);
+    assert_eq!(status.schema_version, 6);
     let err = admin.init(v1::InitRequest { passphrase: vec![] }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "an empty passphrase: {err:?}");
     let put = PutSecretRequest { secret: Some(secret("x")), value: b"v".to_vec(), ..Default::default() };

@@ -20,6 +20,17 @@ pub(crate) async fn agent(global: &Global) -> anyhow::Result<AgentClient<Channel
     Ok(vault_proto::agent_client(dial(&global.socket).await?))
 }
 
+/// Adds the bearer token from `VAULT_TOKEN`, if set, to an agent request. A token
+/// comes only from the environment, never from argv.
+pub(crate) fn with_token<T>(mut request: tonic::Request<T>) -> anyhow::Result<tonic::Request<T>> {
+    if let Some(token) = std::env::var_os("VAULT_TOKEN").filter(|t| !t.is_empty()) {
+        let header = format!("Bearer {}", token.to_string_lossy());
+        let value = header.parse().map_err(|_| crate::exit::usage("VAULT_TOKEN is not a valid token"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
 /// Connects eagerly, so "daemon unreachable" is its own error (exit 5) rather
 /// than surfacing later as a failed call.
 async fn dial(socket: &Path) -> anyhow::Result<Channel> {

@@ -40,7 +40,7 @@ pub enum DaemonError {
 
 /// Runs the daemon on `opts.data_dir` until `shutdown` completes.
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let vault = Vault::open(&opts.data_dir, opts.config.audit.reads, opts.config.limits)?;
+    let vault = Vault::open(&opts.data_dir, &opts.config)?;
     if let Some(file) = &opts.passphrase_file {
         let passphrase = read_passphrase_file(file)?;
         let v = vault.clone();
@@ -72,7 +72,7 @@ pub async fn run_dev(shutdown: impl Future<Output = ()>) -> Result<(), DaemonErr
         passphrase_file: None,
         config: Config::default(),
     };
-    let vault = Vault::open(&opts.data_dir, opts.config.audit.reads, opts.config.limits)?;
+    let vault = Vault::open(&opts.data_dir, &opts.config)?;
     let passphrase = crypto::random_secret(32).map_err(VaultError::from)?;
     let v = vault.clone();
     blocking(move || v.init(&Actor::vaultd(), &passphrase)).await?;
@@ -104,6 +104,7 @@ async fn serve(
     forward::spawn(&opts.config.audit.sinks, &vault.subscribe_sender(), vault.forward_stats());
     vault.record_durable(start_event(&opts.config))?;
     let maintenance = tokio::spawn(maintain(vault.clone(), opts.config.audit.retention));
+    let scheduler = tokio::spawn(schedule(vault.clone(), opts.config.rotation.check_every));
     tracing::info!(agent = %opts.agent_socket.display(), admin = %opts.admin_socket.display(), "listening");
     ready();
     // Seal the moment shutdown begins: requests still draining keep the keys they
@@ -119,6 +120,7 @@ async fn serve(
     };
     let result = server::serve(vault.clone(), agent, admin, shutdown).await;
     maintenance.abort();
+    scheduler.abort();
     for path in [&opts.agent_socket, &opts.admin_socket] {
         let _ = std::fs::remove_file(path);
     }
@@ -155,7 +157,7 @@ async fn maintain(vault: Arc<Vault>, retention: Option<Duration>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if vault.status().map_or(true, |s| s.sealed) {
+        if vault.is_sealed() {
             continue;
         }
         let v = vault.clone();
@@ -173,6 +175,19 @@ async fn maintain(vault: Arc<Vault>, retention: Option<Duration>) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "audit maintenance failed"),
             Err(_) => tracing::error!("audit maintenance task panicked"),
+        }
+    }
+}
+
+/// The rotation scheduler: a pass every `every` (due rotations, ended grace
+/// periods, interrupted rotations); passes while sealed do nothing.
+async fn schedule(vault: Arc<Vault>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = vault.rotation_pass().await {
+            tracing::error!(error = %e, "rotation scheduler pass failed");
         }
     }
 }

@@ -8,7 +8,6 @@ use vault_proto::v1::GetSecretRequest;
 use crate::Global;
 use crate::cmd::secret_ref;
 use crate::daemon::{self, Reply as _};
-use crate::exit::usage;
 use crate::output::{self, ShownValue};
 use crate::secret::Secret;
 
@@ -16,6 +15,9 @@ use crate::secret::Secret;
 pub(crate) struct Args {
     /// The secret's name.
     name: String,
+    /// Read this version: the current one, or the previous one during its grace period.
+    #[arg(long, value_name = "N")]
+    version: Option<u64>,
 }
 
 /// `{"env","name","version","value"}`, with `value_base64` in place of `value`
@@ -32,13 +34,8 @@ struct GetJson<'a> {
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let secret = secret_ref(global, &args.name)?;
     let mut agent = daemon::agent(global).await?;
-    let mut request = tonic::Request::new(GetSecretRequest { env: secret.env, name: secret.name });
-    // A bearer token comes only from the environment, never from argv.
-    if let Some(token) = std::env::var_os("VAULT_TOKEN").filter(|t| !t.is_empty()) {
-        let header = format!("Bearer {}", token.to_string_lossy());
-        let value = header.parse().map_err(|_| usage("VAULT_TOKEN is not a valid token"))?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    let request = GetSecretRequest { env: secret.env, name: secret.name, version: args.version.unwrap_or(0) };
+    let request = daemon::with_token(tonic::Request::new(request))?;
     let mut reply = agent.get_secret(request).await.reply()?;
     let value = Secret::new(std::mem::take(&mut reply.value));
 

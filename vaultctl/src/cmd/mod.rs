@@ -9,12 +9,14 @@ mod init;
 mod list;
 mod put;
 mod rm;
+mod rotate;
 mod seal;
 mod show;
 mod status;
 mod token;
 mod unlock;
 mod versions;
+mod watch;
 
 use clap::Subcommand;
 use vault_proto::names;
@@ -45,6 +47,13 @@ pub(crate) enum Command {
     Versions(versions::Args),
     /// Delete a secret and destroy all its versions.
     Rm(rm::Args),
+    /// Rotate a secret now with its rotator (or, with --due, every one due).
+    Rotate(rotate::RotateArgs),
+    /// Set or list rotation policies (rotator, schedule, grace period).
+    #[command(subcommand)]
+    Rotation(rotate::RotationCommand),
+    /// Follow secrets through the agent socket: their values now, then each new one (JSON lines).
+    Watch(watch::Args),
     /// Query, export, follow and verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -68,6 +77,9 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::List => list::run(global).await,
         Command::Versions(args) => versions::run(global, args).await,
         Command::Rm(args) => rm::run(global, args).await,
+        Command::Rotate(args) => rotate::run(global, args).await,
+        Command::Rotation(command) => rotate::rotation(global, command).await,
+        Command::Watch(args) => watch::run(global, args).await,
         Command::Audit(command) => audit::run(global, command).await,
         Command::Client(command) => client::run(global, command).await,
         Command::Token(command) => token::run(global, command).await,

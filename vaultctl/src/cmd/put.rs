@@ -7,8 +7,10 @@ use vault_proto::names;
 use vault_proto::v1::PutSecretRequest;
 
 use crate::Global;
+use crate::cmd::rotate::PolicyArgs;
 use crate::cmd::secret_ref;
 use crate::daemon::{self, Reply as _};
+use crate::output::timestamp;
 use crate::{input, output};
 
 #[derive(Debug, clap::Args)]
@@ -26,14 +28,19 @@ pub(crate) struct Args {
     /// without echo.
     #[arg(long, value_name = "FILE")]
     from_file: Option<PathBuf>,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
-/// `{"env","name","version"}`.
+/// `{"env","name","version","previous_version","grace_until_unix"}`; the last two
+/// are 0 for a new secret.
 #[derive(Serialize)]
 struct PutJson<'a> {
     env: &'a str,
     name: &'a str,
     version: u64,
+    previous_version: u64,
+    grace_until_unix: i64,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
@@ -47,12 +54,23 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         value: value.into_request_bytes(),
         provider: args.provider.unwrap_or_default(),
         description: args.description.unwrap_or_default(),
+        rotation: args.policy.change(),
     };
     let reply = admin.put_secret(request).await.reply()?;
     let meta = daemon::required(reply.secret, "secret")?;
     let env = names::env_or_default(&meta.env);
     if global.json {
-        return output::json(&PutJson { env, name: &meta.name, version: meta.current_version });
+        return output::json(&PutJson {
+            env,
+            name: &meta.name,
+            version: reply.version,
+            previous_version: reply.previous_version,
+            grace_until_unix: reply.grace_until_unix,
+        });
     }
-    output::lines(&[format!("stored {env}/{} version {}", meta.name, meta.current_version)])
+    let previous = match reply.previous_version {
+        0 => String::new(),
+        v => format!("; version {v} readable until {}", timestamp(reply.grace_until_unix)),
+    };
+    output::lines(&[format!("stored {env}/{} version {}{previous}", meta.name, reply.version)])
 }

@@ -15,12 +15,17 @@ use crate::secret::Secret;
 pub(crate) struct Args {
     /// The secret's name.
     name: String,
-    /// Also print the current value.
+    /// Also print the current value (recorded in the audit log).
     #[arg(long)]
     reveal: bool,
+    /// With --reveal: print this version's value instead (any version still stored).
+    #[arg(long, value_name = "N", requires = "reveal")]
+    version: Option<u64>,
 }
 
-/// `{"env","name","provider","description","current_version","created_unix","updated_unix"}`.
+/// `{"env","name","provider","description","current_version","created_unix","updated_unix",
+/// "rotator","rotate_every_secs","grace_secs","next_rotation_unix"}` and, after a
+/// first rotation, `last_rotation`. A 0 period or due time means no schedule.
 #[derive(Serialize)]
 pub(crate) struct MetaJson<'a> {
     env: &'a str,
@@ -29,6 +34,24 @@ pub(crate) struct MetaJson<'a> {
     description: &'a str,
     current_version: u64,
     created_unix: i64,
+    updated_unix: i64,
+    rotator: &'a str,
+    rotate_every_secs: u64,
+    grace_secs: u64,
+    next_rotation_unix: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_rotation: Option<RotationJson<'a>>,
+}
+
+/// `{"step","trigger","from_version","new_version","error","started_unix","updated_unix"}`.
+#[derive(Serialize)]
+pub(crate) struct RotationJson<'a> {
+    step: &'a str,
+    trigger: &'a str,
+    from_version: u64,
+    new_version: u64,
+    error: &'a str,
+    started_unix: i64,
     updated_unix: i64,
 }
 
@@ -42,8 +65,52 @@ impl<'a> From<&'a SecretMeta> for MetaJson<'a> {
             current_version: m.current_version,
             created_unix: m.created_unix,
             updated_unix: m.updated_unix,
+            rotator: &m.rotator,
+            rotate_every_secs: m.rotate_every_secs,
+            grace_secs: m.grace_secs,
+            next_rotation_unix: m.next_rotation_unix,
+            last_rotation: m.last_rotation.as_ref().map(|r| RotationJson {
+                step: &r.step,
+                trigger: &r.trigger,
+                from_version: r.from_version,
+                new_version: r.new_version,
+                error: &r.error,
+                started_unix: r.started_unix,
+                updated_unix: r.updated_unix,
+            }),
         }
     }
+}
+
+/// A period in seconds as `30days`, or `never` for 0.
+pub(crate) fn period(secs: u64) -> String {
+    match secs {
+        0 => "never".into(),
+        secs => humantime::format_duration(std::time::Duration::from_secs(secs)).to_string(),
+    }
+}
+
+/// The rotation policy and the latest rotation, for humans.
+pub(crate) fn policy_lines(meta: &SecretMeta) -> Vec<String> {
+    let mut lines = vec![
+        format!("rotator: {}", meta.rotator),
+        format!("rotate every: {}", period(meta.rotate_every_secs)),
+        format!("grace: {}", humantime::format_duration(std::time::Duration::from_secs(meta.grace_secs))),
+    ];
+    if meta.next_rotation_unix != 0 {
+        lines.push(format!("next rotation: {}", timestamp(meta.next_rotation_unix)));
+    }
+    if let Some(r) = &meta.last_rotation {
+        let error = if r.error.is_empty() { String::new() } else { format!(": {}", r.error) };
+        lines.push(format!(
+            "last rotation: {} ({}, from version {}, {}){error}",
+            r.step,
+            r.trigger,
+            r.from_version,
+            timestamp(r.updated_unix)
+        ));
+    }
+    lines
 }
 
 /// [`MetaJson`], plus `value` or `value_base64` with --reveal.
@@ -58,7 +125,7 @@ struct ShowJson<'a> {
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let secret = secret_ref(global, &args.name)?;
     let mut admin = daemon::admin(global).await?;
-    let request = ShowSecretRequest { secret: Some(secret), reveal: args.reveal };
+    let request = ShowSecretRequest { secret: Some(secret), reveal: args.reveal, version: args.version.unwrap_or(0) };
     let mut reply = admin.show_secret(request).await.reply()?;
     let value = Secret::new(std::mem::take(&mut reply.value));
     let meta = daemon::required(reply.secret, "secret")?;
@@ -77,6 +144,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         format!("created: {}", timestamp(meta.created_unix)),
         format!("updated: {}", timestamp(meta.updated_unix)),
     ])?;
+    output::lines(&policy_lines(&meta))?;
     match shown {
         Some(shown) => output::lines(&[shown.line().as_str()]),
         None => Ok(()),
@@ -98,18 +166,24 @@ mod tests {
             current_version: 2,
             created_unix: 1,
             updated_unix: 3,
+            rotator: "manual".into(),
+            rotate_every_secs: 0,
+            grace_secs: 3600,
+            next_rotation_unix: 0,
+            last_rotation: None,
         };
         let plain = ShowJson { meta: MetaJson::from(&meta), value: None };
         assert_eq!(
             serde_json::to_string(&plain).ok().as_deref(),
             Some(concat!(
                 r#"{"env":"default","name":"telegram","provider":"telegram","description":"bot","#,
-                r#""current_version":2,"created_unix":1,"updated_unix":3}"#
+                r#""current_version":2,"created_unix":1,"updated_unix":3,"rotator":"manual","#,
+                r#""rotate_every_secs":0,"grace_secs":3600,"next_rotation_unix":0}"#
             ))
         );
         let shown = ShownValue::new(b"\xff");
         let revealed = ShowJson { meta: MetaJson::from(&meta), value: Some(&shown) };
         let json = serde_json::to_string(&revealed).unwrap_or_default();
-        assert!(json.ends_with(r#""updated_unix":3,"value_base64":"/w=="}"#), "{json}");
+        assert!(json.ends_with(r#""next_rotation_unix":0,"value_base64":"/w=="}"#), "{json}");
     }
 }

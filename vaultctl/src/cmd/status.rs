@@ -17,7 +17,7 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<()> {
 }
 
 /// `{"initialized","sealed","version","secrets","key_term","schema_version","kdf",
-/// "audit_forward_errors","audit_forward_dropped"}`,
+/// "audit_forward_errors","audit_forward_dropped","rotations_due","rotations_failed"}`,
 /// where `kdf` is null until the vault is initialized, else
 /// `{"algorithm","memory_kib","iterations","parallelism","insecure_test_profile"}`.
 /// The names are the proto's, and a stable contract.
@@ -36,6 +36,9 @@ struct StatusJson<'a> {
     kdf: Option<KdfJson<'a>>,
     audit_forward_errors: u64,
     audit_forward_dropped: u64,
+    /// `env/name` of secrets due (or overdue) for rotation, and whose last rotation failed.
+    rotations_due: &'a [String],
+    rotations_failed: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -65,6 +68,8 @@ impl<'a> From<&'a StatusResponse> for StatusJson<'a> {
             }),
             audit_forward_errors: s.audit_forward_errors,
             audit_forward_dropped: s.audit_forward_dropped,
+            rotations_due: &s.rotations_due,
+            rotations_failed: &s.rotations_failed,
         }
     }
 }
@@ -98,6 +103,12 @@ fn human(s: &StatusResponse) -> Vec<String> {
             "audit forwarding: {} failed attempts, {} entries skipped (see vaultd's log; the audit log itself is complete)",
             s.audit_forward_errors, s.audit_forward_dropped
         ));
+    }
+    if !s.rotations_due.is_empty() {
+        lines.push(format!("rotation due: {}", s.rotations_due.join(", ")));
+    }
+    if !s.rotations_failed.is_empty() {
+        lines.push(format!("rotation failed: {} (see `vaultctl show NAME`)", s.rotations_failed.join(", ")));
     }
     lines
 }

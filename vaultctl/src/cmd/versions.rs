@@ -45,7 +45,10 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = reply
         .versions
         .iter()
-        .map(|v| vec![v.version.to_string(), v.state.clone(), timestamp(v.created_unix)])
+        .map(|v| {
+            let until = if v.expires_unix == 0 { "-".into() } else { timestamp(v.expires_unix) };
+            vec![v.version.to_string(), v.state.clone(), timestamp(v.created_unix), until]
+        })
         .collect();
-    output::table(&["VERSION", "STATE", "CREATED"], &rows)
+    output::table(&["VERSION", "STATE", "CREATED", "READABLE UNTIL"], &rows)
 }

@@ -1,11 +1,11 @@
 //! The admin service: init, unlock, seal, status and secret management, for the
 //! vault's owner (the accept-time policy admits nobody else).
 
-use super::{actor, blocking, secret_meta, version_meta};
+use super::{actor, blocking, policy_change, rotation_info, secret_meta, version_meta};
 use crate::audit::{Event, Outcome, Verdict, entry_json};
 use crate::crypto::SecretBytes;
 use crate::store::{AuditFilter, AuditRow, ClientRow, SecretLabels, TokenRow};
-use crate::vault::{SecretRef, Vault};
+use crate::vault::{SecretRef, Trigger, Vault};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
@@ -48,6 +48,8 @@ impl AdminApi {
             schema_version: s.schema_version,
             audit_forward_errors: s.audit_forward_errors,
             audit_forward_dropped: s.audit_forward_dropped,
+            rotations_due: s.rotations_due,
+            rotations_failed: s.rotations_failed,
         })
     }
 }
@@ -106,15 +108,21 @@ impl Admin for AdminApi {
         let secret = secret_ref(&req.secret)?;
         let (env, name) = (secret.env.to_owned(), secret.name.to_owned());
         let labels = SecretLabels { provider: req.provider, description: req.description };
+        let policy = policy_change(req.rotation)?;
         let vault = self.vault.clone();
-        let (row, version) = blocking(move || {
+        let (row, (version, promoted)) = blocking(move || {
             let secret = SecretRef { env: &env, name: &name };
-            let version = vault.put(&actor, secret, &labels, &value)?;
-            Ok((vault.describe(secret)?, version))
+            let put = vault.put(&actor, secret, &labels, &policy, &value)?;
+            Ok((vault.describe(secret)?, put))
         })
         .await?;
         tracing::info!(env = row.env, name = row.name, version, "secret stored");
-        Ok(Response::new(v1::PutSecretResponse { secret: Some(secret_meta(row)) }))
+        Ok(Response::new(v1::PutSecretResponse {
+            secret: Some(secret_meta(row)),
+            version,
+            previous_version: promoted.and_then(|p| p.previous).unwrap_or(0),
+            grace_until_unix: promoted.map_or(0, |p| p.grace_until),
+        }))
     }
 
     async fn show_secret(
@@ -124,15 +132,18 @@ impl Admin for AdminApi {
         let actor = actor("admin", &req);
         let req = req.into_inner();
         let secret = secret_ref(&req.secret)?;
-        let row = self.vault.describe(secret)?;
+        let mut meta = secret_meta(self.vault.describe(secret)?);
+        meta.last_rotation = self.vault.last_rotation(secret)?.map(rotation_info);
         let value = if req.reveal {
-            let (_, value) = self.vault.reveal(&actor, secret).await?;
-            tracing::info!(env = secret.env, name = secret.name, "secret revealed to the owner");
+            let (version, value) = self.vault.reveal(&actor, secret, req.version).await?;
+            tracing::info!(env = secret.env, name = secret.name, version, "secret revealed to the owner");
             value.expose().to_vec()
+        } else if req.version != 0 {
+            return Err(Status::invalid_argument("a version is given only with reveal"));
         } else {
             Vec::new()
         };
-        Ok(Response::new(v1::ShowSecretResponse { secret: Some(secret_meta(row)), value }))
+        Ok(Response::new(v1::ShowSecretResponse { secret: Some(meta), value }))
     }
 
     async fn list_secrets(
@@ -162,6 +173,48 @@ impl Admin for AdminApi {
         let destroyed = blocking(move || vault.delete(&actor, SecretRef { env: &env, name: &name })).await?;
         tracing::info!(env = secret.env, name = secret.name, destroyed, "secret removed");
         Ok(Response::new(v1::DeleteSecretResponse { versions_destroyed: destroyed }))
+    }
+
+    async fn set_rotation(&self, req: Request<v1::SetRotationRequest>) -> Result<Response<v1::SecretMeta>, Status> {
+        let actor = actor("admin", &req);
+        let req = req.into_inner();
+        let secret = secret_ref(&req.secret)?;
+        let change = policy_change(req.change)?;
+        if change.is_empty() {
+            return Err(Status::invalid_argument("nothing to change: give a rotator, a period or a grace period"));
+        }
+        let (env, name) = (secret.env.to_owned(), secret.name.to_owned());
+        let vault = self.vault.clone();
+        let row = blocking(move || vault.set_rotation(&actor, SecretRef { env: &env, name: &name }, &change)).await?;
+        Ok(Response::new(secret_meta(row)))
+    }
+
+    async fn rotate_secret(
+        &self,
+        req: Request<v1::RotateSecretRequest>,
+    ) -> Result<Response<v1::RotateSecretResponse>, Status> {
+        let actor = actor("admin", &req);
+        let mut req = req.into_inner();
+        let value = Some(take_secret(&mut req.value)).filter(|v| !v.is_empty());
+        let secret = secret_ref(&req.secret)?;
+        let rotated = self.vault.rotate(&actor, secret, value, Trigger::Operator).await?;
+        tracing::info!(env = secret.env, name = secret.name, version = rotated.version, "secret rotated");
+        let mut meta = secret_meta(self.vault.describe(secret)?);
+        meta.last_rotation = self.vault.last_rotation(secret)?.map(rotation_info);
+        Ok(Response::new(v1::RotateSecretResponse {
+            secret: Some(meta),
+            version: rotated.version,
+            previous_version: rotated.promoted.previous.unwrap_or(0),
+            grace_until_unix: rotated.promoted.grace_until,
+        }))
+    }
+
+    async fn list_rotations(
+        &self,
+        req: Request<v1::ListRotationsRequest>,
+    ) -> Result<Response<v1::ListRotationsResponse>, Status> {
+        let rows = self.vault.rotations(req.get_ref().due_only)?;
+        Ok(Response::new(v1::ListRotationsResponse { secrets: rows.into_iter().map(secret_meta).collect() }))
     }
 
     async fn query_audit(

@@ -4,20 +4,30 @@ use super::actor;
 use crate::audit::Actor;
 use crate::crypto::SecretBytes;
 use crate::identity::Peer;
-use crate::vault::{SecretRef, Vault};
+use crate::vault::{SecretRef, Update, Vault};
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use vault_proto::v1::{self, agent_server::Agent};
 
 pub struct AgentApi {
     vault: Arc<Vault>,
+    /// Open watch streams, bounded: each holds a task's worth of memory.
+    watches: Arc<Semaphore>,
 }
 
 impl AgentApi {
     pub fn new(vault: Arc<Vault>) -> Self {
-        AgentApi { vault }
+        AgentApi { vault, watches: Arc::new(Semaphore::new(MAX_WATCHES)) }
     }
 }
+
+/// Watch streams open at once, across every connection.
+const MAX_WATCHES: usize = 4096;
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::GetSecretsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Agent for AgentApi {
@@ -25,10 +35,11 @@ impl Agent for AgentApi {
         let (actor, peer, token) = caller(&req)?;
         let req = req.into_inner();
         let secret = SecretRef::parse(&req.env, &req.name)?;
+        let wanted = req.version;
         // A read is a short indexed SELECT on a reader connection and one AES-GCM
         // open: cheaper inline than a hop to the blocking pool. Its audit record
         // goes through the group commit.
-        let (version, value) = self.vault.get(&actor, peer.as_ref(), token.as_ref(), secret).await?;
+        let (version, value) = self.vault.get(&actor, peer.as_ref(), token.as_ref(), secret, wanted).await?;
         tracing::debug!(env = secret.env, name = secret.name, version, "secret read");
         Ok(Response::new(reply(secret, version, &value)))
     }
@@ -47,6 +58,55 @@ impl Agent for AgentApi {
         let secrets = secrets.iter().zip(&values).map(|(s, (version, value))| reply(*s, *version, value)).collect();
         Ok(Response::new(v1::GetSecretsResponse { secrets }))
     }
+
+    type WatchSecretsStream = WatchStream;
+
+    async fn watch_secrets(&self, req: Request<v1::GetSecretsRequest>) -> Result<Response<WatchStream>, Status> {
+        let permit = self
+            .watches
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted(format!("too many watch streams (at most {MAX_WATCHES})")))?;
+        let (actor, peer, token) = caller(&req)?;
+        let req = req.into_inner();
+        if req.names.is_empty() || req.names.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!("watch 1 to {MAX_BATCH} names")));
+        }
+        let secrets = req.names.iter().map(|n| SecretRef::parse(&req.env, n)).collect::<Result<Vec<_>, _>>()?;
+        let (watcher, first) = self.vault.watch(&actor, peer.as_ref(), token.as_ref(), &secrets).await?;
+        let vault = self.vault.clone();
+        // Each item is computed when the transport asks for it, from the latest
+        // state: a reader that falls behind skips straight to the newest values.
+        let state = (vault, watcher, permit, Some(first), false);
+        let stream = futures_util::stream::unfold(state, |(vault, mut watcher, permit, first, ended)| async move {
+            if ended {
+                return None;
+            }
+            let next = match first {
+                Some(first) => Ok(first),
+                None => vault.watch_next(&mut watcher).await,
+            };
+            let (item, ended) = match next {
+                Ok(updates) => (Ok(updates_reply(&updates)), false),
+                Err(e) => (Err(Status::from(e)), true),
+            };
+            Some((item, (vault, watcher, permit, None, ended)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn updates_reply(updates: &[Update]) -> v1::GetSecretsResponse {
+    let secrets = updates
+        .iter()
+        .map(|u| v1::GetSecretResponse {
+            env: u.env.clone(),
+            name: u.name.clone(),
+            version: u.version,
+            value: u.value.expose().to_vec(),
+        })
+        .collect();
+    v1::GetSecretsResponse { secrets }
 }
 
 /// Names per `GetSecrets` call: a startup batch, not a dump of the vault.

@@ -10,7 +10,7 @@ pub use agent::AgentApi;
 use crate::audit::Actor;
 use crate::crypto::CryptoError;
 use crate::identity::Peer;
-use crate::store::{SecretRow, VersionRow};
+use crate::store::{PolicyChange, RotationRow, SecretRow, VersionRow};
 use crate::vault::VaultError;
 use tonic::Status;
 use vault_proto::v1;
@@ -32,7 +32,9 @@ impl From<VaultError> for Status {
                 }
                 status
             }
-            VaultError::WrongPassphrase => Status::permission_denied(msg),
+            VaultError::WrongPassphrase | VaultError::AccessEnded(_) => Status::permission_denied(msg),
+            VaultError::RotationInProgress(_) | VaultError::RotationFailed(_) => Status::aborted(msg),
+            VaultError::Rotator(_) => Status::invalid_argument(msg),
             VaultError::NotFound { .. } | VaultError::ClientNotFound(_) | VaultError::TokenNotFound(_) => {
                 Status::not_found(msg)
             }
@@ -75,7 +77,54 @@ fn secret_meta(row: SecretRow) -> v1::SecretMeta {
         current_version: row.current_version,
         created_unix: row.created_unix,
         updated_unix: row.updated_unix,
+        rotator: row.rotator,
+        rotate_every_secs: row.rotate_every_secs.unwrap_or(0).max(0) as u64,
+        grace_secs: row.grace_secs.max(0) as u64,
+        next_rotation_unix: row.next_rotation_unix.unwrap_or(0),
+        last_rotation: None,
     }
+}
+
+fn rotation_info(row: RotationRow) -> v1::RotationInfo {
+    v1::RotationInfo {
+        step: row.step,
+        trigger: row.trigger,
+        from_version: row.from_version,
+        new_version: row.new_version.unwrap_or(0),
+        error: row.error.unwrap_or_default(),
+        started_unix: row.started_unix,
+        updated_unix: row.updated_unix,
+    }
+}
+
+/// Longest schedule or grace period accepted: ten years.
+const MAX_PERIOD_SECS: u64 = 10 * 365 * 86_400;
+
+/// The wire's policy change, checked: a known rotator in canonical spelling and
+/// periods within bounds.
+fn policy_change(change: Option<v1::RotationChange>) -> Result<PolicyChange, Status> {
+    let Some(change) = change else { return Ok(PolicyChange::default()) };
+    let rotator = match change.rotator {
+        None => None,
+        Some(text) => Some(
+            text.parse::<crate::rotation::Rotator>()
+                .map_err(|e| Status::invalid_argument(format!("invalid rotator: {e}")))?
+                .to_string(),
+        ),
+    };
+    let period = |what: &str, secs: u64| {
+        if secs > MAX_PERIOD_SECS {
+            return Err(Status::invalid_argument(format!("{what} is longer than ten years")));
+        }
+        Ok(secs as i64)
+    };
+    let every_secs = match change.rotate_every_secs {
+        None => None,
+        Some(0) => Some(None),
+        Some(secs) => Some(Some(period("the rotation period", secs)?)),
+    };
+    let grace_secs = change.grace_secs.map(|g| period("the grace period", g)).transpose()?;
+    Ok(PolicyChange { rotator, every_secs, grace_secs })
 }
 
 fn version_meta(row: VersionRow) -> v1::VersionMeta {

@@ -224,12 +224,8 @@ fn last_line(stderr: &[u8], secrets: &[&[u8]]) -> String {
     if secrets.iter().any(|s| !s.is_empty() && line.windows(s.len()).any(|w| w == *s)) {
         return ": (its stderr mentioned the value; not shown)".into();
     }
-    let text: String = String::from_utf8_lossy(line)
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .take(200)
-        .collect();
+    let text: String =
+        String::from_utf8_lossy(line).trim().chars().map(|c| if c.is_control() { '?' } else { c }).take(200).collect();
     format!(": {text}")
 }
 

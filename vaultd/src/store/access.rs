@@ -91,6 +91,12 @@ impl Txn<'_> {
 }
 
 impl Store {
+    pub fn client(&self, name: &str) -> Result<Option<ClientRow>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!("{CLIENTS} WHERE c.name = ?"))?;
+        Ok(stmt.query_row([name], client_row).optional()?)
+    }
+
     pub fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!("{CLIENTS} ORDER BY c.name"))?;

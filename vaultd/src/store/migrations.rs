@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schema/0003_access.sql"),
     include_str!("../../../schema/0004_tokens.sql"),
     include_str!("../../../schema/0005_exe_sha256.sql"),
+    include_str!("../../../schema/0006_rotation.sql"),
 ];
 
 /// Brings the database up to date; refuses one from a newer vaultd.

@@ -8,11 +8,13 @@ mod access;
 mod audit;
 mod files;
 mod migrations;
+mod rotation;
 mod tokens;
 
 pub use access::ClientRow;
 pub use audit::{AuditFilter, AuditRow, AuditSnapshot};
 pub use files::prepare_data_dir;
+pub use rotation::{DueRow, OldVersion, PolicyChange, Promoted, RotationRow};
 pub use tokens::{NewToken, TokenRow};
 
 use crate::crypto::{Header, KdfParams, WrappedTerm};
@@ -46,6 +48,11 @@ pub struct SecretRow {
     pub current_version: u64,
     pub created_unix: i64,
     pub updated_unix: i64,
+    /// The rotation policy (schema 6).
+    pub rotator: String,
+    pub rotate_every_secs: Option<i64>,
+    pub grace_secs: i64,
+    pub next_rotation_unix: Option<i64>,
 }
 
 /// One version's metadata.
@@ -218,6 +225,22 @@ impl Store {
         Ok(out)
     }
 
+    /// One version's state, grace end and ciphertext (`None`: destroyed).
+    #[allow(clippy::type_complexity)]
+    pub fn version(
+        &self,
+        env: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<(String, Option<i64>, Option<Vec<u8>>)>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT v.state, v.expires_unix, v.ciphertext FROM secret s
+             JOIN secret_version v ON v.secret_id = s.id WHERE s.env = ? AND s.name = ? AND v.version = ?",
+        )?;
+        Ok(stmt.query_row(params![env, name, version], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?)
+    }
+
     /// The current version's number and ciphertext.
     pub fn current(&self, env: &str, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let conn = self.reader();
@@ -300,68 +323,39 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Adds a new current version of `env/name` (creating the secret if needed);
-    /// the old current becomes previous. `seal` gets the new version number, which
-    /// the ciphertext is bound to, and runs inside the transaction.
+    /// Adds a new current version of `env/name` (creating the secret if needed)
+    /// and promotes it (see [`Txn::promote`]). `seal` gets the new version number,
+    /// which the ciphertext is bound to, and runs inside the transaction.
     pub fn put<E: From<StoreError>>(
         &self,
         env: &str,
         name: &str,
         labels: &SecretLabels,
+        keep: u32,
         seal: impl FnOnce(u64) -> Result<Vec<u8>, E>,
-    ) -> Result<u64, E> {
+    ) -> Result<(u64, Option<Promoted>), E> {
         let tx = &self.tx;
         let now = now_unix();
-        let existing: Option<(i64, u64)> = tx
-            .query_row("SELECT id, current_version FROM secret WHERE env = ? AND name = ?", params![env, name], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
+        if let Some((id, _, _)) = self.secret_ids(env, name)? {
+            tx.execute(
+                "UPDATE secret SET provider = CASE WHEN ?1 = '' THEN provider ELSE ?1 END,
+                   description = CASE WHEN ?2 = '' THEN description ELSE ?2 END WHERE id = ?3",
+                params![labels.provider, labels.description, id],
+            )
             .map_err(StoreError::from)?;
-        let (id, version) = match existing {
-            Some((id, current)) => {
-                let next: u64 = tx
-                    .query_row(
-                        "SELECT COALESCE(MAX(version), 0) + 1 FROM secret_version WHERE secret_id = ?",
-                        [id],
-                        |r| r.get(0),
-                    )
-                    .map_err(StoreError::from)?;
-                // One previous version at a time (AWS's model): the old previous retires.
-                tx.execute(
-                    "UPDATE secret_version SET state = CASE version WHEN ?2 THEN 'previous' ELSE 'retired' END
-                     WHERE secret_id = ?1 AND (state = 'previous' OR version = ?2)",
-                    params![id, current],
-                )
-                .map_err(StoreError::from)?;
-                tx.execute(
-                    "UPDATE secret SET current_version = ?, updated_unix = ?,
-                       provider = CASE WHEN ?3 = '' THEN provider ELSE ?3 END,
-                       description = CASE WHEN ?4 = '' THEN description ELSE ?4 END
-                     WHERE id = ?5",
-                    params![next, now, labels.provider, labels.description, id],
-                )
-                .map_err(StoreError::from)?;
-                (id, next)
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO secret (env, name, provider, description, current_version, created_unix, updated_unix)
-                     VALUES (?, ?, ?, ?, 1, ?, ?)",
-                    params![env, name, labels.provider, labels.description, now, now],
-                )
-                .map_err(StoreError::from)?;
-                (tx.last_insert_rowid(), 1)
-            }
-        };
-        let ciphertext = seal(version)?;
+            let version = self.next_version(id)?;
+            self.insert_version(id, version, "pending", &seal(version)?)?;
+            return Ok((version, Some(self.promote(id, version, keep)?)));
+        }
         tx.execute(
-            "INSERT INTO secret_version (secret_id, version, state, ciphertext, created_unix)
-             VALUES (?, ?, 'current', ?, ?)",
-            params![id, version, ciphertext, now],
+            "INSERT INTO secret (env, name, provider, description, current_version, created_unix, updated_unix)
+             VALUES (?, ?, ?, ?, 1, ?, ?)",
+            params![env, name, labels.provider, labels.description, now, now],
         )
         .map_err(StoreError::from)?;
-        Ok(version)
+        let id = tx.last_insert_rowid();
+        self.insert_version(id, 1, "current", &seal(1)?)?;
+        Ok((1, None))
     }
 
     /// Deletes `env/name` with every version; returns how many versions went, or
@@ -378,8 +372,8 @@ impl Txn<'_> {
     }
 }
 
-const SECRET_COLUMNS: &str =
-    "SELECT env, name, provider, description, current_version, created_unix, updated_unix FROM secret";
+const SECRET_COLUMNS: &str = "SELECT env, name, provider, description, current_version, created_unix, updated_unix,
+       rotator, rotate_every_secs, grace_secs, next_rotation_unix FROM secret";
 
 fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRow> {
     Ok(SecretRow {
@@ -390,5 +384,9 @@ fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRow> {
         current_version: r.get(4)?,
         created_unix: r.get(5)?,
         updated_unix: r.get(6)?,
+        rotator: r.get(7)?,
+        rotate_every_secs: r.get(8)?,
+        grace_secs: r.get(9)?,
+        next_rotation_unix: r.get(10)?,
     })
 }

@@ -99,6 +99,13 @@ impl Txn<'_> {
 }
 
 impl Store {
+    /// One token by accessor (a watch re-checks its token at every update).
+    pub fn token(&self, accessor: &str) -> Result<Option<TokenRow>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!("{TOKENS} WHERE t.accessor = ?"))?;
+        Ok(stmt.query_row([accessor], token_row).optional()?)
+    }
+
     pub fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!("{TOKENS} ORDER BY t.created_unix, t.accessor"))?;

@@ -2,16 +2,27 @@
 //!
 //! Sealed means no key is in memory; every operation but `status`, `init` and
 //! `unlock` then fails with [`VaultError::Sealed`]. Nothing here knows about gRPC.
+//! Rotation's state machine is in [`rotate`]; live updates for agents in [`watch`].
+
+mod rotate;
+mod watch;
+
+pub use rotate::{Rotated, Trigger};
+pub use watch::{Update, Watcher};
 
 use crate::audit::chain::{self, Tip};
 use crate::audit::{self, Actor, Committer, Event, Outcome, Verdict, forward};
+use crate::config::Config;
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
 use crate::identity::{Caller, Peer};
-use crate::limits::{Limits, LimitsConfig};
+use crate::limits::Limits;
 use crate::policy;
+use crate::rotation::RotationConfig;
 use crate::store::{
-    AuditFilter, AuditRow, ClientRow, NewToken, SecretLabels, SecretRow, Store, StoreError, TokenRow, Txn, VersionRow,
+    AuditFilter, AuditRow, ClientRow, NewToken, PolicyChange, Promoted, SecretLabels, SecretRow, Store, StoreError,
+    TokenRow, Txn, VersionRow,
 };
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -54,6 +65,14 @@ pub enum VaultError {
     EmptyValue,
     #[error("the value is {0} bytes; the limit is {max} bytes", max = vault_proto::MAX_VALUE_LEN)]
     ValueTooLarge(usize),
+    #[error("a rotation of {0} is already in progress")]
+    RotationInProgress(String),
+    #[error("{0}")]
+    RotationFailed(String),
+    #[error("{0}")]
+    Rotator(String),
+    #[error("access to {0} ended (revoked, disabled, or the secret is gone)")]
+    AccessEnded(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error(transparent)]
@@ -107,6 +126,9 @@ pub struct Status {
     pub schema_version: u32,
     pub audit_forward_errors: u64,
     pub audit_forward_dropped: u64,
+    /// `env/name` of secrets due for rotation, and of those whose last rotation failed.
+    pub rotations_due: Vec<String>,
+    pub rotations_failed: Vec<String>,
 }
 
 /// Live tokens a client may hold at once.
@@ -145,11 +167,19 @@ pub struct Vault {
     /// Committed entries, for `audit tail` and the forwarding sinks.
     published: broadcast::Sender<Arc<AuditRow>>,
     forward_stats: Arc<forward::Stats>,
+    /// `[rotation]` settings: versions kept, hook limits.
+    rotation: RotationConfig,
+    /// Secrets being rotated by this process (see `rotate::Claim`).
+    rotating: Mutex<HashSet<(String, String)>>,
+    /// Bumped after every change an agent's watch may care about (a new current
+    /// version, a grant, a client or token change, a seal). A watch channel keeps
+    /// only the latest value: a slow watcher skips to the newest state.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Vault {
     /// Opens the vault in `data_dir`, sealed.
-    pub fn open(data_dir: &Path, audit_reads: bool, limits: LimitsConfig) -> Result<Arc<Vault>, VaultError> {
+    pub fn open(data_dir: &Path, config: &Config) -> Result<Arc<Vault>, VaultError> {
         let store = Store::open(data_dir)?;
         let (published, _) = broadcast::channel(forward::BUFFER);
         Ok(Arc::new_cyclic(|vault: &Weak<Vault>| {
@@ -160,12 +190,15 @@ impl Vault {
             });
             Vault {
                 store,
-                limits: Limits::new(limits),
+                limits: Limits::new(config.limits),
                 keys: RwLock::new(None),
                 chain: Mutex::new(None),
                 kdf_gate: Mutex::new(()),
                 committer,
-                audit_reads,
+                audit_reads: config.audit.reads,
+                rotation: config.rotation.clone(),
+                rotating: Mutex::default(),
+                changes: tokio::sync::watch::Sender::new(0),
                 owner: rustix::process::geteuid().as_raw(),
                 published,
                 forward_stats: Arc::default(),
@@ -281,10 +314,15 @@ impl Vault {
         Ok(self.committer.record(event).await?)
     }
 
+    pub fn is_sealed(&self) -> bool {
+        self.current_keys().is_none()
+    }
+
     pub fn status(&self) -> Result<Status, VaultError> {
         use std::sync::atomic::Ordering::Relaxed;
         let header = self.store.header()?;
         let keys = self.current_keys();
+        let keys_present = keys.is_some();
         Ok(Status {
             initialized: header.is_some(),
             sealed: keys.is_none(),
@@ -294,6 +332,19 @@ impl Vault {
             schema_version: self.store.schema_version(),
             audit_forward_errors: self.forward_stats.errors.load(Relaxed),
             audit_forward_dropped: self.forward_stats.dropped.load(Relaxed),
+            rotations_due: match keys_present {
+                true => self
+                    .store
+                    .rotations_due(crate::store::now_unix())?
+                    .into_iter()
+                    .map(|d| format!("{}/{}", d.env, d.name))
+                    .collect(),
+                false => Vec::new(),
+            },
+            rotations_failed: match keys_present {
+                true => self.store.rotations_failed()?.into_iter().map(|r| format!("{}/{}", r.env, r.name)).collect(),
+                false => Vec::new(),
+            },
         })
     }
 
@@ -346,10 +397,17 @@ impl Vault {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = None;
         let Some(Chain { keys, mut tip }) = chain.take() else { return Ok(()) };
         let events = [checkpoint(&tip), Event::new("vault.seal", Outcome::Ok, actor)];
-        let rows = self.store.write(|txn| chain::append(txn, Some((&keys, &mut tip)), &events))?;
+        let rows = self.store.write(|txn| chain::append(txn, Some((&keys, &mut tip)), &events));
         drop(chain);
-        self.publish(rows);
+        // Watchers end now (their next read finds the vault sealed), whatever the record did.
+        self.notify();
+        self.publish(rows?);
         Ok(())
+    }
+
+    /// Wakes every watcher to look at the vault again.
+    fn notify(&self) {
+        self.changes.send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     /// Appends a checkpoint: the head's seq and MAC, for forwarding to a place an
@@ -359,33 +417,42 @@ impl Vault {
         self.append(vec![checkpoint(&tip)], true)
     }
 
-    /// Stores `value` as the new current version; returns its number. Fsyncs:
-    /// call from a blocking context.
+    /// Stores `value` as the new current version; returns its number and, for an
+    /// existing secret, what became of the old current. Fsyncs: call from a
+    /// blocking context.
     pub fn put(
         &self,
         actor: &Actor,
         secret: SecretRef<'_>,
         labels: &SecretLabels,
+        policy: &PolicyChange,
         value: &SecretBytes,
-    ) -> Result<u64, VaultError> {
-        if value.is_empty() {
-            return Err(VaultError::EmptyValue);
-        }
-        if value.len() > vault_proto::MAX_VALUE_LEN {
-            return Err(VaultError::ValueTooLarge(value.len()));
-        }
+    ) -> Result<(u64, Option<Promoted>), VaultError> {
+        check_value(value)?;
+        rotate::check_policy(policy)?;
         let keys = self.keys()?;
         let digest = keys.value_digest(value.expose());
-        self.write(|txn| {
-            let version = txn.put(secret.env, secret.name, labels, |version| {
-                Ok::<_, VaultError>(keys.seal_version(&secret.version(version), value.expose())?)
-            })?;
-            let event = Event::new("secret.write", Outcome::Ok, actor)
+        let put = self.write(|txn| {
+            let (version, promoted) =
+                txn.put(secret.env, secret.name, labels, self.rotation.keep_versions, |version| {
+                    Ok::<_, VaultError>(keys.seal_version(&secret.version(version), value.expose())?)
+                })?;
+            let mut event = Event::new("secret.write", Outcome::Ok, actor)
                 .secret(secret.env, secret.name)
                 .with("version", version)
                 .with("value_digest", digest);
-            Ok((version, vec![event]))
-        })
+            if let Some(p) = promoted {
+                event = event.with("previous_version", p.previous).with("grace_until_unix", p.grace_until);
+            }
+            let mut events = vec![event];
+            if !policy.is_empty() {
+                txn.set_policy(secret.env, secret.name, policy)?;
+                events.push(rotate::policy_event(actor, secret, policy));
+            }
+            Ok(((version, promoted), events))
+        })?;
+        self.notify();
+        Ok(put)
     }
 
     fn read_current(&self, secret: SecretRef<'_>) -> Result<(u64, SecretBytes), VaultError> {
@@ -394,15 +461,39 @@ impl Vault {
         Ok((version, keys.open_version(&secret.version(version), &ciphertext)?))
     }
 
-    /// An agent's read of one secret; see [`Vault::get_many`].
+    /// What an agent may read: the current version (`version` 0 or its number),
+    /// or the previous one until its grace period ends. Anything else is "not
+    /// found", like a secret that does not exist.
+    fn read_for_agent(&self, secret: SecretRef<'_>, version: u64) -> Result<(u64, SecretBytes), VaultError> {
+        if version == 0 {
+            return self.read_current(secret);
+        }
+        let keys = self.keys()?;
+        let now = crate::store::now_unix();
+        match self.store.version(secret.env, secret.name, version)? {
+            Some((state, expires, Some(ciphertext)))
+                if state == "current" || (state == "previous" && expires.is_some_and(|t| now < t)) =>
+            {
+                Ok((version, keys.open_version(&secret.version(version), &ciphertext)?))
+            }
+            _ => Err(secret.not_found()),
+        }
+    }
+
+    /// An agent's read of one secret (`version` 0: the current one); see
+    /// [`Vault::get_many`].
     pub async fn get(
         &self,
         actor: &Actor,
         peer: Option<&Peer>,
         token: Option<&SecretBytes>,
         secret: SecretRef<'_>,
+        version: u64,
     ) -> Result<(u64, SecretBytes), VaultError> {
-        let mut values = self.get_many(actor, peer, token, &[secret]).await?;
+        let mut actor = actor.clone();
+        let reader = self.identify(&mut actor, peer, token).await?;
+        self.admit(&actor, &reader)?;
+        let mut values = self.read_as(&actor, &reader, &[(secret, version)]).await?;
         values.pop().ok_or_else(|| secret.not_found())
     }
 
@@ -419,40 +510,67 @@ impl Vault {
     ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
         let mut actor = actor.clone();
         let reader = self.identify(&mut actor, peer, token).await?;
-        let limit_key = match &reader {
+        self.admit(&actor, &reader)?;
+        let wanted: Vec<_> = secrets.iter().map(|s| (*s, 0)).collect();
+        self.read_as(&actor, &reader, &wanted).await
+    }
+
+    /// The rate limit, per client (or uid) and global; the owner is exempt.
+    fn admit(&self, actor: &Actor, reader: &Reader) -> Result<(), VaultError> {
+        let limit_key = match reader {
             Reader::Owner => None,
             Reader::Token(c) => Some(c.name.clone()),
             Reader::Kernel(c) => Some(format!("uid:{}", c.peer.uid)),
             Reader::Nobody => Some("nobody".into()),
         };
         if let Err(wait) = self.limits.admit(limit_key.as_deref()) {
-            let event = Event::new("request.rate_limited", Outcome::Denied, &actor)
+            let event = Event::new("request.rate_limited", Outcome::Denied, actor)
                 .with("retry_after_ms", wait.as_millis() as u64);
             self.record_detached(event);
             return Err(VaultError::RateLimited(wait));
         }
-        let clients = match &reader {
+        Ok(())
+    }
+
+    /// Who grants `reader` access to `secret`: `Some(None)` the owner,
+    /// `Some(Some(client))` a client's grant, `None` nobody.
+    fn access(&self, reader: &Reader, clients: &[ClientRow], secret: SecretRef<'_>) -> Option<Option<String>> {
+        match reader {
+            Reader::Owner => Some(None),
+            Reader::Kernel(caller) => {
+                policy::granting_client(caller, clients, secret.env, secret.name).map(|c| Some(c.to_owned()))
+            }
+            Reader::Token(c) => c
+                .grants
+                .iter()
+                .any(|p| vault_proto::names::pattern_matches(p, secret.env, secret.name))
+                .then(|| Some(c.name.clone())),
+            Reader::Nobody => None,
+        }
+    }
+
+    /// The clients a kernel-identified reader may match, fresh from the store.
+    fn candidate_clients(&self, reader: &Reader) -> Result<Vec<ClientRow>, VaultError> {
+        Ok(match reader {
             Reader::Kernel(c) => self.store.clients_for_uid(c.peer.uid)?,
             _ => Vec::new(),
-        };
+        })
+    }
+
+    /// Reads `secrets` (each with its version, 0 for current) for an identified
+    /// reader: all or nothing, each read and each denial recorded first.
+    async fn read_as(
+        &self,
+        actor: &Actor,
+        reader: &Reader,
+        secrets: &[(SecretRef<'_>, u64)],
+    ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
+        let clients = self.candidate_clients(reader)?;
         let mut results = Vec::with_capacity(secrets.len());
         let mut events = Vec::with_capacity(secrets.len());
-        for secret in secrets {
-            // Some(None): the owner; Some(Some(client)): a client's grant; None: deny.
-            let access: Option<Option<String>> = match &reader {
-                Reader::Owner => Some(None),
-                Reader::Kernel(caller) => {
-                    policy::granting_client(caller, &clients, secret.env, secret.name).map(|c| Some(c.to_owned()))
-                }
-                Reader::Token(c) => c
-                    .grants
-                    .iter()
-                    .any(|p| vault_proto::names::pattern_matches(p, secret.env, secret.name))
-                    .then(|| Some(c.name.clone())),
-                Reader::Nobody => None,
-            };
+        for (secret, version) in secrets {
             let mut who = actor.clone();
-            let Some(client) = access else {
+            let Some(client) = self.access(reader, &clients, *secret) else {
                 events.push(
                     Event::new("secret.read", Outcome::Denied, &who)
                         .secret(secret.env, secret.name)
@@ -462,7 +580,7 @@ impl Vault {
                 continue;
             };
             who.client = client;
-            let result = self.read_current(*secret);
+            let result = self.read_for_agent(*secret, *version);
             if self.audit_reads || result.is_err() {
                 events.push(read_event("secret.read", &who, *secret, &result));
             }
@@ -531,8 +649,18 @@ impl Vault {
     }
 
     /// The owner's `show --reveal`: like [`Vault::get`], always recorded.
-    pub async fn reveal(&self, actor: &Actor, secret: SecretRef<'_>) -> Result<(u64, SecretBytes), VaultError> {
-        let result = self.read_current(secret);
+    /// `version` 0 is the current one; any other stored version can be revealed.
+    pub async fn reveal(
+        &self,
+        actor: &Actor,
+        secret: SecretRef<'_>,
+        version: u64,
+    ) -> Result<(u64, SecretBytes), VaultError> {
+        let result = if version == 0 {
+            self.read_current(secret)
+        } else {
+            self.read_version_any(secret, version).map(|value| (version, value))
+        };
         self.record(read_event("secret.reveal", actor, secret, &result)).await?;
         result
     }
@@ -557,13 +685,15 @@ impl Vault {
     /// Deletes the secret and every version; returns how many versions went.
     pub fn delete(&self, actor: &Actor, secret: SecretRef<'_>) -> Result<u64, VaultError> {
         self.keys()?;
-        self.write(|txn| {
+        let destroyed = self.write(|txn| {
             let destroyed = txn.delete(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
             let event = Event::new("secret.delete", Outcome::Ok, actor)
                 .secret(secret.env, secret.name)
                 .with("versions_destroyed", destroyed);
             Ok((destroyed, vec![event]))
-        })
+        })?;
+        self.notify();
+        Ok(destroyed)
     }
 
     pub fn clients(&self) -> Result<Vec<ClientRow>, VaultError> {
@@ -603,7 +733,9 @@ impl Vault {
                 return Err(VaultError::ClientNotFound(name.into()));
             }
             Ok(((), vec![Event::new("client.remove", Outcome::Ok, actor).with("client", name)]))
-        })
+        })?;
+        self.notify();
+        Ok(())
     }
 
     pub fn client_set_enabled(&self, actor: &Actor, name: &str, enabled: bool) -> Result<ClientRow, VaultError> {
@@ -637,13 +769,15 @@ impl Vault {
         event: Event,
         change: impl FnOnce(&Txn<'_>) -> Result<bool, VaultError>,
     ) -> Result<ClientRow, VaultError> {
-        self.write(|txn| {
+        let row = self.write(|txn| {
             if !change(txn)? {
                 return Err(VaultError::ClientNotFound(name.into()));
             }
             let row = txn.client(name)?.ok_or_else(|| VaultError::ClientNotFound(name.into()))?;
             Ok((row, vec![event]))
-        })
+        })?;
+        self.notify();
+        Ok(row)
     }
 
     /// Creates a token for `client`; returns it (shown once, stored only hashed)
@@ -712,7 +846,7 @@ impl Vault {
     pub fn token_revoke(&self, actor: &Actor, accessor: Option<&str>) -> Result<u64, VaultError> {
         self.keys()?;
         let now = crate::store::now_unix();
-        self.write(|txn| {
+        let revoked = self.write(|txn| {
             if let Some(a) = accessor
                 && !txn.token_exists(a)?
             {
@@ -723,7 +857,9 @@ impl Vault {
                 .with("accessor", accessor.unwrap_or("*"))
                 .with("revoked", revoked);
             Ok((revoked, vec![event]))
-        })
+        })?;
+        self.notify();
+        Ok(revoked)
     }
 
     /// Audit entries matching `filter` (metadata only; needs the vault unlocked).
@@ -772,6 +908,17 @@ impl Vault {
     pub fn value_digest(&self, value: &SecretBytes) -> Result<String, VaultError> {
         Ok(self.keys()?.value_digest(value.expose()))
     }
+}
+
+/// A value's size rules, for every way one enters the vault.
+fn check_value(value: &SecretBytes) -> Result<(), VaultError> {
+    if value.is_empty() {
+        return Err(VaultError::EmptyValue);
+    }
+    if value.len() > vault_proto::MAX_VALUE_LEN {
+        return Err(VaultError::ValueTooLarge(value.len()));
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

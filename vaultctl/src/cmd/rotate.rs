@@ -1,0 +1,221 @@
+//! `vaultctl rotate NAME | --due` and `vaultctl rotation set|list`: rotating
+//! secrets now, and the policy that rotates them on schedule.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use vault_proto::names;
+use vault_proto::v1::{
+    ListRotationsRequest, RotateSecretRequest, RotateSecretResponse, RotationChange, SecretRef, SetRotationRequest,
+    ShowSecretRequest,
+};
+
+use crate::Global;
+use crate::cmd::secret_ref;
+use crate::daemon::{self, Reply as _};
+use crate::exit::usage;
+use crate::output::{self, timestamp};
+use crate::{cmd, input};
+
+/// The policy options `put` and `rotation set` share.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct PolicyArgs {
+    /// Who makes the next value: manual (you, at `vaultctl rotate`),
+    /// generate[:LEN[:CHARSET]] (vaultd; CHARSET alnum, hex, base64url or
+    /// printable; default generate:32:alnum) or exec:/abs/path (a hook; see the
+    /// README's "Rotation hooks").
+    #[arg(long, value_name = "R")]
+    rotator: Option<String>,
+    /// Rotate on schedule, every D ("30d", "12h"); "never" removes the schedule.
+    #[arg(long, value_name = "D", value_parser = every)]
+    rotate_every: Option<u64>,
+    /// How long the previous version stays readable after a rotation (default 1h).
+    #[arg(long, value_name = "D", value_parser = duration)]
+    grace: Option<u64>,
+}
+
+impl PolicyArgs {
+    pub(crate) fn change(self) -> Option<RotationChange> {
+        if self.rotator.is_none() && self.rotate_every.is_none() && self.grace.is_none() {
+            return None;
+        }
+        Some(RotationChange { rotator: self.rotator, rotate_every_secs: self.rotate_every, grace_secs: self.grace })
+    }
+}
+
+fn duration(text: &str) -> Result<u64, String> {
+    humantime::parse_duration(text).map(|d| d.as_secs()).map_err(|e| format!("not a duration like \"30d\": {e}"))
+}
+
+fn every(text: &str) -> Result<u64, String> {
+    match text {
+        "never" => Ok(0),
+        _ => match duration(text)? {
+            0 => Err("the period must be at least a second (or \"never\")".into()),
+            secs => Ok(secs),
+        },
+    }
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["name", "due"]))]
+pub(crate) struct RotateArgs {
+    /// The secret to rotate now.
+    name: Option<String>,
+    /// Rotate every secret whose schedule is due (every environment). Secrets
+    /// with the manual rotator are listed, not rotated: they need a value each.
+    #[arg(long, conflicts_with_all = ["name", "from_file"])]
+    due: bool,
+    /// The new value, for the manual rotator: read from FILE ('-' for stdin).
+    /// Without it the value is read from stdin when that is not a terminal, else
+    /// prompted for without echo.
+    #[arg(long, value_name = "FILE")]
+    from_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum RotationCommand {
+    /// Set a secret's rotation policy.
+    Set {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Secrets with a rotation schedule, soonest due first (every environment).
+    List {
+        /// Only those due now.
+        #[arg(long)]
+        due: bool,
+    },
+}
+
+/// `{"env","name","version","previous_version","grace_until_unix"}`.
+#[derive(Serialize)]
+struct RotatedJson<'a> {
+    env: &'a str,
+    name: &'a str,
+    version: u64,
+    previous_version: u64,
+    grace_until_unix: i64,
+}
+
+pub(crate) async fn run(global: &Global, args: RotateArgs) -> anyhow::Result<()> {
+    let Some(name) = args.name else { return due(global).await };
+    let secret = secret_ref(global, &name)?;
+    let mut admin = daemon::admin(global).await?;
+    // Only the manual rotator takes a value: ask vaultd which one this secret has
+    // before reading (or prompting for) anything.
+    let shown = admin.show_secret(ShowSecretRequest { secret: Some(secret.clone()), ..Default::default() }).await;
+    let meta = daemon::required(shown.reply()?.secret, "secret")?;
+    let value = match meta.rotator.as_str() {
+        "manual" => {
+            let prompt = format!("New value for {}/{}: ", names::env_or_default(&secret.env), secret.name);
+            input::value(args.from_file.as_deref(), &prompt)?.into_request_bytes()
+        }
+        other if args.from_file.is_some() => {
+            return Err(usage(format!(
+                "{}/{} rotates with {other}, which makes its own value",
+                secret.env, secret.name
+            )));
+        }
+        _ => Vec::new(),
+    };
+    let reply = admin.rotate_secret(RotateSecretRequest { secret: Some(secret), value }).await.reply()?;
+    print_rotated(global, &reply)
+}
+
+fn print_rotated(global: &Global, reply: &RotateSecretResponse) -> anyhow::Result<()> {
+    let meta = reply.secret.as_ref();
+    let env = names::env_or_default(meta.map_or("", |m| &m.env));
+    let name = meta.map_or("", |m| &m.name);
+    if global.json {
+        return output::json(&RotatedJson {
+            env,
+            name,
+            version: reply.version,
+            previous_version: reply.previous_version,
+            grace_until_unix: reply.grace_until_unix,
+        });
+    }
+    let previous = match reply.previous_version {
+        0 => String::new(),
+        v => format!("; version {v} readable until {}", timestamp(reply.grace_until_unix)),
+    };
+    output::lines(&[format!("rotated {env}/{name} to version {}{previous}", reply.version)])
+}
+
+/// `rotate --due`: one by one, with a progress line per secret on stderr.
+async fn due(global: &Global) -> anyhow::Result<()> {
+    let mut admin = daemon::admin(global).await?;
+    let due = admin.list_rotations(ListRotationsRequest { due_only: true }).await.reply()?.secrets;
+    let (manual, automatic): (Vec<_>, Vec<_>) = due.into_iter().partition(|m| m.rotator == "manual");
+    let total = automatic.len();
+    let mut failed = Vec::new();
+    for (i, meta) in automatic.iter().enumerate() {
+        let label = format!("{}/{}", names::env_or_default(&meta.env), meta.name);
+        eprint!("[{}/{total}] {label} ({}) … ", i + 1, meta.rotator);
+        let secret = SecretRef { env: meta.env.clone(), name: meta.name.clone() };
+        match admin.rotate_secret(RotateSecretRequest { secret: Some(secret), value: Vec::new() }).await.reply() {
+            Ok(reply) => {
+                eprintln!("version {}", reply.version);
+                print_rotated(global, &reply)?;
+            }
+            Err(e) => {
+                eprintln!("failed");
+                failed.push(format!("{label}: {e:#}"));
+            }
+        }
+    }
+    for meta in &manual {
+        eprintln!(
+            "{}/{} is due but rotates manually: run `vaultctl --env {} rotate {}`",
+            names::env_or_default(&meta.env),
+            meta.name,
+            names::env_or_default(&meta.env),
+            meta.name
+        );
+    }
+    if total == 0 && manual.is_empty() {
+        eprintln!("nothing is due");
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{} of {total} rotations failed: {}", failed.len(), failed.join("; "));
+    }
+    Ok(())
+}
+
+pub(crate) async fn rotation(global: &Global, command: RotationCommand) -> anyhow::Result<()> {
+    match command {
+        RotationCommand::Set { name, policy } => {
+            let secret = secret_ref(global, &name)?;
+            let change = policy.change().ok_or_else(|| usage("give --rotator, --rotate-every or --grace"))?;
+            let mut admin = daemon::admin(global).await?;
+            let meta =
+                admin.set_rotation(SetRotationRequest { secret: Some(secret), change: Some(change) }).await.reply()?;
+            if global.json {
+                return output::json(&cmd::show::MetaJson::from(&meta));
+            }
+            output::lines(&cmd::show::policy_lines(&meta))
+        }
+        RotationCommand::List { due } => {
+            let mut admin = daemon::admin(global).await?;
+            let secrets = admin.list_rotations(ListRotationsRequest { due_only: due }).await.reply()?.secrets;
+            if global.json {
+                let all: Vec<_> = secrets.iter().map(cmd::show::MetaJson::from).collect();
+                return output::json(&all);
+            }
+            let rows: Vec<Vec<String>> = secrets
+                .iter()
+                .map(|m| {
+                    vec![
+                        format!("{}/{}", names::env_or_default(&m.env), m.name),
+                        m.rotator.clone(),
+                        cmd::show::period(m.rotate_every_secs),
+                        timestamp(m.next_rotation_unix),
+                    ]
+                })
+                .collect();
+            output::table(&["SECRET", "ROTATOR", "EVERY", "DUE"], &rows)
+        }
+    }
+}
