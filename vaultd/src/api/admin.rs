@@ -132,8 +132,10 @@ impl Admin for AdminApi {
         let actor = actor("admin", &req);
         let req = req.into_inner();
         let secret = secret_ref(&req.secret)?;
+        // The rotation first: once it reads done, the secret row shows its promotion.
+        let last_rotation = self.vault.last_rotation(secret)?.map(rotation_info);
         let mut meta = secret_meta(self.vault.describe(secret)?);
-        meta.last_rotation = self.vault.last_rotation(secret)?.map(rotation_info);
+        meta.last_rotation = last_rotation;
         let value = if req.reveal {
             let (version, value) = self.vault.reveal(&actor, secret, req.version).await?;
             tracing::info!(env = secret.env, name = secret.name, version, "secret revealed to the owner");
@@ -199,8 +201,10 @@ impl Admin for AdminApi {
         let secret = secret_ref(&req.secret)?;
         let rotated = self.vault.rotate(&actor, secret, value, Trigger::Operator).await?;
         tracing::info!(env = secret.env, name = secret.name, version = rotated.version, "secret rotated");
+        // The rotation first: once it reads done, the secret row shows its promotion.
+        let last_rotation = self.vault.last_rotation(secret)?.map(rotation_info);
         let mut meta = secret_meta(self.vault.describe(secret)?);
-        meta.last_rotation = self.vault.last_rotation(secret)?.map(rotation_info);
+        meta.last_rotation = last_rotation;
         Ok(Response::new(v1::RotateSecretResponse {
             secret: Some(meta),
             version: rotated.version,

@@ -102,7 +102,10 @@ impl Event {
             return "security";
         }
         match self.kind.split('.').next().unwrap_or_default() {
+            // An alert: a rotation is due and nobody has done it.
+            _ if self.kind == "rotation.due" => "security",
             "vault" | "request" | "client" | "token" => "security",
+            "rotation" => "change",
             "secret" if self.kind == "secret.read" || self.kind == "secret.reveal" => "access",
             "secret" => "change",
             "audit" => "audit",
@@ -144,6 +147,9 @@ mod tests {
         assert_eq!(Event::new("vault.unlock", Outcome::Ok, &a).class(), "security");
         assert_eq!(Event::new("audit.pruned", Outcome::Ok, &a).class(), "audit");
         assert_eq!(Event::new("daemon.start", Outcome::Ok, &a).class(), "system");
+        assert_eq!(Event::new("rotation.promoted", Outcome::Ok, &a).class(), "change");
+        assert_eq!(Event::new("rotation.due", Outcome::Ok, &a).class(), "security");
+        assert_eq!(Event::new("rotation.failed", Outcome::Failed, &a).class(), "security");
     }
 
     #[test]
