@@ -53,7 +53,8 @@ fn value_from_file_is_taken_byte_for_byte() {
 fn versions_show_list_and_rm() {
     let d = Daemon::initialized();
     let put = d.ctl(&["--json", "put", "telegram", "--provider", "telegram", "--description", "bot"], b"v1-token");
-    assert_eq!(put.ok().json(), json!({"env": "default", "name": "telegram", "version": 1}));
+    let new = json!({"env": "default", "name": "telegram", "version": 1, "previous_version": 0, "grace_until_unix": 0});
+    assert_eq!(put.ok().json(), new);
     assert_eq!(d.put("telegram", b"v2-token"), 2);
     assert_eq!(d.get("telegram"), b"v2-token");
 
@@ -61,10 +62,14 @@ fn versions_show_list_and_rm() {
     let states: Vec<_> =
         versions.as_array().unwrap().iter().map(|v| (v["version"].clone(), v["state"].clone())).collect();
     assert_eq!(states, [(json!(2), json!("current")), (json!(1), json!("previous"))], "{versions}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     for v in versions.as_array().unwrap() {
         assert!(v["created_unix"].as_i64().unwrap() > 1_600_000_000, "{v}");
-        assert_eq!(v["expires_unix"], 0, "{v}");
     }
+    // The previous version stays readable for the default grace period, an hour.
+    assert_eq!(versions[0]["expires_unix"], 0, "{versions}");
+    let grace_end = versions[1]["expires_unix"].as_i64().unwrap();
+    assert!((now + 3590..=now + 3610).contains(&grace_end), "{versions}");
 
     let show = d.ctl(&["--json", "show", "telegram"], b"").ok().json();
     assert_eq!(show["current_version"], 2, "{show}");
@@ -112,7 +117,10 @@ fn environments_are_separate() {
     let d = Daemon::initialized();
     d.put("telegram", b"default-token");
     let put = d.ctl(&["--env", "staging", "--json", "put", "telegram"], b"staging-token").ok().json();
-    assert_eq!(put, json!({"env": "staging", "name": "telegram", "version": 1}));
+    assert_eq!(
+        put,
+        json!({"env": "staging", "name": "telegram", "version": 1, "previous_version": 0, "grace_until_unix": 0})
+    );
 
     assert_eq!(d.get("telegram"), b"default-token");
     assert_eq!(d.ctl(&["--env", "staging", "get", "telegram"], b"").ok().stdout, b"staging-token");
@@ -144,7 +152,8 @@ fn concurrent_puts_each_get_their_own_version() {
     let versions = d.ctl(&["--json", "versions", "telegram"], b"").ok().json();
     let versions = versions.as_array().unwrap();
     let numbers: Vec<u64> = versions.iter().map(|v| v["version"].as_u64().unwrap()).collect();
-    assert_eq!(numbers, (1..=n).rev().collect::<Vec<u64>>());
+    // The newest ten are kept (`[rotation] keep_versions`); older retired ones go.
+    assert_eq!(numbers, (3..=n).rev().collect::<Vec<u64>>());
     let current: Vec<_> = versions.iter().filter(|v| v["state"] == "current").collect();
     assert_eq!(current.len(), 1, "{versions:?}");
     assert_eq!(current[0]["version"], n);
