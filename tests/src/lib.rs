@@ -226,11 +226,25 @@ pub struct Options {
     pub args: Vec<std::ffi::OsString>,
     /// Start vaultd with this umask (through `sh -c 'umask …; exec …'`).
     pub umask: Option<u32>,
+    /// Shell commands run just before vaultd is exec'd, e.g. `ulimit -c unlimited`
+    /// (through `sh -c '…; exec …'`, after the umask).
+    pub sh_prelude: Option<String>,
+    /// Run vaultd as this uid and gid (the test must be root). The temp dir is
+    /// given to that uid, and vaultd runs from a copy everyone can execute.
+    pub run_as: Option<u32>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { fast_kdf: true, config: None, env: Vec::new(), args: Vec::new(), umask: None }
+        Options {
+            fast_kdf: true,
+            config: None,
+            env: Vec::new(),
+            args: Vec::new(),
+            umask: None,
+            sh_prelude: None,
+            run_as: None,
+        }
     }
 }
 
@@ -293,14 +307,26 @@ impl Daemon {
 
     fn spawn(&mut self) -> &mut Child {
         assert!(self.child.is_none(), "vaultd is already running");
-        let mut cmd = match self.opts.umask {
-            None => Command::new(&bins().vaultd),
-            Some(umask) => {
-                let mut sh = Command::new("sh");
-                sh.args(["-c", &format!("umask {umask:03o}; exec \"$0\" \"$@\"")]).arg(&bins().vaultd);
-                sh
-            }
+        let vaultd = match self.opts.run_as {
+            None => bins().vaultd.clone(),
+            Some(uid) => self.vaultd_for(uid),
         };
+        let prelude: Vec<String> =
+            self.opts.umask.map(|u| format!("umask {u:03o}")).into_iter().chain(self.opts.sh_prelude.clone()).collect();
+        let mut cmd = if prelude.is_empty() {
+            Command::new(&vaultd)
+        } else {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &format!("{}; exec \"$0\" \"$@\"", prelude.join("; "))]).arg(&vaultd);
+            sh
+        };
+        if let Some(uid) = self.opts.run_as {
+            use std::os::unix::process::CommandExt;
+            // std also clears the supplementary groups when root sets a uid.
+            cmd.uid(uid).gid(uid);
+        }
+        // A crash's core file, if any, lands in the temp dir, never in the repository.
+        cmd.current_dir(self.dir.path());
         cmd.arg("--data-dir").arg(&self.data_dir);
         cmd.arg("--socket").arg(&self.agent_socket);
         cmd.arg("--admin-socket").arg(&self.admin_socket);
@@ -310,6 +336,8 @@ impl Daemon {
         }
         cmd.args(&self.opts.args);
         cmd.env_remove("VAULTD_LOG").env_remove("VAULTD_INSECURE_TEST_KDF").env_remove("RUNTIME_DIRECTORY");
+        // Tests run under systemd must not announce their vaultd to the runner's manager.
+        cmd.env_remove("NOTIFY_SOCKET");
         if self.opts.fast_kdf {
             cmd.env("VAULTD_INSECURE_TEST_KDF", "1");
         }
@@ -317,6 +345,28 @@ impl Daemon {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("opening the log");
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         self.child.insert(cmd.spawn().expect("spawning vaultd"))
+    }
+
+    /// Gives the temp dir to `uid` and copies vaultd to where it can execute it
+    /// (the target dir may not be reachable); returns the copy's path.
+    fn vaultd_for(&mut self, uid: u32) -> PathBuf {
+        assert!(is_root(), "Options::run_as needs the tests to run as root");
+        let id = Some(rustix::process::Uid::from_raw(uid));
+        rustix::fs::chown(self.dir.path(), id, Some(rustix::process::Gid::from_raw(uid))).expect("chown the temp dir");
+        let bin_dir = self.dir.path().join("bin");
+        let copy = bin_dir.join("vaultd");
+        if !copy.exists() {
+            std::fs::create_dir(&bin_dir).expect("creating DIR/bin");
+            std::fs::copy(&bins().vaultd, &copy).expect("copying vaultd");
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
+        }
+        copy
+    }
+
+    /// Starts vaultd without waiting for it to listen: for a test that watches the
+    /// startup itself. Stopped on drop like any other.
+    pub fn launch_unwaited(&mut self) {
+        self.spawn();
     }
 
     /// Starts vaultd and waits until the admin socket accepts connections (both

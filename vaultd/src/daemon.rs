@@ -4,6 +4,7 @@
 use crate::audit::{Actor, Event, Outcome, forward};
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::crypto::{self, SecretBytes};
+use crate::notify;
 use crate::server;
 use crate::vault::{Vault, VaultError};
 use std::future::Future;
@@ -107,11 +108,15 @@ async fn serve(
     let scheduler = tokio::spawn(schedule(vault.clone(), opts.config.rotation.check_every));
     tracing::info!(agent = %opts.agent_socket.display(), admin = %opts.admin_socket.display(), "listening");
     ready();
+    // Both sockets are bound and listening (connections queue until the server
+    // accepts them), and a `--passphrase-file` vault is unlocked: ready.
+    notify::notify(notify::READY);
     // Seal the moment shutdown begins: requests still draining keep the keys they
     // already hold, new ones are refused, and nothing waits on a slow client.
     let v = vault.clone();
     let shutdown = async move {
         shutdown.await;
+        notify::notify(notify::STOPPING);
         let stop = v.record_durable(Event::new("daemon.stop", Outcome::Ok, &Actor::vaultd()));
         let sealed = v.seal(&Actor::vaultd());
         for e in [stop.err(), sealed.err()].into_iter().flatten() {

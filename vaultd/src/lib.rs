@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod identity;
 pub mod limits;
+pub mod notify;
 pub mod policy;
 pub mod process;
 pub mod rotation;

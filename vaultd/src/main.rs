@@ -48,6 +48,9 @@ fn main() -> ExitCode {
     for failure in vaultd::process::harden() {
         tracing::warn!(%failure, "process hardening step failed");
     }
+    if let Err(why) = vaultd::process::lock_memory() {
+        tracing::warn!("memory not locked, so keys and secrets may be written to swap: {why}");
+    }
     if rustix::process::geteuid().is_root() {
         tracing::warn!("running as root: run vaultd as a dedicated user (see SECURITY.md)");
     }

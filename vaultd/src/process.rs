@@ -1,5 +1,6 @@
 //! Process hardening done once at startup: owner-only file creation, no core
-//! dumps, not ptrace-able or dumpable by other processes of the same user.
+//! dumps, not ptrace-able or dumpable by other processes of the same user, and
+//! memory locked out of swap where the limits allow.
 
 /// Applies every hardening step; returns what could not be applied, for a warning.
 pub fn harden() -> Vec<String> {
@@ -14,4 +15,47 @@ pub fn harden() -> Vec<String> {
         failed.push(format!("setrlimit(RLIMIT_CORE, 0): {e}"));
     }
     failed
+}
+
+/// Locks all of vaultd's memory into RAM, so keys, the passphrase and secret values
+/// are never written to swap. `Err` says why it did not, for a one-line warning;
+/// vaultd runs either way.
+///
+/// Everything (`mlockall`), not just the pages holding [`crate::crypto::Unlocked`]'s
+/// keys: secrets also pass through the passphrase buffer, Argon2's working memory,
+/// ring's key schedules, decrypted values and the gRPC buffers that carry them, and
+/// only locking the whole process covers those. `MCL_ONFAULT` locks pages as they
+/// are touched, so what is locked is the resident set, not every reserved range.
+///
+/// Only when RLIMIT_MEMLOCK is unlimited or vaultd holds CAP_IPC_LOCK: under
+/// `MCL_FUTURE` the kernel charges every new mapping (thread stacks, malloc arenas,
+/// Argon2's 64 MiB) at its full size, and refuses one that would pass the limit.
+/// A refused allocation aborts the process, so under a finite limit (8 MiB by
+/// default) locking would turn "may swap" into "crashes under load".
+pub fn lock_memory() -> Result<(), String> {
+    use rustix::mm::{MlockAllFlags, mlockall};
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Memlock);
+    // Any process may raise its soft limit to the hard one.
+    if limit.current != limit.maximum
+        && setrlimit(Resource::Memlock, Rlimit { current: limit.maximum, ..limit }).is_ok()
+    {
+        limit.current = limit.maximum;
+    }
+    if let Some(bytes) = limit.current
+        && !has_ipc_lock()
+    {
+        return Err(format!(
+            "RLIMIT_MEMLOCK is {} KiB; locking needs it unlimited (systemd: LimitMEMLOCK=infinity) or CAP_IPC_LOCK",
+            bytes / 1024
+        ));
+    }
+    mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT)
+        .map_err(|e| format!("mlockall: {e}"))
+}
+
+/// Whether CAP_IPC_LOCK is in effect (then RLIMIT_MEMLOCK does not apply).
+fn has_ipc_lock() -> bool {
+    use rustix::thread::{CapabilitySet, capabilities};
+    capabilities(None).is_ok_and(|caps| caps.effective.contains(CapabilitySet::IPC_LOCK))
 }

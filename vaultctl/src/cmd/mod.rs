@@ -4,6 +4,7 @@
 
 mod audit;
 mod client;
+mod completions;
 mod get;
 mod init;
 mod list;
@@ -63,6 +64,11 @@ pub(crate) enum Command {
     /// Create, list and revoke bearer tokens for clients.
     #[command(subcommand)]
     Token(token::Command),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
+    /// Print the man page (roff), or write all of them with --out-dir: for packaging.
+    #[command(hide = true)]
+    Man(completions::ManArgs),
 }
 
 pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
@@ -83,6 +89,8 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Audit(command) => audit::run(global, command).await,
         Command::Client(command) => client::run(global, command).await,
         Command::Token(command) => token::run(global, command).await,
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => completions::man(args),
     }
 }
 
