@@ -148,3 +148,53 @@ impl Vault {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{PolicyChange, SecretLabels};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_slow_watcher_skips_to_the_newest_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open(&dir.path().join("data"), &Config::default()).unwrap();
+        let actor = Actor::vaultd();
+        vault.init(&actor, &SecretBytes::new(b"a passphrase".to_vec())).unwrap();
+        let secret = SecretRef::parse("", "telegram").unwrap();
+        let put = |value: &str| {
+            let value = SecretBytes::new(value.as_bytes().to_vec());
+            vault.put(&actor, secret, &SecretLabels::default(), &PolicyChange::default(), &value).unwrap()
+        };
+        put("v1");
+        let owner = Peer { uid: vault.owner, gid: 0, pid: None, start_time: None, pidfd: None };
+        let (mut watcher, first) = vault.watch(&actor, Some(&owner), None, &[secret]).await.unwrap();
+        assert_eq!((first.len(), first[0].version, first[0].value.expose()), (1, 1, &b"v1"[..]));
+        // Five rotations while the watcher is not looking: it gets the last one only.
+        for i in 2..=6 {
+            put(&format!("v{i}"));
+        }
+        let next = vault.watch_next(&mut watcher).await.unwrap();
+        assert_eq!((next.len(), next[0].version, next[0].value.expose()), (1, 6, &b"v6"[..]));
+        let idle = tokio::time::timeout(Duration::from_millis(200), vault.watch_next(&mut watcher)).await;
+        assert!(idle.is_err(), "nothing changed, yet the watcher woke with an update");
+        // A change that is not a new version of it (another secret) sends nothing.
+        vault
+            .put(
+                &actor,
+                SecretRef::parse("", "other").unwrap(),
+                &SecretLabels::default(),
+                &PolicyChange::default(),
+                &SecretBytes::new(b"x".to_vec()),
+            )
+            .unwrap();
+        let idle = tokio::time::timeout(Duration::from_millis(200), vault.watch_next(&mut watcher)).await;
+        assert!(idle.is_err());
+        // Deleting it ends the watch.
+        vault.delete(&actor, secret).unwrap();
+        let ended = vault.watch_next(&mut watcher).await.err().unwrap();
+        assert!(matches!(ended, VaultError::AccessEnded(_)), "{ended}");
+    }
+}
