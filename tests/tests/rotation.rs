@@ -367,3 +367,23 @@ exit 0"#,
     assert!(killed_in.keys().any(|k| k.starts_with("test")), "{killed_in:?}");
     assert!(d.audit_verify().is_ok());
 }
+
+#[test]
+fn the_example_hook_in_the_repo_rotates_against_its_demo_provider() {
+    let d = daemon("");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hooks/rotate-example.sh");
+    let path = hook(&d, "rotate-example.sh", &std::fs::read_to_string(source).unwrap());
+    let keys = d.dir.path().join("demo-provider.keys");
+    d.ctl(&["put", "demo", "--rotator", &format!("exec:{}", path.display()), "--grace", "0s"], b"initial").ok();
+    for version in [2, 3] {
+        let out = d.ctl(&["--json", "rotate", "demo"], b"").ok().json();
+        assert_eq!(out["version"], version);
+    }
+    let current = String::from_utf8(d.get("demo")).unwrap();
+    assert!(current.starts_with("demo_") && current.len() == 53, "{current}");
+    // Once both old keys are revoked, the provider knows only the current one.
+    wait_for("the old keys revoked", || {
+        let known = std::fs::read_to_string(&keys).unwrap();
+        (known.lines().collect::<Vec<_>>() == [current.as_str()]).then_some(())
+    });
+}
