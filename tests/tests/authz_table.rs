@@ -37,7 +37,7 @@ const MARK: &str = "authz-result ";
 /// order, except that Seal and Unlock go last (in that order) so that a seal,
 /// whoever manages it, is undone before the next row.
 const AGENT_CALLS: [&str; 4] = ["GetSecret", "GetSecrets", "WatchSecrets", "GetSecret missing"];
-const ADMIN_CALLS: [&str; 26] = [
+const ADMIN_CALLS: [&str; 29] = [
     "Init",
     "Unlock",
     "Seal",
@@ -50,6 +50,9 @@ const ADMIN_CALLS: [&str; 26] = [
     "SetRotation",
     "RotateSecret",
     "ListRotations",
+    "RevokeAll",
+    "ListIncidents",
+    "ShowIncident",
     "QueryAudit",
     "ExportAudit",
     "TailAudit",
@@ -135,6 +138,9 @@ impl Kind {
             "GetSecret" | "GetSecrets" | "WatchSecrets" => Code::NotFound, // indistinguishable from missing
             _ if self != Kind::Owner => Code::PermissionDenied,
             "Init" => Code::AlreadyExists,
+            // The owner's RevokeAll has no reason: refused before it changes anything.
+            "RevokeAll" => Code::InvalidArgument,
+            "ShowIncident" => Code::NotFound,
             _ => Code::Ok,
         }
     }
@@ -310,8 +316,11 @@ impl Caller {
                     v1::RotateSecretRequest { secret: secret_ref("scratch", &format!("put-{tag}")), value: vec![] };
                 done(admin.rotate_secret(request(t, rotate)).await)
             }
-            "ListRotations" => {
-                done(admin.list_rotations(request(t, v1::ListRotationsRequest { due_only: false })).await)
+            "ListRotations" => done(admin.list_rotations(request(t, v1::ListRotationsRequest::default())).await),
+            "RevokeAll" => done(admin.revoke_all(request(t, v1::RevokeAllRequest::default())).await),
+            "ListIncidents" => done(admin.list_incidents(request(t, v1::ListIncidentsRequest {})).await),
+            "ShowIncident" => {
+                done(admin.show_incident(request(t, v1::ShowIncidentRequest { id: 999, hours: 0 })).await)
             }
             "QueryAudit" => done(admin.query_audit(request(t, v1::QueryAuditRequest { filter: filter(5) })).await),
             "ExportAudit" => first_message(admin.export_audit(request(t, v1::ExportAuditRequest {})).await).await,

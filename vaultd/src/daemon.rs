@@ -106,6 +106,7 @@ async fn serve(
     vault.record_durable(start_event(&opts.config))?;
     let maintenance = tokio::spawn(maintain(vault.clone(), opts.config.audit.retention));
     let scheduler = tokio::spawn(schedule(vault.clone(), opts.config.rotation.check_every));
+    let incidents = tokio::spawn(honour_incidents(vault.clone()));
     tracing::info!(agent = %opts.agent_socket.display(), admin = %opts.admin_socket.display(), "listening");
     ready();
     // Both sockets are bound and listening (connections queue until the server
@@ -126,6 +127,7 @@ async fn serve(
     let result = server::serve(vault.clone(), agent, admin, shutdown).await;
     maintenance.abort();
     scheduler.abort();
+    incidents.abort();
     for path in [&opts.agent_socket, &opts.admin_socket] {
         let _ = std::fs::remove_file(path);
     }
@@ -193,6 +195,18 @@ async fn schedule(vault: Arc<Vault>, every: Duration) {
         tick.tick().await;
         if let Err(e) = vault.rotation_pass().await {
             tracing::error!(error = %e, "rotation scheduler pass failed");
+        }
+    }
+}
+
+/// Every second: a revoke-all made offline (by another process, on the data
+/// dir) ends this vaultd's streams and agent connections too.
+async fn honour_incidents(vault: Arc<Vault>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(e) = vault.honour_incidents().await {
+            tracing::error!(error = %e, "checking for offline incidents failed");
         }
     }
 }

@@ -146,9 +146,10 @@ fn start_time(pid: i32) -> Option<u64> {
 #[derive(Debug, Clone)]
 pub struct Attestation(pub Option<Peer>);
 
-/// An accepted unix stream that attests its peer at accept.
+/// An accepted unix stream that attests its peer at accept. The second field,
+/// when set, keeps the connection's revoke-all cutoff armed while it is open.
 #[derive(Debug)]
-pub struct AttestedStream(pub UnixStream);
+pub struct AttestedStream(pub UnixStream, pub Option<tokio::sync::oneshot::Sender<()>>);
 
 impl Connected for AttestedStream {
     type ConnectInfo = Attestation;

@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod identity;
+pub mod incident;
 pub mod limits;
 pub mod notify;
 pub mod policy;

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
@@ -82,10 +83,45 @@ fn guard(
     }
 }
 
-/// Accepted connections, each attesting its peer at accept.
-fn attested(listener: UnixListener) -> impl tokio_stream::Stream<Item = io::Result<AttestedStream>> {
+/// Accepted connections, each attesting its peer at accept. With `cutoff`, each
+/// is closed when it changes (revoke-all).
+fn attested(
+    listener: UnixListener,
+    cutoff: Option<watch::Receiver<u64>>,
+) -> impl tokio_stream::Stream<Item = io::Result<AttestedStream>> {
     use tokio_stream::StreamExt as _;
-    UnixListenerStream::new(listener).map(|conn| conn.map(AttestedStream))
+    UnixListenerStream::new(listener).map(move |conn| {
+        let conn = conn?;
+        let link = cutoff.as_ref().and_then(|cutoff| match cut_on_incident(&conn, cutoff.clone()) {
+            Ok(link) => Some(link),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot arm the revoke-all cutoff for a connection");
+                None
+            }
+        });
+        Ok(AttestedStream(conn, link))
+    })
+}
+
+/// Shuts `conn` down both ways when `cutoff` changes, which makes the server drop
+/// the connection and every stream on it. The task holds a duplicate of the
+/// descriptor only while the connection is open: dropping the returned sender
+/// (with the connection) ends it.
+fn cut_on_incident(conn: &UnixStream, mut cutoff: watch::Receiver<u64>) -> io::Result<oneshot::Sender<()>> {
+    let fd = rustix::io::dup(conn)?;
+    let (open, closed) = oneshot::channel::<()>();
+    cutoff.borrow_and_update();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = closed => {}
+            changed = cutoff.changed() => {
+                if changed.is_ok() {
+                    let _ = rustix::net::shutdown(&fd, rustix::net::Shutdown::Both);
+                }
+            }
+        }
+    });
+    Ok(open)
 }
 
 /// gRPC health and reflection for one socket, naming only the API it serves.
@@ -127,7 +163,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(InterceptedService::new(agent_api, guard(Socket::Agent, owner, vault.clone())))
-        .serve_with_incoming_shutdown(attested(agent), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(attested(agent, Some(vault.cutoffs())), stopped(stop_rx.clone()));
 
     let admin_api = AdminServer::new(AdminApi::new(vault.clone()))
         .max_decoding_message_size(MAX_MESSAGE_LEN)
@@ -137,7 +173,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(InterceptedService::new(admin_api, guard(Socket::Admin, owner, vault)))
-        .serve_with_incoming_shutdown(attested(admin), stopped(stop_rx));
+        .serve_with_incoming_shutdown(attested(admin, None), stopped(stop_rx));
 
     let servers = async { tokio::try_join!(agent_server, admin_server).map(|_| ()) };
     tokio::pin!(servers);

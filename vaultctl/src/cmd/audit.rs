@@ -205,7 +205,7 @@ fn when(text: &str) -> anyhow::Result<i64> {
     Ok(at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as i64)
 }
 
-fn parse(entry: &v1::AuditEntry) -> anyhow::Result<Value> {
+pub(super) fn parse(entry: &v1::AuditEntry) -> anyhow::Result<Value> {
     serde_json::from_str(&entry.json).with_context(|| format!("vaultd sent audit entry {} as invalid JSON", entry.seq))
 }
 
@@ -217,7 +217,7 @@ fn print_entry(global: &Global, entry: &v1::AuditEntry) -> anyhow::Result<()> {
 }
 
 /// One line: time, seq, type, outcome, who, what, details.
-fn human(e: &Value) -> String {
+pub(super) fn human(e: &Value) -> String {
     let actor = match &e["actor"] {
         Value::Object(a) if a.get("vaultd").is_some() => "vaultd".to_owned(),
         Value::Object(a) => a.iter().map(|(k, v)| format!("{k}={}", plain(v))).collect::<Vec<_>>().join(","),

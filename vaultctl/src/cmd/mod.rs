@@ -6,6 +6,7 @@ mod audit;
 mod client;
 mod completions;
 mod get;
+mod incident;
 mod init;
 mod list;
 mod put;
@@ -53,6 +54,12 @@ pub(crate) enum Command {
     /// Set or list rotation policies (rotator, schedule, grace period).
     #[command(subcommand)]
     Rotation(rotate::RotationCommand),
+    /// Incident response: revoke every token, disable every client, mark every
+    /// secret compromised, close every agent stream; print the incident report.
+    RevokeAll(incident::RevokeAllArgs),
+    /// List incidents, or show one with the audit timeline before it.
+    #[command(subcommand)]
+    Incident(incident::IncidentCommand),
     /// Follow secrets through the agent socket: their values now, then each new one (JSON lines).
     Watch(watch::Args),
     /// Query, export, follow and verify the tamper-evident audit log.
@@ -86,6 +93,8 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Rotate(args) => rotate::run(global, args).await,
         Command::Rotation(command) => rotate::rotation(global, command).await,
         Command::Watch(args) => watch::run(global, args).await,
+        Command::RevokeAll(args) => incident::revoke_all(global, args).await,
+        Command::Incident(command) => incident::incident(global, command).await,
         Command::Audit(command) => audit::run(global, command).await,
         Command::Client(command) => client::run(global, command).await,
         Command::Token(command) => token::run(global, command).await,

@@ -1,6 +1,7 @@
 //! `vaultctl rotate NAME | --due` and `vaultctl rotation set|list`: rotating
 //! secrets now, and the policy that rotates them on schedule.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -58,14 +59,18 @@ fn every(text: &str) -> Result<u64, String> {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group = clap::ArgGroup::new("what").required(true).args(["name", "due"]))]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["name", "due", "compromised"]))]
 pub(crate) struct RotateArgs {
     /// The secret to rotate now.
     name: Option<String>,
     /// Rotate every secret whose schedule is due (every environment). Secrets
     /// with the manual rotator are listed, not rotated: they need a value each.
-    #[arg(long, conflicts_with_all = ["name", "from_file"])]
+    #[arg(long, conflicts_with_all = ["name", "from_file", "compromised"])]
     due: bool,
+    /// Rotate every secret revoke-all marked compromised (every environment).
+    /// Manual ones are prompted for, one by one, on a terminal; otherwise listed.
+    #[arg(long, conflicts_with_all = ["name", "from_file"])]
+    compromised: bool,
     /// The new value, for the manual rotator: read from FILE ('-' for stdin).
     /// Without it the value is read from stdin when that is not a terminal, else
     /// prompted for without echo.
@@ -100,7 +105,7 @@ struct RotatedJson<'a> {
 }
 
 pub(crate) async fn run(global: &Global, args: RotateArgs) -> anyhow::Result<()> {
-    let Some(name) = args.name else { return due(global).await };
+    let Some(name) = args.name else { return walk(global, args.compromised).await };
     let secret = secret_ref(global, &name)?;
     let mut admin = daemon::admin(global).await?;
     // Only the manual rotator takes a value: ask vaultd which one this secret has
@@ -144,18 +149,26 @@ fn print_rotated(global: &Global, reply: &RotateSecretResponse) -> anyhow::Resul
     output::lines(&[format!("rotated {env}/{name} to version {}{previous}", reply.version)])
 }
 
-/// `rotate --due`: one by one, with a progress line per secret on stderr.
-async fn due(global: &Global) -> anyhow::Result<()> {
+/// `rotate --due` and `rotate --compromised`: one by one, with a progress line
+/// per secret on stderr.
+async fn walk(global: &Global, compromised: bool) -> anyhow::Result<()> {
     let mut admin = daemon::admin(global).await?;
-    let due = admin.list_rotations(ListRotationsRequest { due_only: true }).await.reply()?.secrets;
-    let (manual, automatic): (Vec<_>, Vec<_>) = due.into_iter().partition(|m| m.rotator == "manual");
-    let total = automatic.len();
+    let request = ListRotationsRequest { due_only: !compromised, compromised_only: compromised };
+    let secrets = admin.list_rotations(request).await.reply()?.secrets;
+    // A manual rotator needs a value per secret: only a terminal can give them.
+    let prompt = compromised && std::io::stdin().is_terminal();
+    let (manual, rotatable): (Vec<_>, Vec<_>) = secrets.into_iter().partition(|m| m.rotator == "manual" && !prompt);
+    let total = rotatable.len();
     let mut failed = Vec::new();
-    for (i, meta) in automatic.iter().enumerate() {
+    for (i, meta) in rotatable.iter().enumerate() {
         let label = format!("{}/{}", names::env_or_default(&meta.env), meta.name);
+        let value = match meta.rotator.as_str() {
+            "manual" => input::value(None, &format!("New value for {label}: "))?.into_request_bytes(),
+            _ => Vec::new(),
+        };
         eprint!("[{}/{total}] {label} ({}) … ", i + 1, meta.rotator);
         let secret = SecretRef { env: meta.env.clone(), name: meta.name.clone() };
-        match admin.rotate_secret(RotateSecretRequest { secret: Some(secret), value: Vec::new() }).await.reply() {
+        match admin.rotate_secret(RotateSecretRequest { secret: Some(secret), value }).await.reply() {
             Ok(reply) => {
                 eprintln!("version {}", reply.version);
                 print_rotated(global, &reply)?;
@@ -166,17 +179,16 @@ async fn due(global: &Global) -> anyhow::Result<()> {
             }
         }
     }
+    let what = if compromised { "compromised" } else { "due" };
     for meta in &manual {
+        let env = names::env_or_default(&meta.env);
         eprintln!(
-            "{}/{} is due but rotates manually: run `vaultctl --env {} rotate {}`",
-            names::env_or_default(&meta.env),
-            meta.name,
-            names::env_or_default(&meta.env),
-            meta.name
+            "{env}/{} is {what} but rotates manually: run `vaultctl --env {env} rotate {}`",
+            meta.name, meta.name
         );
     }
     if total == 0 && manual.is_empty() {
-        eprintln!("nothing is due");
+        eprintln!("nothing is {what}");
     }
     if !failed.is_empty() {
         anyhow::bail!("{} of {total} rotations failed: {}", failed.len(), failed.join("; "));
@@ -199,7 +211,8 @@ pub(crate) async fn rotation(global: &Global, command: RotationCommand) -> anyho
         }
         RotationCommand::List { due } => {
             let mut admin = daemon::admin(global).await?;
-            let secrets = admin.list_rotations(ListRotationsRequest { due_only: due }).await.reply()?.secrets;
+            let request = ListRotationsRequest { due_only: due, compromised_only: false };
+            let secrets = admin.list_rotations(request).await.reply()?.secrets;
             if global.json {
                 let all: Vec<_> = secrets.iter().map(cmd::show::MetaJson::from).collect();
                 return output::json(&all);

@@ -17,7 +17,7 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<()> {
 }
 
 /// `{"initialized","sealed","version","secrets","key_term","schema_version","kdf",
-/// "audit_forward_errors","audit_forward_dropped","rotations_due","rotations_failed"}`,
+/// "audit_forward_errors","audit_forward_dropped","rotations_due","rotations_failed","compromised"}`,
 /// where `kdf` is null until the vault is initialized, else
 /// `{"algorithm","memory_kib","iterations","parallelism","insecure_test_profile"}`.
 /// The names are the proto's, and a stable contract.
@@ -39,6 +39,8 @@ struct StatusJson<'a> {
     /// `env/name` of secrets due (or overdue) for rotation, and whose last rotation failed.
     rotations_due: &'a [String],
     rotations_failed: &'a [String],
+    /// `env/name` of secrets whose current version revoke-all marked compromised.
+    compromised: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -70,6 +72,7 @@ impl<'a> From<&'a StatusResponse> for StatusJson<'a> {
             audit_forward_dropped: s.audit_forward_dropped,
             rotations_due: &s.rotations_due,
             rotations_failed: &s.rotations_failed,
+            compromised: &s.compromised,
         }
     }
 }
@@ -102,6 +105,12 @@ fn human(s: &StatusResponse) -> Vec<String> {
         lines.push(format!(
             "audit forwarding: {} failed attempts, {} entries skipped (see vaultd's log; the audit log itself is complete)",
             s.audit_forward_errors, s.audit_forward_dropped
+        ));
+    }
+    if !s.compromised.is_empty() {
+        lines.push(format!(
+            "COMPROMISED, not served until rotated: {} (vaultctl rotate --compromised)",
+            s.compromised.join(", ")
         ));
     }
     if !s.rotations_due.is_empty() {

@@ -50,6 +50,7 @@ impl AdminApi {
             audit_forward_dropped: s.audit_forward_dropped,
             rotations_due: s.rotations_due,
             rotations_failed: s.rotations_failed,
+            compromised: s.compromised,
         })
     }
 }
@@ -217,8 +218,44 @@ impl Admin for AdminApi {
         &self,
         req: Request<v1::ListRotationsRequest>,
     ) -> Result<Response<v1::ListRotationsResponse>, Status> {
-        let rows = self.vault.rotations(req.get_ref().due_only)?;
+        let rows = self.vault.rotations(req.get_ref().due_only, req.get_ref().compromised_only)?;
         Ok(Response::new(v1::ListRotationsResponse { secrets: rows.into_iter().map(secret_meta).collect() }))
+    }
+
+    async fn revoke_all(&self, req: Request<v1::RevokeAllRequest>) -> Result<Response<v1::IncidentReport>, Status> {
+        let actor = actor("admin", &req);
+        let req = req.into_inner();
+        let report = self.vault.revoke_all(&actor, &req.reason, req.seal, req.provider_revoke).await?;
+        tracing::warn!(
+            incident = report.id,
+            tokens = report.tokens_revoked,
+            clients = report.clients_disabled,
+            secrets = report.secrets_compromised,
+            streams = report.streams_closed,
+            "revoke-all"
+        );
+        Ok(Response::new(incident_report(report)))
+    }
+
+    async fn list_incidents(
+        &self,
+        _: Request<v1::ListIncidentsRequest>,
+    ) -> Result<Response<v1::ListIncidentsResponse>, Status> {
+        let incidents = self.vault.incidents()?.into_iter().map(incident_report).collect();
+        Ok(Response::new(v1::ListIncidentsResponse { incidents }))
+    }
+
+    async fn show_incident(
+        &self,
+        req: Request<v1::ShowIncidentRequest>,
+    ) -> Result<Response<v1::ShowIncidentResponse>, Status> {
+        let req = req.into_inner();
+        let hours = if req.hours == 0 { 6 } else { req.hours.min(24 * 366) };
+        let (report, timeline) = self.vault.incident(req.id, hours)?;
+        Ok(Response::new(v1::ShowIncidentResponse {
+            report: Some(incident_report(report)),
+            timeline: timeline.iter().map(entry).collect(),
+        }))
     }
 
     async fn query_audit(
@@ -451,6 +488,26 @@ fn client_info(c: ClientRow) -> v1::ClientInfo {
         enabled: c.enabled,
         grants: c.grants,
         created_unix: c.created_unix,
+    }
+}
+
+fn incident_report(r: crate::incident::Report) -> v1::IncidentReport {
+    v1::IncidentReport {
+        id: r.id,
+        reason: r.reason,
+        mode: r.mode,
+        started_unix: r.started_unix,
+        tokens_revoked: r.tokens_revoked,
+        clients_disabled: r.clients_disabled,
+        secrets_compromised: r.secrets_compromised,
+        streams_closed: r.streams_closed,
+        sealed: r.sealed,
+        needs_rotation: r.needs_rotation,
+        provider_revoke: r
+            .provider_revoke
+            .into_iter()
+            .map(|h| v1::HookOutcome { secret: h.secret, ok: h.ok, detail: h.detail })
+            .collect(),
     }
 }
 

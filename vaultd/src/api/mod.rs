@@ -35,9 +35,10 @@ impl From<VaultError> for Status {
             VaultError::WrongPassphrase | VaultError::AccessEnded(_) => Status::permission_denied(msg),
             VaultError::RotationInProgress(_) | VaultError::RotationFailed(_) => Status::aborted(msg),
             VaultError::Rotator(_) => Status::invalid_argument(msg),
-            VaultError::NotFound { .. } | VaultError::ClientNotFound(_) | VaultError::TokenNotFound(_) => {
-                Status::not_found(msg)
-            }
+            VaultError::NotFound { .. }
+            | VaultError::ClientNotFound(_)
+            | VaultError::TokenNotFound(_)
+            | VaultError::IncidentNotFound(_) => Status::not_found(msg),
             VaultError::EmptyPassphrase
             | VaultError::InvalidName { .. }
             | VaultError::InvalidPattern(_)

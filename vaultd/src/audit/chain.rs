@@ -65,9 +65,16 @@ pub fn append(
     if events.is_empty() {
         return Ok(Vec::new());
     }
+    let mut chain = chain;
+    let max_seq = txn.audit_max_seq()?;
+    if let Some((keys, tip)) = chain.as_mut()
+        && max_seq > tip.seq
+    {
+        catch_up(txn, keys, tip)?;
+    }
     // Past both the table and the tip: a forged row keeps its seq (and breaks
     // verification there); a deleted tail leaves a gap rather than being reused.
-    let first = txn.audit_max_seq()?.max(chain.as_ref().map_or(0, |(_, tip)| tip.seq)) + 1;
+    let first = max_seq.max(chain.as_ref().map_or(0, |(_, tip)| tip.seq)) + 1;
     let time_unix_ms = now_ms();
     let mut rows: Vec<AuditRow> = (first..)
         .zip(events)
@@ -93,6 +100,39 @@ pub fn append(
         txn.audit_insert(row)?;
     }
     Ok(rows)
+}
+
+/// The one record another process appends while vaultd may be unlocked: the
+/// offline break-glass's `incident.revoke_all`, stored unchained (it has no keys).
+/// vaultd adopts such records, and only those, chaining them on before anything
+/// new, as it does at unlock for entries written while sealed. Anything else
+/// after the tip (a forged row, chained or not) is never chained over: it stays
+/// for `audit verify` to report.
+fn catch_up(txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip) -> Result<(), StoreError> {
+    let backlog = txn.audit_after(tip.seq)?;
+    for row in &backlog {
+        if row.mac.is_some() || !is_offline_incident(txn, row)? {
+            return Ok(());
+        }
+    }
+    for row in &backlog {
+        let mac = chain_row(keys, tip, row);
+        txn.audit_set_mac(row.seq, &mac)?;
+    }
+    tracing::warn!(entries = backlog.len(), "adopted the audit record of an offline revoke-all");
+    Ok(())
+}
+
+/// Whether `row` records an offline revoke-all whose incident is stored.
+fn is_offline_incident(txn: &Txn<'_>, row: &AuditRow) -> Result<bool, StoreError> {
+    if row.kind != "incident.revoke_all" {
+        return Ok(false);
+    }
+    let detail: Value = serde_json::from_str(&row.detail).unwrap_or_default();
+    let (Some(id), Some("offline")) = (detail["incident"].as_i64(), detail["mode"].as_str()) else {
+        return Ok(false);
+    };
+    Ok(txn.incident_mode(id)?.as_deref() == Some("offline"))
 }
 
 /// At unlock: finds the tip (the head, if its MAC checks out) and chains the

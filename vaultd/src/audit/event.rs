@@ -42,6 +42,17 @@ impl Actor {
         }
     }
 
+    /// This process, acting without a socket (vaultctl's offline break-glass).
+    pub fn this_process(socket: &'static str) -> Actor {
+        Actor {
+            socket: Some(socket),
+            uid: Some(rustix::process::getuid().as_raw()),
+            gid: Some(rustix::process::getgid().as_raw()),
+            pid: Some(rustix::process::getpid().as_raw_nonzero().get()),
+            ..Actor::default()
+        }
+    }
+
     pub fn vaultd() -> Actor {
         Actor { vaultd: true, ..Actor::default() }
     }
@@ -104,7 +115,7 @@ impl Event {
         match self.kind.split('.').next().unwrap_or_default() {
             // An alert: a rotation is due and nobody has done it.
             _ if self.kind == "rotation.due" => "security",
-            "vault" | "request" | "client" | "token" => "security",
+            "vault" | "request" | "client" | "token" | "incident" => "security",
             "rotation" => "change",
             "secret" if self.kind == "secret.read" || self.kind == "secret.reveal" => "access",
             "secret" => "change",

@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schema/0004_tokens.sql"),
     include_str!("../../../schema/0005_exe_sha256.sql"),
     include_str!("../../../schema/0006_rotation.sql"),
+    include_str!("../../../schema/0007_incident.sql"),
 ];
 
 /// Brings the database up to date; refuses one from a newer vaultd.

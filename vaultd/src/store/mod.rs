@@ -7,6 +7,7 @@
 mod access;
 mod audit;
 mod files;
+mod incident;
 mod migrations;
 mod rotation;
 mod tokens;
@@ -14,6 +15,7 @@ mod tokens;
 pub use access::ClientRow;
 pub use audit::{AuditFilter, AuditRow, AuditSnapshot};
 pub use files::prepare_data_dir;
+pub use incident::{IncidentRow, Revoked};
 pub use rotation::{DueRow, OldVersion, PolicyChange, Promoted, RotationRow};
 pub use tokens::{NewToken, TokenRow};
 

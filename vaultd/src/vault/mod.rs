@@ -4,6 +4,7 @@
 //! `unlock` then fails with [`VaultError::Sealed`]. Nothing here knows about gRPC.
 //! Rotation's state machine is in [`rotate`]; live updates for agents in [`watch`].
 
+mod incident;
 mod rotate;
 mod watch;
 
@@ -65,6 +66,8 @@ pub enum VaultError {
     EmptyValue,
     #[error("the value is {0} bytes; the limit is {max} bytes", max = vault_proto::MAX_VALUE_LEN)]
     ValueTooLarge(usize),
+    #[error("incident {0} not found")]
+    IncidentNotFound(i64),
     #[error("a rotation of {0} is already in progress")]
     RotationInProgress(String),
     #[error("{0}")]
@@ -129,6 +132,8 @@ pub struct Status {
     /// `env/name` of secrets due for rotation, and of those whose last rotation failed.
     pub rotations_due: Vec<String>,
     pub rotations_failed: Vec<String>,
+    /// `env/name` of secrets whose current version is compromised (revoke-all).
+    pub compromised: Vec<String>,
 }
 
 /// Live tokens a client may hold at once.
@@ -175,12 +180,21 @@ pub struct Vault {
     /// version, a grant, a client or token change, a seal). A watch channel keeps
     /// only the latest value: a slow watcher skips to the newest state.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The newest incident this vaultd has acted on (see `incident`).
+    incident_seen: std::sync::atomic::AtomicI64,
+    /// Bumped by every incident: watches opened before it end.
+    incident_epoch: std::sync::atomic::AtomicU64,
+    /// Watch streams open now.
+    watching: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bumped to close every agent connection.
+    cutoff: tokio::sync::watch::Sender<u64>,
 }
 
 impl Vault {
     /// Opens the vault in `data_dir`, sealed.
     pub fn open(data_dir: &Path, config: &Config) -> Result<Arc<Vault>, VaultError> {
         let store = Store::open(data_dir)?;
+        let latest_incident = store.latest_incident()?;
         let (published, _) = broadcast::channel(forward::BUFFER);
         Ok(Arc::new_cyclic(|vault: &Weak<Vault>| {
             let vault = vault.clone();
@@ -199,6 +213,10 @@ impl Vault {
                 rotation: config.rotation.clone(),
                 rotating: Mutex::default(),
                 changes: tokio::sync::watch::Sender::new(0),
+                incident_seen: latest_incident.into(),
+                incident_epoch: Default::default(),
+                watching: Arc::default(),
+                cutoff: tokio::sync::watch::Sender::new(0),
                 owner: rustix::process::geteuid().as_raw(),
                 published,
                 forward_stats: Arc::default(),
@@ -339,6 +357,10 @@ impl Vault {
                     .into_iter()
                     .map(|d| format!("{}/{}", d.env, d.name))
                     .collect(),
+                false => Vec::new(),
+            },
+            compromised: match keys_present {
+                true => self.store.compromised()?.into_iter().map(|r| format!("{}/{}", r.env, r.name)).collect(),
                 false => Vec::new(),
             },
             rotations_failed: match keys_present {

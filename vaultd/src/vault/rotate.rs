@@ -284,9 +284,13 @@ impl Vault {
         Ok(keys.open_version(&secret.version(version), &ciphertext)?)
     }
 
-    /// Secrets with a schedule (every environment), or only those due now.
-    pub fn rotations(&self, due_only: bool) -> Result<Vec<SecretRow>, VaultError> {
+    /// Secrets with a schedule (every environment), or only those due now, or
+    /// (`compromised`) those whose current version revoke-all marked compromised.
+    pub fn rotations(&self, due_only: bool, compromised: bool) -> Result<Vec<SecretRow>, VaultError> {
         self.keys()?;
+        if compromised {
+            return Ok(self.store.compromised()?);
+        }
         Ok(self.store.scheduled(due_only.then(now_unix))?)
     }
 

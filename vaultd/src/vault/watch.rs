@@ -11,6 +11,8 @@ use super::{Reader, SecretRef, Vault, VaultError};
 use crate::audit::{Actor, Event, Outcome};
 use crate::crypto::SecretBytes;
 use crate::identity::Peer;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One open watch.
 pub struct Watcher {
@@ -19,6 +21,25 @@ pub struct Watcher {
     /// Each watched secret with the version last sent.
     secrets: Vec<(String, String, u64)>,
     changes: tokio::sync::watch::Receiver<u64>,
+    /// The incident epoch at open: a later incident ends the watch.
+    epoch: u64,
+    _open: Open,
+}
+
+/// Counts a watch as open until it is dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Open {
+        count.fetch_add(1, Ordering::SeqCst);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A value sent to a watcher.
@@ -40,6 +61,7 @@ impl Vault {
     ) -> Result<(Watcher, Vec<Update>), VaultError> {
         // Subscribed before the first read, so a change between the two is seen.
         let changes = self.changes.subscribe();
+        let epoch = self.incident_epoch.load(Ordering::SeqCst);
         let mut actor = actor.clone();
         let reader = self.identify(&mut actor, peer, token).await?;
         self.admit(&actor, &reader)?;
@@ -51,7 +73,8 @@ impl Vault {
             .map(|(s, (version, value))| Update { env: s.env.into(), name: s.name.into(), version, value })
             .collect::<Vec<_>>();
         let secrets = first.iter().map(|u| (u.env.clone(), u.name.clone(), u.version)).collect();
-        Ok((Watcher { actor, reader, secrets, changes }, first))
+        let open = Open::new(&self.watching);
+        Ok((Watcher { actor, reader, secrets, changes, epoch, _open: open }, first))
     }
 
     /// Waits until some watched secret has a new current version and returns
@@ -61,6 +84,9 @@ impl Vault {
         loop {
             if watcher.changes.changed().await.is_err() {
                 return Err(VaultError::Sealed);
+            }
+            if self.incident_epoch.load(Ordering::SeqCst) != watcher.epoch {
+                return Err(VaultError::AccessEnded("every watched secret (revoke-all)".into()));
             }
             self.recheck(watcher)?;
             let clients = self.candidate_clients(&watcher.reader)?;
