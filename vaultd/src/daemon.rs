@@ -40,7 +40,7 @@ pub enum DaemonError {
 
 /// Runs the daemon on `opts.data_dir` until `shutdown` completes.
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let vault = Vault::open(&opts.data_dir, opts.config.audit.reads, opts.config.limits)?;
+    let vault = Vault::open(&opts.data_dir, opts.config.audit.reads, opts.config.limits, opts.config.keys)?;
     if let Some(file) = &opts.passphrase_file {
         let passphrase = read_passphrase_file(file)?;
         let v = vault.clone();
@@ -72,7 +72,7 @@ pub async fn run_dev(shutdown: impl Future<Output = ()>) -> Result<(), DaemonErr
         passphrase_file: None,
         config: Config::default(),
     };
-    let vault = Vault::open(&opts.data_dir, opts.config.audit.reads, opts.config.limits)?;
+    let vault = Vault::open(&opts.data_dir, opts.config.audit.reads, opts.config.limits, opts.config.keys)?;
     let passphrase = crypto::random_secret(32).map_err(VaultError::from)?;
     let v = vault.clone();
     blocking(move || v.init(&Actor::vaultd(), &passphrase)).await?;

@@ -11,6 +11,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schema/0003_access.sql"),
     include_str!("../../../schema/0004_tokens.sql"),
     include_str!("../../../schema/0005_exe_sha256.sql"),
+    // 0006 is reserved for secret rotation (issue 5), on another branch; this
+    // placeholder keeps 0007's number until that branch's file takes its place.
+    "-- 0006: reserved",
+    include_str!("../../../schema/0007_keys.sql"),
 ];
 
 /// Brings the database up to date; refuses one from a newer vaultd.
@@ -37,10 +41,10 @@ mod tests {
     #[test]
     fn applies_once_and_refuses_newer() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(apply(&mut conn).unwrap(), 5);
-        assert_eq!(apply(&mut conn).unwrap(), 5);
+        assert_eq!(apply(&mut conn).unwrap(), 7);
+        assert_eq!(apply(&mut conn).unwrap(), 7);
         conn.pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(apply(&mut conn), Err(StoreError::NewerSchema { found: 99, known: 5 })));
+        assert!(matches!(apply(&mut conn), Err(StoreError::NewerSchema { found: 99, known: 7 })));
     }
 
     #[test]
