@@ -12,6 +12,7 @@ const REDACTED: &[&str] = &[
     "vault.v1.ShowSecretResponse",
     "vault.v1.HashValueRequest",
     "vault.v1.CreateTokenResponse",
+    "vault.v1.RekeyRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

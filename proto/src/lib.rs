@@ -77,6 +77,7 @@ redacted_debug!(v1::PutSecretRequest { secret, provider, description } redact { 
 redacted_debug!(v1::ShowSecretResponse { secret } redact { value });
 redacted_debug!(v1::HashValueRequest {} redact { value });
 redacted_debug!(v1::CreateTokenResponse { info } redact { token });
+redacted_debug!(v1::RekeyRequest { kdf } redact { passphrase, new_passphrase });
 
 #[cfg(test)]
 mod tests {
@@ -86,7 +87,12 @@ mod tests {
     fn debug_of_value_carrying_messages_is_redacted() {
         let put = v1::PutSecretRequest { value: b"hunter2-token".to_vec(), ..Default::default() };
         let unlock = v1::UnlockRequest { passphrase: b"correct horse".to_vec() };
-        let shown = format!("{put:?} {unlock:?}");
+        let rekey = v1::RekeyRequest {
+            passphrase: b"hunter2 old".to_vec(),
+            new_passphrase: b"hunter2 new".to_vec(),
+            kdf: None,
+        };
+        let shown = format!("{put:?} {unlock:?} {rekey:?}");
         assert!(shown.contains("[redacted]"), "{shown}");
         assert!(!shown.contains("hunter2") && !shown.contains("horse"), "{shown}");
         // 104 is 'h': prost's derived Debug would print the bytes as numbers.

@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 use vault_proto::v1::admin_client::AdminClient;
 use vault_proto::v1::agent_client::AgentClient;
-use vault_proto::v1::{self, AuditEntry, AuditFilter, SecretRef};
+use vault_proto::v1::{self, AuditFilter, SecretRef};
 use vault_tests::{Daemon, Options, PASSPHRASE, is_root};
 
 /// Set (to a JSON spec) only in the child: which calls to make, as whom.
@@ -37,7 +37,7 @@ const MARK: &str = "authz-result ";
 /// order, except that Seal and Unlock go last (in that order) so that a seal,
 /// whoever manages it, is undone before the next row.
 const AGENT_CALLS: [&str; 3] = ["GetSecret", "GetSecrets", "GetSecret missing"];
-const ADMIN_CALLS: [&str; 23] = [
+const ADMIN_CALLS: [&str; 27] = [
     "Init",
     "Unlock",
     "Seal",
@@ -61,6 +61,10 @@ const ADMIN_CALLS: [&str; 23] = [
     "CreateToken",
     "ListTokens",
     "RevokeTokens",
+    "Rekey",
+    "RotateKey",
+    "RewrapKeys",
+    "Backup",
 ];
 /// How long one call (or a stream's first message) may take in the child.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -237,7 +241,7 @@ fn request<T>(token: Option<&str>, msg: T) -> Request<T> {
 
 /// A server stream counts as answered by its call or its first message,
 /// whichever carries the status (a denial may come on either).
-async fn first_message(opened: Result<Response<Streaming<AuditEntry>>, Status>) -> Result<(), Status> {
+async fn first_message<T>(opened: Result<Response<Streaming<T>>, Status>) -> Result<(), Status> {
     let mut stream = opened?.into_inner();
     match tokio::time::timeout(CALL_TIMEOUT, stream.message()).await {
         Ok(message) => message.map(drop),
@@ -326,6 +330,14 @@ impl Caller {
                 let revoke = v1::RevokeTokensRequest { accessor: self.accessor.clone(), all: false };
                 done(admin.revoke_tokens(request(t, revoke)).await)
             }
+            "Rekey" => {
+                // The same passphrase and parameters: only the salt changes.
+                let rekey = v1::RekeyRequest { passphrase, new_passphrase: Vec::new(), kdf: None };
+                done(admin.rekey(request(t, rekey)).await)
+            }
+            "RotateKey" => done(admin.rotate_key(request(t, v1::RotateKeyRequest { rewrap: false })).await),
+            "RewrapKeys" => done(admin.rewrap_keys(request(t, v1::RewrapKeysRequest { after: 0, batch: 100 })).await),
+            "Backup" => first_message(admin.backup(request(t, v1::BackupRequest {})).await).await,
             other => Err(Status::unimplemented(format!("the test has no call {other:?}"))),
         }
     }

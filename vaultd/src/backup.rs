@@ -211,7 +211,13 @@ fn mac_matches(src: &Path, keys: &Unlocked, claimed: &[u8]) -> Result<bool, Back
 /// `passphrase`, checks its HMAC, decrypts every stored version and checks the
 /// audit chain. Restores nothing.
 pub fn verify(src: &Path, passphrase: &SecretBytes) -> Result<Report, BackupError> {
-    let tmp = tempfile::Builder::new().prefix("vaultd-verify-").tempdir().map_err(io_at(&std::env::temp_dir()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    // Owner-only from creation, like a data dir: it holds a copy of the vault.
+    let tmp = tempfile::Builder::new()
+        .prefix("vaultd-verify-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(io_at(&std::env::temp_dir()))?;
     let db = tmp.path().join(DB_FILE);
     let (bytes, claimed) = unpack(src, &mut create_owner_only(&db)?, &db)?;
     let store = Store::open(tmp.path())?;

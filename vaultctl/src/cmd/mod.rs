@@ -3,12 +3,16 @@
 //! reaches the daemon's logs.
 
 mod audit;
+mod backup;
 mod client;
 mod get;
 mod init;
 mod list;
 mod put;
+mod rekey;
+mod restore;
 mod rm;
+mod rotate_key;
 mod seal;
 mod show;
 mod status;
@@ -54,6 +58,14 @@ pub(crate) enum Command {
     /// Create, list and revoke bearer tokens for clients.
     #[command(subcommand)]
     Token(token::Command),
+    /// Change the passphrase and/or the Argon2 parameters (re-wraps the root key only).
+    Rekey(rekey::Args),
+    /// Start a new key term for new writes; --rewrap re-encrypts everything under it.
+    RotateKey(rotate_key::Args),
+    /// Write an online, consistent backup to FILE; `backup verify FILE` checks one.
+    Backup(backup::Args),
+    /// Restore a backup into a new, empty data directory (offline).
+    Restore(restore::Args),
 }
 
 pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
@@ -71,6 +83,10 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Audit(command) => audit::run(global, command).await,
         Command::Client(command) => client::run(global, command).await,
         Command::Token(command) => token::run(global, command).await,
+        Command::Rekey(args) => rekey::run(global, args).await,
+        Command::RotateKey(args) => rotate_key::run(global, args).await,
+        Command::Backup(args) => backup::run(global, args).await,
+        Command::Restore(args) => restore::run(global, args),
     }
 }
 
