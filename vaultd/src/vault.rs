@@ -855,14 +855,14 @@ impl Vault {
     pub fn rotate_key(&self, actor: &Actor, rewrap: bool) -> Result<Rotated, VaultError> {
         let keys = self.keys()?;
         let rotated = self.write(|txn| {
-            let (newest, _) = txn.newest_term()?;
-            if rewrap && txn.rewrap_pending()? {
-                let to_rewrap = txn.count_older_versions(newest)?;
+            if rewrap && let Some(target) = txn.rewrap_target()? {
+                let to_rewrap = txn.count_older_versions(target)?;
                 let event = Event::new("key.rewrap.resume", Outcome::Ok, actor)
-                    .with("term", newest)
+                    .with("term", target)
                     .with("to_rewrap", to_rewrap);
-                return Ok((Rotated { term: newest, new_term: false, to_rewrap, retired: vec![] }, vec![event]));
+                return Ok((Rotated { term: target, new_term: false, to_rewrap, retired: vec![] }, vec![event]));
             }
+            let (newest, _) = txn.newest_term()?;
             let term = newest.checked_add(1).ok_or(VaultError::TermsExhausted)?;
             txn.insert_term(&keys.add_term(term)?, rewrap)?;
             let retired = txn.retire_unused_terms(term)?;
@@ -885,19 +885,22 @@ impl Vault {
         Ok(rotated)
     }
 
-    /// One batch of a rewrap: re-seals up to `limit` versions with rowid above
-    /// `after` that are sealed under an older term, under the newest, in one
-    /// durable transaction with its record. Progress lives in the data (each
-    /// ciphertext names its term), so a crash loses at most the batch in flight
-    /// and a new walk continues. Once the walk finds nothing older left, the
-    /// older terms are retired. Call from a blocking context.
-    pub fn rewrap(&self, actor: &Actor, after: u64, limit: u32) -> Result<Rewrapped, VaultError> {
+    /// One batch of a rewrap: re-seals, under the newest term, up to `limit`
+    /// versions with rowid above `after` that are sealed under a term older than
+    /// `target` (`None`: the newest), in one durable transaction with its record.
+    /// Progress lives in the data (each ciphertext names its term), so a crash
+    /// loses at most the batch in flight and a new walk continues. A term started
+    /// meanwhile (the encryption limit) is at least `target`, so the walk still
+    /// ends. Once nothing older than `target` is left, the terms no version uses
+    /// are retired. Call from a blocking context.
+    pub fn rewrap(&self, actor: &Actor, target: Option<u32>, after: u64, limit: u32) -> Result<Rewrapped, VaultError> {
         let keys = self.keys()?;
         // A batch seals `limit` values under one term, so it may not exceed the per-term limit.
         let limit = limit.clamp(1, MAX_REWRAP_BATCH).min(u32::try_from(self.max_encryptions).unwrap_or(u32::MAX));
         let result = self.write(|txn| {
             let (newest, _) = txn.newest_term()?;
-            let batch = txn.older_versions(after, newest, limit)?;
+            let target = target.unwrap_or(newest).min(newest);
+            let batch = txn.older_versions(after, target, limit)?;
             let mut events = Vec::new();
             let mut term = newest;
             let mut next_after = after;
@@ -920,12 +923,14 @@ impl Vault {
             let done = (batch.len() as u64) < u64::from(limit);
             let (mut remaining, mut retired) = (0, Vec::new());
             if done {
-                remaining = txn.count_older_versions(term)?;
+                remaining = txn.count_older_versions(target)?;
                 if remaining == 0 {
                     retired = txn.retire_unused_terms(term)?;
-                    if txn.rewrap_pending()? {
+                    if let Some(pending) = txn.rewrap_target()?
+                        && txn.count_older_versions(pending)? == 0
+                    {
                         txn.rewrap_finished()?;
-                        events.push(Event::new("key.rewrap.done", Outcome::Ok, actor).with("term", term));
+                        events.push(Event::new("key.rewrap.done", Outcome::Ok, actor).with("term", pending));
                     }
                     if !retired.is_empty() {
                         events.push(Event::new("key.retire", Outcome::Ok, actor).with("terms", retired.clone()));

@@ -37,8 +37,7 @@ struct RotateJson {
     retired_terms: Vec<u32>,
 }
 
-/// Walks over everything at most this many times: each extra walk is needed only
-/// when a new term started while the previous one ran.
+/// Walks over everything at most this many times (one is expected).
 const MAX_WALKS: u32 = 10;
 
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
@@ -49,13 +48,13 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         new_term: rotated.new_term,
         rewrapped: 0,
         to_rewrap: rotated.to_rewrap,
-        retired_terms: rotated.retired_terms,
+        retired_terms: rotated.retired_terms.clone(),
     };
     if args.rewrap {
         let mut progress = Progress::new(out.to_rewrap);
         let (mut after, mut walks) = (0, 1);
         loop {
-            let batch = RewrapKeysRequest { after, batch: args.batch };
+            let batch = RewrapKeysRequest { after, batch: args.batch, term: rotated.term };
             let reply = match admin.rewrap_keys(batch).await.reply() {
                 Ok(reply) => reply,
                 Err(e) => {
@@ -75,7 +74,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
                 if reply.remaining == 0 {
                     break;
                 }
-                // A term started meanwhile: walk again for what it left behind.
+                // Versions left behind the walk (not expected: new writes use a
+                // newer term): walk again from the start.
                 walks += 1;
                 anyhow::ensure!(
                     walks <= MAX_WALKS,

@@ -393,7 +393,8 @@ impl Admin for AdminApi {
         let r = req.into_inner();
         let batch = if r.batch == 0 { DEFAULT_REWRAP_BATCH } else { r.batch };
         let vault = self.vault.clone();
-        let w = blocking(move || vault.rewrap(&actor, r.after, batch)).await?;
+        let target = (r.term != 0).then_some(r.term);
+        let w = blocking(move || vault.rewrap(&actor, target, r.after, batch)).await?;
         if w.done && w.remaining == 0 {
             tracing::info!(term = w.term, retired = ?w.retired, "rewrap finished");
         }

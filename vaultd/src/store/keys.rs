@@ -73,9 +73,9 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Whether a `rotate-key --rewrap` has not finished yet.
-    pub fn rewrap_pending(&self) -> Result<bool, StoreError> {
-        Ok(self.tx.query_row("SELECT EXISTS (SELECT 1 FROM key_term WHERE rewrap = 1)", [], |r| r.get(0))?)
+    /// The target term of a `rotate-key --rewrap` that has not finished yet.
+    pub fn rewrap_target(&self) -> Result<Option<u32>, StoreError> {
+        Ok(self.tx.query_row("SELECT MAX(term) FROM key_term WHERE rewrap = 1", [], |r| r.get(0))?)
     }
 
     pub fn rewrap_finished(&self) -> Result<(), StoreError> {
@@ -83,9 +83,9 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Up to `limit` versions sealed under a term older than `newest`, with rowid
+    /// Up to `limit` versions sealed under a term older than `target`, with rowid
     /// above `after`, in rowid order.
-    pub fn older_versions(&self, after: u64, newest: u32, limit: u32) -> Result<Vec<OldVersion>, StoreError> {
+    pub fn older_versions(&self, after: u64, target: u32, limit: u32) -> Result<Vec<OldVersion>, StoreError> {
         let mut stmt = self.tx.prepare_cached(
             "SELECT v.rowid, s.env, s.name, v.version, v.ciphertext
              FROM secret_version v JOIN secret s ON s.id = v.secret_id
@@ -93,7 +93,7 @@ impl Txn<'_> {
              ORDER BY v.rowid LIMIT ?3",
         )?;
         let rows = stmt
-            .query_map(params![after, term_bytes(newest), limit], |r| {
+            .query_map(params![after, term_bytes(target), limit], |r| {
                 Ok(OldVersion {
                     rowid: r.get(0)?,
                     env: r.get(1)?,
@@ -106,11 +106,11 @@ impl Txn<'_> {
         Ok(rows)
     }
 
-    /// How many versions are sealed under a term older than `newest`.
-    pub fn count_older_versions(&self, newest: u32) -> Result<u64, StoreError> {
+    /// How many versions are sealed under a term older than `target`.
+    pub fn count_older_versions(&self, target: u32) -> Result<u64, StoreError> {
         Ok(self.tx.query_row(
             "SELECT COUNT(*) FROM secret_version WHERE ciphertext IS NOT NULL AND substr(ciphertext, 2, 4) < ?",
-            [term_bytes(newest)],
+            [term_bytes(target)],
             |r| r.get(0),
         )?)
     }
