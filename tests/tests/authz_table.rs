@@ -336,7 +336,9 @@ impl Caller {
                 done(admin.rekey(request(t, rekey)).await)
             }
             "RotateKey" => done(admin.rotate_key(request(t, v1::RotateKeyRequest { rewrap: false })).await),
-            "RewrapKeys" => done(admin.rewrap_keys(request(t, v1::RewrapKeysRequest { after: 0, batch: 100, term: 0 })).await),
+            "RewrapKeys" => {
+                done(admin.rewrap_keys(request(t, v1::RewrapKeysRequest { after: 0, batch: 100, term: 0 })).await)
+            }
             "Backup" => first_message(admin.backup(request(t, v1::BackupRequest {})).await).await,
             other => Err(Status::unimplemented(format!("the test has no call {other:?}"))),
         }
