@@ -13,6 +13,7 @@ const REDACTED: &[&str] = &[
     "vault.v1.HashValueRequest",
     "vault.v1.CreateTokenResponse",
     "vault.v1.RotateSecretRequest",
+    "vault.v1.RekeyRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

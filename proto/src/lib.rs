@@ -78,6 +78,7 @@ redacted_debug!(v1::RotateSecretRequest { secret } redact { value });
 redacted_debug!(v1::ShowSecretResponse { secret } redact { value });
 redacted_debug!(v1::HashValueRequest {} redact { value });
 redacted_debug!(v1::CreateTokenResponse { info } redact { token });
+redacted_debug!(v1::RekeyRequest { kdf } redact { passphrase, new_passphrase });
 
 #[cfg(test)]
 mod tests {
@@ -87,8 +88,13 @@ mod tests {
     fn debug_of_value_carrying_messages_is_redacted() {
         let put = v1::PutSecretRequest { value: b"hunter2-token".to_vec(), ..Default::default() };
         let unlock = v1::UnlockRequest { passphrase: b"correct horse".to_vec() };
+        let rekey = v1::RekeyRequest {
+            passphrase: b"hunter2 old".to_vec(),
+            new_passphrase: b"hunter2 new".to_vec(),
+            kdf: None,
+        };
         let rotate = v1::RotateSecretRequest { value: b"hunter2-rotated".to_vec(), ..Default::default() };
-        let shown = format!("{put:?} {unlock:?} {rotate:?}");
+        let shown = format!("{put:?} {unlock:?} {rekey:?} {rotate:?}");
         assert!(shown.contains("[redacted]"), "{shown}");
         assert!(!shown.contains("hunter2") && !shown.contains("horse"), "{shown}");
         // 104 is 'h': prost's derived Debug would print the bytes as numbers.

@@ -335,7 +335,10 @@ impl Daemon {
             cmd.arg("--config").arg(path);
         }
         cmd.args(&self.opts.args);
-        cmd.env_remove("VAULTD_LOG").env_remove("VAULTD_INSECURE_TEST_KDF").env_remove("RUNTIME_DIRECTORY");
+        cmd.env_remove("VAULTD_LOG")
+            .env_remove("VAULTD_INSECURE_TEST_KDF")
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("VAULTD_PASSPHRASE");
         // Tests run under systemd must not announce their vaultd to the runner's manager.
         cmd.env_remove("NOTIFY_SOCKET");
         if self.opts.fast_kdf {
@@ -461,14 +464,21 @@ impl Daemon {
     }
 
     /// A vaultctl command aimed at this daemon through `VAULT_SOCKET` and
-    /// `VAULT_ADMIN_SOCKET` (and no inherited `VAULT_ENV`).
+    /// `VAULT_ADMIN_SOCKET` (and no inherited `VAULT_ENV` or `VAULT_PASSPHRASE`).
+    /// Offline commands (`backup verify`) open vault files themselves, so they get
+    /// the daemon's KDF profile switch too.
     pub fn ctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&bins().vaultctl);
         cmd.args(args)
             .env("VAULT_SOCKET", &self.agent_socket)
             .env("VAULT_ADMIN_SOCKET", &self.admin_socket)
             .env_remove("VAULT_ENV")
-            .env_remove("VAULT_TOKEN");
+            .env_remove("VAULT_TOKEN")
+            .env_remove("VAULT_PASSPHRASE")
+            .env_remove("VAULTD_INSECURE_TEST_KDF");
+        if self.opts.fast_kdf {
+            cmd.env("VAULTD_INSECURE_TEST_KDF", "1");
+        }
         cmd
     }
 
@@ -567,6 +577,27 @@ impl Daemon {
         (bytes, entries)
     }
 
+    /// The key terms in the database, oldest first: (term, encryptions).
+    pub fn key_terms(&self) -> Vec<(u32, u64)> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT term, encryptions FROM key_term ORDER BY term").expect("key_term");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("key_term").map(|r| r.expect("a row")).collect()
+    }
+
+    /// The key term each stored version's ciphertext names (bytes 2..=5, big-endian).
+    pub fn version_terms(&self) -> Vec<u32> {
+        let db = self.db();
+        let mut stmt =
+            db.prepare("SELECT ciphertext FROM secret_version WHERE ciphertext IS NOT NULL").expect("versions");
+        stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .expect("versions")
+            .map(|ct| {
+                let ct = ct.expect("a row");
+                u32::from_be_bytes(ct[1..5].try_into().expect("a ciphertext names its term"))
+            })
+            .collect()
+    }
+
     /// A connection to the vault's database, for inspecting or tampering with it
     /// while vaultd runs (WAL mode: vaultd's reader sees committed changes).
     pub fn db(&self) -> rusqlite::Connection {
@@ -630,6 +661,37 @@ pub fn unique_tag() -> String {
 pub fn jsonl(bytes: &[u8]) -> Vec<serde_json::Value> {
     let text = std::str::from_utf8(bytes).expect("JSON lines are UTF-8");
     text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}"))).collect()
+}
+
+/// A small seeded PRNG (xorshift64*) for randomized tests: the seed comes from
+/// the environment variable given, else from the clock, and is printed by the
+/// tests so a failing run can be replayed.
+#[derive(Debug)]
+pub struct Rng {
+    pub seed: u64,
+    state: u64,
+}
+
+impl Rng {
+    pub fn from_env(var: &str) -> Rng {
+        let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            now.as_nanos() as u64 ^ u64::from(std::process::id())
+        });
+        Rng { seed, state: seed | 1 }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform enough in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
 }
 
 /// Lowercase hex.

@@ -37,7 +37,7 @@ const MARK: &str = "authz-result ";
 /// order, except that Seal and Unlock go last (in that order) so that a seal,
 /// whoever manages it, is undone before the next row.
 const AGENT_CALLS: [&str; 4] = ["GetSecret", "GetSecrets", "WatchSecrets", "GetSecret missing"];
-const ADMIN_CALLS: [&str; 29] = [
+const ADMIN_CALLS: [&str; 33] = [
     "Init",
     "Unlock",
     "Seal",
@@ -67,6 +67,10 @@ const ADMIN_CALLS: [&str; 29] = [
     "CreateToken",
     "ListTokens",
     "RevokeTokens",
+    "Rekey",
+    "RotateKey",
+    "RewrapKeys",
+    "Backup",
 ];
 /// How long one call (or a stream's first message) may take in the child.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -359,6 +363,16 @@ impl Caller {
                 let revoke = v1::RevokeTokensRequest { accessor: self.accessor.clone(), all: false };
                 done(admin.revoke_tokens(request(t, revoke)).await)
             }
+            "Rekey" => {
+                // The same passphrase and parameters: only the salt changes.
+                let rekey = v1::RekeyRequest { passphrase, new_passphrase: Vec::new(), kdf: None };
+                done(admin.rekey(request(t, rekey)).await)
+            }
+            "RotateKey" => done(admin.rotate_key(request(t, v1::RotateKeyRequest { rewrap: false })).await),
+            "RewrapKeys" => {
+                done(admin.rewrap_keys(request(t, v1::RewrapKeysRequest { after: 0, batch: 100, term: 0 })).await)
+            }
+            "Backup" => first_message(admin.backup(request(t, v1::BackupRequest {})).await).await,
             other => Err(Status::unimplemented(format!("the test has no call {other:?}"))),
         }
     }

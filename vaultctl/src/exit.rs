@@ -92,6 +92,10 @@ fn code_of(err: &anyhow::Error) -> u8 {
         if cause.is::<Unreachable>() {
             return UNREACHABLE;
         }
+        // Offline checks (backup verify): a wrong passphrase is "denied", as on unlock.
+        if let Some(vaultd::backup::BackupError::WrongPassphrase) = cause.downcast_ref() {
+            return NOT_FOUND;
+        }
     }
     ERROR
 }

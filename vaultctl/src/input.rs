@@ -21,10 +21,39 @@ pub(crate) enum Passphrase {
     Existing,
 }
 
+/// Where vaultctl looks for the vault passphrase when no `--passphrase-file` is
+/// given, before prompting: for containers, where neither a file nor a terminal
+/// is at hand. The trade-off is in SECURITY.md.
+pub(crate) const PASSPHRASE_ENV: &str = "VAULT_PASSPHRASE";
+
 /// The vault passphrase: from `file` (`-` is stdin) with one trailing line ending
 /// removed — a file written by `echo` ends with one, and the passphrase does not —
-/// or else from a no-echo prompt.
+/// else from `$VAULT_PASSPHRASE` (taken as is), else from a no-echo prompt.
 pub(crate) fn passphrase(file: Option<&Path>, kind: Passphrase) -> anyhow::Result<Secret> {
+    if file.is_none()
+        && let Some(value) = std::env::var_os(PASSPHRASE_ENV)
+    {
+        let passphrase = Secret::new(std::os::unix::ffi::OsStringExt::into_vec(value));
+        if passphrase.is_empty() {
+            return Err(usage(format!("{PASSPHRASE_ENV} is set but empty")));
+        }
+        refuse_too_long("passphrase", passphrase.len())?;
+        return Ok(passphrase);
+    }
+    read_passphrase(
+        file,
+        kind,
+        "no passphrase: use --passphrase-file FILE ('-' for stdin) or VAULT_PASSPHRASE when not at a terminal",
+    )
+}
+
+/// A new passphrase (`rekey`): from `file`, or typed twice at a prompt. Never
+/// from the environment, which holds the current one.
+pub(crate) fn new_passphrase(file: Option<&Path>) -> anyhow::Result<Secret> {
+    read_passphrase(file, Passphrase::New, "no new passphrase: use --new-passphrase-file FILE when not at a terminal")
+}
+
+fn read_passphrase(file: Option<&Path>, kind: Passphrase, no_terminal: &str) -> anyhow::Result<Secret> {
     let passphrase = match file {
         Some(path) => {
             let mut bytes = read_path(path, "passphrase")?;
@@ -32,7 +61,7 @@ pub(crate) fn passphrase(file: Option<&Path>, kind: Passphrase) -> anyhow::Resul
             Secret::new(std::mem::take(&mut *bytes))
         }
         None => {
-            require_terminal("no passphrase: use --passphrase-file FILE ('-' for stdin) when not at a terminal")?;
+            require_terminal(no_terminal)?;
             let prompt = match kind {
                 Passphrase::New => "New vault passphrase: ",
                 Passphrase::Existing => "Vault passphrase: ",

@@ -25,6 +25,40 @@ pub struct Config {
     /// `[rotation]`: versions kept, scheduler period, hook limits.
     #[serde(default)]
     pub rotation: crate::rotation::RotationConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+}
+
+/// `[keys]`: the key-term lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Values one key term may seal before vaultd starts a new term on its own.
+    /// AES-GCM with random 96-bit nonces stays safe well below 2^32 messages per
+    /// key (NIST SP 800-38D); the default, 2^30, keeps a wide margin.
+    #[serde(default = "default_max_encryptions", deserialize_with = "positive")]
+    pub max_encryptions_per_term: u64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig { max_encryptions_per_term: default_max_encryptions() }
+    }
+}
+
+fn default_max_encryptions() -> u64 {
+    1 << 30
+}
+
+/// The ceiling is 2^32 itself: past it random nonces are no longer safe.
+fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = u64::deserialize(d)?;
+    if n == 0 || n > 1 << 32 {
+        return Err(serde::de::Error::custom(format!(
+            "max_encryptions_per_term = {n}: expected 1 ..= 4294967296 (2^32)"
+        )));
+    }
+    Ok(n)
 }
 
 impl Default for Config {
@@ -35,6 +69,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
             rotation: crate::rotation::RotationConfig::default(),
+            keys: KeysConfig::default(),
         }
     }
 }
@@ -136,6 +171,17 @@ mod tests {
             assert!(toml::from_str::<Config>(&format!("agent_socket_mode = {bad}")).is_err(), "{bad}");
         }
         assert!(toml::from_str::<Config>("unknown = 1").is_err());
+    }
+
+    #[test]
+    fn parses_the_keys_section() {
+        assert_eq!(Config::default().keys.max_encryptions_per_term, 1 << 30);
+        let keys = toml::from_str::<Config>("[keys]\nmax_encryptions_per_term = 1000").unwrap().keys;
+        assert_eq!(keys.max_encryptions_per_term, 1000);
+        for bad in ["0", "4294967297", "-1", "\"many\""] {
+            let text = format!("[keys]\nmax_encryptions_per_term = {bad}");
+            assert!(toml::from_str::<Config>(&text).is_err(), "{bad}");
+        }
     }
 
     #[test]

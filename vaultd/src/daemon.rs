@@ -16,12 +16,18 @@ use std::time::Duration;
 /// How often the log head is checkpointed (and forwarded) and retention applied.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
+/// Where vaultd takes the passphrase from at startup when no `--passphrase-file`
+/// is given: for containers. The trade-off is in SECURITY.md.
+pub const PASSPHRASE_ENV: &str = "VAULTD_PASSPHRASE";
+
 #[derive(Debug)]
 pub struct Options {
     pub data_dir: PathBuf,
     pub agent_socket: PathBuf,
     pub admin_socket: PathBuf,
     pub passphrase_file: Option<PathBuf>,
+    /// `$VAULTD_PASSPHRASE`, when set.
+    pub passphrase_env: Option<SecretBytes>,
     pub config: Config,
 }
 
@@ -40,13 +46,20 @@ pub enum DaemonError {
 }
 
 /// Runs the daemon on `opts.data_dir` until `shutdown` completes.
-pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub async fn run(mut opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let vault = Vault::open(&opts.data_dir, &opts.config)?;
-    if let Some(file) = &opts.passphrase_file {
-        let passphrase = read_passphrase_file(file)?;
+    let passphrase = match (&opts.passphrase_file, opts.passphrase_env.take()) {
+        (Some(_), Some(_)) => {
+            return Err(DaemonError::Startup(format!("give --passphrase-file or {PASSPHRASE_ENV}, not both")));
+        }
+        (Some(file), None) => Some((read_passphrase_file(file)?, "the passphrase file")),
+        (None, Some(passphrase)) => Some((passphrase, PASSPHRASE_ENV)),
+        (None, None) => None,
+    };
+    if let Some((passphrase, source)) = passphrase {
         let v = vault.clone();
         blocking(move || v.unlock(&Actor::vaultd(), &passphrase)).await?;
-        tracing::info!("vault unlocked from the passphrase file");
+        tracing::info!("vault unlocked from {source}");
     } else {
         let status = vault.status()?;
         if !status.initialized {
@@ -71,6 +84,7 @@ pub async fn run_dev(shutdown: impl Future<Output = ()>) -> Result<(), DaemonErr
         agent_socket: dir.path().join("agent.sock"),
         admin_socket: dir.path().join("admin.sock"),
         passphrase_file: None,
+        passphrase_env: None,
         config: Config::default(),
     };
     let vault = Vault::open(&opts.data_dir, &opts.config)?;

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod backup;
 pub mod config;
 pub mod crypto;
 pub mod daemon;

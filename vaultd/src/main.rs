@@ -26,7 +26,9 @@ struct Args {
     /// Admin socket, owner-only [default: $RUNTIME_DIRECTORY/admin.sock, else DATA_DIR/admin.sock].
     #[arg(long)]
     admin_socket: Option<PathBuf>,
-    /// Unlock at startup with the passphrase in this file (one trailing newline ignored).
+    /// Unlock at startup with the passphrase in this file (one trailing newline
+    /// ignored), e.g. "$CREDENTIALS_DIRECTORY/passphrase". Without it,
+    /// $VAULTD_PASSPHRASE is used when set (containers; see SECURITY.md).
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
     /// TOML config file (see README).
@@ -95,6 +97,8 @@ fn run(args: Args) -> Result<(), DaemonError> {
             agent_socket: args.socket.unwrap_or_else(|| socket_dir.join("agent.sock")),
             admin_socket: args.admin_socket.unwrap_or_else(|| socket_dir.join("admin.sock")),
             passphrase_file: args.passphrase_file,
+            passphrase_env: std::env::var_os(daemon::PASSPHRASE_ENV)
+                .map(|v| vaultd::crypto::SecretBytes::new(std::os::unix::ffi::OsStringExt::into_vec(v))),
             data_dir,
             config,
         };

@@ -3,6 +3,7 @@
 //! reaches the daemon's logs.
 
 mod audit;
+mod backup;
 mod client;
 mod completions;
 mod get;
@@ -10,8 +11,11 @@ mod incident;
 mod init;
 mod list;
 mod put;
+mod rekey;
+mod restore;
 mod rm;
 mod rotate;
+mod rotate_key;
 mod seal;
 mod show;
 mod status;
@@ -76,6 +80,14 @@ pub(crate) enum Command {
     /// Print the man page (roff), or write all of them with --out-dir: for packaging.
     #[command(hide = true)]
     Man(completions::ManArgs),
+    /// Change the passphrase and/or the Argon2 parameters (re-wraps the root key only).
+    Rekey(rekey::Args),
+    /// Start a new key term for new writes; --rewrap re-encrypts everything under it.
+    RotateKey(rotate_key::Args),
+    /// Write an online, consistent backup to FILE; `backup verify FILE` checks one.
+    Backup(backup::Args),
+    /// Restore a backup into a new, empty data directory (offline).
+    Restore(restore::Args),
 }
 
 pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
@@ -100,6 +112,10 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Token(command) => token::run(global, command).await,
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => completions::man(args),
+        Command::Rekey(args) => rekey::run(global, args).await,
+        Command::RotateKey(args) => rotate_key::run(global, args).await,
+        Command::Backup(args) => backup::run(global, args).await,
+        Command::Restore(args) => restore::run(global, args),
     }
 }
 

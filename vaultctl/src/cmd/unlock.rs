@@ -12,7 +12,8 @@ use crate::input::{self, Passphrase};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Read the passphrase from FILE ('-' for stdin); one trailing newline is
-    /// ignored. Without it, the passphrase is prompted for.
+    /// ignored. Without it, $VAULT_PASSPHRASE is used if set, else the
+    /// passphrase is prompted for.
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
 }

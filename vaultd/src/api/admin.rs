@@ -3,7 +3,7 @@
 
 use super::{actor, blocking, policy_change, rotation_info, secret_meta, version_meta};
 use crate::audit::{Event, Outcome, Verdict, entry_json};
-use crate::crypto::SecretBytes;
+use crate::crypto::{KdfParams, SecretBytes};
 use crate::store::{AuditFilter, AuditRow, ClientRow, SecretLabels, TokenRow};
 use crate::vault::{SecretRef, Trigger, Vault};
 use std::pin::Pin;
@@ -15,6 +15,10 @@ use tonic::{Request, Response, Status};
 use vault_proto::v1::{self, admin_server::Admin};
 
 type EntryStream = Pin<Box<dyn Stream<Item = Result<v1::AuditEntry, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::BackupChunk, Status>> + Send>>;
+
+/// Versions per rewrap transaction when the request does not say.
+const DEFAULT_REWRAP_BATCH: u32 = 500;
 
 /// Entries an export or tail stream buffers ahead of a slow reader.
 const STREAM_BUFFER: usize = 256;
@@ -38,13 +42,7 @@ impl AdminApi {
             version: env!("CARGO_PKG_VERSION").into(),
             secrets: s.secrets,
             key_term: s.key_term,
-            kdf: s.kdf.map(|k| v1::KdfParams {
-                algorithm: "argon2id".into(),
-                memory_kib: k.memory_kib,
-                iterations: k.iterations,
-                parallelism: k.parallelism,
-                insecure_test_profile: k.is_insecure_test_profile(),
-            }),
+            kdf: s.kdf.map(kdf_params),
             schema_version: s.schema_version,
             audit_forward_errors: s.audit_forward_errors,
             audit_forward_dropped: s.audit_forward_dropped,
@@ -447,6 +445,95 @@ impl Admin for AdminApi {
     ) -> Result<Response<v1::ListClientsResponse>, Status> {
         let clients = self.vault.clients()?;
         Ok(Response::new(v1::ListClientsResponse { clients: clients.into_iter().map(client_info).collect() }))
+    }
+
+    async fn rekey(&self, req: Request<v1::RekeyRequest>) -> Result<Response<v1::RekeyResponse>, Status> {
+        let actor = actor("admin", &req);
+        let mut r = req.into_inner();
+        let old = take_secret(&mut r.passphrase);
+        let new = (!r.new_passphrase.is_empty()).then(|| take_secret(&mut r.new_passphrase));
+        let kdf =
+            r.kdf.map(|k| KdfParams { memory_kib: k.memory_kib, iterations: k.iterations, parallelism: k.parallelism });
+        let vault = self.vault.clone();
+        let kdf = blocking(move || vault.rekey(&actor, &old, new.as_ref(), kdf)).await?;
+        tracing::info!(
+            memory_kib = kdf.memory_kib,
+            iterations = kdf.iterations,
+            parallelism = kdf.parallelism,
+            "rekeyed"
+        );
+        Ok(Response::new(v1::RekeyResponse { kdf: Some(kdf_params(kdf)) }))
+    }
+
+    async fn rotate_key(&self, req: Request<v1::RotateKeyRequest>) -> Result<Response<v1::RotateKeyResponse>, Status> {
+        let actor = actor("admin", &req);
+        let rewrap = req.get_ref().rewrap;
+        let vault = self.vault.clone();
+        let r = blocking(move || vault.rotate_key(&actor, rewrap)).await?;
+        tracing::info!(term = r.term, new_term = r.new_term, to_rewrap = r.to_rewrap, "key term rotated");
+        Ok(Response::new(v1::RotateKeyResponse {
+            term: r.term,
+            new_term: r.new_term,
+            to_rewrap: r.to_rewrap,
+            retired_terms: r.retired,
+        }))
+    }
+
+    async fn rewrap_keys(
+        &self,
+        req: Request<v1::RewrapKeysRequest>,
+    ) -> Result<Response<v1::RewrapKeysResponse>, Status> {
+        let actor = actor("admin", &req);
+        let r = req.into_inner();
+        let batch = if r.batch == 0 { DEFAULT_REWRAP_BATCH } else { r.batch };
+        let vault = self.vault.clone();
+        let target = (r.term != 0).then_some(r.term);
+        let w = blocking(move || vault.rewrap(&actor, target, r.after, batch)).await?;
+        if w.done && w.remaining == 0 {
+            tracing::info!(term = w.term, retired = ?w.retired, "rewrap finished");
+        }
+        Ok(Response::new(v1::RewrapKeysResponse {
+            term: w.term,
+            rewrapped: w.rewrapped,
+            next_after: w.next_after,
+            done: w.done,
+            remaining: w.remaining,
+            retired_terms: w.retired,
+        }))
+    }
+
+    type BackupStream = ChunkStream;
+
+    async fn backup(&self, req: Request<v1::BackupRequest>) -> Result<Response<ChunkStream>, Status> {
+        let actor = actor("admin", &req);
+        let vault = self.vault.clone();
+        let writer = blocking(move || vault.backup(&actor)).await?;
+        let total = writer.file_len();
+        tracing::info!(bytes = total, "backup snapshot taken");
+        let (tx, rx) = mpsc::channel(4);
+        // The snapshot is read in chunks as the client takes them, never whole.
+        tokio::task::spawn_blocking(move || {
+            for chunk in writer {
+                let item = chunk
+                    .map(|data| v1::BackupChunk { data, total })
+                    .map_err(|e| Status::internal(format!("reading the snapshot: {e}")));
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn kdf_params(k: KdfParams) -> v1::KdfParams {
+    v1::KdfParams {
+        algorithm: "argon2id".into(),
+        memory_kib: k.memory_kib,
+        iterations: k.iterations,
+        parallelism: k.parallelism,
+        insecure_test_profile: k.is_insecure_test_profile(),
     }
 }
 

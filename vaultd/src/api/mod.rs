@@ -44,10 +44,13 @@ impl From<VaultError> for Status {
             | VaultError::InvalidPattern(_)
             | VaultError::InvalidExeSha256
             | VaultError::EmptyValue
+            | VaultError::KdfRefused(_)
             | VaultError::ValueTooLarge(_) => Status::invalid_argument(msg),
-            VaultError::Crypto(CryptoError::DecryptionFailed) => Status::data_loss(msg),
+            VaultError::Crypto(CryptoError::DecryptionFailed) | VaultError::RewrapFailed { .. } => {
+                Status::data_loss(msg)
+            }
             VaultError::Crypto(CryptoError::KdfParams(_)) => Status::data_loss(msg),
-            VaultError::Crypto(_) | VaultError::Store(_) | VaultError::Audit(_) => {
+            VaultError::Crypto(_) | VaultError::Store(_) | VaultError::Audit(_) | VaultError::TermsExhausted => {
                 // Storage and RNG errors never carry a value; log the detail for the operator.
                 tracing::error!(error = %msg, "internal error");
                 Status::internal(msg)

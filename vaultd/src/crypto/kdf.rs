@@ -103,4 +103,42 @@ mod tests {
             assert_eq!(KdfParams::for_new_vault(), KdfParams::DEFAULT);
         }
     }
+
+    mod header {
+        use super::*;
+        use crate::crypto::{Header, SecretBytes, Unlocked};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Stored parameters are accepted exactly within [floor, ceiling].
+            #[test]
+            fn check_accepts_exactly_the_bounds(m in any::<u32>(), t in any::<u32>(), p in any::<u32>()) {
+                let params = KdfParams { memory_kib: m, iterations: t, parallelism: p };
+                let (lo, hi) = (KdfParams::FLOOR, KdfParams::CEILING);
+                let inside = (lo.memory_kib..=hi.memory_kib).contains(&m)
+                    && (lo.iterations..=hi.iterations).contains(&t)
+                    && (lo.parallelism..=hi.parallelism).contains(&p);
+                prop_assert_eq!(params.check().is_ok(), inside || (params.is_insecure_test_profile() && insecure_test_profile_enabled()));
+            }
+
+            /// A header asking for more than the ceiling (or a salt of the wrong
+            /// length) is refused before any Argon2 work: unlock answers at once.
+            #[test]
+            fn oversize_headers_are_refused_up_front(
+                m in (KdfParams::CEILING.memory_kib + 1)..,
+                t in 1u32..,
+                p in 1u32..,
+                salt in proptest::collection::vec(any::<u8>(), 0..40),
+                wrapped in proptest::collection::vec(any::<u8>(), 0..80),
+            ) {
+                let header = Header { kdf: KdfParams { memory_kib: m, iterations: t, parallelism: p }, salt, wrapped_root: wrapped };
+                let started = std::time::Instant::now();
+                let r = Unlocked::open(&SecretBytes::new(b"pass".to_vec()), &header, &[]);
+                prop_assert!(matches!(r, Err(CryptoError::KdfParams(_))));
+                prop_assert!(started.elapsed() < std::time::Duration::from_millis(100));
+            }
+        }
+    }
 }

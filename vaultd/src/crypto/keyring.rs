@@ -7,6 +7,7 @@
 
 use super::{CryptoError, KdfParams, Key, Mac, SecretBytes, aead, kdf, mac};
 use std::collections::BTreeMap;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const FORMAT_V1: u8 = 1;
 const SALT_LEN: usize = 16;
@@ -34,14 +35,21 @@ pub struct VersionId<'a> {
 
 /// Proof that the vault was unlocked, and the keys that come with it. Dropping it
 /// (seal, shutdown) wipes every key. There is no other way to decrypt.
+///
+/// The set of terms changes while unlocked (`rotate-key`, retirement), so it sits
+/// behind a lock; every holder of the proof sees the same keyring.
 pub struct Unlocked {
-    terms: BTreeMap<u32, Key>,
+    /// Kept to wrap new key terms; never leaves this module.
+    root: Key,
+    terms: RwLock<BTreeMap<u32, Key>>,
     /// Chains the audit log (HKDF of the root key).
     audit_key: Key,
     /// Fingerprints values for the audit log (`vaultctl audit hash`).
     digest_key: Key,
     /// Hashes bearer tokens for storage and lookup.
     token_key: Key,
+    /// Authenticates backup files.
+    backup_key: Key,
 }
 
 fn root_aad(kdf: &KdfParams, salt: &[u8]) -> Vec<u8> {
@@ -98,22 +106,41 @@ pub fn create(passphrase: &SecretBytes, kdf: KdfParams) -> Result<(Header, Wrapp
     let wrapped_root = with_format(aead::seal(&passphrase_key, &root_aad(&kdf, &salt), &root.0[..])?);
     let term_key = Key::random()?;
     let term = WrappedTerm { term: 1, wrapped: with_format(aead::seal(&root, &term_aad(1), &term_key.0[..])?) };
-    let unlocked = Unlocked::from_keys(&root, BTreeMap::from([(1, term_key)]));
+    let unlocked = Unlocked::from_keys(root, BTreeMap::from([(1, term_key)]));
     Ok((Header { kdf, salt, wrapped_root }, term, unlocked))
+}
+
+/// Unwraps the root key from `header` with `passphrase`.
+fn open_root(passphrase: &SecretBytes, header: &Header) -> Result<Key, CryptoError> {
+    if header.salt.len() != SALT_LEN {
+        return Err(CryptoError::KdfParams("salt has the wrong length"));
+    }
+    let passphrase_key = kdf::derive(passphrase.expose(), &header.salt, header.kdf)?;
+    let root_bytes = strip_format(&header.wrapped_root)
+        .and_then(|sealed| aead::open(&passphrase_key, &root_aad(&header.kdf, &header.salt), sealed))
+        .map_err(|_| CryptoError::WrongPassphrase)?;
+    Key::from_slice(root_bytes.expose())
+}
+
+/// `rekey`: checks `old` against `header` and returns a new header with the same
+/// root key wrapped under `new` with `kdf` and a fresh salt. Only the root key is
+/// re-wrapped, so the cost is two KDF runs whatever the vault's size.
+pub fn rekey(old: &SecretBytes, header: &Header, new: &SecretBytes, kdf: KdfParams) -> Result<Header, CryptoError> {
+    // Refuse bad parameters before spending a KDF run on the old passphrase.
+    kdf.check()?;
+    let root = open_root(old, header)?;
+    let mut salt = vec![0u8; SALT_LEN];
+    super::fill_random(&mut salt)?;
+    let passphrase_key = kdf::derive(new.expose(), &salt, kdf)?;
+    let wrapped_root = with_format(aead::seal(&passphrase_key, &root_aad(&kdf, &salt), &root.0[..])?);
+    Ok(Header { kdf, salt, wrapped_root })
 }
 
 impl Unlocked {
     /// Derives the passphrase key and unwraps the root key and every term. A
     /// passphrase that does not open the root key is [`CryptoError::WrongPassphrase`].
     pub fn open(passphrase: &SecretBytes, header: &Header, terms: &[WrappedTerm]) -> Result<Unlocked, CryptoError> {
-        if header.salt.len() != SALT_LEN {
-            return Err(CryptoError::KdfParams("salt has the wrong length"));
-        }
-        let passphrase_key = kdf::derive(passphrase.expose(), &header.salt, header.kdf)?;
-        let root_bytes = strip_format(&header.wrapped_root)
-            .and_then(|sealed| aead::open(&passphrase_key, &root_aad(&header.kdf, &header.salt), sealed))
-            .map_err(|_| CryptoError::WrongPassphrase)?;
-        let root = Key::from_slice(root_bytes.expose())?;
+        let root = open_root(passphrase, header)?;
         let mut ring = BTreeMap::new();
         for t in terms {
             let key_bytes = aead::open(&root, &term_aad(t.term), strip_format(&t.wrapped)?)?;
@@ -122,16 +149,54 @@ impl Unlocked {
         if ring.is_empty() {
             return Err(CryptoError::DecryptionFailed);
         }
-        Ok(Unlocked::from_keys(&root, ring))
+        Ok(Unlocked::from_keys(root, ring))
     }
 
-    fn from_keys(root: &Key, terms: BTreeMap<u32, Key>) -> Unlocked {
+    fn from_keys(root: Key, terms: BTreeMap<u32, Key>) -> Unlocked {
         Unlocked {
-            terms,
-            audit_key: mac::derive(root, mac::AUDIT_LABEL),
-            digest_key: mac::derive(root, mac::DIGEST_LABEL),
-            token_key: mac::derive(root, mac::TOKEN_LABEL),
+            audit_key: mac::derive(&root, mac::AUDIT_LABEL),
+            digest_key: mac::derive(&root, mac::DIGEST_LABEL),
+            token_key: mac::derive(&root, mac::TOKEN_LABEL),
+            backup_key: mac::derive(&root, mac::BACKUP_LABEL),
+            root,
+            terms: RwLock::new(terms),
         }
+    }
+
+    // A panic while holding the lock cannot leave the map half-changed (each
+    // change is one insert or remove), so a poisoned lock is safe to reuse.
+    fn terms(&self) -> RwLockReadGuard<'_, BTreeMap<u32, Key>> {
+        self.terms.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn terms_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<u32, Key>> {
+        self.terms.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a new key term numbered `term` and returns it wrapped under the root
+    /// key, for the caller to store. The key is usable at once: the caller picks
+    /// the term to seal under from the store, so a term whose transaction did not
+    /// commit is never used, and a later term of the same number replaces it.
+    pub fn add_term(&self, term: u32) -> Result<WrappedTerm, CryptoError> {
+        let key = Key::random()?;
+        let wrapped = with_format(aead::seal(&self.root, &term_aad(term), &key.0[..])?);
+        self.terms_mut().insert(term, key);
+        Ok(WrappedTerm { term, wrapped })
+    }
+
+    /// Wipes a retired term's key (no stored version uses it any more).
+    pub fn remove_term(&self, term: u32) {
+        self.terms_mut().remove(&term);
+    }
+
+    /// Whether `term`'s key is in memory.
+    pub fn has_term(&self, term: u32) -> bool {
+        self.terms().contains_key(&term)
+    }
+
+    /// The MAC that authenticates a backup file (see `backup`).
+    pub fn backup_mac(&self) -> mac::StreamMac {
+        mac::StreamMac::new(&self.backup_key)
     }
 
     /// The MAC that chains an audit entry to the one before it.
@@ -168,14 +233,16 @@ impl Unlocked {
         format!("hmac-sha256:{hex}")
     }
 
-    /// The term new writes are sealed under.
+    /// The newest term in memory.
     pub fn newest_term(&self) -> u32 {
-        self.terms.keys().next_back().copied().unwrap_or(0)
+        self.terms().keys().next_back().copied().unwrap_or(0)
     }
 
-    /// Seals a secret version's value: `format || term (u32 BE) || nonce || ct || tag`.
-    pub fn seal_version(&self, id: &VersionId<'_>, value: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let (&term, key) = self.terms.iter().next_back().ok_or(CryptoError::DecryptionFailed)?;
+    /// Seals a secret version's value under `term` (the store's newest, chosen in
+    /// the writing transaction): `format || term (u32 BE) || nonce || ct || tag`.
+    pub fn seal_version(&self, id: &VersionId<'_>, term: u32, value: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let terms = self.terms();
+        let key = terms.get(&term).ok_or(CryptoError::UnknownTerm(term))?;
         let sealed = aead::seal(key, &version_aad(id, term), value)?;
         let mut out = Vec::with_capacity(5 + sealed.len());
         out.push(FORMAT_V1);
@@ -190,9 +257,17 @@ impl Unlocked {
         let rest = strip_format(ciphertext)?;
         let (term, sealed) = rest.split_first_chunk::<4>().ok_or(CryptoError::DecryptionFailed)?;
         let term = u32::from_be_bytes(*term);
-        let key = self.terms.get(&term).ok_or(CryptoError::DecryptionFailed)?;
+        let terms = self.terms();
+        let key = terms.get(&term).ok_or(CryptoError::DecryptionFailed)?;
         aead::open(key, &version_aad(id, term), sealed)
     }
+}
+
+/// The key term a version's ciphertext names, without opening it (`None` when the
+/// blob is too short or of an unknown format). Untrusted: opening checks it.
+pub fn ciphertext_term(ciphertext: &[u8]) -> Option<u32> {
+    let rest = strip_format(ciphertext).ok()?;
+    rest.first_chunk::<4>().map(|t| u32::from_be_bytes(*t))
 }
 
 #[cfg(test)]
@@ -211,7 +286,7 @@ mod tests {
     #[test]
     fn unlock_round_trip_and_wrong_passphrase() {
         let (header, term, unlocked) = hierarchy(b"correct horse");
-        let ct = unlocked.seal_version(&ID, b"123:abc").unwrap();
+        let ct = unlocked.seal_version(&ID, 1, b"123:abc").unwrap();
         let again = Unlocked::open(&SecretBytes::new(b"correct horse".to_vec()), &header, &[term]).unwrap();
         assert_eq!(again.open_version(&ID, &ct).unwrap().expose(), b"123:abc");
         let wrong = Unlocked::open(&SecretBytes::new(b"wrong".to_vec()), &header, &[]);
@@ -221,7 +296,7 @@ mod tests {
     #[test]
     fn ciphertext_is_bound_to_its_row() {
         let (_, _, unlocked) = hierarchy(b"p");
-        let ct = unlocked.seal_version(&ID, b"v").unwrap();
+        let ct = unlocked.seal_version(&ID, 1, b"v").unwrap();
         assert_eq!(ct[0], FORMAT_V1);
         assert_eq!(ct[1..5], 1u32.to_be_bytes());
         let others = [
@@ -247,5 +322,121 @@ mod tests {
         header.kdf.iterations = 3;
         let r = Unlocked::open(&SecretBytes::new(b"p".to_vec()), &header, &[term]);
         assert_eq!(r.err(), Some(CryptoError::WrongPassphrase));
+    }
+
+    #[test]
+    fn new_terms_seal_and_retired_terms_are_gone() {
+        let (header, term1, unlocked) = hierarchy(b"p");
+        let old = unlocked.seal_version(&ID, 1, b"old").unwrap();
+        assert_eq!(unlocked.seal_version(&ID, 2, b"x").err(), Some(CryptoError::UnknownTerm(2)));
+        let term2 = unlocked.add_term(2).unwrap();
+        assert_eq!(unlocked.newest_term(), 2);
+        let new = unlocked.seal_version(&ID, 2, b"new").unwrap();
+        assert_eq!(ciphertext_term(&new), Some(2));
+        assert_eq!(ciphertext_term(&old), Some(1));
+        // The wrapped term opens at the next unlock, under the same root key.
+        let again = Unlocked::open(&SecretBytes::new(b"p".to_vec()), &header, &[term1, term2]).unwrap();
+        assert_eq!(again.open_version(&ID, &new).unwrap().expose(), b"new");
+        assert_eq!(again.open_version(&ID, &old).unwrap().expose(), b"old");
+        unlocked.remove_term(1);
+        assert!(!unlocked.has_term(1));
+        assert_eq!(unlocked.open_version(&ID, &old).err(), Some(CryptoError::DecryptionFailed));
+        assert_eq!(unlocked.open_version(&ID, &new).unwrap().expose(), b"new");
+    }
+
+    #[test]
+    fn rekey_rewraps_the_same_root_key() {
+        let (header, term, unlocked) = hierarchy(b"old pass");
+        let ct = unlocked.seal_version(&ID, 1, b"value").unwrap();
+        let (old, new) = (SecretBytes::new(b"old pass".to_vec()), SecretBytes::new(b"new pass".to_vec()));
+        let stronger = KdfParams { memory_kib: 20 * 1024, iterations: 3, parallelism: 1 };
+        let rekeyed = rekey(&old, &header, &new, stronger).unwrap();
+        assert_eq!(rekeyed.kdf, stronger);
+        assert_ne!(rekeyed.salt, header.salt, "a fresh salt");
+        let terms = [WrappedTerm { term: 1, wrapped: term.wrapped.clone() }];
+        let opened = Unlocked::open(&new, &rekeyed, &terms).unwrap();
+        assert_eq!(opened.open_version(&ID, &ct).unwrap().expose(), b"value");
+        assert_eq!(opened.audit_mac(b"", b"x"), unlocked.audit_mac(b"", b"x"), "same root, same subkeys");
+        assert_eq!(Unlocked::open(&old, &rekeyed, &terms).err(), Some(CryptoError::WrongPassphrase));
+        assert_eq!(rekey(&new, &header, &new, stronger).err(), Some(CryptoError::WrongPassphrase));
+        let oversize = KdfParams { memory_kib: u32::MAX, ..stronger };
+        assert!(matches!(rekey(&old, &header, &new, oversize), Err(CryptoError::KdfParams(_))));
+    }
+
+    mod envelope {
+        use super::*;
+        use proptest::prelude::*;
+        use std::sync::OnceLock;
+
+        /// One hierarchy with terms 1 and 2 for every case: Argon2 runs once.
+        fn keys() -> &'static Unlocked {
+            static KEYS: OnceLock<Unlocked> = OnceLock::new();
+            KEYS.get_or_init(|| {
+                let (_, _, unlocked) = hierarchy(b"proptest");
+                unlocked.add_term(2).unwrap();
+                unlocked
+            })
+        }
+
+        fn name() -> impl Strategy<Value = String> {
+            "[a-z0-9][a-z0-9_.-]{0,20}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn round_trips(value in proptest::collection::vec(any::<u8>(), 1..512), env in name(), nm in name(), version in 1u64.., term in 1u32..=2) {
+                let id = VersionId { env: &env, name: &nm, version };
+                let ct = keys().seal_version(&id, term, &value).unwrap();
+                prop_assert_eq!(ciphertext_term(&ct), Some(term));
+                let opened = keys().open_version(&id, &ct).unwrap();
+                prop_assert_eq!(opened.expose(), &value[..]);
+            }
+
+            /// Every strict prefix is refused with the one opaque error.
+            #[test]
+            fn truncation_fails(value in proptest::collection::vec(any::<u8>(), 1..128), cut in any::<prop::sample::Index>()) {
+                let ct = keys().seal_version(&ID, 1, &value).unwrap();
+                let short = &ct[..cut.index(ct.len())];
+                prop_assert_eq!(keys().open_version(&ID, short).err(), Some(CryptoError::DecryptionFailed));
+            }
+
+            /// Relabelling a ciphertext with another term fails, also when that
+            /// term's key is loaded.
+            #[test]
+            fn wrong_term_fails(value in proptest::collection::vec(any::<u8>(), 1..128), other in any::<u32>()) {
+                prop_assume!(other != 1);
+                let mut ct = keys().seal_version(&ID, 1, &value).unwrap();
+                ct[1..5].copy_from_slice(&other.to_be_bytes());
+                prop_assert_eq!(keys().open_version(&ID, &ct).err(), Some(CryptoError::DecryptionFailed));
+            }
+
+            /// A ciphertext opened as any other row (the associated data) fails.
+            #[test]
+            fn wrong_aad_fails(value in proptest::collection::vec(any::<u8>(), 1..128), env in name(), nm in name(), version in 1u64..) {
+                let id = VersionId { env: &env, name: &nm, version };
+                prop_assume!((id.env, id.name, id.version) != (ID.env, ID.name, ID.version));
+                let ct = keys().seal_version(&ID, 2, &value).unwrap();
+                prop_assert_eq!(keys().open_version(&id, &ct).err(), Some(CryptoError::DecryptionFailed));
+            }
+
+            /// Any flipped bit anywhere fails.
+            #[test]
+            fn flipped_bits_fail(value in proptest::collection::vec(any::<u8>(), 1..128), at in any::<prop::sample::Index>(), mask in 1u8..) {
+                let mut ct = keys().seal_version(&ID, 1, &value).unwrap();
+                let i = at.index(ct.len());
+                ct[i] ^= mask;
+                prop_assert_eq!(keys().open_version(&ID, &ct).err(), Some(CryptoError::DecryptionFailed));
+            }
+
+            /// Arbitrary bytes never panic and never open.
+            #[test]
+            fn garbage_never_opens(blob in proptest::collection::vec(any::<u8>(), 0..80)) {
+                prop_assert!(keys().open_version(&ID, &blob).is_err());
+                let term = ciphertext_term(&blob);
+                prop_assert_eq!(term.is_some(), blob.len() >= 5 && blob[0] == FORMAT_V1);
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@ pub type Mac = [u8; MAC_LEN];
 pub(super) const AUDIT_LABEL: &[u8] = b"vaultd/v1/audit-chain";
 pub(super) const DIGEST_LABEL: &[u8] = b"vaultd/v1/value-digest";
 pub(super) const TOKEN_LABEL: &[u8] = b"vaultd/v1/token-hash";
+pub(super) const BACKUP_LABEL: &[u8] = b"vaultd/v1/backup";
 
 struct Len32;
 
@@ -46,6 +47,33 @@ pub(super) fn sign(key: &Key, parts: &[&[u8]]) -> Mac {
 pub(super) fn verify(key: &Key, parts: &[&[u8]], expected: &[u8]) -> bool {
     let data: Vec<u8> = parts.concat();
     hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, &key.0[..]), &data, expected).is_ok()
+}
+
+/// An HMAC computed over data fed piece by piece (a backup file as it streams).
+pub struct StreamMac(hmac::Context);
+
+impl StreamMac {
+    pub(super) fn new(key: &Key) -> StreamMac {
+        StreamMac(hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, &key.0[..])))
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish(self) -> Mac {
+        let mut out = [0u8; MAC_LEN];
+        out.copy_from_slice(self.0.sign().as_ref());
+        out
+    }
+
+    /// Whether the MAC of everything fed is `expected` (constant time).
+    pub fn matches(self, expected: &[u8]) -> bool {
+        let mac = self.finish();
+        // Accumulate every difference instead of stopping at the first, so the
+        // time taken says nothing about where a forged MAC went wrong.
+        expected.len() == MAC_LEN && mac.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ mod keyring;
 mod mac;
 
 pub use kdf::KdfParams;
-pub use keyring::{Header, Unlocked, VersionId, WrappedTerm, create};
-pub use mac::{MAC_LEN, Mac};
+pub use keyring::{Header, Unlocked, VersionId, WrappedTerm, ciphertext_term, create, rekey};
+pub use mac::{MAC_LEN, Mac, StreamMac};
 
 use zeroize::Zeroizing;
 
@@ -75,6 +75,8 @@ pub enum CryptoError {
     WrongPassphrase,
     #[error("key derivation parameters refused: {0}")]
     KdfParams(&'static str),
+    #[error("key term {0} is not loaded")]
+    UnknownTerm(u32),
     #[error("the system random number generator failed")]
     Random,
 }
@@ -95,6 +97,28 @@ pub fn sha256_reader(mut reader: impl std::io::Read) -> std::io::Result<String> 
         }
     }
     Ok(ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// An unkeyed SHA-256 computed piece by piece: catches accidental damage to a
+/// backup file where no key is at hand (restore).
+pub struct Checksum(ring::digest::Context);
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Checksum(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+}
+
+impl Checksum {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
 }
 
 /// Fresh random bytes (e.g. the `--dev` passphrase).

@@ -35,6 +35,28 @@ pub(super) fn prepare_db_file(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Creates `path` as a new file, 0600 from the start; refuses to replace one.
+pub fn create_owner_only(path: &Path) -> Result<fs::File, StoreError> {
+    fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| StoreError::Io { path: path.into(), source })
+}
+
+/// Removes files in `dir` whose names start with `prefix` (a crash's leftovers);
+/// best effort.
+pub(super) fn remove_stale(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn check_owner_only(path: &Path, meta: &fs::Metadata) -> Result<(), StoreError> {
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me {

@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schema/0005_exe_sha256.sql"),
     include_str!("../../../schema/0006_rotation.sql"),
     include_str!("../../../schema/0007_incident.sql"),
+    include_str!("../../../schema/0008_keys.sql"),
 ];
 
 /// Brings the database up to date; refuses one from a newer vaultd.
@@ -56,5 +57,29 @@ mod tests {
         let tables: u32 =
             conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'vault_header'", [], |r| r.get(0)).unwrap();
         assert_eq!(tables, 0);
+    }
+
+    #[test]
+    fn schema_8_counts_the_encryptions_each_term_already_made() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO key_term VALUES (1, x'00', 0), (2, x'00', 0), (3, x'00', 0);
+             INSERT INTO secret VALUES (1, 'prod', 'a', '', '', 3, 0, 0);
+             INSERT INTO secret_version VALUES
+               (1, 1, 'retired', x'0100000001aa', 0, NULL),
+               (1, 2, 'previous', x'0100000002bb', 0, NULL),
+               (1, 3, 'current', x'0100000002cc', 0, NULL),
+               (1, 4, 'destroyed', NULL, 0, NULL);",
+        )
+        .unwrap();
+        assert_eq!(apply(&mut conn).unwrap(), MIGRATIONS.len() as u32);
+        let mut stmt = conn.prepare("SELECT term, encryptions, rewrap FROM key_term ORDER BY term").unwrap();
+        let rows: Vec<(u32, u64, bool)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(rows, [(1, 1, false), (2, 2, false), (3, 0, false)]);
     }
 }

@@ -8,14 +8,16 @@ mod access;
 mod audit;
 mod files;
 mod incident;
+mod keys;
 mod migrations;
 mod rotation;
 mod tokens;
 
 pub use access::ClientRow;
 pub use audit::{AuditFilter, AuditRow, AuditSnapshot};
-pub use files::prepare_data_dir;
+pub use files::{create_owner_only, prepare_data_dir};
 pub use incident::{IncidentRow, Revoked};
+pub use keys::SealedVersion;
 pub use rotation::{DueRow, OldVersion, PolicyChange, Promoted, RotationRow};
 pub use tokens::{NewToken, TokenRow};
 
@@ -38,6 +40,8 @@ pub enum StoreError {
     NewerSchema { found: u32, known: u32 },
     #[error("the vault is already initialized")]
     AlreadyInitialized,
+    #[error("the database stayed locked; the snapshot could not be taken")]
+    SnapshotBusy,
 }
 
 /// A secret's metadata (never its value).
@@ -105,6 +109,10 @@ pub struct Txn<'c> {
 
 pub const DB_FILE: &str = "vault.db";
 
+/// Snapshots for `backup` are taken into `DATA_DIR/.backup-*.tmp` (owner-only like
+/// the database) and deleted once streamed; leftovers of a crash go at the next open.
+const SNAPSHOT_PREFIX: &str = ".backup-";
+
 pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -135,6 +143,7 @@ impl Store {
         files::prepare_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         files::prepare_db_file(&path)?;
+        files::remove_stale(data_dir, SNAPSHOT_PREFIX);
         let mut durable = Connection::open(&path)?;
         configure(&durable)?;
         let schema_version = migrations::apply(&mut durable)?;
@@ -241,6 +250,33 @@ impl Store {
              JOIN secret_version v ON v.secret_id = s.id WHERE s.env = ? AND s.name = ? AND v.version = ?",
         )?;
         Ok(stmt.query_row(params![env, name, version], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?)
+    }
+
+    /// An online, consistent copy of the database, in a temp file in the data
+    /// directory (0600, deleted when dropped). Contains only what the database
+    /// does: ciphertexts, wrapped keys, metadata, the audit log.
+    pub fn snapshot(&self) -> Result<tempfile::NamedTempFile, StoreError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let io = |source| StoreError::Io { path: dir.into(), source };
+        let tmp = tempfile::Builder::new().prefix(SNAPSHOT_PREFIX).suffix(".tmp").tempfile_in(dir).map_err(io)?;
+        let src = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        src.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut dst = Connection::open(tmp.path())?;
+        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+        // One step copies every page inside one read transaction: a consistent
+        // snapshot that writers (WAL) never wait for and that never restarts.
+        // Busy/Locked (a checkpoint holding a lock) is retried briefly.
+        for _ in 0..100 {
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => {
+                    drop(backup);
+                    drop(dst);
+                    return Ok(tmp);
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        Err(StoreError::SnapshotBusy)
     }
 
     /// The current version's number and ciphertext.

@@ -137,14 +137,14 @@ impl Vault {
                 .rotation_begin(id, &rotator_name, trigger.as_str(), from)?
                 .ok_or_else(|| VaultError::RotationInProgress(format!("{}/{}", secret.env, secret.name)))?;
             let version = txn.next_version(id)?;
-            txn.insert_version(id, version, "pending", &keys.seal_version(&secret.version(version), value.expose())?)?;
+            let mut events = vec![start_event(actor, secret, &rotator_name, trigger, from)];
+            let term = self.sealing_term(txn, &keys, 1, &mut events)?;
+            let sealed = keys.seal_version(&secret.version(version), term, value.expose())?;
+            txn.insert_version(id, version, "pending", &sealed)?;
             let promoted = txn.promote(id, version, keep)?;
             txn.rotation_step(rotation, "done", Some(version), None)?;
-            let events = vec![
-                start_event(actor, secret, &rotator_name, trigger, from),
-                step_event("rotation.created", actor, secret, version).with("value_digest", digest),
-                promoted_event(actor, secret, version, promoted),
-            ];
+            events.push(step_event("rotation.created", actor, secret, version).with("value_digest", digest));
+            events.push(promoted_event(actor, secret, version, promoted));
             Ok((Rotated { version, promoted }, events))
         })?;
         self.notify();
@@ -191,15 +191,17 @@ impl Vault {
         let version = self.write(|txn| {
             let (id, _, _) = txn.secret_ids(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
             let version = txn.next_version(id)?;
+            let mut events = Vec::with_capacity(2);
+            let term = self.sealing_term(txn, &keys, 1, &mut events)?;
             txn.insert_version(
                 id,
                 version,
                 "pending",
-                &keys.seal_version(&secret.version(version), created.expose())?,
+                &keys.seal_version(&secret.version(version), term, created.expose())?,
             )?;
             txn.rotation_step(rotation, "test", Some(version), None)?;
-            let event = step_event("rotation.created", actor, secret, version).with("value_digest", digest);
-            Ok((version, vec![event]))
+            events.push(step_event("rotation.created", actor, secret, version).with("value_digest", digest));
+            Ok((version, events))
         })?;
         self.test_and_promote(actor, secret, rotation, path, &row.provider, version, &created, trigger).await
     }
