@@ -48,9 +48,25 @@ pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }
 
+/// `vaultctl exec`'s command ended with this status: vaultctl exits with it too,
+/// and prints nothing (the command said what it had to say).
+#[derive(Debug)]
+pub(crate) struct ChildExit(pub(crate) u8);
+
+impl std::fmt::Display for ChildExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the command exited with status {}", self.0)
+    }
+}
+
+impl std::error::Error for ChildExit {}
+
 /// Prints `err` once, on one line, and returns its exit code. The only place
 /// vaultctl reports a failure.
 pub(crate) fn report(err: &anyhow::Error) -> ExitCode {
+    if let Some(ChildExit(code)) = err.downcast_ref::<ChildExit>() {
+        return ExitCode::from(*code);
+    }
     let message = one_line(&format!("{err:#}"));
     // Nowhere left to report a failure to write to stderr.
     let _ = writeln!(std::io::stderr(), "vaultctl: {message}");

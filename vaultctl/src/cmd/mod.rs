@@ -6,6 +6,7 @@ mod audit;
 mod backup;
 mod client;
 mod completions;
+mod exec;
 mod get;
 mod incident;
 mod init;
@@ -64,6 +65,9 @@ pub(crate) enum Command {
     /// List incidents, or show one with the audit timeline before it.
     #[command(subcommand)]
     Incident(incident::IncidentCommand),
+    /// Run a program with its secrets in its environment (or files), restarting or
+    /// signalling it when they rotate.
+    Exec(exec::Args),
     /// Follow secrets through the agent socket: their values now, then each new one (JSON lines).
     Watch(watch::Args),
     /// Query, export, follow and verify the tamper-evident audit log.
@@ -105,6 +109,7 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Rotate(args) => rotate::run(global, args).await,
         Command::Rotation(command) => rotate::rotation(global, command).await,
         Command::Watch(args) => watch::run(global, args).await,
+        Command::Exec(args) => exec::run(global, args).await,
         Command::RevokeAll(args) => incident::revoke_all(global, args).await,
         Command::Incident(command) => incident::incident(global, command).await,
         Command::Audit(command) => audit::run(global, command).await,
