@@ -1,6 +1,6 @@
 //! Crash safety of the key lifecycle: vaultd is SIGKILLed at random moments while
-//! writers put secrets concurrently and `vaultctl rotate-key --rewrap` re-seals
-//! every version. After each restart: every acknowledged write reads back (a
+//! writers put secrets concurrently, a rotator rotates others (generated values)
+//! and `vaultctl rotate-key --rewrap` re-seals every version. After each restart: every acknowledged write reads back (a
 //! write that was in flight may or may not have landed), nothing decrypts wrong,
 //! the audit chain verifies, and running `rotate-key --rewrap` again continues
 //! an unfinished rewrap. At the end the rewrap completes, the older terms are
@@ -74,6 +74,31 @@ async fn writer(
     acked
 }
 
+/// Secrets rotated (rotator `generate`) by [`rotator`] during the trials.
+const ROTATED: usize = 5;
+
+/// Rotates `rot-N` secrets until a rotation fails (vaultd died) or `stop`,
+/// recording each acknowledged version: after a restart the current version must
+/// be that one or newer.
+async fn rotator(d_admin: std::path::PathBuf, acked: Arc<Mutex<BTreeMap<String, u64>>>, stop: Arc<AtomicBool>) {
+    let Ok(channel) = vault_proto::connect(&d_admin).await else { return };
+    let mut admin = vault_proto::admin_client(channel);
+    for seq in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let name = format!("rot-{}", seq % ROTATED);
+        let request = v1::RotateSecretRequest {
+            secret: Some(SecretRef { env: String::new(), name: name.clone() }),
+            value: vec![],
+        };
+        match admin.rotate_secret(request).await {
+            Ok(reply) => drop(acked.lock().await.insert(name, reply.into_inner().version)),
+            Err(_) => break,
+        }
+    }
+}
+
 /// Every name's current value, read through the agent socket in batches (all
 /// or nothing: each must exist and decrypt), plus `maybe`: names that exist only
 /// if a put in flight landed.
@@ -123,8 +148,14 @@ async fn sigkill_during_puts_and_rewrap_loses_no_acknowledged_write() {
             ledger.lock().await.acked.insert(name, value);
         }
     }
+    let rotations = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    for i in 0..ROTATED {
+        d.ctl(&["put", &format!("rot-{i}"), "--rotator", "generate"], b"first").ok();
+        rotations.lock().await.insert(format!("rot-{i}"), 1);
+    }
     let unlock_file = d.passphrase_file(PASSPHRASE);
     let (mut killed_mid_rewrap, mut resumed, mut total_acked, mut in_flight_landed) = (0, 0, 0, 0);
+    let mut total_rotations = 0;
 
     for trial in 0..trials {
         let pending_before = rewrap_pending(&d);
@@ -138,12 +169,14 @@ async fn sigkill_during_puts_and_rewrap_loses_no_acknowledged_write() {
         let writers: Vec<_> = (0..WRITERS)
             .map(|k| tokio::spawn(writer(d.admin_socket.clone(), k, trial, ledger.clone(), stop.clone())))
             .collect();
+        let rotating = tokio::spawn(rotator(d.admin_socket.clone(), rotations.clone(), stop.clone()));
         tokio::time::sleep(Duration::from_micros(rng.below(300_000))).await;
         d.kill();
         stop.store(true, Ordering::Relaxed);
         for w in writers {
             total_acked += w.await.unwrap();
         }
+        rotating.await.unwrap();
         let out = rewrap.wait_with_output().unwrap();
 
         d.launch();
@@ -188,6 +221,18 @@ async fn sigkill_during_puts_and_rewrap_loses_no_acknowledged_write() {
         }
         l.in_flight.clear();
         drop(l);
+        // Every rotated secret reads (decrypts), at its acknowledged version or newer.
+        let mut agent = vault_proto::agent_client(vault_proto::connect(&d.agent_socket).await.unwrap());
+        let acked_rotations = rotations.lock().await.clone();
+        let names: Vec<String> = acked_rotations.keys().cloned().collect();
+        let request = GetSecretsRequest { env: String::new(), names };
+        let reply = agent.get_secrets(request).await.unwrap_or_else(|e| panic!("trial {trial}: {e:?}")).into_inner();
+        for s in reply.secrets {
+            assert!(s.version >= acked_rotations[&s.name], "trial {trial}: {} lost an acknowledged rotation", s.name);
+            let made = if s.version == 1 { 5 } else { 32 }; // "first", or generate:32
+            assert_eq!(s.value.len(), made, "trial {trial}: {} holds a value nobody made", s.name);
+            total_rotations = total_rotations.max(s.version);
+        }
         let verdict = admin.verify_audit(VerifyAuditRequest {}).await.unwrap().into_inner();
         assert!(verdict.intact, "trial {trial}: audit chain broken at {}: {}", verdict.broken_seq, verdict.problem);
     }
@@ -210,7 +255,8 @@ async fn sigkill_during_puts_and_rewrap_loses_no_acknowledged_write() {
     assert_eq!(verified["intact"], true, "{verified}");
     eprintln!(
         "crash test: {trials} trials in {:.1} s; {killed_mid_rewrap} killed mid-rewrap, {resumed} continued a pending \
-         rewrap, {total_acked} acknowledged puts, {in_flight_landed} in-flight puts landed; {} versions verified",
+         rewrap, {total_acked} acknowledged puts, {in_flight_landed} in-flight puts landed, rotated secrets reached \
+         version {total_rotations}; {} versions verified",
         started.elapsed().as_secs_f64(),
         verified["versions"]
     );
