@@ -47,6 +47,50 @@ impl Report {
     }
 }
 
+impl From<Report> for vault_proto::v1::IncidentReport {
+    fn from(r: Report) -> Self {
+        vault_proto::v1::IncidentReport {
+            id: r.id,
+            reason: r.reason,
+            mode: r.mode,
+            started_unix: r.started_unix,
+            tokens_revoked: r.tokens_revoked,
+            clients_disabled: r.clients_disabled,
+            secrets_compromised: r.secrets_compromised,
+            streams_closed: r.streams_closed,
+            sealed: r.sealed,
+            needs_rotation: r.needs_rotation,
+            provider_revoke: r
+                .provider_revoke
+                .into_iter()
+                .map(|h| vault_proto::v1::HookOutcome { secret: h.secret, ok: h.ok, detail: h.detail })
+                .collect(),
+        }
+    }
+}
+
+impl From<vault_proto::v1::IncidentReport> for Report {
+    fn from(r: vault_proto::v1::IncidentReport) -> Self {
+        Report {
+            id: r.id,
+            reason: r.reason,
+            mode: r.mode,
+            started_unix: r.started_unix,
+            tokens_revoked: r.tokens_revoked,
+            clients_disabled: r.clients_disabled,
+            secrets_compromised: r.secrets_compromised,
+            streams_closed: r.streams_closed,
+            sealed: r.sealed,
+            needs_rotation: r.needs_rotation,
+            provider_revoke: r
+                .provider_revoke
+                .into_iter()
+                .map(|h| HookOutcome { secret: h.secret, ok: h.ok, detail: h.detail })
+                .collect(),
+        }
+    }
+}
+
 /// Reasons are free text for humans; bounded so a report stays a report.
 const MAX_REASON: usize = 1024;
 

@@ -23,12 +23,12 @@ pub(crate) struct Args {
 /// `{"env","name","version","value"}`, with `value_base64` in place of `value`
 /// when the value is not UTF-8.
 #[derive(Serialize)]
-struct GetJson<'a> {
-    env: &'a str,
-    name: &'a str,
-    version: u64,
+pub(crate) struct GetJson<'a> {
+    pub(crate) env: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) version: u64,
     #[serde(flatten)]
-    value: ShownValue<'a>,
+    pub(crate) value: ShownValue<'a>,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {

@@ -6,7 +6,8 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 
 use serde::Serialize;
-use vault_proto::v1::{self, IncidentReport, ListIncidentsRequest, RevokeAllRequest, ShowIncidentRequest};
+use vault_proto::v1::{self, ListIncidentsRequest, RevokeAllRequest, ShowIncidentRequest};
+use vaultd::incident::Report;
 
 use crate::Global;
 use crate::daemon::{self, Reply as _};
@@ -59,18 +60,15 @@ pub(crate) async fn revoke_all(global: &Global, args: RevokeAllArgs) -> anyhow::
         confirm()?;
     }
     let report = match &args.data_dir {
-        Some(dir) => {
-            let report = vaultd::incident::revoke_all_offline(dir, &args.reason).map_err(|e| match e {
-                vaultd::incident::IncidentError::Reason => usage(e.to_string()),
-                other => anyhow::anyhow!("{}: {other}", dir.display()),
-            })?;
-            offline_report(report)
-        }
+        Some(dir) => vaultd::incident::revoke_all_offline(dir, &args.reason).map_err(|e| match e {
+            vaultd::incident::IncidentError::Reason => usage(e.to_string()),
+            other => anyhow::anyhow!("{}: {other}", dir.display()),
+        })?,
         None => {
             let mut admin = daemon::admin(global).await?;
             let request =
                 RevokeAllRequest { reason: args.reason, seal: args.seal, provider_revoke: args.provider_revoke };
-            admin.revoke_all(request).await.reply()?
+            admin.revoke_all(request).await.reply()?.into()
         }
     };
     print_report(global, &report, None)
@@ -89,54 +87,23 @@ fn confirm() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn offline_report(r: vaultd::incident::Report) -> IncidentReport {
-    IncidentReport {
-        id: r.id,
-        reason: r.reason,
-        mode: r.mode,
-        started_unix: r.started_unix,
-        tokens_revoked: r.tokens_revoked,
-        clients_disabled: r.clients_disabled,
-        secrets_compromised: r.secrets_compromised,
-        streams_closed: r.streams_closed,
-        sealed: r.sealed,
-        needs_rotation: r.needs_rotation,
-        provider_revoke: Vec::new(),
-    }
-}
-
-/// `{"id","reason","mode","started_unix","tokens_revoked","clients_disabled",
-/// "secrets_compromised","streams_closed","sealed","needs_rotation",
-/// "provider_revoke":[{"secret","ok","detail"}]}`, plus `timeline` for `show`.
+/// vaultd's stored report (`{"id","reason","mode","started_unix","tokens_revoked",
+/// "clients_disabled","secrets_compromised","streams_closed","sealed",
+/// "needs_rotation","provider_revoke":[{"secret","ok","detail"}]}`), plus
+/// `timeline` for `show`.
 #[derive(Serialize)]
 struct ReportJson<'a> {
-    id: i64,
-    reason: &'a str,
-    mode: &'a str,
-    started_unix: i64,
-    tokens_revoked: u64,
-    clients_disabled: u64,
-    secrets_compromised: u64,
-    streams_closed: u64,
-    sealed: bool,
-    needs_rotation: &'a [String],
-    provider_revoke: Vec<HookJson<'a>>,
+    #[serde(flatten)]
+    report: &'a Report,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeline: Option<Vec<serde_json::Value>>,
 }
 
-#[derive(Serialize)]
-struct HookJson<'a> {
-    secret: &'a str,
-    ok: bool,
-    detail: &'a str,
-}
-
-fn print_report(global: &Global, r: &IncidentReport, timeline: Option<&[v1::AuditEntry]>) -> anyhow::Result<()> {
+fn print_report(global: &Global, r: &Report, timeline: Option<&[v1::AuditEntry]>) -> anyhow::Result<()> {
     let entries = timeline.map(|t| t.iter().map(super::audit::parse).collect::<anyhow::Result<Vec<_>>>());
     let entries = entries.transpose()?;
     if global.json {
-        return output::json(&report_json(r, entries));
+        return output::json(&ReportJson { report: r, timeline: entries });
     }
     let mut lines = vec![
         format!("incident {} ({}) at {}: {}", r.id, r.mode, timestamp(r.started_unix), r.reason),
@@ -169,7 +136,7 @@ pub(crate) async fn incident(global: &Global, command: IncidentCommand) -> anyho
         IncidentCommand::List => {
             let incidents = admin.list_incidents(ListIncidentsRequest {}).await.reply()?.incidents;
             if global.json {
-                let all: Vec<_> = incidents.iter().map(|r| report_json(r, None)).collect();
+                let all: Vec<Report> = incidents.into_iter().map(Report::from).collect();
                 return output::json(&all);
             }
             let rows: Vec<Vec<String>> = incidents
@@ -188,29 +155,8 @@ pub(crate) async fn incident(global: &Global, command: IncidentCommand) -> anyho
         }
         IncidentCommand::Show { id, hours } => {
             let reply = admin.show_incident(ShowIncidentRequest { id, hours }).await.reply()?;
-            let report = daemon::required(reply.report, "report")?;
+            let report = daemon::required(reply.report, "report")?.into();
             print_report(global, &report, Some(&reply.timeline))
         }
-    }
-}
-
-fn report_json(r: &IncidentReport, timeline: Option<Vec<serde_json::Value>>) -> ReportJson<'_> {
-    ReportJson {
-        id: r.id,
-        reason: &r.reason,
-        mode: &r.mode,
-        started_unix: r.started_unix,
-        tokens_revoked: r.tokens_revoked,
-        clients_disabled: r.clients_disabled,
-        secrets_compromised: r.secrets_compromised,
-        streams_closed: r.streams_closed,
-        sealed: r.sealed,
-        needs_rotation: &r.needs_rotation,
-        provider_revoke: r
-            .provider_revoke
-            .iter()
-            .map(|h| HookJson { secret: &h.secret, ok: h.ok, detail: &h.detail })
-            .collect(),
-        timeline,
     }
 }

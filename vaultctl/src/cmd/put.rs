@@ -2,15 +2,13 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
 use vault_proto::names;
 use vault_proto::v1::PutSecretRequest;
 
 use crate::Global;
-use crate::cmd::rotate::PolicyArgs;
+use crate::cmd::rotate::{NewVersionJson, PolicyArgs};
 use crate::cmd::secret_ref;
 use crate::daemon::{self, Reply as _};
-use crate::output::timestamp;
 use crate::{input, output};
 
 #[derive(Debug, clap::Args)]
@@ -32,17 +30,6 @@ pub(crate) struct Args {
     policy: PolicyArgs,
 }
 
-/// `{"env","name","version","previous_version","grace_until_unix"}`; the last two
-/// are 0 for a new secret.
-#[derive(Serialize)]
-struct PutJson<'a> {
-    env: &'a str,
-    name: &'a str,
-    version: u64,
-    previous_version: u64,
-    grace_until_unix: i64,
-}
-
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let secret = secret_ref(global, &args.name)?;
     let prompt = format!("Value for {}/{}: ", secret.env, secret.name);
@@ -59,18 +46,15 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let reply = admin.put_secret(request).await.reply()?;
     let meta = daemon::required(reply.secret, "secret")?;
     let env = names::env_or_default(&meta.env);
-    if global.json {
-        return output::json(&PutJson {
-            env,
-            name: &meta.name,
-            version: reply.version,
-            previous_version: reply.previous_version,
-            grace_until_unix: reply.grace_until_unix,
-        });
-    }
-    let previous = match reply.previous_version {
-        0 => String::new(),
-        v => format!("; version {v} readable until {}", timestamp(reply.grace_until_unix)),
+    let shown = NewVersionJson {
+        env,
+        name: &meta.name,
+        version: reply.version,
+        previous_version: reply.previous_version,
+        grace_until_unix: reply.grace_until_unix,
     };
-    output::lines(&[format!("stored {env}/{} version {}{previous}", meta.name, reply.version)])
+    if global.json {
+        return output::json(&shown);
+    }
+    output::lines(&[shown.line("stored")])
 }

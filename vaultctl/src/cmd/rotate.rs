@@ -94,14 +94,26 @@ pub(crate) enum RotationCommand {
     },
 }
 
-/// `{"env","name","version","previous_version","grace_until_unix"}`.
+/// `{"env","name","version","previous_version","grace_until_unix"}`: what `put`
+/// and `rotate` print; the last two are 0 when no version became previous.
 #[derive(Serialize)]
-struct RotatedJson<'a> {
-    env: &'a str,
-    name: &'a str,
-    version: u64,
-    previous_version: u64,
-    grace_until_unix: i64,
+pub(crate) struct NewVersionJson<'a> {
+    pub(crate) env: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) version: u64,
+    pub(crate) previous_version: u64,
+    pub(crate) grace_until_unix: i64,
+}
+
+impl NewVersionJson<'_> {
+    /// The human line: `VERB env/name version N[; version P readable until T]`.
+    pub(crate) fn line(&self, verb: &str) -> String {
+        let previous = match self.previous_version {
+            0 => String::new(),
+            v => format!("; version {v} readable until {}", timestamp(self.grace_until_unix)),
+        };
+        format!("{verb} {}/{} version {}{previous}", self.env, self.name, self.version)
+    }
 }
 
 pub(crate) async fn run(global: &Global, args: RotateArgs) -> anyhow::Result<()> {
@@ -133,20 +145,17 @@ fn print_rotated(global: &Global, reply: &RotateSecretResponse) -> anyhow::Resul
     let meta = reply.secret.as_ref();
     let env = names::env_or_default(meta.map_or("", |m| &m.env));
     let name = meta.map_or("", |m| &m.name);
-    if global.json {
-        return output::json(&RotatedJson {
-            env,
-            name,
-            version: reply.version,
-            previous_version: reply.previous_version,
-            grace_until_unix: reply.grace_until_unix,
-        });
-    }
-    let previous = match reply.previous_version {
-        0 => String::new(),
-        v => format!("; version {v} readable until {}", timestamp(reply.grace_until_unix)),
+    let shown = NewVersionJson {
+        env,
+        name,
+        version: reply.version,
+        previous_version: reply.previous_version,
+        grace_until_unix: reply.grace_until_unix,
     };
-    output::lines(&[format!("rotated {env}/{name} to version {}{previous}", reply.version)])
+    if global.json {
+        return output::json(&shown);
+    }
+    output::lines(&[shown.line("rotated")])
 }
 
 /// `rotate --due` and `rotate --compromised`: one by one, with a progress line

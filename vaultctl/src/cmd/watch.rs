@@ -6,6 +6,7 @@ use vault_proto::names;
 use vault_proto::v1::GetSecretsRequest;
 
 use crate::Global;
+use crate::cmd::get::GetJson;
 use crate::cmd::{checked_env, secret_ref};
 use crate::daemon::{self, RpcError};
 use crate::output::{self, ShownValue};
@@ -16,15 +17,6 @@ pub(crate) struct Args {
     /// The secrets to watch (at most 256).
     #[arg(required = true)]
     names: Vec<String>,
-}
-
-#[derive(serde::Serialize)]
-struct UpdateJson<'a> {
-    env: &'a str,
-    name: &'a str,
-    version: u64,
-    #[serde(flatten)]
-    value: ShownValue<'a>,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
@@ -39,7 +31,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     while let Some(update) = stream.message().await.map_err(RpcError::from)? {
         for mut secret in update.secrets {
             let value = Secret::new(std::mem::take(&mut secret.value));
-            output::json(&UpdateJson {
+            output::json(&GetJson {
                 env: names::env_or_default(&secret.env),
                 name: &secret.name,
                 version: secret.version,

@@ -232,14 +232,14 @@ impl Admin for AdminApi {
             streams = report.streams_closed,
             "revoke-all"
         );
-        Ok(Response::new(incident_report(report)))
+        Ok(Response::new(report.into()))
     }
 
     async fn list_incidents(
         &self,
         _: Request<v1::ListIncidentsRequest>,
     ) -> Result<Response<v1::ListIncidentsResponse>, Status> {
-        let incidents = self.vault.incidents()?.into_iter().map(incident_report).collect();
+        let incidents = self.vault.incidents()?.into_iter().map(Into::into).collect();
         Ok(Response::new(v1::ListIncidentsResponse { incidents }))
     }
 
@@ -251,7 +251,7 @@ impl Admin for AdminApi {
         let hours = if req.hours == 0 { 6 } else { req.hours.min(24 * 366) };
         let (report, timeline) = self.vault.incident(req.id, hours)?;
         Ok(Response::new(v1::ShowIncidentResponse {
-            report: Some(incident_report(report)),
+            report: Some(report.into()),
             timeline: timeline.iter().map(entry).collect(),
         }))
     }
@@ -575,26 +575,6 @@ fn client_info(c: ClientRow) -> v1::ClientInfo {
         enabled: c.enabled,
         grants: c.grants,
         created_unix: c.created_unix,
-    }
-}
-
-fn incident_report(r: crate::incident::Report) -> v1::IncidentReport {
-    v1::IncidentReport {
-        id: r.id,
-        reason: r.reason,
-        mode: r.mode,
-        started_unix: r.started_unix,
-        tokens_revoked: r.tokens_revoked,
-        clients_disabled: r.clients_disabled,
-        secrets_compromised: r.secrets_compromised,
-        streams_closed: r.streams_closed,
-        sealed: r.sealed,
-        needs_rotation: r.needs_rotation,
-        provider_revoke: r
-            .provider_revoke
-            .into_iter()
-            .map(|h| v1::HookOutcome { secret: h.secret, ok: h.ok, detail: h.detail })
-            .collect(),
     }
 }
 
