@@ -1,7 +1,8 @@
 //! A gRPC client this project did not write: Python's grpcio, with stubs that
-//! grpcio-tools generates from proto/ (clients/python), reads secrets from a real
-//! vaultd's agent socket. The assertions are clients/python/tests/test_agent.py's;
-//! this runs it and checks that its tests ran and passed.
+//! grpcio-tools generates from proto/ (clients/python), reads and watches secrets
+//! on a real vaultd's agent socket. The assertions are clients/python/tests/'s
+//! (test_agent.py as the vault's owner, test_watch.py as an agent with a token);
+//! this runs them and checks that their tests ran and passed.
 //!
 //! Needs python3 with grpcio and grpcio-tools (clients/python/requirements.txt,
 //! which .ci/run installs). Without them the test fails under CI and otherwise
@@ -101,4 +102,34 @@ fn python_grpcio_client_reads_from_the_agent_socket() {
     d.ctl(&["seal"], b"").ok();
     let out = run_python_tests(&d, "sealed", &secrets);
     assert_passed(&out, 1);
+}
+
+#[test]
+fn python_client_uses_a_token_and_follows_rotations_until_access_ends() {
+    if !python_grpc_available() {
+        return;
+    }
+    let d = Daemon::initialized();
+    // Every value test_watch.py stores contains the tag: none may reach its output.
+    let tag = unique_tag();
+    let mut cmd = Command::new("python3");
+    cmd.arg(client_dir().join("tests/test_watch.py"))
+        .env("VAULT_SOCKET", &d.agent_socket)
+        .env("VAULT_ADMIN_SOCKET", &d.admin_socket)
+        .env("VAULTCTL", &vault_tests::bins().vaultctl)
+        .env("VAULT_TEST_TAG", &tag)
+        .env("VAULTD_CLIENT_CACHE", d.dir.path().join("stubs"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("VAULT_ENV")
+        .env_remove("VAULT_TOKEN")
+        .env_remove("VAULTD_PROTO_PATH");
+    let out = run(cmd, b"");
+    let ran = assert_passed(&out, 8);
+    let printed = [out.stdout.as_slice(), out.stderr.as_bytes()].concat();
+    assert!(!vault_tests::contains(&printed, tag.as_bytes()), "a value reached the Python test's output");
+    // The watches really ran: each delivery is an audited read, and the rotated
+    // value went out as version 2 to a watcher.
+    let reads = d.audit_query(&["--type", "secret.read"]);
+    assert!(reads.iter().any(|e| e["detail"]["watch"] == true && e["detail"]["version"] == 2), "{reads:?}");
+    eprintln!("python client: {ran} token and watch tests passed");
 }
