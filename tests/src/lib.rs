@@ -737,6 +737,27 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Whether python3 can import grpc and grpc_tools, for the Python client's tests.
+/// Under CI (`CI` set) a missing one fails the test: .ci/run installs them
+/// (clients/python/requirements.txt). Elsewhere the caller returns early, and this
+/// says on stderr that the test was skipped.
+pub fn python_grpc_available() -> bool {
+    const REQUIREMENTS: &str = "clients/python/requirements.txt";
+    let why = match Command::new("python3").args(["-c", "import grpc, grpc_tools"]).output() {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        Err(e) => format!("running python3: {e}"),
+    };
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!(
+            "python3 cannot import grpc and grpc_tools ({why}): .ci/run must install grpcio and grpcio-tools \
+             (python3 -m pip install -r {REQUIREMENTS})"
+        );
+    }
+    eprintln!("skipped: python grpcio not installed (pip install -r {REQUIREMENTS})");
+    false
+}
+
 /// Whether the tests run as root (the peer-uid and ownership tests need it).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()

@@ -11,31 +11,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vault_tests::{Daemon, Output, hex, run, unique_tag};
-
-const REQUIREMENTS: &str = "clients/python/requirements.txt";
+use vault_tests::{Daemon, Output, hex, python_grpc_available, run, unique_tag};
 
 /// clients/python in this source tree.
 fn client_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python")
-}
-
-/// Whether python3 can import grpc and grpc_tools. Under CI (`CI` set) a missing
-/// one fails the test: .ci/run installs them.
-fn python_grpc_available() -> bool {
-    let why = match Command::new("python3").args(["-c", "import grpc, grpc_tools"]).output() {
-        Ok(out) if out.status.success() => return true,
-        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        Err(e) => format!("running python3: {e}"),
-    };
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!(
-            "python3 cannot import grpc and grpc_tools ({why}): .ci/run must install grpcio and grpcio-tools \
-             (python3 -m pip install -r {REQUIREMENTS})"
-        );
-    }
-    eprintln!("skipped: python grpcio not installed (pip install -r {REQUIREMENTS})");
-    false
 }
 
 /// Runs test_agent.py against `d`'s agent socket, expecting a vault that is `expect`
