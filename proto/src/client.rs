@@ -34,13 +34,10 @@ use crate::v1::{self, agent_client::AgentClient};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Nothing accepted a connection on the socket: vaultd is not running, or the
-    /// path is wrong.
-    #[error("cannot reach vaultd at {}", socket.display())]
-    Unreachable {
-        socket: PathBuf,
-        #[source]
-        cause: tonic::transport::Error,
-    },
+    /// path is wrong. Displays the root cause (no such file, permission denied),
+    /// which is what tells those apart; tonic's own chain repeats itself.
+    #[error("cannot reach vaultd at {}: {}", socket.display(), root_cause(cause))]
+    Unreachable { socket: PathBuf, cause: tonic::transport::Error },
     /// The bearer token cannot be sent as gRPC metadata (not visible ASCII). The
     /// token itself is not repeated here.
     #[error("the vaultd bearer token (VAULT_TOKEN) is not a valid token")]
@@ -60,6 +57,14 @@ impl Error {
             Error::Status(status) => status.code(),
         }
     }
+}
+
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 /// A secret value: wiped from memory on drop, shown as `[redacted]` by `Debug`.
@@ -306,6 +311,8 @@ mod tests {
         let socket = dir.join("no-such.sock");
         let err = Client::connect(&socket).await.err().unwrap();
         assert_eq!(err.code(), tonic::Code::Unavailable);
-        assert_eq!(err.to_string(), format!("cannot reach vaultd at {}", socket.display()));
+        let shown = err.to_string();
+        assert!(shown.starts_with(&format!("cannot reach vaultd at {}: ", socket.display())), "{shown}");
+        assert!(shown.ends_with("No such file or directory (os error 2)"), "{shown}");
     }
 }
