@@ -1,9 +1,14 @@
 //! vaultd's gRPC contract, shared by the daemon, `vaultctl` and Rust agents.
 //!
-//! The generated code lives in [`v1`]; [`connect`] opens a channel over a unix
-//! socket; [`names`] holds the name rules both sides enforce.
+//! An agent wants [`Client`]: `Client::connect_default().await?`, then `get`,
+//! `get_many` or `watch` (see [`client`] and `cargo run -p vault-proto --example
+//! agent`). Below it, the generated code lives in [`v1`]; [`connect`] opens a
+//! channel over a unix socket; [`names`] holds the name rules both sides enforce.
 
+pub mod client;
 pub mod names;
+
+pub use client::{Client, Error, Secret, SecretValue, Watch};
 
 #[allow(unreachable_pub, clippy::all, missing_docs)]
 pub mod v1 {

@@ -2,7 +2,8 @@
 //! temp dir, and helpers to drive it.
 //!
 //! - [`bins`] builds both binaries once per test process (they live in other
-//!   packages, so Cargo's `CARGO_BIN_EXE_*` is not available here).
+//!   packages, so Cargo's `CARGO_BIN_EXE_*` is not available here); [`example`]
+//!   builds an example program the same way.
 //! - [`Daemon`] runs vaultd with its own data dir and sockets in a [`TempDir`], its
 //!   stderr captured to a file, and stops it on drop (SIGTERM, then SIGKILL).
 //! - [`Daemon::ctl`] runs vaultctl against it; [`Output`] checks the CLI contract
@@ -43,6 +44,28 @@ pub fn bins() -> &'static Bins {
 }
 
 fn build() -> Bins {
+    let profile_dir = cargo_build(&["-p", "vaultd", "-p", "vaultctl"]);
+    Bins { vaultd: profile_dir.join("vaultd"), vaultctl: profile_dir.join("vaultctl") }
+}
+
+/// Builds `cargo run -p PACKAGE --example NAME`'s binary (once per test process and
+/// example) like [`bins`], and returns its path.
+pub fn example(package: &str, name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let key = format!("{package}/{name}");
+    // Held while building: concurrent cargo builds would only wait on each other.
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, path)) = built.iter().find(|(k, _)| *k == key) {
+        return path.clone();
+    }
+    let path = cargo_build(&["-p", package, "--example", name]).join("examples").join(name);
+    built.push((key, path.clone()));
+    path
+}
+
+/// `cargo build ARGS` with the test binary's own profile and target dir; returns
+/// the profile's output dir (`target/debug`).
+fn cargo_build(args: &[&str]) -> PathBuf {
     // The test binary is target/<profile dir>/deps/<name>-<hash>.
     let exe = std::env::current_exe().expect("the test binary's path");
     let profile_dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
@@ -54,14 +77,16 @@ fn build() -> Bins {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let out = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "vaultd", "-p", "vaultctl", "--profile", profile, "--manifest-path"])
+        .args(["build", "--quiet"])
+        .args(args)
+        .args(["--profile", profile, "--manifest-path"])
         .arg(&manifest)
         .arg("--target-dir")
         .arg(target_dir)
         .output()
         .expect("running cargo build");
-    assert!(out.status.success(), "building vaultd and vaultctl failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    Bins { vaultd: profile_dir.join("vaultd"), vaultctl: profile_dir.join("vaultctl") }
+    assert!(out.status.success(), "cargo build {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    profile_dir.to_owned()
 }
 
 /// What a finished process left behind. `stderr` is text: the CLI's errors are
@@ -710,6 +735,27 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out after 10 s waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether python3 can import grpc and grpc_tools, for the Python client's tests.
+/// Under CI (`CI` set) a missing one fails the test: .ci/run installs them
+/// (clients/python/requirements.txt). Elsewhere the caller returns early, and this
+/// says on stderr that the test was skipped.
+pub fn python_grpc_available() -> bool {
+    const REQUIREMENTS: &str = "clients/python/requirements.txt";
+    let why = match Command::new("python3").args(["-c", "import grpc, grpc_tools"]).output() {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        Err(e) => format!("running python3: {e}"),
+    };
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!(
+            "python3 cannot import grpc and grpc_tools ({why}): .ci/run must install grpcio and grpcio-tools \
+             (python3 -m pip install -r {REQUIREMENTS})"
+        );
+    }
+    eprintln!("skipped: python grpcio not installed (pip install -r {REQUIREMENTS})");
+    false
 }
 
 /// Whether the tests run as root (the peer-uid and ownership tests need it).

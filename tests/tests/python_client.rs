@@ -1,7 +1,8 @@
 //! A gRPC client this project did not write: Python's grpcio, with stubs that
-//! grpcio-tools generates from proto/ (clients/python), reads secrets from a real
-//! vaultd's agent socket. The assertions are clients/python/tests/test_agent.py's;
-//! this runs it and checks that its tests ran and passed.
+//! grpcio-tools generates from proto/ (clients/python), reads and watches secrets
+//! on a real vaultd's agent socket. The assertions are clients/python/tests/'s
+//! (test_agent.py as the vault's owner, test_watch.py as an agent with a token);
+//! this runs them and checks that their tests ran and passed.
 //!
 //! Needs python3 with grpcio and grpcio-tools (clients/python/requirements.txt,
 //! which .ci/run installs). Without them the test fails under CI and otherwise
@@ -10,31 +11,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vault_tests::{Daemon, Output, hex, run, unique_tag};
-
-const REQUIREMENTS: &str = "clients/python/requirements.txt";
+use vault_tests::{Daemon, Output, hex, python_grpc_available, run, unique_tag};
 
 /// clients/python in this source tree.
 fn client_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python")
-}
-
-/// Whether python3 can import grpc and grpc_tools. Under CI (`CI` set) a missing
-/// one fails the test: .ci/run installs them.
-fn python_grpc_available() -> bool {
-    let why = match Command::new("python3").args(["-c", "import grpc, grpc_tools"]).output() {
-        Ok(out) if out.status.success() => return true,
-        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        Err(e) => format!("running python3: {e}"),
-    };
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!(
-            "python3 cannot import grpc and grpc_tools ({why}): .ci/run must install grpcio and grpcio-tools \
-             (python3 -m pip install -r {REQUIREMENTS})"
-        );
-    }
-    eprintln!("skipped: python grpcio not installed (pip install -r {REQUIREMENTS})");
-    false
 }
 
 /// Runs test_agent.py against `d`'s agent socket, expecting a vault that is `expect`
@@ -101,4 +82,34 @@ fn python_grpcio_client_reads_from_the_agent_socket() {
     d.ctl(&["seal"], b"").ok();
     let out = run_python_tests(&d, "sealed", &secrets);
     assert_passed(&out, 1);
+}
+
+#[test]
+fn python_client_uses_a_token_and_follows_rotations_until_access_ends() {
+    if !python_grpc_available() {
+        return;
+    }
+    let d = Daemon::initialized();
+    // Every value test_watch.py stores contains the tag: none may reach its output.
+    let tag = unique_tag();
+    let mut cmd = Command::new("python3");
+    cmd.arg(client_dir().join("tests/test_watch.py"))
+        .env("VAULT_SOCKET", &d.agent_socket)
+        .env("VAULT_ADMIN_SOCKET", &d.admin_socket)
+        .env("VAULTCTL", &vault_tests::bins().vaultctl)
+        .env("VAULT_TEST_TAG", &tag)
+        .env("VAULTD_CLIENT_CACHE", d.dir.path().join("stubs"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("VAULT_ENV")
+        .env_remove("VAULT_TOKEN")
+        .env_remove("VAULTD_PROTO_PATH");
+    let out = run(cmd, b"");
+    let ran = assert_passed(&out, 8);
+    let printed = [out.stdout.as_slice(), out.stderr.as_bytes()].concat();
+    assert!(!vault_tests::contains(&printed, tag.as_bytes()), "a value reached the Python test's output");
+    // The watches really ran: each delivery is an audited read, and the rotated
+    // value went out as version 2 to a watcher.
+    let reads = d.audit_query(&["--type", "secret.read"]);
+    assert!(reads.iter().any(|e| e["detail"]["watch"] == true && e["detail"]["version"] == 2), "{reads:?}");
+    eprintln!("python client: {ran} token and watch tests passed");
 }

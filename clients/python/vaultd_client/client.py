@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import grpc
 
@@ -97,6 +97,39 @@ class Client:
     def get_many(self, names: Iterable[str], env: str | None = None) -> dict[str, bytes]:
         """``{name: value}`` for several secrets, as :meth:`get_secrets`."""
         return {s.name: s.value for s in self.get_secrets(names, env)}
+
+    def watch(self, names: Iterable[str], env: str | None = None) -> Iterator[list[Secret]]:
+        """Follows secrets as they rotate (``WatchSecrets``): yields a list of
+        :class:`Secret` per update. The first comes at once with every named
+        secret (all or nothing, as :meth:`get_secrets`); each later one holds only
+        the secrets whose current version changed. A slow reader gets the newest
+        values, not a backlog.
+
+        An error is raised from the iteration: first :class:`NotFound` and the
+        like, as a read would; later :class:`Denied` (``PERMISSION_DENIED``) when
+        access ends -- grant removed, client disabled, token revoked, revoke-all.
+        Iteration ends without an error only if vaultd shuts down. ``timeout``
+        does not apply (a watch is meant to last); closing the generator, or the
+        client, cancels the call."""
+        if isinstance(names, str):
+            raise TypeError("names must be a list of names, not one string")
+        if not hasattr(self._agent, "WatchSecrets"):
+            raise NotImplementedError("this vaultd's proto has no Agent.WatchSecrets")
+        request = self._stubs.pb2.GetSecretsRequest(env=self.env if env is None else env, names=list(names))
+        # grpcio sends the request now; the generator below only reads the replies.
+        call = self._agent.WatchSecrets(request, metadata=self._metadata)
+        return self._updates(call)
+
+    @staticmethod
+    def _updates(call: grpc.Call) -> Iterator[list[Secret]]:
+        try:
+            for r in call:
+                yield [Secret(s.env, s.name, s.version, s.value) for s in r.secrets]
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            # A generator dropped early must not leave the stream open on vaultd.
+            call.cancel()
 
     def close(self) -> None:
         self._channel.close()
