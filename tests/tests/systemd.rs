@@ -36,7 +36,7 @@ fn unit_with_built_vaultd(dir: &Path) -> PathBuf {
 #[test]
 fn the_unit_passes_systemd_analyze_verify() {
     let Some(analyze) = command_v("systemd-analyze") else {
-        eprintln!("skipped: systemd-analyze is not installed (apt-get install systemd; .ci/run does)");
+        vault_tests::skip_unless_ci("systemd-analyze is not installed (apt-get install systemd)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -57,7 +57,7 @@ fn the_unit_passes_systemd_analyze_verify() {
 #[test]
 fn the_unit_keeps_its_sandbox() {
     let Some(analyze) = command_v("systemd-analyze") else {
-        eprintln!("skipped: systemd-analyze is not installed (apt-get install systemd; .ci/run does)");
+        vault_tests::skip_unless_ci("systemd-analyze is not installed (apt-get install systemd)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -97,7 +97,7 @@ fn the_unit_keeps_its_sandbox() {
 #[test]
 fn the_sysusers_file_creates_the_vaultd_user() {
     let Some(sysusers) = command_v("systemd-sysusers") else {
-        eprintln!("skipped: systemd-sysusers is not installed (apt-get install systemd; .ci/run does)");
+        vault_tests::skip_unless_ci("systemd-sysusers is not installed (apt-get install systemd)");
         return;
     };
     let root = tempfile::tempdir().unwrap();
