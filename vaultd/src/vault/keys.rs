@@ -1,0 +1,230 @@
+//! The key lifecycle: the term each write seals under, rekey, rotate-key and
+//! rewrap, and online backups.
+
+use super::{Vault, VaultError};
+use crate::audit::{Actor, Event, Outcome};
+use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
+use crate::store::Txn;
+
+/// What `rotate-key` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRotated {
+    /// The newest term: new writes (and a rewrap) use it.
+    pub term: u32,
+    /// False when an unfinished rewrap was continued instead.
+    pub new_term: bool,
+    /// Versions sealed under older terms.
+    pub to_rewrap: u64,
+    pub retired: Vec<u32>,
+}
+
+/// What one `rewrap` batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrapped {
+    pub term: u32,
+    pub rewrapped: u64,
+    /// Where the next batch starts.
+    pub next_after: u64,
+    /// The walk reached the last version.
+    pub done: bool,
+    /// Once done: versions still under an older term (a term started meanwhile);
+    /// a new walk from the start moves them.
+    pub remaining: u64,
+    pub retired: Vec<u32>,
+}
+
+/// Versions one rewrap transaction takes at most: the writer lock is held that long.
+pub const MAX_REWRAP_BATCH: u32 = 10_000;
+
+impl Vault {
+    /// The term to seal `count` values under, inside the writing transaction: the
+    /// store's newest, so a term is used only once its row is committed. When it
+    /// would pass the per-term limit a new term starts here (recorded in
+    /// `events`). The count is persisted with the write.
+    pub(super) fn sealing_term(
+        &self,
+        txn: &Txn<'_>,
+        keys: &Unlocked,
+        count: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<u32, VaultError> {
+        let (newest, used) = txn.newest_term()?;
+        let term = if used.saturating_add(count) > self.max_encryptions {
+            let next = newest.checked_add(1).ok_or(VaultError::TermsExhausted)?;
+            txn.insert_term(&keys.add_term(next)?, false)?;
+            events.push(
+                Event::new("key.rotate", Outcome::Ok, &Actor::vaultd())
+                    .with("term", next)
+                    .with("previous_term", newest)
+                    .with("reason", "encryption limit")
+                    .with("encryptions", used),
+            );
+            next
+        } else {
+            newest
+        };
+        txn.count_encryptions(term, count)?;
+        Ok(term)
+    }
+
+    /// `rekey`: checks `old`, then re-wraps the root key under `new` (or `old`
+    /// again) with `kdf` (or the current parameters) and a fresh salt. One row
+    /// changes, in one transaction with its record: a crash leaves either the old
+    /// or the new passphrase working. Needs the vault unlocked; runs Argon2 twice:
+    /// call from a blocking context.
+    pub fn rekey(
+        &self,
+        actor: &Actor,
+        old: &SecretBytes,
+        new: Option<&SecretBytes>,
+        kdf: Option<KdfParams>,
+    ) -> Result<KdfParams, VaultError> {
+        if old.is_empty() || new.is_some_and(SecretBytes::is_empty) {
+            return Err(VaultError::EmptyPassphrase);
+        }
+        self.keys()?;
+        let _gate = self.kdf_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let (header, _) = self.store.header()?.ok_or(VaultError::Uninitialized)?;
+        let kdf = kdf.unwrap_or(header.kdf);
+        match crypto::rekey(old, &header, new.unwrap_or(old), kdf) {
+            Ok(rekeyed) => self.write(|txn| {
+                txn.set_header(&rekeyed)?;
+                let event = Event::new("vault.rekey", Outcome::Ok, actor)
+                    .with("passphrase_changed", new.is_some())
+                    .with("kdf", format!("argon2id m={} t={} p={}", kdf.memory_kib, kdf.iterations, kdf.parallelism));
+                Ok((kdf, vec![event]))
+            }),
+            Err(e) => {
+                let error = match e {
+                    CryptoError::WrongPassphrase => VaultError::WrongPassphrase,
+                    CryptoError::KdfParams(why) => VaultError::KdfRefused(why),
+                    other => VaultError::Crypto(other),
+                };
+                let outcome = if matches!(error, VaultError::Crypto(_)) { Outcome::Failed } else { Outcome::Denied };
+                self.append(vec![Event::new("vault.rekey", outcome, actor).with("reason", error.to_string())], true)?;
+                Err(error)
+            }
+        }
+    }
+
+    /// `rotate-key`: starts a new key term for new writes and retires older
+    /// terms no version uses. With `rewrap`, marks the new term as the target of
+    /// a rewrap ([`Vault::rewrap`]); if one is unfinished, continues it instead of
+    /// starting yet another term.
+    pub fn rotate_key(&self, actor: &Actor, rewrap: bool) -> Result<KeyRotated, VaultError> {
+        let keys = self.keys()?;
+        let rotated = self.write(|txn| {
+            if rewrap && let Some(target) = txn.rewrap_target()? {
+                let to_rewrap = txn.count_older_versions(target)?;
+                let event = Event::new("key.rewrap.resume", Outcome::Ok, actor)
+                    .with("term", target)
+                    .with("to_rewrap", to_rewrap);
+                return Ok((KeyRotated { term: target, new_term: false, to_rewrap, retired: vec![] }, vec![event]));
+            }
+            let (newest, _) = txn.newest_term()?;
+            let term = newest.checked_add(1).ok_or(VaultError::TermsExhausted)?;
+            txn.insert_term(&keys.add_term(term)?, rewrap)?;
+            let retired = txn.retire_unused_terms(term)?;
+            let to_rewrap = txn.count_older_versions(term)?;
+            let mut events = vec![
+                Event::new("key.rotate", Outcome::Ok, actor)
+                    .with("term", term)
+                    .with("previous_term", newest)
+                    .with("reason", "operator")
+                    .with("rewrap", rewrap),
+            ];
+            if !retired.is_empty() {
+                events.push(Event::new("key.retire", Outcome::Ok, actor).with("terms", retired.clone()));
+            }
+            Ok((KeyRotated { term, new_term: true, to_rewrap, retired }, events))
+        })?;
+        for &term in &rotated.retired {
+            keys.remove_term(term);
+        }
+        Ok(rotated)
+    }
+
+    /// One batch of a rewrap: re-seals, under the newest term, up to `limit`
+    /// versions with rowid above `after` that are sealed under a term older than
+    /// `target` (`None`: the newest), in one durable transaction with its record.
+    /// Progress lives in the data (each ciphertext names its term), so a crash
+    /// loses at most the batch in flight and a new walk continues. A term started
+    /// meanwhile (the encryption limit) is at least `target`, so the walk still
+    /// ends. Once nothing older than `target` is left, the terms no version uses
+    /// are retired. Call from a blocking context.
+    pub fn rewrap(&self, actor: &Actor, target: Option<u32>, after: u64, limit: u32) -> Result<Rewrapped, VaultError> {
+        let keys = self.keys()?;
+        // A batch seals `limit` values under one term, so it may not exceed the per-term limit.
+        let limit = limit.clamp(1, MAX_REWRAP_BATCH).min(u32::try_from(self.max_encryptions).unwrap_or(u32::MAX));
+        let result = self.write(|txn| {
+            let (newest, _) = txn.newest_term()?;
+            let target = target.unwrap_or(newest).min(newest);
+            let batch = txn.older_versions(after, target, limit)?;
+            let mut events = Vec::new();
+            let mut term = newest;
+            let mut next_after = after;
+            if !batch.is_empty() {
+                term = self.sealing_term(txn, &keys, batch.len() as u64, &mut events)?;
+                for old in &batch {
+                    let id = VersionId { env: &old.env, name: &old.name, version: old.version };
+                    let value = keys.open_version(&id, &old.ciphertext).map_err(|_| VaultError::RewrapFailed {
+                        env: old.env.clone(),
+                        name: old.name.clone(),
+                        version: old.version,
+                    })?;
+                    txn.set_ciphertext(old.rowid, &keys.seal_version(&id, term, value.expose())?)?;
+                    next_after = old.rowid;
+                }
+                events.push(
+                    Event::new("key.rewrap", Outcome::Ok, actor).with("term", term).with("versions", batch.len()),
+                );
+            }
+            let done = (batch.len() as u64) < u64::from(limit);
+            let (mut remaining, mut retired) = (0, Vec::new());
+            if done {
+                remaining = txn.count_older_versions(target)?;
+                if remaining == 0 {
+                    retired = txn.retire_unused_terms(term)?;
+                    if let Some(pending) = txn.rewrap_target()?
+                        && txn.count_older_versions(pending)? == 0
+                    {
+                        txn.rewrap_finished()?;
+                        events.push(Event::new("key.rewrap.done", Outcome::Ok, actor).with("term", pending));
+                    }
+                    if !retired.is_empty() {
+                        events.push(Event::new("key.retire", Outcome::Ok, actor).with("terms", retired.clone()));
+                    }
+                }
+            }
+            let rewrapped = batch.len() as u64;
+            Ok((Rewrapped { term, rewrapped, next_after, done, remaining, retired }, events))
+        });
+        match result {
+            Ok(r) => {
+                for &t in &r.retired {
+                    keys.remove_term(t);
+                }
+                Ok(r)
+            }
+            Err(VaultError::RewrapFailed { env, name, version }) => {
+                let event = Event::new("key.rewrap", Outcome::Failed, actor)
+                    .secret(&env, &name)
+                    .with("version", version)
+                    .with("reason", "decryption failed");
+                self.append(vec![event], true)?;
+                Err(VaultError::RewrapFailed { env, name, version })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `backup`: records the backup (so the copy holds its own record), then
+    /// takes an online, consistent snapshot and returns it as a backup file's
+    /// bytes, authenticated under the vault's backup key. Call from a blocking context.
+    pub fn backup(&self, actor: &Actor) -> Result<crate::backup::Writer, VaultError> {
+        let keys = self.keys()?;
+        self.append(vec![Event::new("vault.backup", Outcome::Ok, actor)], true)?;
+        let snapshot = self.store.snapshot()?;
+        Ok(crate::backup::Writer::new(snapshot, keys.backup_mac())?)
+    }
+}

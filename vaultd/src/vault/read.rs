@@ -1,0 +1,255 @@
+//! Agent reads: who is asking (kernel identity or token), what they may read,
+//! and the read itself, recorded before the value is released.
+
+use super::{SecretRef, Vault, VaultError};
+use crate::audit::{Actor, Event, Outcome};
+use crate::crypto::SecretBytes;
+use crate::identity::{Caller, Peer};
+use crate::policy;
+use crate::store::ClientRow;
+
+/// Who is reading, once identified.
+pub(super) enum Reader {
+    Owner,
+    /// Judged by the clients its uid (and gid, executable) match.
+    Kernel(Caller),
+    /// Judged by the token's client alone.
+    Token(ClientRow),
+    /// Nobody the vault knows (no credentials).
+    Nobody,
+}
+
+/// The record of a read: allowed (with the version), denied (unknown, sealed) or
+/// failed (did not decrypt).
+pub(super) fn read_event(
+    kind: &'static str,
+    actor: &Actor,
+    secret: SecretRef<'_>,
+    result: &Result<(u64, SecretBytes), VaultError>,
+) -> Event {
+    let event = |outcome| Event::new(kind, outcome, actor).secret(secret.env, secret.name);
+    match result {
+        Ok((version, _)) => event(Outcome::Ok).with("version", *version),
+        Err(VaultError::NotFound { .. }) => event(Outcome::Denied).with("reason", "not found"),
+        Err(VaultError::Sealed) => event(Outcome::Denied).with("reason", "sealed"),
+        Err(VaultError::Uninitialized) => event(Outcome::Denied).with("reason", "not initialized"),
+        Err(e) => event(Outcome::Failed).with("reason", e.to_string()),
+    }
+}
+
+impl Vault {
+    pub(super) fn read_current(&self, secret: SecretRef<'_>) -> Result<(u64, SecretBytes), VaultError> {
+        let keys = self.keys()?;
+        let (version, ciphertext) = self.store.current(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
+        Ok((version, keys.open_version(&secret.version(version), &ciphertext)?))
+    }
+
+    /// What an agent may read: the current version (`version` 0 or its number),
+    /// or the previous one until its grace period ends. Anything else is "not
+    /// found", like a secret that does not exist.
+    pub(super) fn read_for_agent(&self, secret: SecretRef<'_>, version: u64) -> Result<(u64, SecretBytes), VaultError> {
+        if version == 0 {
+            return self.read_current(secret);
+        }
+        let keys = self.keys()?;
+        let now = crate::store::now_unix();
+        match self.store.version(secret.env, secret.name, version)? {
+            Some((state, expires, Some(ciphertext)))
+                if state == "current" || (state == "previous" && expires.is_some_and(|t| now < t)) =>
+            {
+                Ok((version, keys.open_version(&secret.version(version), &ciphertext)?))
+            }
+            _ => Err(secret.not_found()),
+        }
+    }
+
+    /// An agent's read of one secret (`version` 0: the current one); see
+    /// [`Vault::get_many`].
+    pub async fn get(
+        &self,
+        actor: &Actor,
+        peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
+        secret: SecretRef<'_>,
+        version: u64,
+    ) -> Result<(u64, SecretBytes), VaultError> {
+        let mut actor = actor.clone();
+        let reader = self.identify(&mut actor, peer, token).await?;
+        self.admit(&actor, &reader)?;
+        let mut values = self.read_as(&actor, &reader, &[(secret, version)]).await?;
+        values.pop().ok_or_else(|| secret.not_found())
+    }
+
+    /// An agent's read of current values, all or nothing, for `peer` as the kernel
+    /// named it (or, with `token`, for the token's client). Not granted and not
+    /// found are the same answer. Values are released only after their audit
+    /// records are committed; every denial is recorded.
+    pub async fn get_many(
+        &self,
+        actor: &Actor,
+        peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
+        secrets: &[SecretRef<'_>],
+    ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
+        let mut actor = actor.clone();
+        let reader = self.identify(&mut actor, peer, token).await?;
+        self.admit(&actor, &reader)?;
+        let wanted: Vec<_> = secrets.iter().map(|s| (*s, 0)).collect();
+        self.read_as(&actor, &reader, &wanted).await
+    }
+
+    /// The rate limit, per client (or uid) and global; the owner is exempt.
+    pub(super) fn admit(&self, actor: &Actor, reader: &Reader) -> Result<(), VaultError> {
+        let limit_key = match reader {
+            Reader::Owner => None,
+            Reader::Token(c) => Some(c.name.clone()),
+            Reader::Kernel(c) => Some(format!("uid:{}", c.peer.uid)),
+            Reader::Nobody => Some("nobody".into()),
+        };
+        if let Err(wait) = self.limits.admit(limit_key.as_deref()) {
+            let event = Event::new("request.rate_limited", Outcome::Denied, actor)
+                .with("retry_after_ms", wait.as_millis() as u64);
+            self.record_detached(event);
+            return Err(VaultError::RateLimited(wait));
+        }
+        Ok(())
+    }
+
+    /// Who grants `reader` access to `secret`: `Some(None)` the owner,
+    /// `Some(Some(client))` a client's grant, `None` nobody.
+    pub(super) fn access(
+        &self,
+        reader: &Reader,
+        clients: &[ClientRow],
+        secret: SecretRef<'_>,
+    ) -> Option<Option<String>> {
+        match reader {
+            Reader::Owner => Some(None),
+            Reader::Kernel(caller) => {
+                policy::granting_client(caller, clients, secret.env, secret.name).map(|c| Some(c.to_owned()))
+            }
+            Reader::Token(c) => c
+                .grants
+                .iter()
+                .any(|p| vault_proto::names::pattern_matches(p, secret.env, secret.name))
+                .then(|| Some(c.name.clone())),
+            Reader::Nobody => None,
+        }
+    }
+
+    /// The clients a kernel-identified reader may match, fresh from the store.
+    pub(super) fn candidate_clients(&self, reader: &Reader) -> Result<Vec<ClientRow>, VaultError> {
+        Ok(match reader {
+            Reader::Kernel(c) => self.store.clients_for_uid(c.peer.uid)?,
+            _ => Vec::new(),
+        })
+    }
+
+    /// Reads `secrets` (each with its version, 0 for current) for an identified
+    /// reader: all or nothing, each read and each denial recorded first.
+    pub(super) async fn read_as(
+        &self,
+        actor: &Actor,
+        reader: &Reader,
+        secrets: &[(SecretRef<'_>, u64)],
+    ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
+        let clients = self.candidate_clients(reader)?;
+        let mut results = Vec::with_capacity(secrets.len());
+        let mut events = Vec::with_capacity(secrets.len());
+        for (secret, version) in secrets {
+            let mut who = actor.clone();
+            let Some(client) = self.access(reader, &clients, *secret) else {
+                events.push(
+                    Event::new("secret.read", Outcome::Denied, &who)
+                        .secret(secret.env, secret.name)
+                        .with("reason", "not granted"),
+                );
+                results.push(Err(secret.not_found()));
+                continue;
+            };
+            who.client = client;
+            let result = self.read_for_agent(*secret, *version);
+            if self.audit_reads || result.is_err() {
+                events.push(read_event("secret.read", &who, *secret, &result));
+            }
+            results.push(result);
+        }
+        self.record_all(events).await?;
+        results.into_iter().collect()
+    }
+
+    /// Names the reader: a token (checked and used up by one), else the kernel's
+    /// identity. A refused token is recorded and never falls back to the uid.
+    pub(super) async fn identify(
+        &self,
+        actor: &mut Actor,
+        peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
+    ) -> Result<Reader, VaultError> {
+        let Some(peer) = peer else { return Ok(Reader::Nobody) };
+        let Some(token) = token else {
+            return Ok(if peer.uid == self.owner { Reader::Owner } else { Reader::Kernel(Caller::new(peer.clone())) });
+        };
+        if let Err(wait) = self.limits.auth_allowed(peer.uid) {
+            self.record_detached(
+                Event::new("token.refused", Outcome::Denied, actor).with("reason", "paused after failed attempts"),
+            );
+            return Err(VaultError::RateLimited(wait));
+        }
+        let keys = self.keys()?;
+        let hash = keys.token_hash(token.expose());
+        let now = crate::store::now_unix();
+        // The check and the use in one durable transaction: a use-limited token
+        // cannot be spent twice, even across a crash.
+        let checked = self.write(|txn| {
+            let Some(row) = txn.token_by_hash(&hash)? else { return Ok((Err(("unknown", None)), vec![])) };
+            if let Some(reason) = policy::token_refusal(&row, peer.uid, now) {
+                return Ok((Err((reason, Some(row.accessor.clone()))), vec![]));
+            }
+            // A refused token spends nothing: the client is checked before the use is.
+            let Some(client) = txn.client(&row.client)?.filter(|c| c.enabled) else {
+                return Ok((Err(("client disabled or removed", Some(row.accessor))), vec![]));
+            };
+            txn.token_use(&row.accessor, now)?;
+            Ok((Ok((row.accessor, client)), vec![]))
+        })?;
+        match checked {
+            Ok((accessor, client)) => {
+                self.limits.auth_succeeded(peer.uid);
+                actor.token = Some(accessor);
+                Ok(Reader::Token(client))
+            }
+            Err((reason, accessor)) => {
+                self.limits.auth_failed(peer.uid);
+                let mut event = Event::new("token.refused", Outcome::Denied, actor).with("reason", reason);
+                if let Some(accessor) = accessor {
+                    event = event.with("accessor", accessor);
+                }
+                self.record(event).await?;
+                Err(VaultError::TokenRefused)
+            }
+        }
+    }
+
+    /// Records events through the group commit, in one batch, and waits for all.
+    pub(super) async fn record_all(&self, events: Vec<Event>) -> Result<(), VaultError> {
+        Ok(self.committer.record_all(events).await?)
+    }
+
+    /// The owner's `show --reveal`: like [`Vault::get`], always recorded.
+    /// `version` 0 is the current one; any other stored version can be revealed.
+    pub async fn reveal(
+        &self,
+        actor: &Actor,
+        secret: SecretRef<'_>,
+        version: u64,
+    ) -> Result<(u64, SecretBytes), VaultError> {
+        let result = if version == 0 {
+            self.read_current(secret)
+        } else {
+            self.read_version_any(secret, version).map(|value| (version, value))
+        };
+        self.record(read_event("secret.reveal", actor, secret, &result)).await?;
+        result
+    }
+}
