@@ -1,12 +1,13 @@
 //! vault-bench: vaultd measured against the floor — a bare tonic server answering
 //! the same call over the same kind of socket — and vaultd's own costs (durable
-//! puts, unlock, memory). See `--help` and issue 7.
+//! puts, unlock, memory, watch fan-out), plus a soak mode. See `--help` and issue 7.
 //!
 //! Every server runs as its own process and every load comes from a separate
-//! client process: the bench re-executes itself with the hidden `floor-server`
-//! and `client` subcommands. Modules: [`floor`] (the echo server), [`load`] (the
-//! client), [`vaultd`] (starting, driving and measuring vaultd), [`report`]
-//! (statistics, markdown, JSON).
+//! client process: the bench re-executes itself with the hidden `floor-server`,
+//! `client`, `fanout-client` and `soak-client` subcommands. Modules: [`floor`]
+//! (the echo server), [`load`] (the client), [`fanout`] (watchers and
+//! rotations), [`soak`] (`vault-bench soak`), [`vaultd`] (starting, driving and
+//! measuring vaultd), [`report`] (statistics, markdown, JSON).
 
 mod fanout;
 mod floor;
@@ -44,7 +45,9 @@ const FILL_SECONDS_PER_SECRET: f64 = 0.05;
 /// secrets, on vaultd (audit reads on, the default, and off) and on the floor (a
 /// bare tonic server answering the same calls with replies of the same size), each
 /// at 1 and at 32 requests in flight, with 100-byte values; durable puts; `vaultctl
-/// unlock` at the default KDF; vaultd's resident memory.
+/// unlock` at the default KDF; vaultd's resident memory (idle, with 10,000 and
+/// with `--large` 100,000 secrets); watch fan-out (RotateSecret reply → the last
+/// of 100 watchers, on 10 connections, has the new version).
 /// Cases alternate (floor, vaultd audit on, vaultd audit off, …) in every round;
 /// figures are the median and min–max across rounds.
 ///
