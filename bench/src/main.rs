@@ -1,22 +1,25 @@
 //! vault-bench: vaultd measured against the floor — a bare tonic server answering
 //! the same call over the same kind of socket — and vaultd's own costs (durable
-//! puts, unlock, memory). See `--help` and issue 7.
+//! puts, unlock, memory, watch fan-out), plus a soak mode. See `--help` and issue 7.
 //!
 //! Every server runs as its own process and every load comes from a separate
-//! client process: the bench re-executes itself with the hidden `floor-server`
-//! and `client` subcommands. Modules: [`floor`] (the echo server), [`load`] (the
-//! client), [`vaultd`] (starting, driving and measuring vaultd), [`report`]
-//! (statistics, markdown, JSON).
+//! client process: the bench re-executes itself with the hidden `floor-server`,
+//! `client`, `fanout-client` and `soak-client` subcommands. Modules: [`floor`]
+//! (the echo server), [`load`] (the client), [`fanout`] (watchers and
+//! rotations), [`soak`] (`vault-bench soak`), [`vaultd`] (starting, driving and
+//! measuring vaultd), [`report`] (statistics, markdown, JSON).
 
+mod fanout;
 mod floor;
 mod load;
 mod report;
+mod soak;
 mod vaultd;
 
 use anyhow::{Context as _, ensure};
 use clap::{Parser, Subcommand};
 use load::{ClientArgs, Op};
-use report::{Case, Goal, LoadResult, Memory, NotMeasured, Puts, Ratio, Report, Round, Settings};
+use report::{Case, Fanout, Goal, LoadResult, Memory, NotMeasured, Puts, Ratio, Report, Round, Settings};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -42,7 +45,9 @@ const FILL_SECONDS_PER_SECRET: f64 = 0.05;
 /// secrets, on vaultd (audit reads on, the default, and off) and on the floor (a
 /// bare tonic server answering the same calls with replies of the same size), each
 /// at 1 and at 32 requests in flight, with 100-byte values; durable puts; `vaultctl
-/// unlock` at the default KDF; vaultd's resident memory.
+/// unlock` at the default KDF; vaultd's resident memory (idle, with 10,000 and
+/// with `--large` 100,000 secrets); watch fan-out (RotateSecret reply → the last
+/// of 100 watchers, on 10 connections, has the new version).
 /// Cases alternate (floor, vaultd audit on, vaultd audit off, …) in every round;
 /// figures are the median and min–max across rounds.
 ///
@@ -71,6 +76,18 @@ struct Cli {
 enum Cmd {
     /// Run the benchmark (the default).
     Run(RunArgs),
+    /// Soak: 64 readers and background rotations and token churn for a long
+    /// time; errors by kind, reads/s and vaultd's RSS over time. Exits non-zero
+    /// if any unintended error occurred.
+    Soak(soak::SoakArgs),
+    /// Only the watch fan-out figure (also part of `run`).
+    Fanout(FanoutOnlyArgs),
+    /// Internal: the watchers and rotations of one fan-out run; prints a JSON result.
+    #[command(hide = true)]
+    FanoutClient(fanout::FanoutArgs),
+    /// Internal: the soak's load; prints JSON lines.
+    #[command(hide = true)]
+    SoakClient(soak::SoakClientArgs),
     /// Internal: serve the floor on a socket.
     #[command(hide = true)]
     FloorServer {
@@ -96,6 +113,25 @@ struct RunArgs {
     /// Also measure memory with 100,000 secrets (filling takes minutes).
     #[arg(long)]
     large: bool,
+    /// Watch fan-out: measured rotations (after one warm-up rotation).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    rotations: u16,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct FanoutOnlyArgs {
+    /// Measured rotations (after one warm-up rotation).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    rotations: u16,
+    /// Watch streams, all of one secret.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=4000))]
+    watchers: u16,
+    /// Connections the watchers are spread over.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    connections: u16,
+    /// Also measure with audit reads off.
+    #[arg(long)]
+    audit_off_too: bool,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +140,10 @@ fn main() -> ExitCode {
         Some(Cmd::FloorServer { socket }) => floor::serve(&socket),
         Some(Cmd::Client(args)) => load::client(&args),
         Some(Cmd::Run(args)) => bench(args),
+        Some(Cmd::Soak(args)) => soak::soak(&args),
+        Some(Cmd::Fanout(args)) => fanout_only(&args),
+        Some(Cmd::FanoutClient(args)) => fanout::client(&args),
+        Some(Cmd::SoakClient(args)) => soak::client(&args),
         None => bench(cli.run),
     };
     match outcome {
@@ -184,6 +224,8 @@ async fn measure(args: &RunArgs) -> anyhow::Result<Report> {
     }
     progress("durable puts, 1 in flight");
     let puts = put_rounds(args, &bins, tmp.path()).await?;
+    progress("watch fan-out");
+    let fanout = vec![fanout(&bins, tmp.path(), true, 100, 10, args.rotations).await?];
     progress("unlock time at the default KDF, and memory");
     let (unlock_ms, memory) = unlock_and_memory(args, &bins, tmp.path(), &progress).await?;
 
@@ -211,12 +253,14 @@ async fn measure(args: &RunArgs) -> anyhow::Result<Report> {
         puts: Puts { rounds: puts },
         unlock_ms,
         memory,
+        fanout,
         not_measured: vec![
-            not_built("watch fan-out: rotation ack → last of 100 watchers has the value"),
-            not_built("revoke-all at 10,000 tokens / 1,000 secrets / 200 streams (needs watch streams)"),
+            // Issue 6 hook: once `Admin.RevokeAll` exists, time it here (tokens,
+            // secrets and watch streams created first, like `fanout` does).
+            not_built("revoke-all at 10,000 tokens / 1,000 secrets / 200 streams (needs the RevokeAll RPC)"),
             NotMeasured {
-                item: "soak mode (`vault-bench soak --duration D`)".into(),
-                reason: "not built in vault-bench yet".into(),
+                item: "soak (errors, reads/s, RSS over time)".into(),
+                reason: "a separate mode: `vault-bench soak --duration 10m`".into(),
             },
         ],
         elapsed_s: started.elapsed().as_secs_f64(),
@@ -376,9 +420,75 @@ async fn unlock_and_memory(
 }
 
 /// The first three fields of /proc/loadavg.
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The secret the fan-out watchers watch; its rotator is `generate`.
+const WATCHED: &str = "watched";
+
+/// Watch fan-out on a fresh vaultd (audit reads on or off): `watchers` streams
+/// over `connections` connections in a client process, `rotations` rotations.
+async fn fanout(
+    bins: &vaultd::Bins,
+    tmp: &Path,
+    audit_reads: bool,
+    watchers: u16,
+    connections: u16,
+    rotations: u16,
+) -> anyhow::Result<Fanout> {
+    let label = if audit_reads { "audit on" } else { "audit off" };
+    let daemon =
+        vaultd::Daemon::start(bins, &tmp.join(format!("fanout-{}", label.replace(' ', "-"))), audit_reads).await?;
+    daemon.init().await?;
+    daemon.ctl(&["put", WATCHED, "--provider", "bench", "--rotator", "generate"], &secret_value()).await?;
+    let args = fanout::FanoutArgs {
+        agent_socket: daemon.agent_socket.clone(),
+        admin_socket: daemon.admin_socket.clone(),
+        name: WATCHED.into(),
+        watchers,
+        connections,
+        rotations,
+    };
+    let result = fanout::run(&args).await?;
+    ensure!(result.client_pid != daemon.pid(), "client and server share a process");
+    Ok(Fanout { server: label.into(), result })
+}
+
+/// `vault-bench fanout`: only the watch fan-out figure(s).
+fn fanout_only(args: &FanoutOnlyArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let bins = vaultd::Bins::locate()?;
+        let tmp = tempfile::Builder::new().prefix("vault-bench-").tempdir()?;
+        let loadavg_start = loadavg();
+        let mut out = Vec::new();
+        for audit_reads in if args.audit_off_too { &[true, false][..] } else { &[true] } {
+            out.push(fanout(&bins, tmp.path(), *audit_reads, args.watchers, args.connections, args.rotations).await?);
+        }
+        println!("Load average (1, 5, 15 min) at start: {loadavg_start}; at end: {}.", loadavg());
+        println!("| vaultd | watchers / connections | rotations | ack → last ms | ack → first ms | RotateSecret ms | sent → last ms |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for f in &out {
+            let show = |g: fn(&fanout::FanoutRound) -> f64| {
+                report::Spread::of(&f.result.rounds.iter().map(g).collect::<Vec<_>>())
+                    .map_or_else(|| "—".into(), |s| format!("{:.1} ({:.1}–{:.1})", s.median, s.min, s.max))
+            };
+            println!(
+                "| {} | {} / {} | {} | {} | {} | {} | {} |",
+                f.server,
+                f.result.watchers,
+                f.result.connections,
+                f.result.rounds.len(),
+                show(|r| r.ack_to_last_ms),
+                show(|r| r.ack_to_first_ms),
+                show(|r| r.rotate_ms),
+                show(|r| r.sent_to_last_ms)
+            );
+        }
+        Ok(())
+    })
 }
 
 /// Stores `count` new secrets (32 puts in flight); fails on any error.
@@ -443,4 +553,23 @@ fn ratios(cases: &[Case]) -> Vec<Ratio> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn soak_takes_a_humantime_duration_and_defaults_to_ten_minutes() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Some(Cmd::Soak(s)) => s,
+            other => panic!("not soak: {other:?}"),
+        };
+        assert_eq!(parse(&["vault-bench", "soak"]).duration, Duration::from_secs(600));
+        let s = parse(&["vault-bench", "soak", "--duration", "1h 30m", "--sample-every", "10s"]);
+        assert_eq!((s.duration, s.sample_every), (Duration::from_secs(5400), Duration::from_secs(10)));
+        assert!(Cli::try_parse_from(["vault-bench", "soak", "--duration", "ten"]).is_err());
+        assert!(Cli::try_parse_from(["vault-bench", "--rounds", "2"]).unwrap().command.is_none());
+    }
 }

@@ -162,6 +162,24 @@ pub(crate) struct Memory {
     pub(crate) target_mb: Option<f64>,
 }
 
+/// Watch fan-out: rotation acknowledged → the last of N watchers has the value.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Fanout {
+    /// "audit on" (the default) or "audit off".
+    pub(crate) server: String,
+    pub(crate) result: crate::fanout::FanoutResult,
+}
+
+impl Fanout {
+    fn spread(&self, f: fn(&crate::fanout::FanoutRound) -> f64) -> Option<Spread> {
+        Spread::of(&self.result.rounds.iter().map(f).collect::<Vec<_>>())
+    }
+    /// The target: the last watcher within 50 ms of the acknowledgement.
+    pub(crate) fn ack_to_last(&self) -> Option<Spread> {
+        self.spread(|r| r.ack_to_last_ms)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct NotMeasured {
     pub(crate) item: String,
@@ -179,6 +197,7 @@ pub(crate) struct Report {
     /// Wall time of `vaultctl unlock` after a restart, each attempt.
     pub(crate) unlock_ms: Vec<f64>,
     pub(crate) memory: Vec<Memory>,
+    pub(crate) fanout: Vec<Fanout>,
     pub(crate) not_measured: Vec<NotMeasured>,
     /// The measuring, from starting the servers to the last figure.
     pub(crate) elapsed_s: f64,
@@ -203,7 +222,7 @@ pub(crate) struct Settings {
     pub(crate) loadavg_end: String,
 }
 
-fn mb(kib: u64) -> f64 {
+pub(crate) fn mb(kib: u64) -> f64 {
     kib as f64 * 1024.0 / 1e6
 }
 
@@ -279,6 +298,29 @@ impl Report {
             let met = m.target_mb.map(|t| mb(m.rss_kib) < t);
             let target = m.target_mb.map_or_else(String::new, |t| format!("< {t} MB"));
             line(format!("| vaultd RSS, {}: MB | {:.1} | {} | {} |", m.state, mb(m.rss_kib), target, verdict(met)));
+        }
+        for f in &self.fanout {
+            let r = &f.result;
+            let n = r.rounds.len();
+            let prefix = format!(
+                "watch fan-out, vaultd {}, {} watchers on {} connections, {n} rotations",
+                f.server, r.watchers, r.connections
+            );
+            let ack_to_last = f.ack_to_last();
+            line(format!(
+                "| {prefix}: rotation acknowledged → last watcher has it, ms | {} | < 50 ms | {} |",
+                opt(ack_to_last, 1),
+                verdict(ack_to_last.map(|s| s.median < 50.0))
+            ));
+            line(format!(
+                "| {prefix}: acknowledged → first watcher has it, ms | {} | | |",
+                opt(f.spread(|r| r.ack_to_first_ms), 1)
+            ));
+            line(format!("| {prefix}: RotateSecret round trip, ms | {} | | |", opt(f.spread(|r| r.rotate_ms), 1)));
+            line(format!(
+                "| {prefix}: RotateSecret sent → last watcher has it, ms | {} | | |",
+                opt(f.spread(|r| r.sent_to_last_ms), 1)
+            ));
         }
         line(String::new());
         line("| not measured | why |".into());

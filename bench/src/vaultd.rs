@@ -159,7 +159,8 @@ fn log_tail(log: Option<&Path>) -> String {
 }
 
 /// A vaultd with its own directory: `DIR/data`, `DIR/agent.sock`, `DIR/admin.sock`,
-/// `DIR/vaultd.log` (stderr), and `DIR/vaultd.toml` when audit reads are off.
+/// `DIR/vaultd.log` (stderr), and `DIR/vaultd.toml` when audit reads are off
+/// (or another configuration is given).
 /// Started with the default KDF and log level (VAULTD_INSECURE_TEST_KDF and
 /// VAULTD_LOG are removed from its environment). Stopped on drop.
 pub(crate) struct Daemon {
@@ -176,6 +177,12 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Starts a new, uninitialized vaultd in `dir` (created) and waits until it listens.
     pub(crate) async fn start(bins: &Bins, dir: &Path, audit_reads: bool) -> anyhow::Result<Daemon> {
+        let config = if audit_reads { None } else { Some("[audit]\nreads = false\n") };
+        Daemon::start_with_config(bins, dir, config).await
+    }
+
+    /// [`Daemon::start`] with `config` as `DIR/vaultd.toml` (none: no config file).
+    pub(crate) async fn start_with_config(bins: &Bins, dir: &Path, config: Option<&str>) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         let write = |name: &str, bytes: &[u8]| -> anyhow::Result<PathBuf> {
@@ -184,7 +191,7 @@ impl Daemon {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
             Ok(path)
         };
-        let config = if audit_reads { None } else { Some(write("vaultd.toml", b"[audit]\nreads = false\n")?) };
+        let config = config.map(|text| write("vaultd.toml", text.as_bytes())).transpose()?;
         let mut d = Daemon {
             bins: bins.clone(),
             agent_socket: dir.join("agent.sock"),
@@ -239,6 +246,11 @@ impl Daemon {
     /// Runs `vaultctl ARGS` against this daemon with `stdin`; fails unless it
     /// succeeds. Returns its wall time (process start to exit).
     pub(crate) async fn ctl(&self, args: &[&str], stdin: &[u8]) -> anyhow::Result<Duration> {
+        self.ctl_output(args, stdin).await.map(|(took, _)| took)
+    }
+
+    /// [`Daemon::ctl`], also returning its stdout.
+    pub(crate) async fn ctl_output(&self, args: &[&str], stdin: &[u8]) -> anyhow::Result<(Duration, Vec<u8>)> {
         use tokio::io::AsyncWriteExt as _;
         let mut cmd = tokio::process::Command::new(&self.bins.vaultctl);
         cmd.args(args)
@@ -265,7 +277,7 @@ impl Daemon {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
-        Ok(took)
+        Ok((took, out.stdout))
     }
 
     /// `vaultctl init --passphrase-file F` (which leaves the vault unlocked).
