@@ -13,6 +13,7 @@ mod fanout;
 mod floor;
 mod load;
 mod report;
+mod revoke;
 mod soak;
 mod vaultd;
 
@@ -85,6 +86,15 @@ enum Cmd {
     /// Internal: the watchers and rotations of one fan-out run; prints a JSON result.
     #[command(hide = true)]
     FanoutClient(fanout::FanoutArgs),
+    /// Only the revoke-all figure (also part of `run`): fresh vaults of 10,000
+    /// tokens, 1,000 secrets and 200 watch streams each.
+    RevokeAll {
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
+        rounds: u16,
+    },
+    /// Internal: build one revoke-all scene and time the revoke-all; prints a JSON result.
+    #[command(hide = true)]
+    RevokeClient(revoke::RevokeArgs),
     /// Internal: the soak's load; prints JSON lines.
     #[command(hide = true)]
     SoakClient(soak::SoakClientArgs),
@@ -144,6 +154,8 @@ fn main() -> ExitCode {
         Some(Cmd::Fanout(args)) => fanout_only(&args),
         Some(Cmd::FanoutClient(args)) => fanout::client(&args),
         Some(Cmd::SoakClient(args)) => soak::client(&args),
+        Some(Cmd::RevokeAll { rounds }) => revoke_only(rounds),
+        Some(Cmd::RevokeClient(args)) => revoke::client(&args),
         None => bench(cli.run),
     };
     match outcome {
@@ -226,6 +238,7 @@ async fn measure(args: &RunArgs) -> anyhow::Result<Report> {
     let puts = put_rounds(args, &bins, tmp.path()).await?;
     progress("watch fan-out");
     let fanout = vec![fanout(&bins, tmp.path(), true, 100, 10, args.rotations).await?];
+    let revoke_all = vec![revoke_all(&bins, tmp.path(), 0).await?];
     progress("unlock time at the default KDF, and memory");
     let (unlock_ms, memory) = unlock_and_memory(args, &bins, tmp.path(), &progress).await?;
 
@@ -243,8 +256,6 @@ async fn measure(args: &RunArgs) -> anyhow::Result<Report> {
         loadavg_start,
         loadavg_end: loadavg(),
     };
-    let not_built =
-        |item: &str| NotMeasured { item: item.into(), reason: "not measured: feature not built yet".into() };
     Ok(Report {
         settings,
         bench_pid: std::process::id(),
@@ -254,15 +265,11 @@ async fn measure(args: &RunArgs) -> anyhow::Result<Report> {
         unlock_ms,
         memory,
         fanout,
-        not_measured: vec![
-            // Issue 6 hook: once `Admin.RevokeAll` exists, time it here (tokens,
-            // secrets and watch streams created first, like `fanout` does).
-            not_built("revoke-all at 10,000 tokens / 1,000 secrets / 200 streams (needs the RevokeAll RPC)"),
-            NotMeasured {
-                item: "soak (errors, reads/s, RSS over time)".into(),
-                reason: "a separate mode: `vault-bench soak --duration 10m`".into(),
-            },
-        ],
+        revoke_all,
+        not_measured: vec![NotMeasured {
+            item: "soak (errors, reads/s, RSS over time)".into(),
+            reason: "a separate mode: `vault-bench soak --duration 10m`".into(),
+        }],
         elapsed_s: started.elapsed().as_secs_f64(),
         build_s,
     })
@@ -454,6 +461,53 @@ async fn fanout(
     let result = fanout::run(&args).await?;
     ensure!(result.client_pid != daemon.pid(), "client and server share a process");
     Ok(Fanout { server: label.into(), result })
+}
+
+/// One revoke-all on a fresh vaultd (audit reads on), scene built by the client.
+async fn revoke_all(bins: &vaultd::Bins, tmp: &Path, round: u16) -> anyhow::Result<revoke::RevokeResult> {
+    let daemon = vaultd::Daemon::start(bins, &tmp.join(format!("revoke-{round}")), true).await?;
+    daemon.init().await?;
+    let args = revoke::RevokeArgs {
+        agent_socket: daemon.agent_socket.clone(),
+        admin_socket: daemon.admin_socket.clone(),
+        tokens: 10_000,
+        secrets: 1_000,
+        streams: 200,
+    };
+    let result = revoke::run(&args).await?;
+    ensure!(result.client_pid != daemon.pid(), "client and server share a process");
+    Ok(result)
+}
+
+/// `vault-bench revoke-all`: only the revoke-all figure, `rounds` times.
+fn revoke_only(rounds: u16) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let bins = vaultd::Bins::locate()?;
+        let tmp = tempfile::Builder::new().prefix("vault-bench-").tempdir()?;
+        let loadavg_start = loadavg();
+        let mut out = Vec::new();
+        for round in 0..rounds {
+            out.push(revoke_all(&bins, tmp.path(), round).await?);
+        }
+        println!("Load average (1, 5, 15 min) at start: {loadavg_start}; at end: {}.", loadavg());
+        println!("| tokens / secrets / streams | setup s | RevokeAll round trip ms | sent → last stream closed ms |");
+        println!("|---|---:|---:|---:|");
+        for r in &out {
+            println!(
+                "| {} / {} / {} | {:.1} | {:.1} | {:.1} |",
+                r.tokens, r.secrets, r.streams, r.setup_s, r.revoke_ms, r.sent_to_last_closed_ms
+            );
+        }
+        let closed: Vec<f64> = out.iter().map(|r| r.sent_to_last_closed_ms).collect();
+        if let Some(s) = report::Spread::of(&closed) {
+            println!(
+                "\nsent → last stream closed: median {:.1} ms ({:.1}–{:.1}); target < 500 ms",
+                s.median, s.min, s.max
+            );
+        }
+        Ok(())
+    })
 }
 
 /// `vault-bench fanout`: only the watch fan-out figure(s).

@@ -198,6 +198,7 @@ pub(crate) struct Report {
     pub(crate) unlock_ms: Vec<f64>,
     pub(crate) memory: Vec<Memory>,
     pub(crate) fanout: Vec<Fanout>,
+    pub(crate) revoke_all: Vec<crate::revoke::RevokeResult>,
     pub(crate) not_measured: Vec<NotMeasured>,
     /// The measuring, from starting the servers to the last figure.
     pub(crate) elapsed_s: f64,
@@ -321,6 +322,16 @@ impl Report {
                 "| {prefix}: RotateSecret sent → last watcher has it, ms | {} | | |",
                 opt(f.spread(|r| r.sent_to_last_ms), 1)
             ));
+        }
+        for r in &self.revoke_all {
+            let prefix =
+                format!("revoke-all, {} tokens / {} secrets / {} watch streams", r.tokens, r.secrets, r.streams);
+            line(format!(
+                "| {prefix}: RevokeAll sent → last stream closed, ms | {:.1} | < 500 ms | {} |",
+                r.sent_to_last_closed_ms,
+                verdict(Some(r.sent_to_last_closed_ms < 500.0))
+            ));
+            line(format!("| {prefix}: RevokeAll round trip (the report), ms | {:.1} | | |", r.revoke_ms));
         }
         line(String::new());
         line("| not measured | why |".into());
