@@ -36,9 +36,33 @@ async fn list_services(channel: Channel) -> Vec<String> {
     }
 }
 
+/// Waits (at most 5 s) until the agent API's health is `want`.
+async fn agent_health_becomes(d: &Daemon, want: ServingStatus) {
+    let mut health = HealthClient::new(channel(&d.agent_socket).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let request = HealthCheckRequest { service: "vault.v1.Agent".into() };
+        let status = health.check(request).await.unwrap().into_inner().status;
+        if status == want as i32 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the agent API's health is {status}, not {want:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_on_both_sockets() {
     let d = Daemon::start();
+    // Before init (sealed): the agent API answers NOT_SERVING, the admin API (which
+    // unlocks) SERVING; then both SERVING; sealed again, the agent API NOT_SERVING.
+    agent_health_becomes(&d, ServingStatus::NotServing).await;
+    d.init();
+    agent_health_becomes(&d, ServingStatus::Serving).await;
+    d.ctl(&["seal"], b"").ok();
+    agent_health_becomes(&d, ServingStatus::NotServing).await;
+    d.unlock();
+    agent_health_becomes(&d, ServingStatus::Serving).await;
     for (socket, api) in [(&d.agent_socket, "vault.v1.Agent"), (&d.admin_socket, "vault.v1.Admin")] {
         let mut health = HealthClient::new(channel(socket).await);
         for service in ["", api] {

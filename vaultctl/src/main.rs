@@ -34,7 +34,7 @@ struct Cli {
 /// deployment can set them once.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Global {
-    /// The agent socket (used by `get`).
+    /// The agent socket (used by `get`, `watch` and `exec`).
     #[arg(long, global = true, value_name = "PATH", env = "VAULT_SOCKET",
           default_value = vault_proto::DEFAULT_AGENT_SOCKET)]
     pub(crate) socket: PathBuf,

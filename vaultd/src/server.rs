@@ -21,6 +21,7 @@ use tonic::transport::Server;
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
 use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
 use vault_proto::MAX_MESSAGE_LEN;
 use vault_proto::v1::{admin_server::AdminServer, agent_server::AgentServer};
@@ -125,7 +126,9 @@ fn cut_on_incident(conn: &UnixStream, mut cutoff: watch::Receiver<u64>) -> io::R
 }
 
 /// gRPC health and reflection for one socket, naming only the API it serves.
-async fn discovery(service: &str) -> (HealthServer<impl Health>, ServerReflectionServer<impl ServerReflection>) {
+async fn discovery(
+    service: &str,
+) -> (HealthReporter, HealthServer<impl Health>, ServerReflectionServer<impl ServerReflection>) {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status(service, ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -136,7 +139,23 @@ async fn discovery(service: &str) -> (HealthServer<impl Health>, ServerReflectio
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()
         .expect("the embedded descriptor sets are generated at build time and valid");
-    (health, reflection)
+    (reporter, health, reflection)
+}
+
+/// Keeps the agent API's health NOT_SERVING while the vault is sealed (every read
+/// would fail), so a probe can tell "up but sealed" from "ready". The admin API
+/// stays SERVING: unlocking goes through it.
+fn follow_seal(vault: Arc<Vault>, reporter: HealthReporter, service: &'static str) -> tokio::task::JoinHandle<()> {
+    let mut changes = vault.changes();
+    tokio::spawn(async move {
+        loop {
+            let status = if vault.is_sealed() { ServingStatus::NotServing } else { ServingStatus::Serving };
+            reporter.set_service_status(service, status).await;
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// Serves the agent and admin APIs (plus gRPC health and reflection) until
@@ -158,7 +177,8 @@ pub async fn serve(
     let agent_api = AgentServer::new(AgentApi::new(vault.clone()))
         .max_decoding_message_size(MAX_MESSAGE_LEN)
         .max_encoding_message_size(MAX_MESSAGE_LEN);
-    let (health, reflection) = discovery(AgentServer::<AgentApi>::NAME).await;
+    let (reporter, health, reflection) = discovery(AgentServer::<AgentApi>::NAME).await;
+    let agent_health = follow_seal(vault.clone(), reporter, AgentServer::<AgentApi>::NAME);
     let agent_server = builder()
         .add_service(health)
         .add_service(reflection)
@@ -168,14 +188,18 @@ pub async fn serve(
     let admin_api = AdminServer::new(AdminApi::new(vault.clone()))
         .max_decoding_message_size(MAX_MESSAGE_LEN)
         .max_encoding_message_size(MAX_MESSAGE_LEN);
-    let (health, reflection) = discovery(AdminServer::<AdminApi>::NAME).await;
+    let (_, health, reflection) = discovery(AdminServer::<AdminApi>::NAME).await;
     let admin_server = builder()
         .add_service(health)
         .add_service(reflection)
         .add_service(InterceptedService::new(admin_api, guard(Socket::Admin, owner, vault)))
         .serve_with_incoming_shutdown(attested(admin, None), stopped(stop_rx));
 
-    let servers = async { tokio::try_join!(agent_server, admin_server).map(|_| ()) };
+    let servers = async {
+        let served = tokio::try_join!(agent_server, admin_server).map(|_| ());
+        agent_health.abort();
+        served
+    };
     tokio::pin!(servers);
     tokio::select! {
         result = &mut servers => return result,

@@ -297,6 +297,7 @@ impl Vault {
         *chain = Some(Chain { keys: keys.clone(), tip });
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
         drop(chain);
+        self.notify();
         self.publish(rows);
         Ok(())
     }
@@ -431,6 +432,11 @@ impl Vault {
         self.notify();
         self.publish(rows?);
         Ok(())
+    }
+
+    /// A receiver that wakes on every change watchers care about, and on seal and unlock.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Wakes every watcher to look at the vault again.
