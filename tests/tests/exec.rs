@@ -21,6 +21,28 @@ fn exec_in_background(d: &Daemon, args: &[&str]) -> ChildGuard {
     ChildGuard(Some(vault_tests::spawn(&mut cmd)))
 }
 
+/// Polls `f` for 10 s.
+fn wait_until_true(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Kills vaultctl exec and returns what it wrote to stderr.
+fn drain_stderr(guard: &mut ChildGuard) -> String {
+    let child = guard.0.as_mut().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut text);
+    text
+}
+
 fn ended(guard: &mut ChildGuard) -> Option<i32> {
     let child = guard.0.as_mut().unwrap();
     vault_tests::wait_until(child, Instant::now() + Duration::from_secs(15)).expect("vaultctl exec did not end").code()
@@ -121,7 +143,10 @@ fn signal_on_rotate_updates_the_files_first() {
     let mut exec = exec_in_background(&d, &args);
     wait_for("the start", || (log_lines(&log) == ["start xoxb-1"]).then_some(()));
     d.ctl(&["rotate", "slack"], b"xoxb-2").ok();
-    wait_for("the HUP", || (log_lines(&log).last()? == "hup xoxb-2").then_some(()));
+    if !wait_until_true(|| log_lines(&log).last().is_some_and(|l| l == "hup xoxb-2")) {
+        let stderr = drain_stderr(&mut exec);
+        panic!("no HUP with the new value: log {:?}; vaultctl: {stderr}; vaultd: {}", log_lines(&log), d.log());
+    }
     assert_eq!(log_lines(&log), ["start xoxb-1", "hup xoxb-2"], "the program was restarted, not signalled");
     vault_tests::signal(exec.0.as_ref().unwrap(), rustix::process::Signal::INT);
     assert_eq!(ended(&mut exec), Some(130), "sh ended by the forwarded SIGINT");
