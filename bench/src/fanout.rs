@@ -23,7 +23,6 @@
 use anyhow::{Context as _, bail, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use vault_proto::v1;
@@ -102,28 +101,12 @@ pub(crate) struct FanoutResult {
 /// The bench's side: runs the fan-out client as a separate process.
 pub(crate) async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     let limit = DELIVERY_TIMEOUT * (u32::from(args.rotations) + 3) + Duration::from_secs(60);
-    let child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(args.to_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the fan-out client")?;
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .with_context(|| format!("the fan-out client ran over {limit:?}"))??;
-    ensure!(out.status.success(), "the fan-out client failed ({})", out.status);
-    serde_json::from_slice(&out.stdout).context("reading the fan-out client's result")
+    crate::child::run(args.to_args(), limit, "fan-out").await
 }
 
 /// The hidden `fanout-client` subcommand.
 pub(crate) fn client(args: &FanoutArgs) -> anyhow::Result<()> {
-    crate::die_with_parent()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(measure(args))?;
-    println!("{}", serde_json::to_string(&result)?);
-    Ok(())
+    crate::child::serve(crate::child::current_thread()?, measure(args))
 }
 
 /// What a watcher task reports: (watcher, version, value, when it had it).

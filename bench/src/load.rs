@@ -7,9 +7,8 @@
 //! prints one JSON line, a [`LoadResult`], on stdout. [`run`] is the bench's side.
 
 use crate::report::{LoadResult, percentile};
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -86,28 +85,12 @@ impl ClientArgs {
 /// The bench's side: runs the client as a separate process and returns what it measured.
 pub(crate) async fn run(args: &ClientArgs) -> anyhow::Result<LoadResult> {
     let limit = Duration::from_secs_f64(args.warmup + args.seconds + 30.0);
-    let child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(args.to_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the load client")?;
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .with_context(|| format!("the load client ran over {limit:?}"))??;
-    ensure!(out.status.success(), "the load client failed ({})", out.status);
-    serde_json::from_slice(&out.stdout).context("reading the load client's result")
+    crate::child::run(args.to_args(), limit, "load").await
 }
 
 /// The hidden `client` subcommand.
 pub(crate) fn client(args: &ClientArgs) -> anyhow::Result<()> {
-    crate::die_with_parent()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(load(args))?;
-    println!("{}", serde_json::to_string(&result)?);
-    Ok(())
+    crate::child::serve(crate::child::current_thread()?, load(args))
 }
 
 /// What one task saw.

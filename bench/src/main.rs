@@ -9,6 +9,7 @@
 //! rotations), [`soak`] (`vault-bench soak`), [`vaultd`] (starting, driving and
 //! measuring vaultd), [`report`] (statistics, markdown, JSON).
 
+mod child;
 mod fanout;
 mod floor;
 mod load;

@@ -16,7 +16,6 @@
 use anyhow::{Context as _, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use vault_proto::v1;
 
@@ -79,29 +78,13 @@ pub(crate) struct RevokeResult {
 
 /// Runs one revoke-all in a separate client process and returns its figures.
 pub(crate) async fn run(args: &RevokeArgs) -> anyhow::Result<RevokeResult> {
-    let child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(args.to_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the revoke-all client")?;
-    let limit = Duration::from_secs(600);
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .with_context(|| format!("the revoke-all client ran over {limit:?}"))??;
-    ensure!(out.status.success(), "the revoke-all client failed ({})", out.status);
-    serde_json::from_slice(&out.stdout).context("reading the revoke-all client's result")
+    crate::child::run(args.to_args(), Duration::from_secs(600), "revoke-all").await
 }
 
 /// The hidden `revoke-client` subcommand.
 pub(crate) fn client(args: &RevokeArgs) -> anyhow::Result<()> {
-    crate::die_with_parent()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let result = runtime.block_on(measure(args))?;
-    println!("{}", serde_json::to_string(&result)?);
-    Ok(())
+    crate::child::serve(runtime, measure(args))
 }
 
 async fn measure(args: &RevokeArgs) -> anyhow::Result<RevokeResult> {
