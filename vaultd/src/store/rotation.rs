@@ -265,12 +265,13 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// After a failed scheduled rotation: try again after `retry_secs`, not at
-    /// every scheduler pass.
+    /// After a failed scheduled rotation: try again after `retry_secs` (or the
+    /// secret's period, if shorter), not at every scheduler pass.
     pub fn postpone_rotation(&self, secret_id: i64, retry_secs: i64) -> Result<(), StoreError> {
         self.tx.execute(
-            "UPDATE secret SET next_rotation_unix = ? WHERE id = ? AND next_rotation_unix IS NOT NULL",
-            params![now_unix().saturating_add(retry_secs), secret_id],
+            "UPDATE secret SET next_rotation_unix = ?1 + MIN(rotate_every_secs, ?2)
+             WHERE id = ?3 AND rotate_every_secs IS NOT NULL",
+            params![now_unix(), retry_secs, secret_id],
         )?;
         Ok(())
     }
@@ -402,5 +403,35 @@ impl Txn<'_> {
         };
         self.tx.execute(sql, params![retry_after, version, env, name])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::SecretLabels;
+
+    #[test]
+    fn a_failed_scheduled_rotation_waits_the_retry_or_the_period_if_shorter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let next = |every: i64| {
+            store
+                .write(|txn| {
+                    txn.put("prod", "k", &SecretLabels::default(), 10, |_| Ok::<_, StoreError>(vec![1]))?;
+                    let change = PolicyChange { every_secs: Some(Some(every)), ..PolicyChange::default() };
+                    txn.set_policy("prod", "k", &change)?;
+                    let (id, _, _) = txn.secret_ids("prod", "k")?.unwrap();
+                    txn.postpone_rotation(id, 900)
+                })
+                .unwrap();
+            store.secret("prod", "k").unwrap().unwrap().next_rotation_unix
+        };
+        let now = now_unix();
+        let after_hourly = next(3600).unwrap() - now;
+        assert!((900..=902).contains(&after_hourly), "{after_hourly}");
+        let after_minutely = next(60).unwrap() - now;
+        assert!((60..=62).contains(&after_minutely), "{after_minutely}");
     }
 }

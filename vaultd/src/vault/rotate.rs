@@ -258,8 +258,7 @@ impl Vault {
                     txn.abandon_pending(id, version, true)?;
                 }
                 if trigger == Trigger::Schedule {
-                    let every = self.describe(secret).ok().and_then(|r| r.rotate_every_secs).unwrap_or(RETRY_SECS);
-                    txn.postpone_rotation(id, every.min(RETRY_SECS))?;
+                    txn.postpone_rotation(id, RETRY_SECS)?;
                 }
             }
             txn.rotation_step(rotation, "failed", None, Some(&reason))?;
