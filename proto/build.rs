@@ -25,6 +25,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     // Served by tonic-reflection so generic clients (grpcurl) can discover the API.
     std::fs::write(out.join("vault_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().skip_debug(REDACTED.iter().copied()).compile_fds(fds)?;
+    // An incident report is stored as JSON (vaultd) and printed as JSON (vaultctl)
+    // in the wire's own shape: one type, no copies to keep in step.
+    let json = "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]";
+    tonic_prost_build::configure()
+        .skip_debug(REDACTED.iter().copied())
+        .type_attribute(".vault.v1.IncidentReport", json)
+        .type_attribute(".vault.v1.HookOutcome", json)
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -4,91 +4,21 @@
 
 use crate::audit::{Actor, Event, Outcome, chain};
 use crate::store::{Store, StoreError, Txn, now_unix};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// An incident's report: stored with it, printed by `revoke-all` and `incident
-/// show`. Names and counts only, never a value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Report {
-    pub id: i64,
-    pub reason: String,
-    /// `online` (through vaultd) or `offline` (break-glass, on the data dir).
-    pub mode: String,
-    pub started_unix: i64,
-    pub tokens_revoked: u64,
-    pub clients_disabled: u64,
-    pub secrets_compromised: u64,
-    /// Watch streams open at the time, all ended (0 offline: a running vaultd
-    /// ends its own when it notices the incident).
-    pub streams_closed: u64,
-    pub sealed: bool,
-    /// `env/name` of every secret to rotate (`vaultctl rotate --compromised`).
-    pub needs_rotation: Vec<String>,
-    /// Provider revocations by the secrets' hooks (`--provider-revoke`).
-    pub provider_revoke: Vec<HookOutcome>,
+/// An incident's report: the wire's `IncidentReport`, stored with the incident
+/// as JSON and printed by `revoke-all` and `incident show`. Names and counts
+/// only, never a value. `streams_closed` is 0 offline: a running vaultd ends its
+/// own streams when it notices the incident.
+pub use vault_proto::v1::{HookOutcome, IncidentReport as Report};
+
+pub fn to_json(report: &Report) -> String {
+    serde_json::to_string(report).unwrap_or_else(|_| "{}".into())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HookOutcome {
-    pub secret: String,
-    pub ok: bool,
-    /// What happened: "revoked at the provider", or the hook's error.
-    pub detail: String,
-}
-
-impl Report {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
-    }
-
-    pub fn from_json(text: &str) -> Report {
-        serde_json::from_str(text).unwrap_or_default()
-    }
-}
-
-impl From<Report> for vault_proto::v1::IncidentReport {
-    fn from(r: Report) -> Self {
-        vault_proto::v1::IncidentReport {
-            id: r.id,
-            reason: r.reason,
-            mode: r.mode,
-            started_unix: r.started_unix,
-            tokens_revoked: r.tokens_revoked,
-            clients_disabled: r.clients_disabled,
-            secrets_compromised: r.secrets_compromised,
-            streams_closed: r.streams_closed,
-            sealed: r.sealed,
-            needs_rotation: r.needs_rotation,
-            provider_revoke: r
-                .provider_revoke
-                .into_iter()
-                .map(|h| vault_proto::v1::HookOutcome { secret: h.secret, ok: h.ok, detail: h.detail })
-                .collect(),
-        }
-    }
-}
-
-impl From<vault_proto::v1::IncidentReport> for Report {
-    fn from(r: vault_proto::v1::IncidentReport) -> Self {
-        Report {
-            id: r.id,
-            reason: r.reason,
-            mode: r.mode,
-            started_unix: r.started_unix,
-            tokens_revoked: r.tokens_revoked,
-            clients_disabled: r.clients_disabled,
-            secrets_compromised: r.secrets_compromised,
-            streams_closed: r.streams_closed,
-            sealed: r.sealed,
-            needs_rotation: r.needs_rotation,
-            provider_revoke: r
-                .provider_revoke
-                .into_iter()
-                .map(|h| HookOutcome { secret: h.secret, ok: h.ok, detail: h.detail })
-                .collect(),
-        }
-    }
+/// A stored report (a damaged one reads as empty rather than failing the list).
+pub fn from_json(text: &str) -> Report {
+    serde_json::from_str(text).unwrap_or_default()
 }
 
 /// Reasons are free text for humans; bounded so a report stays a report.
@@ -128,8 +58,8 @@ pub fn revoke_everything(
         needs_rotation: revoked.secrets,
         ..Report::default()
     };
-    report.id = txn.incident_insert(mode, reason, &report.to_json())?;
-    txn.incident_set_report(report.id, &report.to_json())?;
+    report.id = txn.incident_insert(mode, reason, &to_json(&report))?;
+    txn.incident_set_report(report.id, &to_json(&report))?;
     let event = Event::new("incident.revoke_all", Outcome::Ok, actor)
         .with("incident", report.id)
         .with("mode", mode)

@@ -6,8 +6,8 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 
 use serde::Serialize;
+use vault_proto::v1::IncidentReport as Report;
 use vault_proto::v1::{self, ListIncidentsRequest, RevokeAllRequest, ShowIncidentRequest};
-use vaultd::incident::Report;
 
 use crate::Global;
 use crate::daemon::{self, Reply as _};
@@ -68,7 +68,7 @@ pub(crate) async fn revoke_all(global: &Global, args: RevokeAllArgs) -> anyhow::
             let mut admin = daemon::admin(global).await?;
             let request =
                 RevokeAllRequest { reason: args.reason, seal: args.seal, provider_revoke: args.provider_revoke };
-            admin.revoke_all(request).await.reply()?.into()
+            admin.revoke_all(request).await.reply()?
         }
     };
     print_report(global, &report, None)
@@ -87,7 +87,7 @@ fn confirm() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// vaultd's stored report (`{"id","reason","mode","started_unix","tokens_revoked",
+/// The incident report as vaultd stores it (`{"id","reason","mode","started_unix","tokens_revoked",
 /// "clients_disabled","secrets_compromised","streams_closed","sealed",
 /// "needs_rotation","provider_revoke":[{"secret","ok","detail"}]}`), plus
 /// `timeline` for `show`.
@@ -136,8 +136,7 @@ pub(crate) async fn incident(global: &Global, command: IncidentCommand) -> anyho
         IncidentCommand::List => {
             let incidents = admin.list_incidents(ListIncidentsRequest {}).await.reply()?.incidents;
             if global.json {
-                let all: Vec<Report> = incidents.into_iter().map(Report::from).collect();
-                return output::json(&all);
+                return output::json(&incidents);
             }
             let rows: Vec<Vec<String>> = incidents
                 .iter()
@@ -155,7 +154,7 @@ pub(crate) async fn incident(global: &Global, command: IncidentCommand) -> anyho
         }
         IncidentCommand::Show { id, hours } => {
             let reply = admin.show_incident(ShowIncidentRequest { id, hours }).await.reply()?;
-            let report = daemon::required(reply.report, "report")?.into();
+            let report = daemon::required(reply.report, "report")?;
             print_report(global, &report, Some(&reply.timeline))
         }
     }

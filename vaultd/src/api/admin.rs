@@ -232,14 +232,14 @@ impl Admin for AdminApi {
             streams = report.streams_closed,
             "revoke-all"
         );
-        Ok(Response::new(report.into()))
+        Ok(Response::new(report))
     }
 
     async fn list_incidents(
         &self,
         _: Request<v1::ListIncidentsRequest>,
     ) -> Result<Response<v1::ListIncidentsResponse>, Status> {
-        let incidents = self.vault.incidents()?.into_iter().map(Into::into).collect();
+        let incidents = self.vault.incidents()?;
         Ok(Response::new(v1::ListIncidentsResponse { incidents }))
     }
 
@@ -251,7 +251,7 @@ impl Admin for AdminApi {
         let hours = if req.hours == 0 { 6 } else { req.hours.min(24 * 366) };
         let (report, timeline) = self.vault.incident(req.id, hours)?;
         Ok(Response::new(v1::ShowIncidentResponse {
-            report: Some(report.into()),
+            report: Some(report),
             timeline: timeline.iter().map(entry).collect(),
         }))
     }

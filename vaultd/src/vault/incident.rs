@@ -48,7 +48,7 @@ impl Vault {
             .with("provider_revoked", report.provider_revoke.iter().filter(|h| h.ok).count())
             .with("provider_failed", report.provider_revoke.iter().filter(|h| !h.ok).count())
             .with("seal", seal);
-        let json = report.to_json();
+        let json = incident::to_json(&report);
         self.write(|txn| {
             txn.incident_set_report(report.id, &json)?;
             Ok(((), vec![event]))
@@ -56,7 +56,7 @@ impl Vault {
         if seal {
             self.seal(actor)?;
             report.sealed = true;
-            let json = report.to_json();
+            let json = incident::to_json(&report);
             // Sealed now: stored unchained until the next unlock, like any sealed-time entry.
             self.write(|txn| Ok((txn.incident_set_report(report.id, &json)?, vec![])))?;
         }
@@ -82,7 +82,7 @@ impl Vault {
     /// Every incident's report, oldest first.
     pub fn incidents(&self) -> Result<Vec<Report>, VaultError> {
         self.keys()?;
-        Ok(self.store.incidents()?.iter().map(|row| Report::from_json(&row.report)).collect())
+        Ok(self.store.incidents()?.iter().map(|row| incident::from_json(&row.report)).collect())
     }
 
     /// One incident's report, and the audit log of the `hours` before it up to
@@ -98,7 +98,7 @@ impl Vault {
             limit: TIMELINE_MAX,
             ..AuditFilter::default()
         };
-        Ok((Report::from_json(&row.report), self.store.audit_query(&filter)?))
+        Ok((incident::from_json(&row.report), self.store.audit_query(&filter)?))
     }
 
     /// Agent connections subscribe to this: a change means "close now".
