@@ -133,7 +133,8 @@ pub async fn run(
             drop(stdin);
         };
         let mut out = Zeroizing::new(Vec::new());
-        let mut err = Vec::new();
+        // A careless hook may print the value on stderr too.
+        let mut err = Zeroizing::new(Vec::new());
         let (mut stdout, mut stderr) = (stdout.take(vault_proto::MAX_VALUE_LEN as u64 + 2), stderr.take(STDERR_CAP));
         let read_out = stdout.read_to_end(&mut out);
         let read_err = stderr.read_to_end(&mut err);

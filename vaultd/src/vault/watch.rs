@@ -89,6 +89,8 @@ impl Vault {
                 return Err(VaultError::AccessEnded("every watched secret (revoke-all)".into()));
             }
             self.recheck(watcher)?;
+            // Sealed: the watch ends (FAILED_PRECONDITION), as a read would.
+            let keys = self.keys()?;
             let clients = self.candidate_clients(&watcher.reader)?;
             let mut updates = Vec::new();
             let mut events = Vec::new();
@@ -98,12 +100,15 @@ impl Vault {
                 let Some(client) = self.access(&watcher.reader, &clients, secret) else {
                     return Err(self.watch_ended(watcher, secret, "not granted any more", ended()).await);
                 };
-                let result = self.read_current(secret);
+                // Most wake-ups concern other secrets: compare the version before
+                // decrypting anything.
+                let current = self.store.current(env, name)?;
                 let mut who = watcher.actor.clone();
                 who.client = client;
-                match result {
-                    Ok((version, _)) if version == *sent => {}
-                    Ok((version, value)) => {
+                match current {
+                    Some((version, _)) if version == *sent => {}
+                    Some((version, ciphertext)) => {
+                        let value = keys.open_version(&secret.version(version), &ciphertext)?;
                         if self.audit_reads {
                             events.push(
                                 Event::new("secret.read", Outcome::Ok, &who)
@@ -114,10 +119,9 @@ impl Vault {
                         }
                         updates.push(Update { env: env.clone(), name: name.clone(), version, value });
                     }
-                    Err(VaultError::NotFound { .. }) => {
+                    None => {
                         return Err(self.watch_ended(watcher, secret, "no current version", ended()).await);
                     }
-                    Err(e) => return Err(e),
                 }
             }
             self.record_all(events).await?;
@@ -218,6 +222,13 @@ mod tests {
             .unwrap();
         let idle = tokio::time::timeout(Duration::from_millis(200), vault.watch_next(&mut watcher)).await;
         assert!(idle.is_err());
+        // Sealing ends a watch (FAILED_PRECONDITION), even with nothing new to send.
+        let other = SecretRef::parse("", "other").unwrap();
+        let (mut sealed_watch, _) = vault.watch(&actor, Some(&owner), None, &[other]).await.unwrap();
+        vault.seal(&actor).unwrap();
+        let ended = vault.watch_next(&mut sealed_watch).await.err().unwrap();
+        assert!(matches!(ended, VaultError::Sealed), "{ended}");
+        vault.unlock(&actor, &SecretBytes::new(b"a passphrase".to_vec())).unwrap();
         // Deleting it ends the watch.
         vault.delete(&actor, secret).unwrap();
         let ended = vault.watch_next(&mut watcher).await.err().unwrap();
