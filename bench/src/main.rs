@@ -168,6 +168,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a report's table, and with `--json FILE` writes every figure there.
+pub(crate) fn emit(markdown: &str, report: &impl serde::Serialize, json: Option<&Path>) -> anyhow::Result<()> {
+    print!("{markdown}");
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("vault-bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// The 100-byte value stored in vaultd and returned by the floor.
 pub(crate) fn secret_value() -> Vec<u8> {
     let mut v = b"sk-bench-".to_vec();
@@ -198,13 +209,7 @@ fn bench(args: RunArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         }
     })?;
-    print!("{}", report.markdown());
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("vault-bench: wrote {}", path.display());
-    }
-    Ok(())
+    emit(&report.markdown(), &report, args.json.as_deref())
 }
 
 /// One GetSecret server under test.

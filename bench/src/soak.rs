@@ -258,12 +258,7 @@ pub(crate) fn soak(args: &SoakArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         }
     })?;
-    print!("{}", report.markdown());
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("vault-bench: wrote {}", path.display());
-    }
+    crate::emit(&report.markdown(), &report, args.json.as_deref())?;
     let errors = report.totals.error_total();
     ensure!(errors == 0, "{errors} unintended errors during the soak (see the table)");
     Ok(())
