@@ -21,6 +21,8 @@ fn data_dir_files_and_sockets_are_owner_only() {
         (db.clone(), 0o600),
         (d.data_dir.join("vault.db-wal"), 0o600),
         (d.data_dir.join("vault.db-shm"), 0o600),
+        (d.data_dir.join("journal"), 0o700),
+        (d.data_dir.join("journal/000000000001.log"), 0o600),
         (d.admin_socket.clone(), 0o600),
         (d.agent_socket.clone(), 0o600),
     ];
@@ -32,7 +34,7 @@ fn data_dir_files_and_sockets_are_owner_only() {
     // Nothing else appears in the data dir.
     let mut names: Vec<_> = fs::read_dir(&d.data_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
-    assert_eq!(names, ["vault.db", "vault.db-shm", "vault.db-wal"]);
+    assert_eq!(names, ["journal", "vault.db", "vault.db-shm", "vault.db-wal"]);
 }
 
 #[test]
@@ -45,11 +47,13 @@ fn files_are_owner_only_even_with_a_permissive_umask() {
         &d.data_dir.join("vault.db"),
         &d.data_dir.join("vault.db-wal"),
         &d.data_dir.join("vault.db-shm"),
+        &d.data_dir.join("journal"),
+        &d.data_dir.join("journal/000000000001.log"),
         &d.admin_socket,
         &d.agent_socket,
     ];
     let modes = paths.map(|p| format!("{:04o}", mode(p)));
-    assert_eq!(modes, ["0700", "0600", "0600", "0600", "0600", "0600"], "{paths:?}");
+    assert_eq!(modes, ["0700", "0600", "0600", "0600", "0700", "0600", "0600", "0600"], "{paths:?}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Starting and stopping the daemon: open the vault, maybe unlock it, bind both
 //! sockets, serve until told to stop, then remove the sockets and wipe the keys.
 
-use crate::audit::{Actor, Event, Outcome, forward};
+use crate::audit::{Actor, Event, Outcome, forward, journal};
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::crypto::{self, SecretBytes};
 use crate::notify;
@@ -121,6 +121,7 @@ async fn serve(
     let maintenance = tokio::spawn(maintain(vault.clone(), opts.config.audit.retention));
     let scheduler = tokio::spawn(schedule(vault.clone(), opts.config.rotation.check_every));
     let incidents = tokio::spawn(honour_incidents(vault.clone()));
+    let importer = tokio::spawn(import_journal(vault.clone()));
     tracing::info!(agent = %opts.agent_socket.display(), admin = %opts.admin_socket.display(), "listening");
     ready();
     // Both sockets are bound and listening (connections queue until the server
@@ -142,6 +143,7 @@ async fn serve(
     maintenance.abort();
     scheduler.abort();
     incidents.abort();
+    importer.abort();
     for path in [&opts.agent_socket, &opts.admin_socket] {
         let _ = std::fs::remove_file(path);
     }
@@ -209,6 +211,25 @@ async fn schedule(vault: Arc<Vault>, every: Duration) {
         tick.tick().await;
         if let Err(e) = vault.rotation_pass().await {
             tracing::error!(error = %e, "rotation scheduler pass failed");
+        }
+    }
+}
+
+/// Moves journaled records into the audit table, every `IMPORT_EVERY` or sooner
+/// when many wait (see `audit::journal`).
+async fn import_journal(vault: Arc<Vault>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(journal::IMPORT_EVERY) => {}
+            () = vault.journal_wanted() => {}
+        }
+        let v = vault.clone();
+        match tokio::task::spawn_blocking(move || v.import_journal()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "importing the audit journal failed; reads are refused until it works")
+            }
+            Err(_) => tracing::error!("the audit journal import panicked"),
         }
     }
 }

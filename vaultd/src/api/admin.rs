@@ -136,7 +136,7 @@ impl Admin for AdminApi {
         let mut meta = secret_meta(self.vault.describe(secret)?);
         meta.last_rotation = last_rotation;
         let value = if req.reveal {
-            let (version, value) = self.vault.reveal(&actor, secret, req.version).await?;
+            let (version, value) = self.vault.reveal(&actor, secret, req.version)?;
             tracing::info!(env = secret.env, name = secret.name, version, "secret revealed to the owner");
             value.expose().to_vec()
         } else if req.version != 0 {
@@ -268,7 +268,7 @@ impl Admin for AdminApi {
     type ExportAuditStream = EntryStream;
 
     async fn export_audit(&self, req: Request<v1::ExportAuditRequest>) -> Result<Response<EntryStream>, Status> {
-        self.vault.record(Event::new("audit.export", Outcome::Ok, &actor("admin", &req))).await?;
+        self.vault.record(Event::new("audit.export", Outcome::Ok, &actor("admin", &req)))?;
         let first = self.vault.audit_page(0, EXPORT_PAGE)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let vault = self.vault.clone();
@@ -348,7 +348,7 @@ impl Admin for AdminApi {
                 )
             }
         };
-        self.vault.record(event).await?;
+        self.vault.record(event)?;
         Ok(Response::new(reply))
     }
 

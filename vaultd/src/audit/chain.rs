@@ -11,12 +11,12 @@
 //! at unlock, from the head checked against its MAC ([`resume`]); entries written
 //! while sealed (stored unchained) are chained then, in order.
 
-use super::event::Event;
+use super::event::{Event, now_ms};
 use crate::crypto::{MAC_LEN, Unlocked};
 use crate::store::{AuditRow, StoreError, Txn};
 use serde_json::Value;
 
-const GENESIS: [u8; MAC_LEN] = [0; MAC_LEN];
+pub(super) const GENESIS: [u8; MAC_LEN] = [0; MAC_LEN];
 
 /// The newest chained entry: what the next entry's MAC links to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +25,9 @@ pub struct Tip {
     pub mac: Vec<u8>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// The bytes an entry's MAC covers: every stored field, length-prefixed so no
-/// two different entries encode alike.
-fn content(row: &AuditRow) -> Vec<u8> {
+/// two different entries encode alike. Also the read journal's record format.
+pub(super) fn content(row: &AuditRow) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + row.actor.len() + row.detail.len());
     out.extend_from_slice(&row.seq.to_be_bytes());
     out.extend_from_slice(&row.time_unix_ms.to_be_bytes());
@@ -40,6 +36,28 @@ fn content(row: &AuditRow) -> Vec<u8> {
         out.extend_from_slice(field.as_bytes());
     }
     out
+}
+
+/// The entry `content` encoded (`mac` unset), or `None` if `bytes` are not one.
+pub(super) fn decode(bytes: &[u8]) -> Option<AuditRow> {
+    fn take<'b>(bytes: &mut &'b [u8], n: usize) -> Option<&'b [u8]> {
+        let (head, rest) = bytes.split_at_checked(n)?;
+        *bytes = rest;
+        Some(head)
+    }
+    let mut rest = bytes;
+    let seq = u64::from_be_bytes(take(&mut rest, 8)?.try_into().ok()?);
+    let time_unix_ms = i64::from_be_bytes(take(&mut rest, 8)?.try_into().ok()?);
+    let mut fields = Vec::with_capacity(6);
+    for _ in 0..6 {
+        let len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
+        fields.push(String::from_utf8(take(&mut rest, len)?.to_vec()).ok()?);
+    }
+    if !rest.is_empty() {
+        return None;
+    }
+    let [kind, class, outcome, actor, secret, detail] = <[String; 6]>::try_from(fields).ok()?;
+    Some(AuditRow { seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac: None })
 }
 
 /// The MAC of `row` chained onto `tip`, which then moves to `row`.
@@ -62,8 +80,18 @@ pub fn append(
     chain: Option<(&Unlocked, &mut Tip)>,
     events: &[Event],
 ) -> Result<Vec<AuditRow>, StoreError> {
-    if events.is_empty() {
-        return Ok(Vec::new());
+    let time_unix_ms = now_ms();
+    append_rows(txn, chain, events.iter().map(|e| e.to_row(0, time_unix_ms)).collect())
+}
+
+/// Numbers `rows` after everything stored, chains them (unlocked) and inserts them.
+pub(super) fn append_rows(
+    txn: &Txn<'_>,
+    chain: Option<(&Unlocked, &mut Tip)>,
+    mut rows: Vec<AuditRow>,
+) -> Result<Vec<AuditRow>, StoreError> {
+    if rows.is_empty() {
+        return Ok(rows);
     }
     let mut chain = chain;
     let max_seq = txn.audit_max_seq()?;
@@ -75,21 +103,9 @@ pub fn append(
     // Past both the table and the tip: a forged row keeps its seq (and breaks
     // verification there); a deleted tail leaves a gap rather than being reused.
     let first = max_seq.max(chain.as_ref().map_or(0, |(_, tip)| tip.seq)) + 1;
-    let time_unix_ms = now_ms();
-    let mut rows: Vec<AuditRow> = (first..)
-        .zip(events)
-        .map(|(seq, event)| AuditRow {
-            seq,
-            time_unix_ms,
-            kind: event.kind.into(),
-            class: event.class().into(),
-            outcome: event.outcome.as_str().into(),
-            actor: serde_json::to_string(&event.actor).unwrap_or_else(|_| "{}".into()),
-            secret: event.secret.clone().unwrap_or_default(),
-            detail: Value::Object(event.detail.clone()).to_string(),
-            mac: None,
-        })
-        .collect();
+    for (seq, row) in (first..).zip(&mut rows) {
+        row.seq = seq;
+    }
     if let Some((keys, tip)) = chain {
         for row in &mut rows {
             row.mac = Some(chain_row(keys, tip, row));
@@ -230,6 +246,15 @@ impl<'k> Verifier<'k> {
         if !self.keys.audit_mac_matches(&self.previous, &content(row), mac) {
             let problem = format!("entry {} does not match its MAC (edited, inserted or reordered)", row.seq);
             self.broken = Some((row.seq, problem));
+            return false;
+        }
+        if row.kind == "audit.journal_damaged" {
+            // Recorded at an unlock that found journaled records altered or
+            // missing: they never reached the table, so the log is not whole.
+            let detail = serde_json::from_str::<Value>(&row.detail).unwrap_or_default();
+            let problem = detail["problem"].as_str().unwrap_or("records are missing");
+            self.broken =
+                Some((row.seq, format!("entry {}: read records were lost from the journal: {problem}", row.seq)));
             return false;
         }
         if row.kind == "audit.pruned" {

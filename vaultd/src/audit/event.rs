@@ -106,6 +106,21 @@ impl Event {
         self
     }
 
+    /// The stored form, at `time_unix_ms`, numbered `seq`, not yet chained.
+    pub fn to_row(&self, seq: u64, time_unix_ms: i64) -> AuditRow {
+        AuditRow {
+            seq,
+            time_unix_ms,
+            kind: self.kind.into(),
+            class: self.class().into(),
+            outcome: self.outcome.as_str().into(),
+            actor: serde_json::to_string(&self.actor).unwrap_or_else(|_| "{}".into()),
+            secret: self.secret.clone().unwrap_or_default(),
+            detail: serde_json::to_string(&self.detail).unwrap_or_else(|_| "{}".into()),
+            mac: None,
+        }
+    }
+
     /// The class `audit query --type` can select: every denial or failure is
     /// `security`; otherwise it follows from the kind.
     pub fn class(&self) -> &'static str {
@@ -123,6 +138,11 @@ impl Event {
             _ => "system",
         }
     }
+}
+
+/// Now, in milliseconds since the epoch: an entry's time.
+pub(super) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// The JSON form of a stored entry: one line of `audit export` and of the JSONL

@@ -2,16 +2,15 @@
 //!
 //! Every security-relevant action appends an [`Event`] in the same transaction as
 //! the change it records ([`chain::append`]); if the append fails, so does the
-//! action. Reads have no transaction of their own, so their records go through a
-//! group commit ([`Committer`]) and the value is released only once its record is
-//! committed. Committed entries are then published for `audit tail` and the
-//! forwarding sinks ([`forward`]).
+//! action. Requests that change nothing (reads, refusals) have no transaction of
+//! their own: their records go to the [`journal`] first, and the value is released
+//! only once its record is written there. Entries are published for `audit tail`
+//! and the forwarding sinks ([`forward`]) as they reach the table.
 
 pub mod chain;
-pub mod committer;
 mod event;
 pub mod forward;
+pub mod journal;
 
 pub use chain::Verdict;
-pub use committer::Committer;
 pub use event::{Actor, Event, Outcome, entry_json};

@@ -209,6 +209,22 @@ impl Unlocked {
         mac::verify(&self.audit_key, &[b"entry\0", previous, content], expected)
     }
 
+    /// The chain MAC of a read-journal record: like an entry's, in its own domain,
+    /// so a journal record can never pass for a table entry or the reverse.
+    pub fn journal_mac(&self, previous: &[u8], content: &[u8]) -> Mac {
+        mac::sign(&self.audit_key, &[b"journal\0", previous, content])
+    }
+
+    pub fn journal_mac_matches(&self, previous: &[u8], content: &[u8], expected: &[u8]) -> bool {
+        mac::verify(&self.audit_key, &[b"journal\0", previous, content], expected)
+    }
+
+    /// The MAC of the journal's import position (see `audit::journal`): moving
+    /// the position forward to skip records needs the key.
+    pub fn journal_position_mac(&self, jseq: u64, jmac: &[u8]) -> Mac {
+        mac::sign(&self.audit_key, &[b"journal-position\0", &jseq.to_be_bytes(), jmac])
+    }
+
     /// The MAC of the audit head row: which entry is the newest chained one.
     pub fn audit_head_mac(&self, seq: u64, entry_mac: &[u8]) -> Mac {
         mac::sign(&self.audit_key, &[b"head\0", &seq.to_be_bytes(), entry_mac])

@@ -119,6 +119,28 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// How far the read journal has been imported: (record number, its journal
+    /// MAC, the MAC of the pair).
+    #[allow(clippy::type_complexity)]
+    pub fn audit_journal(&self) -> Result<Option<(u64, Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self
+            .tx
+            .query_row("SELECT jseq, jmac, mac FROM audit_journal WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?)
+    }
+
+    pub fn audit_set_journal(&self, jseq: u64, jmac: &[u8], mac: &[u8]) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO audit_journal (id, jseq, jmac, mac) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET jseq = ?1, jmac = ?2, mac = ?3",
+            )?
+            .execute(params![jseq, jmac, mac])?;
+        Ok(())
+    }
+
     pub fn audit_anchor(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         Ok(self
             .tx

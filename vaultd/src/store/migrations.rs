@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schema/0006_rotation.sql"),
     include_str!("../../../schema/0007_incident.sql"),
     include_str!("../../../schema/0008_keys.sql"),
+    include_str!("../../../schema/0009_audit_journal.sql"),
 ];
 
 /// Brings the database up to date; refuses one from a newer vaultd.

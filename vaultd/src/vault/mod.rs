@@ -23,7 +23,8 @@ pub use rotate::{Rotated, Trigger};
 pub use watch::{Update, Watcher};
 
 use crate::audit::chain::{self, Tip};
-use crate::audit::{self, Actor, Committer, Event, Outcome, Verdict, forward};
+use crate::audit::journal::{self, Appended, Journal, JournalFailed};
+use crate::audit::{Actor, Event, Outcome, Verdict, forward};
 use crate::config::Config;
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
 use crate::limits::Limits;
@@ -33,7 +34,7 @@ use crate::store::{
 };
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use vault_proto::names::{self, NameError};
@@ -98,7 +99,7 @@ pub enum VaultError {
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
-    Audit(#[from] audit::committer::CommitFailed),
+    Audit(#[from] JournalFailed),
 }
 
 impl From<StoreError> for VaultError {
@@ -166,8 +167,8 @@ pub struct Vault {
     /// Serializes init and unlock: each runs Argon2 with 64 MiB, and a burst of
     /// them must neither exhaust memory nor make guessing cheaper.
     kdf_gate: Mutex<()>,
-    /// Group commit for the records of reads.
-    committer: Committer,
+    /// Where the records of reads and refusals go first (see `audit::journal`).
+    journal: Journal,
     /// Whether successful agent reads are recorded (denials always are).
     audit_reads: bool,
     /// The vault's owner (vaultd's uid): reads everything on the agent socket.
@@ -201,32 +202,25 @@ impl Vault {
         let store = Store::open(data_dir)?;
         let latest_incident = store.latest_incident()?;
         let (published, _) = broadcast::channel(forward::BUFFER);
-        Ok(Arc::new_cyclic(|vault: &Weak<Vault>| {
-            let vault = vault.clone();
-            let committer = Committer::new(move |events| match vault.upgrade() {
-                Some(vault) => vault.append(events, false).map_err(|e| e.to_string()),
-                None => Err("vaultd is shutting down".into()),
-            });
-            Vault {
-                store,
-                limits: Limits::new(config.limits),
-                keys: RwLock::new(None),
-                chain: Mutex::new(None),
-                kdf_gate: Mutex::new(()),
-                committer,
-                audit_reads: config.audit.reads,
-                rotation: config.rotation.clone(),
-                rotating: Mutex::default(),
-                changes: tokio::sync::watch::Sender::new(0),
-                incident_seen: latest_incident.into(),
-                incident_epoch: Default::default(),
-                watching: Arc::default(),
-                cutoff: tokio::sync::watch::Sender::new(0),
-                owner: rustix::process::geteuid().as_raw(),
-                published,
-                forward_stats: Arc::default(),
-                max_encryptions: config.keys.max_encryptions_per_term.max(1),
-            }
+        Ok(Arc::new(Vault {
+            store,
+            limits: Limits::new(config.limits),
+            keys: RwLock::new(None),
+            chain: Mutex::new(None),
+            kdf_gate: Mutex::new(()),
+            journal: Journal::new(data_dir),
+            audit_reads: config.audit.reads,
+            rotation: config.rotation.clone(),
+            rotating: Mutex::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+            incident_seen: latest_incident.into(),
+            incident_epoch: Default::default(),
+            watching: Arc::default(),
+            cutoff: tokio::sync::watch::Sender::new(0),
+            owner: rustix::process::geteuid().as_raw(),
+            published,
+            forward_stats: Arc::default(),
+            max_encryptions: config.keys.max_encryptions_per_term.max(1),
         }))
     }
 
@@ -247,8 +241,9 @@ impl Vault {
     }
 
     /// Runs `f` and appends the events it returns, in one transaction (durable
-    /// unless `durable` is false: read records only), then publishes the committed
-    /// entries. The one way state changes.
+    /// unless `durable` is false: records of requests that change nothing), then
+    /// publishes the committed entries. The one way state changes. The journal's
+    /// waiting records go in first: they happened before.
     fn commit<T>(
         &self,
         durable: bool,
@@ -256,11 +251,25 @@ impl Vault {
     ) -> Result<T, VaultError> {
         let mut chain = self.chain();
         let mut tip = chain.as_ref().map(|c| c.tip.clone());
-        let (out, rows) = self.store.write_with(durable, |txn| {
+        let journaled = self.journal.take();
+        let committed = self.store.write_with(durable, |txn| {
+            let mut rows = match chain.as_ref().zip(tip.as_mut()) {
+                Some((c, tip)) => journal::import(txn, &c.keys, tip, &journaled)?,
+                None => Vec::new(),
+            };
             let (out, events) = f(txn)?;
             let link = chain.as_ref().zip(tip.as_mut()).map(|(c, tip)| (&*c.keys, tip));
-            Ok::<_, VaultError>((out, chain::append(txn, link, &events)?))
-        })?;
+            rows.extend(chain::append(txn, link, &events)?);
+            Ok::<_, VaultError>((out, rows))
+        });
+        let (out, rows) = match committed {
+            Ok(committed) => committed,
+            Err(e) => {
+                self.journal.untake(journaled);
+                return Err(e);
+            }
+        };
+        self.journal.imported(&journaled);
         if let (Some(c), Some(tip)) = (chain.as_mut(), tip) {
             c.tip = tip;
         }
@@ -273,13 +282,14 @@ impl Vault {
         self.commit(true, f)
     }
 
-    /// Appends events that record no change of their own (reads, refusals).
+    /// Appends events that record no change of their own, in a transaction.
     fn append(&self, events: Vec<Event>, durable: bool) -> Result<(), VaultError> {
         self.commit(durable, |_| Ok(((), events)))
     }
 
     /// Makes `unlocked` the vault's keys: in one transaction, runs `prepare` (init
-    /// stores the new header there), resumes the audit chain and records `event`.
+    /// stores the new header there), resumes the audit chain, imports what an
+    /// earlier run left in the journal and records `event`; then journals anew.
     fn open_with(
         &self,
         unlocked: Unlocked,
@@ -288,12 +298,23 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let keys = Arc::new(unlocked);
         let mut chain = self.chain();
-        let (tip, rows) = self.store.write(|txn| {
+        // Unlocked already: what was journaled is in the files, read back below.
+        drop(self.journal.close());
+        let leftover = self.journal.leftover()?;
+        let (tip, rows, recovered) = self.store.write(|txn| {
             prepare(txn)?;
             let mut tip = chain::resume(txn, &keys)?;
-            let rows = chain::append(txn, Some((&keys, &mut tip)), &[event])?;
-            Ok::<_, VaultError>((tip, rows))
+            let mut recovered = leftover.import(txn, &keys, &mut tip)?;
+            let events: Vec<Event> = recovery_events(&recovered).into_iter().chain([event]).collect();
+            let mut rows = std::mem::take(&mut recovered.rows);
+            rows.extend(chain::append(txn, Some((&keys, &mut tip)), &events)?);
+            Ok::<_, VaultError>((tip, rows, recovered))
         })?;
+        leftover.dispose(recovered.problem.is_some());
+        if let Err(e) = self.journal.open(keys.clone(), recovered.position) {
+            // Reads are still recorded, one transaction each, until the next unlock.
+            tracing::error!(error = %e, "cannot start the audit journal");
+        }
         *chain = Some(Chain { keys: keys.clone(), tip });
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
         drop(chain);
@@ -323,10 +344,27 @@ impl Vault {
         self.forward_stats.clone()
     }
 
-    /// Records a refusal that guards nothing (a connection closed at accept),
-    /// without waiting for the commit.
+    /// Records events of requests that change nothing (reads, refusals) and
+    /// returns once they are recorded: journaled, or while sealed (no key to
+    /// chain with) committed in a transaction.
+    pub(super) fn record_all(&self, events: Vec<Event>) -> Result<(), VaultError> {
+        match self.journal.append(events)? {
+            Appended::Yes => Ok(()),
+            Appended::Closed(events) => self.append(events, false),
+        }
+    }
+
+    /// [`Vault::record_all`] of one event.
+    pub fn record(&self, event: Event) -> Result<(), VaultError> {
+        self.record_all(vec![event])
+    }
+
+    /// Records a refusal that guards nothing (a connection closed at accept): a
+    /// failure is logged, since there is no request left to fail.
     pub fn record_detached(&self, event: Event) {
-        self.committer.record_detached(event);
+        if let Err(e) = self.record(event) {
+            tracing::error!(error = %e, "recording a refusal failed");
+        }
     }
 
     /// Records an event now, durably (startup and shutdown records).
@@ -334,9 +372,19 @@ impl Vault {
         self.append(vec![event], true)
     }
 
-    /// Records an event through the group commit and waits for it.
-    pub async fn record(&self, event: Event) -> Result<(), VaultError> {
-        Ok(self.committer.record(event).await?)
+    /// Moves what waits in the journal into the audit table (the daemon's
+    /// importer, and before anything reads the table). Until an import succeeds
+    /// after one failed, requests that would be journaled are refused.
+    pub fn import_journal(&self) -> Result<(), VaultError> {
+        if !self.journal.is_waiting() {
+            return Ok(());
+        }
+        self.append(Vec::new(), false).inspect_err(|e| self.journal.stalled(e.to_string()))
+    }
+
+    /// Resolves when enough is waiting in the journal to import it early.
+    pub async fn journal_wanted(&self) {
+        self.journal.wanted().await
     }
 
     pub fn is_sealed(&self) -> bool {
@@ -424,10 +472,19 @@ impl Vault {
     pub fn seal(&self, actor: &Actor) -> Result<(), VaultError> {
         let mut chain = self.chain();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let journaled = self.journal.close();
         let Some(Chain { keys, mut tip }) = chain.take() else { return Ok(()) };
-        let events = [checkpoint(&tip), Event::new("vault.seal", Outcome::Ok, actor)];
-        let rows = self.store.write(|txn| chain::append(txn, Some((&keys, &mut tip)), &events));
+        let rows = self.store.write(|txn| {
+            let mut rows = journal::import(txn, &keys, &mut tip, &journaled.waiting)?;
+            let events = [checkpoint(&tip), Event::new("vault.seal", Outcome::Ok, actor)];
+            rows.extend(chain::append(txn, Some((&keys, &mut tip)), &events)?);
+            Ok::<_, VaultError>(rows)
+        });
         drop(chain);
+        if rows.is_ok() {
+            // Otherwise the files stay, for the next unlock to import.
+            journaled.remove_files();
+        }
         // Watchers end now (their next read finds the vault sealed), whatever the record did.
         self.notify();
         self.publish(rows?);
@@ -525,6 +582,7 @@ impl Vault {
     /// Audit entries matching `filter` (metadata only; needs the vault unlocked).
     pub fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, VaultError> {
         self.keys()?;
+        self.import_journal()?;
         Ok(self.store.audit_query(filter)?)
     }
 
@@ -532,6 +590,7 @@ impl Vault {
     /// Blocking: call from a blocking context.
     pub fn audit_verify(&self) -> Result<Verdict, VaultError> {
         let keys = self.keys()?;
+        self.import_journal()?;
         let mut verifier: Option<chain::Verifier<'_>> = None;
         let snapshot = self.store.audit_walk(|snapshot, row| {
             verifier.get_or_insert_with(|| chain::Verifier::new(&keys, snapshot.anchor.as_ref())).check(&row)
@@ -543,6 +602,7 @@ impl Vault {
     /// Up to `limit` entries after `after_seq`, oldest first (export pages).
     pub fn audit_page(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRow>, VaultError> {
         self.keys()?;
+        self.import_journal()?;
         Ok(self.store.audit_page(after_seq, limit)?)
     }
 
@@ -579,6 +639,29 @@ fn check_value(value: &SecretBytes) -> Result<(), VaultError> {
         return Err(VaultError::ValueTooLarge(value.len()));
     }
     Ok(())
+}
+
+/// What an unlock says about the journal an earlier run left: records imported,
+/// files that ended mid-record (a crash while writing), and damage.
+fn recovery_events(recovered: &journal::Recovered) -> Vec<Event> {
+    let vaultd = Actor::vaultd();
+    let mut events = Vec::new();
+    if recovered.imported > 0 || !recovered.torn.is_empty() {
+        events.push(
+            Event::new("audit.journal_recovered", Outcome::Ok, &vaultd)
+                .with("imported", recovered.imported)
+                .with("incomplete", recovered.torn.clone()),
+        );
+    }
+    if let Some(problem) = &recovered.problem {
+        tracing::error!(%problem, "the audit journal was altered; its files are kept as *.damaged");
+        events.push(
+            Event::new("audit.journal_damaged", Outcome::Failed, &vaultd)
+                .with("problem", problem.clone())
+                .with("kept", "DATA_DIR/journal/*.damaged"),
+        );
+    }
+    events
 }
 
 /// A checkpoint event naming the current tip of the log.

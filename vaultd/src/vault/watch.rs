@@ -98,7 +98,7 @@ impl Vault {
                 let secret = SecretRef { env, name };
                 let ended = || VaultError::AccessEnded(format!("{env}/{name}"));
                 let Some(client) = self.access(&watcher.reader, &clients, secret) else {
-                    return Err(self.watch_ended(watcher, secret, "not granted any more", ended()).await);
+                    return Err(self.watch_ended(watcher, secret, "not granted any more", ended()));
                 };
                 // Most wake-ups concern other secrets: compare the version before
                 // decrypting anything.
@@ -120,11 +120,11 @@ impl Vault {
                         updates.push(Update { env: env.clone(), name: name.clone(), version, value });
                     }
                     None => {
-                        return Err(self.watch_ended(watcher, secret, "no current version", ended()).await);
+                        return Err(self.watch_ended(watcher, secret, "no current version", ended()));
                     }
                 }
             }
-            self.record_all(events).await?;
+            self.record_all(events)?;
             for update in &updates {
                 if let Some(entry) = watcher.secrets.iter_mut().find(|(e, n, _)| *e == update.env && *n == update.name)
                 {
@@ -162,17 +162,11 @@ impl Vault {
         }
     }
 
-    async fn watch_ended(
-        &self,
-        watcher: &Watcher,
-        secret: SecretRef<'_>,
-        reason: &str,
-        error: VaultError,
-    ) -> VaultError {
+    fn watch_ended(&self, watcher: &Watcher, secret: SecretRef<'_>, reason: &str, error: VaultError) -> VaultError {
         let event = Event::new("secret.watch", Outcome::Denied, &watcher.actor)
             .secret(secret.env, secret.name)
             .with("reason", reason);
-        match self.record_all(vec![event]).await {
+        match self.record_all(vec![event]) {
             Ok(()) => error,
             Err(e) => e,
         }

@@ -1,0 +1,685 @@
+//! The read journal: where the records of requests that change nothing (reads,
+//! watches, refusals) go first.
+//!
+//! Such a request has no transaction of its own, and committing one for its
+//! record would cost more than the read. So the record is appended to a journal
+//! file with one write(2), chained by MAC like the table, and the value is released
+//! once that write returns: from then on the record survives a vaultd crash (it is
+//! in the kernel's page cache, as a `synchronous = NORMAL` commit is). Records are
+//! imported into the audit table in batches: first thing in every write
+//! transaction (so the table keeps the order things happened in, and a durable
+//! write makes every read before it durable too), and by the daemon every
+//! [`IMPORT_EVERY`] or when [`IMPORT_AT`] are waiting. What a crash leaves behind
+//! is checked and imported at the next unlock.
+//!
+//! Files are `DATA/journal/NNNNNNNNNNNN.log`, each a run of records
+//! `length (u32 BE) | content | MAC` and then zeros: a file is made
+//! [`SEGMENT_BYTES`] long (sparse) when it is started, so that appending a record
+//! writes into it without growing it, which costs the kernel much less. The content is an entry's encoding (see
+//! `chain::content`) with the record's number where an entry has its seq, and the
+//! MAC is the journal MAC over the previous record's MAC and the content; numbers
+//! and MACs run on across files and restarts, from the import position stored
+//! (and authenticated) in the database. A new file is started at each unlock and
+//! when one passes [`SEGMENT_BYTES`]; older files go once all they hold is imported.
+//!
+//! The chain catches a record edited, inserted, reordered or deleted, and a file
+//! removed from the middle. It cannot catch records cut off the end of the journal
+//! while vaultd is down: that is like cutting SQLite's WAL back to an earlier
+//! commit, which a `synchronous = NORMAL` log cannot catch either.
+
+use super::chain::{self, GENESIS, Tip};
+use super::event::{Event, now_ms};
+use crate::crypto::{MAC_LEN, Mac, Unlocked};
+use crate::store::{AuditRow, StoreError, Txn};
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How often the daemon imports what is waiting.
+pub const IMPORT_EVERY: Duration = Duration::from_millis(100);
+/// Records waiting that wake the importer before its time.
+const IMPORT_AT: usize = 1024;
+/// Records waiting beyond which requests are refused: the import is not keeping
+/// up (or failing), and the memory they hold is bounded.
+const MAX_WAITING: usize = 16 * 1024;
+/// How long a journal file is made (sparse); records go in until it is full.
+const SEGMENT_BYTES: u64 = 4 << 20;
+/// No record is this long; a length field that says so is damage.
+const MAX_RECORD: usize = 1 << 20;
+const DIR: &str = "journal";
+
+/// One record: the entry (its `seq` is the record's number) and its journal MAC.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub row: AuditRow,
+    pub mac: Mac,
+}
+
+/// Why records could not be journaled; the request they guard is refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the audit log could not be written ({0}); the request was refused")]
+pub struct JournalFailed(pub String);
+
+pub enum Appended {
+    Yes,
+    /// The vault is sealed (no key to chain with): the caller stores them itself.
+    Closed(Vec<Event>),
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    writer: Mutex<Option<Writer>>,
+    wake: tokio::sync::Notify,
+}
+
+/// The open journal, while unlocked.
+struct Writer {
+    keys: Arc<Unlocked>,
+    file: File,
+    path: PathBuf,
+    number: u64,
+    /// Bytes of whole records in `file`; zeros follow up to `size`.
+    len: u64,
+    size: u64,
+    /// The next record's number, and the MAC it chains onto.
+    next: u64,
+    mac: Mac,
+    waiting: Vec<Entry>,
+    /// Earlier files and the last record in each: deleted once imported.
+    full: Vec<(PathBuf, u64)>,
+    /// Why the last import failed: requests are refused until one succeeds.
+    stalled: Option<String>,
+}
+
+/// What [`Journal::close`] hands over: records to import, then files to delete.
+pub struct Closed {
+    pub waiting: Vec<Entry>,
+    files: Vec<PathBuf>,
+}
+
+/// What an earlier run left in the journal directory: each file and its records.
+pub struct Leftover {
+    files: Vec<(PathBuf, Vec<Entry>)>,
+    /// Where a file ended in something that is not a whole record.
+    torn: Vec<String>,
+}
+
+/// What [`Leftover::import`] found and did.
+pub struct Recovered {
+    pub imported: usize,
+    /// Why records could not be imported (they were altered, or are missing).
+    pub problem: Option<String>,
+    pub torn: Vec<String>,
+    /// The entries it added to the table.
+    pub rows: Vec<AuditRow>,
+    /// Where journaling goes on from: the last record number and its MAC.
+    pub position: (u64, Mac),
+}
+
+impl Journal {
+    pub fn new(data_dir: &Path) -> Journal {
+        Journal { dir: data_dir.join(DIR), writer: Mutex::default(), wake: tokio::sync::Notify::new() }
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Option<Writer>> {
+        // Every change to the writer is a plain assignment after the write it
+        // records succeeded, so a poisoned lock leaves it consistent.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves when records are waiting in numbers worth importing at once.
+    pub async fn wanted(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Appends `events` (one write) and returns once they are in the file.
+    pub fn append(&self, events: Vec<Event>) -> Result<Appended, JournalFailed> {
+        if events.is_empty() {
+            return Ok(Appended::Yes);
+        }
+        // Everything but the numbers and MACs is prepared before taking the lock.
+        let time = now_ms();
+        let mut rows: Vec<AuditRow> = events.iter().map(|e| e.to_row(0, time)).collect();
+        let mut frame = Vec::new();
+        let mut spans = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let content = chain::content(row);
+            frame.extend_from_slice(&(content.len() as u32).to_be_bytes());
+            spans.push(frame.len()..frame.len() + content.len());
+            frame.extend_from_slice(&content);
+            frame.extend_from_slice(&[0; MAC_LEN]);
+        }
+
+        let mut writer = self.writer();
+        let Some(w) = writer.as_mut() else { return Ok(Appended::Closed(events)) };
+        if let Some(why) = &w.stalled {
+            return Err(JournalFailed(format!("importing the journal failed: {why}")));
+        }
+        if w.waiting.len() + rows.len() > MAX_WAITING {
+            return Err(JournalFailed("the journal is not being imported fast enough".into()));
+        }
+        if w.len + frame.len() as u64 > w.size {
+            w.start_file(&self.dir, frame.len() as u64)?;
+        }
+        let mut mac = w.mac;
+        let mut entries = Vec::with_capacity(rows.len());
+        for ((mut row, number), span) in rows.drain(..).zip(w.next..).zip(spans) {
+            row.seq = number;
+            frame[span.start..span.start + 8].copy_from_slice(&number.to_be_bytes());
+            mac = w.keys.journal_mac(&mac, &frame[span.clone()]);
+            frame[span.end..span.end + MAC_LEN].copy_from_slice(&mac);
+            entries.push(Entry { row, mac });
+        }
+        if let Err(e) = w.file.write_all_at(&frame, w.len) {
+            // Nothing half-written may stay: zero it again, or (failing that)
+            // never write to this file again.
+            if w.file.write_all_at(&vec![0; frame.len()], w.len).is_err() {
+                let _ = w.start_file(&self.dir, 0);
+            }
+            return Err(JournalFailed(format!("{}: {e}", w.path.display())));
+        }
+        w.len += frame.len() as u64;
+        w.next += entries.len() as u64;
+        w.mac = mac;
+        w.waiting.extend(entries);
+        if w.waiting.len() >= IMPORT_AT {
+            self.wake.notify_one();
+        }
+        Ok(Appended::Yes)
+    }
+
+    pub fn is_waiting(&self) -> bool {
+        self.writer().as_ref().is_some_and(|w| !w.waiting.is_empty())
+    }
+
+    /// The records waiting, for a transaction to import; the caller gives them
+    /// back ([`Journal::untake`]) if it does not commit, or reports
+    /// ([`Journal::imported`]) that it did.
+    pub fn take(&self) -> Vec<Entry> {
+        self.writer().as_mut().map(|w| std::mem::take(&mut w.waiting)).unwrap_or_default()
+    }
+
+    pub fn untake(&self, mut taken: Vec<Entry>) {
+        if let Some(w) = self.writer().as_mut() {
+            taken.append(&mut w.waiting);
+            w.waiting = taken;
+        }
+    }
+
+    /// `taken` is in the table now: files that held only imported records go.
+    pub fn imported(&self, taken: &[Entry]) {
+        let done: Vec<PathBuf> = {
+            let mut writer = self.writer();
+            let Some(w) = writer.as_mut() else { return };
+            w.stalled = None;
+            let Some(upto) = taken.last().map(|e| e.row.seq) else { return };
+            let (done, kept) = std::mem::take(&mut w.full).into_iter().partition(|(_, last)| *last <= upto);
+            w.full = kept;
+            done.into_iter().map(|(path, _)| path).collect()
+        };
+        // Outside the lock: freeing a file's pages takes a while.
+        for path in done {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// An import failed: refuse requests until one succeeds.
+    pub fn stalled(&self, why: String) {
+        if let Some(w) = self.writer().as_mut() {
+            w.stalled = Some(why);
+        }
+    }
+
+    /// Starts a new file after the last record imported (`position`), with `keys`.
+    pub fn open(&self, keys: Arc<Unlocked>, position: (u64, Mac)) -> Result<(), StoreError> {
+        crate::store::prepare_data_dir(&self.dir)?;
+        let number = journal_files(&self.dir)?.last().and_then(|p| file_number(p)).unwrap_or(0) + 1;
+        let path = segment_path(&self.dir, number);
+        let file = new_file(&path, SEGMENT_BYTES)?;
+        *self.writer() = Some(Writer {
+            keys,
+            file,
+            path,
+            number,
+            len: 0,
+            size: SEGMENT_BYTES,
+            next: position.0 + 1,
+            mac: position.1,
+            waiting: Vec::new(),
+            full: Vec::new(),
+            stalled: None,
+        });
+        Ok(())
+    }
+
+    /// Stops journaling (at seal, or before an unlock reopens it).
+    pub fn close(&self) -> Closed {
+        match self.writer().take() {
+            Some(w) => {
+                Closed { waiting: w.waiting, files: w.full.into_iter().map(|(path, _)| path).chain([w.path]).collect() }
+            }
+            None => Closed { waiting: Vec::new(), files: Vec::new() },
+        }
+    }
+
+    /// Reads what earlier runs left in the journal directory (no keys needed).
+    pub fn leftover(&self) -> Result<Leftover, StoreError> {
+        let mut left = Leftover { files: Vec::new(), torn: Vec::new() };
+        for path in journal_files(&self.dir)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+            let bytes = std::fs::read(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+            let (records, rest) = parse(&bytes);
+            if rest > 0 {
+                left.torn.push(format!("{} ends in {rest} bytes that are not a whole record", path.display()));
+            }
+            left.files.push((path, records));
+        }
+        Ok(left)
+    }
+}
+
+impl Closed {
+    /// After `waiting` was imported: nothing in the files is needed any more.
+    pub fn remove_files(self) {
+        for path in self.files {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the next file, with room for at least `room` bytes.
+    fn start_file(&mut self, dir: &Path, room: u64) -> Result<(), JournalFailed> {
+        let path = segment_path(dir, self.number + 1);
+        let size = SEGMENT_BYTES.max(room);
+        let file = new_file(&path, size).map_err(|e| JournalFailed(e.to_string()))?;
+        let last = self.next - 1;
+        let old = std::mem::replace(&mut self.path, path);
+        self.full.push((old, last));
+        self.file = file;
+        self.number += 1;
+        self.len = 0;
+        self.size = size;
+        Ok(())
+    }
+}
+
+impl Leftover {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// In the unlock's transaction: imports the records after the stored position
+    /// that continue its chain, up to the first that does not (altered or missing
+    /// records: the problem is reported, and the files are kept as evidence).
+    /// Returns the position to journal on from.
+    pub fn import(&self, txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip) -> Result<Recovered, StoreError> {
+        let last_in_files = self.files.iter().flat_map(|(_, r)| r).map(|e| e.row.seq).max().unwrap_or(0);
+        let mut torn = self.torn.clone();
+        let (imported, mut mac, mut problem) = match position(txn, keys)? {
+            Ok((jseq, jmac)) => (jseq, jmac, None),
+            Err(problem) => (0, GENESIS, Some(problem)),
+        };
+        let mut next = imported + 1;
+        let mut good = Vec::new();
+        for (path, records) in &self.files {
+            for (i, entry) in records.iter().enumerate() {
+                if problem.is_some() {
+                    break;
+                }
+                if entry.row.seq <= imported {
+                    continue; // imported before the crash; its file was not deleted yet
+                }
+                let wrong = if entry.row.seq < next {
+                    Some(format!("journal record {} appears twice (inserted or reordered)", entry.row.seq))
+                } else if entry.row.seq > next {
+                    Some(format!("journal records {next} to {} are missing", entry.row.seq - 1))
+                } else if !keys.journal_mac_matches(&mac, &chain::content(&entry.row), &entry.mac) {
+                    Some(format!("journal record {next} does not match its MAC (edited or inserted)"))
+                } else {
+                    None
+                };
+                match wrong {
+                    None => {
+                        good.push(entry.clone());
+                        next += 1;
+                        mac = entry.mac;
+                    }
+                    // The last record of a file may be one a crash cut short: it was
+                    // never acknowledged, and the chain goes on without it. (Anything
+                    // but the journal's very end dropped this way breaks the chain
+                    // at the next record, so it hides no more than cutting the end.)
+                    Some(_) if i + 1 == records.len() => {
+                        torn.push(format!("{} ends in a record that does not verify", path.display()));
+                    }
+                    Some(wrong) => problem = Some(wrong),
+                }
+            }
+        }
+        let rows = import(txn, keys, tip, &good)?;
+        let position = match problem {
+            None => (next - 1, mac),
+            // A fresh chain, numbered past anything in the files so none is reused.
+            Some(_) => {
+                let position = (last_in_files.max(next - 1), GENESIS);
+                txn.audit_set_journal(position.0, &position.1, &keys.journal_position_mac(position.0, &position.1))?;
+                position
+            }
+        };
+        Ok(Recovered { imported: good.len(), problem, torn, rows, position })
+    }
+
+    /// After the import committed: imported files go; with a problem they stay,
+    /// renamed `*.damaged`, as evidence.
+    pub fn dispose(self, problem: bool) {
+        for (path, _) in self.files {
+            let _ = match problem {
+                true => std::fs::rename(&path, path.with_extension("damaged")),
+                false => std::fs::remove_file(&path),
+            };
+        }
+    }
+}
+
+/// Inserts journal records into the table (chained onto `tip`, each keeping its
+/// journaled time) and stores how far the journal is imported.
+pub fn import(txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip, entries: &[Entry]) -> Result<Vec<AuditRow>, StoreError> {
+    let Some(last) = entries.last() else { return Ok(Vec::new()) };
+    let rows = chain::append_rows(txn, Some((keys, tip)), entries.iter().map(|e| e.row.clone()).collect())?;
+    txn.audit_set_journal(last.row.seq, &last.mac, &keys.journal_position_mac(last.row.seq, &last.mac))?;
+    Ok(rows)
+}
+
+/// The stored import position, or why it cannot be trusted.
+fn position(txn: &Txn<'_>, keys: &Unlocked) -> Result<Result<(u64, Mac), String>, StoreError> {
+    Ok(match txn.audit_journal()? {
+        None => Ok((0, GENESIS)),
+        Some((jseq, jmac, mac)) => match <Mac>::try_from(jmac.as_slice()) {
+            Ok(jmac) if keys.journal_position_mac(jseq, &jmac).as_slice() == mac.as_slice() => Ok((jseq, jmac)),
+            _ => Err("the journal's import position does not match its MAC (altered)".into()),
+        },
+    })
+}
+
+/// A new journal file, owner-only, `size` bytes of zeros (sparse).
+fn new_file(path: &Path, size: u64) -> Result<File, StoreError> {
+    let file = crate::store::create_owner_only(path)?;
+    file.set_len(size).map_err(|source| StoreError::Io { path: path.into(), source })?;
+    Ok(file)
+}
+
+/// The whole records at the start of `bytes` (up to the zeros after the last),
+/// and how many bytes are left over that are neither records nor zeros.
+fn parse(bytes: &[u8]) -> (Vec<Entry>, usize) {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    while let Some((len, after)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*len) as usize;
+        if len == 0 {
+            break;
+        }
+        if len > MAX_RECORD || after.len() < len + MAC_LEN {
+            break;
+        }
+        let (content, after) = after.split_at(len);
+        let (mac, after) = after.split_at(MAC_LEN);
+        let (Some(row), Ok(mac)) = (chain::decode(content), Mac::try_from(mac)) else { break };
+        records.push(Entry { row, mac });
+        rest = after;
+    }
+    (records, rest.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1))
+}
+
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:012}.log"))
+}
+
+/// The journal files in `dir` (damaged ones too, so that a new file never takes
+/// their number), in order.
+fn journal_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(StoreError::Io { path: dir.into(), source }),
+    };
+    let mut files: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log" || e == "damaged"))
+        .filter_map(|p| Some((file_number(&p)?, p)))
+        .collect();
+    files.sort();
+    Ok(files.into_iter().map(|(_, p)| p).collect())
+}
+
+fn file_number(path: &Path) -> Option<u64> {
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::audit::{Actor, Outcome, Verdict};
+    use crate::config::Config;
+    use crate::crypto::{KdfParams, SecretBytes};
+    use crate::identity::Peer;
+    use crate::store::{AuditFilter, PolicyChange, SecretLabels};
+    use crate::vault::{SecretRef, Vault};
+
+    const PASSPHRASE: &[u8] = b"a journal passphrase";
+
+    fn read_event(n: u64) -> Event {
+        Event::new("secret.read", Outcome::Ok, &Actor::vaultd()).secret("default", "telegram").with("version", n)
+    }
+
+    #[test]
+    fn a_record_decodes_to_what_was_encoded() {
+        let mut row = read_event(7).to_row(41, 1_700_000_000_123);
+        row.actor = r#"{"socket":"agent","uid":1000,"client":"bot ✓"}"#.into();
+        assert_eq!(chain::decode(&chain::content(&row)), Some(row.clone()));
+        let content = chain::content(&row);
+        for cut in [0, 8, 20, content.len() - 1] {
+            assert_eq!(chain::decode(&content[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(chain::decode(&[content.as_slice(), b"x"].concat()), None);
+    }
+
+    /// A vault with one secret, read `reads` times by its owner; then "crashed":
+    /// dropped without sealing, so the journal is left as a killed vaultd leaves it.
+    async fn crashed_after_reads(dir: &Path, reads: u64) -> PathBuf {
+        let vault = Vault::open(&dir.join("data"), &Config::default()).unwrap();
+        let actor = Actor::vaultd();
+        vault.init(&actor, &SecretBytes::new(PASSPHRASE.to_vec())).unwrap();
+        let secret = SecretRef::parse("", "telegram").unwrap();
+        let value = SecretBytes::new(b"a value".to_vec());
+        vault.put(&actor, secret, &SecretLabels::default(), &PolicyChange::default(), &value).unwrap();
+        let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, start_time: None, pidfd: None };
+        for _ in 0..reads {
+            vault.get(&actor, Some(&owner), None, secret, 0).await.unwrap();
+        }
+        drop(vault);
+        dir.join("data").join(DIR)
+    }
+
+    fn reopen(dir: &Path) -> Arc<Vault> {
+        let vault = Vault::open(&dir.join("data"), &Config::default()).unwrap();
+        vault.unlock(&Actor::vaultd(), &SecretBytes::new(PASSPHRASE.to_vec())).unwrap();
+        vault
+    }
+
+    fn entries(vault: &Vault, kind: &str) -> Vec<AuditRow> {
+        let filter = AuditFilter { kind: Some(kind.into()), limit: 10_000, ..AuditFilter::default() };
+        vault.audit_query(&filter).unwrap()
+    }
+
+    fn only_file(journal: &Path) -> PathBuf {
+        let files = journal_files(journal).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    }
+
+    #[tokio::test]
+    async fn reads_left_in_the_journal_by_a_crash_are_imported_at_unlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crashed_after_reads(dir.path(), 25).await;
+        let file = only_file(&journal);
+        assert_eq!(parse(&std::fs::read(&file).unwrap()).0.len(), 25);
+
+        let vault = reopen(dir.path());
+        assert_eq!(entries(&vault, "secret.read").len(), 25);
+        let recovered = entries(&vault, "audit.journal_recovered");
+        assert_eq!(recovered.len(), 1);
+        assert!(recovered[0].detail.contains(r#""imported":25"#), "{}", recovered[0].detail);
+        assert!(matches!(vault.audit_verify().unwrap(), Verdict::Intact { .. }));
+        assert!(parse(&std::fs::read(&file).unwrap_or_default()).0.is_empty(), "an imported file stays behind");
+
+        // Imported records are never imported twice, and journaling goes on.
+        drop(vault);
+        let vault = reopen(dir.path());
+        assert_eq!(entries(&vault, "secret.read").len(), 25);
+        assert!(matches!(vault.audit_verify().unwrap(), Verdict::Intact { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_file_cut_mid_record_is_recovered_up_to_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crashed_after_reads(dir.path(), 10).await;
+        let file = only_file(&journal);
+        let bytes = std::fs::read(&file).unwrap();
+        let (records, _) = parse(&bytes);
+        let end: usize = records.iter().map(|e| 4 + chain::content(&e.row).len() + MAC_LEN).sum();
+        // The last record half there, as a crash during its write would leave it.
+        let mut cut = bytes[..end - 20].to_vec();
+        cut.resize(bytes.len(), 0);
+        std::fs::write(&file, cut).unwrap();
+
+        let vault = reopen(dir.path());
+        assert_eq!(entries(&vault, "secret.read").len(), 9);
+        let recovered = entries(&vault, "audit.journal_recovered");
+        assert!(recovered[0].detail.contains("ends in a record that does not verify"), "{}", recovered[0].detail);
+        assert!(entries(&vault, "audit.journal_damaged").is_empty());
+        assert!(matches!(vault.audit_verify().unwrap(), Verdict::Intact { .. }));
+    }
+
+    #[tokio::test]
+    async fn records_altered_while_vaultd_was_down_are_reported_not_imported() {
+        type Alter = fn(&mut Vec<u8>, &[std::ops::Range<usize>]);
+        // Each alters records 4 and on of 8, in the middle of the file.
+        let cases: [(&str, Alter, &str, usize); 4] = [
+            ("edit a byte", |b, r| b[r[3].start + 30] ^= 1, "record 4 does not match", 3),
+            ("delete a record", |b, r| drop(b.drain(r[3].clone())), "records 4 to 4 are missing", 3),
+            ("swap two records", |b, r| swap(b, r[3].clone(), r[4].clone()), "records 4 to 4 are missing", 3),
+            ("insert a copy", |b, r| insert(b, r[3].end, r[3].clone()), "record 4 appears twice", 4),
+        ];
+        for (what, alter, problem, before) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let journal = crashed_after_reads(dir.path(), 8).await;
+            let file = only_file(&journal);
+            let mut bytes = std::fs::read(&file).unwrap();
+            let spans = record_spans(&bytes);
+            alter(&mut bytes, &spans);
+            std::fs::write(&file, bytes).unwrap();
+
+            let vault = reopen(dir.path());
+            let damaged = entries(&vault, "audit.journal_damaged");
+            assert_eq!(damaged.len(), 1, "{what}");
+            assert!(damaged[0].detail.contains(problem), "{what}: {}", damaged[0].detail);
+            assert_eq!(entries(&vault, "secret.read").len(), before, "{what}: only the records before it");
+            match vault.audit_verify().unwrap() {
+                Verdict::Broken { seq, problem } => {
+                    assert_eq!(seq, damaged[0].seq, "{what}");
+                    assert!(problem.contains("lost from the journal"), "{what}: {problem}");
+                }
+                intact => panic!("{what}: {intact:?}"),
+            }
+            assert!(file.with_extension("damaged").exists(), "{what}: the evidence is gone");
+            // Journaling starts afresh after the damage.
+            let owner =
+                Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, start_time: None, pidfd: None };
+            let secret = SecretRef::parse("", "telegram").unwrap();
+            vault.get(&Actor::vaultd(), Some(&owner), None, secret, 0).await.unwrap();
+            drop(vault);
+            let vault = reopen(dir.path());
+            assert_eq!(entries(&vault, "secret.read").len(), before + 1, "{what}");
+            assert_eq!(entries(&vault, "audit.journal_damaged").len(), 1, "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn moving_the_import_position_forward_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crashed_after_reads(dir.path(), 5).await;
+        let (records, _) = parse(&std::fs::read(only_file(&journal)).unwrap());
+        // Claim all five imported, with the real MAC of the fifth: the pair's own MAC needs the key.
+        let db = rusqlite::Connection::open(dir.path().join("data/vault.db")).unwrap();
+        let forged = rusqlite::params![5, records[4].mac.to_vec(), vec![0u8; MAC_LEN]];
+        db.execute("INSERT OR REPLACE INTO audit_journal (id, jseq, jmac, mac) VALUES (1, ?, ?, ?)", forged).unwrap();
+        drop(db);
+        let vault = reopen(dir.path());
+        let damaged = entries(&vault, "audit.journal_damaged");
+        assert!(damaged[0].detail.contains("import position"), "{}", damaged[0].detail);
+        assert!(entries(&vault, "secret.read").is_empty());
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_append_and_leaves_nothing_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, _, keys) = crate::crypto::create(&SecretBytes::new(PASSPHRASE.to_vec()), KdfParams::DEFAULT).unwrap();
+        let journal = Journal::new(dir.path());
+        journal.open(Arc::new(keys), (0, GENESIS)).unwrap();
+        assert!(matches!(journal.append(vec![read_event(1)]), Ok(Appended::Yes)));
+        let writable = {
+            let mut writer = journal.writer();
+            let w = writer.as_mut().unwrap();
+            let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+            std::mem::replace(&mut w.file, full)
+        };
+        let refused = journal.append(vec![read_event(2)]).err().unwrap().to_string();
+        assert!(refused.contains("audit log could not be written") && refused.contains("No space"), "{refused}");
+        drop(writable);
+        // The full "file" could not even be cleaned: journaling went on in a new one.
+        assert!(matches!(journal.append(vec![read_event(3), read_event(4)]), Ok(Appended::Yes)));
+
+        // The files hold one unbroken chain, 1, 2, 3, without the refused record.
+        let waiting = journal.take();
+        assert_eq!(waiting.iter().map(|e| e.row.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        let versions: Vec<&str> = waiting.iter().map(|e| e.row.detail.as_str()).collect();
+        assert_eq!(versions, [r#"{"version":1}"#, r#"{"version":3}"#, r#"{"version":4}"#]);
+        let left = journal.leftover().unwrap();
+        assert!(left.torn.is_empty(), "{:?}", left.torn);
+        let records: Vec<&Entry> = left.files.iter().flat_map(|(_, r)| r).collect();
+        assert_eq!(records.len(), 3);
+        let keys = journal.writer().as_ref().unwrap().keys.clone();
+        let mut mac = GENESIS;
+        for (entry, expected) in records.iter().zip(&waiting) {
+            assert!(keys.journal_mac_matches(&mac, &chain::content(&entry.row), &entry.mac));
+            assert_eq!(entry.row, expected.row);
+            mac = entry.mac;
+        }
+    }
+
+    fn record_spans(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let (records, _) = parse(bytes);
+        let mut at = 0;
+        records
+            .iter()
+            .map(|e| {
+                let len = 4 + chain::content(&e.row).len() + MAC_LEN;
+                at += len;
+                at - len..at
+            })
+            .collect()
+    }
+
+    fn swap(bytes: &mut Vec<u8>, a: std::ops::Range<usize>, b: std::ops::Range<usize>) {
+        let (first, second) = (bytes[a.clone()].to_vec(), bytes[b.clone()].to_vec());
+        bytes.splice(a.start..b.end, second.into_iter().chain(first));
+    }
+
+    fn insert(bytes: &mut Vec<u8>, at: usize, copy: std::ops::Range<usize>) {
+        let record = bytes[copy].to_vec();
+        bytes.splice(at..at, record);
+    }
+}
