@@ -543,6 +543,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn seal_and_a_second_unlock_import_everything_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open(&dir.path().join("data"), &Config::default()).unwrap();
+        let actor = Actor::vaultd();
+        let passphrase = SecretBytes::new(PASSPHRASE.to_vec());
+        vault.init(&actor, &passphrase).unwrap();
+        let secret = SecretRef::parse("", "telegram").unwrap();
+        let value = SecretBytes::new(b"a value".to_vec());
+        vault.put(&actor, secret, &SecretLabels::default(), &PolicyChange::default(), &value).unwrap();
+        let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, start_time: None, pidfd: None };
+        let read = || vault.get(&actor, Some(&owner), None, secret, 0);
+        for _ in 0..5 {
+            read().await.unwrap();
+        }
+        // Unlocking again while unlocked starts a new file; the records waiting in
+        // the old one are imported from it, once.
+        vault.unlock(&actor, &passphrase).unwrap();
+        for _ in 0..3 {
+            read().await.unwrap();
+        }
+        assert_eq!(entries(&vault, "secret.read").len(), 8);
+        // Sealing imports what waits and leaves no file behind.
+        read().await.unwrap();
+        vault.seal(&actor).unwrap();
+        let journal = dir.path().join("data").join(DIR);
+        let left: usize =
+            journal_files(&journal).unwrap().iter().map(|f| parse(&std::fs::read(f).unwrap()).0.len()).sum();
+        assert_eq!(left, 0);
+        // Sealed, a read's denial is stored in the table at once (no key to journal with).
+        assert!(read().await.is_err());
+        vault.unlock(&actor, &passphrase).unwrap();
+        assert_eq!(entries(&vault, "secret.read").len(), 10);
+        assert!(entries(&vault, "audit.journal_damaged").is_empty());
+        assert!(matches!(vault.audit_verify().unwrap(), Verdict::Intact { .. }));
+    }
+
+    #[tokio::test]
     async fn a_file_cut_mid_record_is_recovered_up_to_the_cut() {
         let dir = tempfile::tempdir().unwrap();
         let journal = crashed_after_reads(dir.path(), 10).await;
