@@ -6,9 +6,9 @@
 //! file with one write(2), chained by MAC like the table, and the value is released
 //! once that write returns: from then on the record survives a vaultd crash (it is
 //! in the kernel's page cache, as a `synchronous = NORMAL` commit is). Records are
-//! imported into the audit table in batches: first thing in every write
-//! transaction (so the table keeps the order things happened in, and a durable
-//! write makes every read before it durable too), and by the daemon every
+//! imported into the audit table in batches: by every transaction that appends
+//! entries, before its own (so the table keeps the order things happened in, and
+//! a durable action makes every read before it durable too), and by the daemon every
 //! [`IMPORT_EVERY`] or when [`IMPORT_AT`] are waiting. What a crash leaves behind
 //! is checked and imported at the next unlock.
 //!

@@ -243,7 +243,7 @@ impl Vault {
     /// Runs `f` and appends the events it returns, in one transaction (durable
     /// unless `durable` is false: records of requests that change nothing), then
     /// publishes the committed entries. The one way state changes. The journal's
-    /// waiting records go in first: they happened before.
+    /// waiting records go in before the entries: they happened before.
     fn commit<T>(
         &self,
         durable: bool,
@@ -251,13 +251,19 @@ impl Vault {
     ) -> Result<T, VaultError> {
         let mut chain = self.chain();
         let mut tip = chain.as_ref().map(|c| c.tip.clone());
-        let journaled = self.journal.take();
+        let mut journaled = Vec::new();
         let committed = self.store.write_with(durable, |txn| {
-            let mut rows = match chain.as_ref().zip(tip.as_mut()) {
-                Some((c, tip)) => journal::import(txn, &c.keys, tip, &journaled)?,
-                None => Vec::new(),
-            };
             let (out, events) = f(txn)?;
+            // A durable write that records nothing (a token's use) leaves them:
+            // their pages would only lengthen its fsync. Everything else imports
+            // them before its own entries, which come after them.
+            let mut rows = match chain.as_ref().zip(tip.as_mut()) {
+                Some((c, tip)) if !(durable && events.is_empty()) => {
+                    journaled = self.journal.take();
+                    journal::import(txn, &c.keys, tip, &journaled)?
+                }
+                _ => Vec::new(),
+            };
             let link = chain.as_ref().zip(tip.as_mut()).map(|(c, tip)| (&*c.keys, tip));
             rows.extend(chain::append(txn, link, &events)?);
             Ok::<_, VaultError>((out, rows))
