@@ -13,7 +13,7 @@
 
 use super::event::{Event, now_ms};
 use crate::crypto::{MAC_LEN, Unlocked};
-use crate::store::{AuditRow, StoreError, Txn};
+use crate::store::{AuditFields, AuditRow, StoreError, Txn};
 use serde_json::Value;
 
 pub(super) const GENESIS: [u8; MAC_LEN] = [0; MAC_LEN];
@@ -28,18 +28,50 @@ pub struct Tip {
 /// The bytes an entry's MAC covers: every stored field, length-prefixed so no
 /// two different entries encode alike. Also the read journal's record format.
 pub(super) fn content(row: &AuditRow) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + row.actor.len() + row.detail.len());
-    out.extend_from_slice(&row.seq.to_be_bytes());
-    out.extend_from_slice(&row.time_unix_ms.to_be_bytes());
-    for field in [&row.kind, &row.class, &row.outcome, &row.actor, &row.secret, &row.detail] {
-        out.extend_from_slice(&(field.len() as u32).to_be_bytes());
-        out.extend_from_slice(field.as_bytes());
+    let mut out = Vec::with_capacity(64 + row.actor.len() + row.detail.len());
+    header(&mut out, row.seq, row.time_unix_ms);
+    for field in row.fields().0 {
+        put(&mut out, |out| out.extend_from_slice(field.as_bytes()));
     }
     out
 }
 
-/// The entry `content` encoded (`mac` unset), or `None` if `bytes` are not one.
-pub(super) fn decode(bytes: &[u8]) -> Option<AuditRow> {
+/// Appends to `out` the `content` of `event` as an entry numbered `seq` at
+/// `time_unix_ms`, without building the entry first (the read journal's path).
+pub(super) fn encode_event(out: &mut Vec<u8>, event: &Event, seq: u64, time_unix_ms: i64) {
+    fn json(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+        let at = out.len();
+        if serde_json::to_writer(&mut *out, value).is_err() {
+            out.truncate(at);
+            out.extend_from_slice(b"{}");
+        }
+    }
+    header(out, seq, time_unix_ms);
+    for text in [event.kind, event.class(), event.outcome.as_str()] {
+        put(out, |out| out.extend_from_slice(text.as_bytes()));
+    }
+    put(out, |out| json(out, &event.actor));
+    put(out, |out| out.extend_from_slice(event.secret.as_deref().unwrap_or_default().as_bytes()));
+    put(out, |out| json(out, &event.detail));
+}
+
+fn header(out: &mut Vec<u8>, seq: u64, time_unix_ms: i64) {
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&time_unix_ms.to_be_bytes());
+}
+
+/// Appends one field, written by `write`, after its length.
+fn put(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    write(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The entry `content` encoded, borrowed: (seq, time, fields), or `None` if
+/// `bytes` are not one.
+pub(super) fn fields(bytes: &[u8]) -> Option<(u64, i64, AuditFields<'_>)> {
     fn take<'b>(bytes: &mut &'b [u8], n: usize) -> Option<&'b [u8]> {
         let (head, rest) = bytes.split_at_checked(n)?;
         *bytes = rest;
@@ -48,16 +80,19 @@ pub(super) fn decode(bytes: &[u8]) -> Option<AuditRow> {
     let mut rest = bytes;
     let seq = u64::from_be_bytes(take(&mut rest, 8)?.try_into().ok()?);
     let time_unix_ms = i64::from_be_bytes(take(&mut rest, 8)?.try_into().ok()?);
-    let mut fields = Vec::with_capacity(6);
-    for _ in 0..6 {
+    let mut fields = [""; 6];
+    for field in &mut fields {
         let len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
-        fields.push(String::from_utf8(take(&mut rest, len)?.to_vec()).ok()?);
+        *field = std::str::from_utf8(take(&mut rest, len)?).ok()?;
     }
-    if !rest.is_empty() {
-        return None;
-    }
-    let [kind, class, outcome, actor, secret, detail] = <[String; 6]>::try_from(fields).ok()?;
-    Some(AuditRow { seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac: None })
+    rest.is_empty().then_some((seq, time_unix_ms, AuditFields(fields)))
+}
+
+/// The entry `content` encoded (`mac` unset), or `None` if `bytes` are not one.
+#[cfg(test)]
+pub(super) fn decode(bytes: &[u8]) -> Option<AuditRow> {
+    let (seq, time_unix_ms, fields) = fields(bytes)?;
+    Some(fields.to_row(seq, time_unix_ms, None))
 }
 
 /// The MAC of `row` chained onto `tip`, which then moves to `row`.
@@ -85,24 +120,15 @@ pub fn append(
 }
 
 /// Numbers `rows` after everything stored, chains them (unlocked) and inserts them.
-pub(super) fn append_rows(
+fn append_rows(
     txn: &Txn<'_>,
-    chain: Option<(&Unlocked, &mut Tip)>,
+    mut chain: Option<(&Unlocked, &mut Tip)>,
     mut rows: Vec<AuditRow>,
 ) -> Result<Vec<AuditRow>, StoreError> {
     if rows.is_empty() {
         return Ok(rows);
     }
-    let mut chain = chain;
-    let max_seq = txn.audit_max_seq()?;
-    if let Some((keys, tip)) = chain.as_mut()
-        && max_seq > tip.seq
-    {
-        catch_up(txn, keys, tip)?;
-    }
-    // Past both the table and the tip: a forged row keeps its seq (and breaks
-    // verification there); a deleted tail leaves a gap rather than being reused.
-    let first = max_seq.max(chain.as_ref().map_or(0, |(_, tip)| tip.seq)) + 1;
+    let first = next_seq(txn, chain.as_mut().map(|(keys, tip)| (*keys, &mut **tip)))?;
     for (seq, row) in (first..).zip(&mut rows) {
         row.seq = seq;
     }
@@ -113,9 +139,58 @@ pub(super) fn append_rows(
         set_head(txn, keys, tip)?;
     }
     for row in &rows {
-        txn.audit_insert(row)?;
+        txn.audit_insert(row.seq, row.time_unix_ms, row.fields(), row.mac.as_deref())?;
     }
     Ok(rows)
+}
+
+/// Appends entries already encoded (`content`, as the read journal holds them,
+/// each keeping its time), chained onto `tip`. Returns them as rows only if
+/// `keep_rows` (someone is following the log): building them costs more than
+/// storing them.
+pub(super) fn append_encoded<'c>(
+    txn: &Txn<'_>,
+    keys: &Unlocked,
+    tip: &mut Tip,
+    contents: impl IntoIterator<Item = &'c [u8]>,
+    keep_rows: bool,
+) -> Result<Vec<AuditRow>, StoreError> {
+    let mut rows = Vec::new();
+    let mut contents = contents.into_iter().peekable();
+    if contents.peek().is_none() {
+        return Ok(rows);
+    }
+    let mut entry = Vec::new();
+    for (seq, content) in (next_seq(txn, Some((keys, &mut *tip)))?..).zip(contents) {
+        entry.clear();
+        entry.extend_from_slice(&seq.to_be_bytes());
+        entry.extend_from_slice(content.get(8..).unwrap_or_default());
+        let Some((_, time_unix_ms, fields)) = self::fields(&entry) else {
+            return Err(StoreError::Malformed("a read-journal record does not decode"));
+        };
+        let mac = keys.audit_mac(&tip.mac, &entry);
+        tip.seq = seq;
+        tip.mac.clear();
+        tip.mac.extend_from_slice(&mac);
+        txn.audit_insert(seq, time_unix_ms, fields, Some(&mac))?;
+        if keep_rows {
+            rows.push(fields.to_row(seq, time_unix_ms, Some(mac.to_vec())));
+        }
+    }
+    set_head(txn, keys, tip)?;
+    Ok(rows)
+}
+
+/// The seq the next entry takes: past both the table and the tip, so a forged
+/// row keeps its seq (and breaks verification there) and a deleted tail leaves
+/// a gap rather than being reused. Unlocked, first adopts an offline revoke-all.
+fn next_seq(txn: &Txn<'_>, chain: Option<(&Unlocked, &mut Tip)>) -> Result<u64, StoreError> {
+    let max_seq = txn.audit_max_seq()?;
+    let Some((keys, tip)) = chain else { return Ok(max_seq + 1) };
+    if max_seq > tip.seq {
+        catch_up(txn, keys, tip)?;
+    }
+    Ok(max_seq.max(tip.seq) + 1)
 }
 
 /// The one record another process appends while vaultd may be unlocked: the

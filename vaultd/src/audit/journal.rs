@@ -3,9 +3,9 @@
 //!
 //! Such a request has no transaction of its own, and committing one for its
 //! record would cost more than the read. So the record is appended to a journal
-//! file with one write(2), chained by MAC like the table, and the value is released
-//! once that write returns: from then on the record survives a vaultd crash (it is
-//! in the kernel's page cache, as a `synchronous = NORMAL` commit is). Records are
+//! file, chained by MAC like the table, and the value is released once it is
+//! there: copied into the file's shared mapping, it is in the kernel's page cache
+//! and survives a vaultd crash, as a `synchronous = NORMAL` commit does. Records are
 //! imported into the audit table in batches: by every transaction that appends
 //! entries, before its own (so the table keeps the order things happened in, and
 //! a durable action makes every read before it durable too), and by the daemon every
@@ -13,9 +13,9 @@
 //! is checked and imported at the next unlock.
 //!
 //! Files are `DATA/journal/NNNNNNNNNNNN.log`, each a run of records
-//! `length (u32 BE) | content | MAC` and then zeros: a file is made
-//! [`SEGMENT_BYTES`] long (sparse) when it is started, so that appending a record
-//! writes into it without growing it, which costs the kernel much less. The content is an entry's encoding (see
+//! `length (u32 BE) | content | MAC` and then zeros: a file is allocated
+//! [`SEGMENT_BYTES`] long and mapped when it is started, so that appending a
+//! record is a copy into memory, not a system call. The content is an entry's encoding (see
 //! `chain::content`) with the record's number where an entry has its seq, and the
 //! MAC is the journal MAC over the previous record's MAC and the content; numbers
 //! and MACs run on across files and restarts, from the import position stored
@@ -31,8 +31,7 @@ use super::chain::{self, GENESIS, Tip};
 use super::event::{Event, now_ms};
 use crate::crypto::{MAC_LEN, Mac, Unlocked};
 use crate::store::{AuditRow, StoreError, Txn};
-use std::fs::File;
-use std::os::unix::fs::FileExt as _;
+use crate::sys::MappedFile;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -50,11 +49,20 @@ const SEGMENT_BYTES: u64 = 4 << 20;
 const MAX_RECORD: usize = 1 << 20;
 const DIR: &str = "journal";
 
-/// One record: the entry (its `seq` is the record's number) and its journal MAC.
+/// One record: the entry's `content` (its seq slot holds the record's number),
+/// and its journal MAC. Kept encoded: that is what is written, MAC'd and
+/// imported, and building the entry's fields would cost more than all of that.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub row: AuditRow,
+    content: Vec<u8>,
     pub mac: Mac,
+}
+
+impl Entry {
+    /// The record's number.
+    pub fn number(&self) -> u64 {
+        self.content.first_chunk().map_or(0, |n| u64::from_be_bytes(*n))
+    }
 }
 
 /// Why records could not be journaled; the request they guard is refused.
@@ -77,7 +85,7 @@ pub struct Journal {
 /// The open journal, while unlocked.
 struct Writer {
     keys: Arc<Unlocked>,
-    file: File,
+    file: MappedFile,
     path: PathBuf,
     number: u64,
     /// Bytes of whole records in `file`; zeros follow up to `size`.
@@ -141,44 +149,40 @@ impl Journal {
         }
         // Everything but the numbers and MACs is prepared before taking the lock.
         let time = now_ms();
-        let mut rows: Vec<AuditRow> = events.iter().map(|e| e.to_row(0, time)).collect();
-        let mut frame = Vec::new();
-        let mut spans = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let content = chain::content(row);
-            frame.extend_from_slice(&(content.len() as u32).to_be_bytes());
-            spans.push(frame.len()..frame.len() + content.len());
-            frame.extend_from_slice(&content);
-            frame.extend_from_slice(&[0; MAC_LEN]);
-        }
+        let mut contents: Vec<Vec<u8>> = events
+            .iter()
+            .map(|event| {
+                let mut content = Vec::with_capacity(256);
+                chain::encode_event(&mut content, event, 0, time);
+                content
+            })
+            .collect();
+        let frame_len = contents.iter().map(|c| 4 + c.len() + MAC_LEN).sum::<usize>();
 
         let mut writer = self.writer();
         let Some(w) = writer.as_mut() else { return Ok(Appended::Closed(events)) };
         if let Some(why) = &w.stalled {
             return Err(JournalFailed(format!("importing the journal failed: {why}")));
         }
-        if w.waiting.len() + rows.len() > MAX_WAITING {
+        if w.waiting.len() + contents.len() > MAX_WAITING {
             return Err(JournalFailed("the journal is not being imported fast enough".into()));
         }
-        if w.len + frame.len() as u64 > w.size {
-            w.start_file(&self.dir, frame.len() as u64)?;
+        if w.len + frame_len as u64 > w.size {
+            w.start_file(&self.dir, frame_len as u64)?;
         }
         let mut mac = w.mac;
-        let mut entries = Vec::with_capacity(rows.len());
-        for ((mut row, number), span) in rows.drain(..).zip(w.next..).zip(spans) {
-            row.seq = number;
-            frame[span.start..span.start + 8].copy_from_slice(&number.to_be_bytes());
-            mac = w.keys.journal_mac(&mac, &frame[span.clone()]);
-            frame[span.end..span.end + MAC_LEN].copy_from_slice(&mac);
-            entries.push(Entry { row, mac });
+        let mut frame = Vec::with_capacity(frame_len);
+        let mut entries = Vec::with_capacity(contents.len());
+        for (mut content, number) in contents.drain(..).zip(w.next..) {
+            content[..8].copy_from_slice(&number.to_be_bytes());
+            mac = w.keys.journal_mac(&mac, &content);
+            frame.extend_from_slice(&(content.len() as u32).to_be_bytes());
+            frame.extend_from_slice(&content);
+            frame.extend_from_slice(&mac);
+            entries.push(Entry { content, mac });
         }
-        if let Err(e) = w.file.write_all_at(&frame, w.len) {
-            // Nothing half-written may stay: zero it again, or (failing that)
-            // never write to this file again.
-            if w.file.write_all_at(&vec![0; frame.len()], w.len).is_err() {
-                let _ = w.start_file(&self.dir, 0);
-            }
-            return Err(JournalFailed(format!("{}: {e}", w.path.display())));
+        if !w.file.write_at(w.len as usize, &frame) {
+            return Err(JournalFailed(format!("{}: no room for the record", w.path.display())));
         }
         w.len += frame.len() as u64;
         w.next += entries.len() as u64;
@@ -214,7 +218,7 @@ impl Journal {
             let mut writer = self.writer();
             let Some(w) = writer.as_mut() else { return };
             w.stalled = None;
-            let Some(upto) = taken.last().map(|e| e.row.seq) else { return };
+            let Some(upto) = taken.last().map(Entry::number) else { return };
             let (done, kept) = std::mem::take(&mut w.full).into_iter().partition(|(_, last)| *last <= upto);
             w.full = kept;
             done.into_iter().map(|(path, _)| path).collect()
@@ -315,7 +319,7 @@ impl Leftover {
     /// records: the problem is reported, and the files are kept as evidence).
     /// Returns the position to journal on from.
     pub fn import(&self, txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip) -> Result<Recovered, StoreError> {
-        let last_in_files = self.files.iter().flat_map(|(_, r)| r).map(|e| e.row.seq).max().unwrap_or(0);
+        let last_in_files = self.files.iter().flat_map(|(_, r)| r).map(Entry::number).max().unwrap_or(0);
         let mut torn = self.torn.clone();
         let (imported, mut mac, mut problem) = match position(txn, keys)? {
             Ok((jseq, jmac)) => (jseq, jmac, None),
@@ -328,14 +332,15 @@ impl Leftover {
                 if problem.is_some() {
                     break;
                 }
-                if entry.row.seq <= imported {
+                let number = entry.number();
+                if number <= imported {
                     continue; // imported before the crash; its file was not deleted yet
                 }
-                let wrong = if entry.row.seq < next {
-                    Some(format!("journal record {} appears twice (inserted or reordered)", entry.row.seq))
-                } else if entry.row.seq > next {
-                    Some(format!("journal records {next} to {} are missing", entry.row.seq - 1))
-                } else if !keys.journal_mac_matches(&mac, &chain::content(&entry.row), &entry.mac) {
+                let wrong = if number < next {
+                    Some(format!("journal record {number} appears twice (inserted or reordered)"))
+                } else if number > next {
+                    Some(format!("journal records {next} to {} are missing", number - 1))
+                } else if !keys.journal_mac_matches(&mac, &entry.content, &entry.mac) {
                     Some(format!("journal record {next} does not match its MAC (edited or inserted)"))
                 } else {
                     None
@@ -357,7 +362,7 @@ impl Leftover {
                 }
             }
         }
-        let rows = import(txn, keys, tip, &good)?;
+        let rows = import(txn, keys, tip, &good, true)?;
         let position = match problem {
             None => (next - 1, mac),
             // A fresh chain, numbered past anything in the files so none is reused.
@@ -383,11 +388,19 @@ impl Leftover {
 }
 
 /// Inserts journal records into the table (chained onto `tip`, each keeping its
-/// journaled time) and stores how far the journal is imported.
-pub fn import(txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip, entries: &[Entry]) -> Result<Vec<AuditRow>, StoreError> {
+/// journaled time) and stores how far the journal is imported. The entries
+/// added are returned if `keep_rows`.
+pub fn import(
+    txn: &Txn<'_>,
+    keys: &Unlocked,
+    tip: &mut Tip,
+    entries: &[Entry],
+    keep_rows: bool,
+) -> Result<Vec<AuditRow>, StoreError> {
     let Some(last) = entries.last() else { return Ok(Vec::new()) };
-    let rows = chain::append_rows(txn, Some((keys, tip)), entries.iter().map(|e| e.row.clone()).collect())?;
-    txn.audit_set_journal(last.row.seq, &last.mac, &keys.journal_position_mac(last.row.seq, &last.mac))?;
+    let rows = chain::append_encoded(txn, keys, tip, entries.iter().map(|e| e.content.as_slice()), keep_rows)?;
+    let number = last.number();
+    txn.audit_set_journal(number, &last.mac, &keys.journal_position_mac(number, &last.mac))?;
     Ok(rows)
 }
 
@@ -402,11 +415,19 @@ fn position(txn: &Txn<'_>, keys: &Unlocked) -> Result<Result<(u64, Mac), String>
     })
 }
 
-/// A new journal file, owner-only, `size` bytes of zeros (sparse).
-fn new_file(path: &Path, size: u64) -> Result<File, StoreError> {
+/// A new journal file, owner-only, `size` bytes of zeros, mapped. Its blocks
+/// are allocated now, so a full disk refuses a file rather than a write into
+/// one (a write into a mapping cannot fail; it would kill vaultd).
+fn new_file(path: &Path, size: u64) -> Result<MappedFile, StoreError> {
+    let io = |source| StoreError::Io { path: path.into(), source };
     let file = crate::store::create_owner_only(path)?;
-    file.set_len(size).map_err(|source| StoreError::Io { path: path.into(), source })?;
-    Ok(file)
+    match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size) {
+        Ok(()) => {}
+        // A file system that cannot (tmpfs before 3.5, some network ones): sparse.
+        Err(rustix::io::Errno::OPNOTSUPP) => file.set_len(size).map_err(io)?,
+        Err(e) => return Err(io(e.into())),
+    }
+    MappedFile::new(&file, size as usize).map_err(io)
 }
 
 /// The whole records at the start of `bytes` (up to the zeros after the last),
@@ -424,8 +445,8 @@ fn parse(bytes: &[u8]) -> (Vec<Entry>, usize) {
         }
         let (content, after) = after.split_at(len);
         let (mac, after) = after.split_at(MAC_LEN);
-        let (Some(row), Ok(mac)) = (chain::decode(content), Mac::try_from(mac)) else { break };
-        records.push(Entry { row, mac });
+        let (Some(_), Ok(mac)) = (chain::fields(content), Mac::try_from(mac)) else { break };
+        records.push(Entry { content: content.to_vec(), mac });
         rest = after;
     }
     (records, rest.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1))
@@ -484,6 +505,14 @@ mod tests {
             assert_eq!(chain::decode(&content[..cut]), None, "cut at {cut}");
         }
         assert_eq!(chain::decode(&[content.as_slice(), b"x"].concat()), None);
+
+        // What the journal writes straight from an event is what the table's MAC covers.
+        let mut actor = Actor::peer("agent", None);
+        actor.client = Some("bot ✓".into());
+        let event = Event::new("secret.read", Outcome::Denied, &actor).secret("prod", "x").with("reason", "sealed");
+        let mut encoded = Vec::new();
+        chain::encode_event(&mut encoded, &event, 41, 1_700_000_000_123);
+        assert_eq!(encoded, chain::content(&event.to_row(41, 1_700_000_000_123)));
     }
 
     /// A vault with one secret, read `reads` times by its owner; then "crashed":
@@ -586,7 +615,7 @@ mod tests {
         let file = only_file(&journal);
         let bytes = std::fs::read(&file).unwrap();
         let (records, _) = parse(&bytes);
-        let end: usize = records.iter().map(|e| 4 + chain::content(&e.row).len() + MAC_LEN).sum();
+        let end: usize = records.iter().map(|e| 4 + e.content.len() + MAC_LEN).sum();
         // The last record half there, as a crash during its write would leave it.
         let mut cut = bytes[..end - 20].to_vec();
         cut.resize(bytes.len(), 0);
@@ -661,28 +690,33 @@ mod tests {
     }
 
     #[test]
-    fn a_full_disk_fails_the_append_and_leaves_nothing_half_written() {
+    fn a_journal_file_that_cannot_be_made_fails_the_append() {
         let dir = tempfile::tempdir().unwrap();
         let (_, _, keys) = crate::crypto::create(&SecretBytes::new(PASSPHRASE.to_vec()), KdfParams::DEFAULT).unwrap();
         let journal = Journal::new(dir.path());
         journal.open(Arc::new(keys), (0, GENESIS)).unwrap();
         assert!(matches!(journal.append(vec![read_event(1)]), Ok(Appended::Yes)));
-        let writable = {
+        // The file is full, and where the next would go is not a directory (a
+        // full disk fails the same way: the file is allocated when it is made).
+        {
             let mut writer = journal.writer();
             let w = writer.as_mut().unwrap();
-            let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-            std::mem::replace(&mut w.file, full)
-        };
+            w.size = w.len;
+        }
+        let journal_dir = dir.path().join(DIR);
+        std::fs::rename(&journal_dir, dir.path().join("elsewhere")).unwrap();
+        std::fs::write(&journal_dir, b"not a directory").unwrap();
         let refused = journal.append(vec![read_event(2)]).err().unwrap().to_string();
-        assert!(refused.contains("audit log could not be written") && refused.contains("No space"), "{refused}");
-        drop(writable);
-        // The full "file" could not even be cleaned: journaling went on in a new one.
+        assert!(refused.contains("audit log could not be written") && refused.contains("journal"), "{refused}");
+        std::fs::remove_file(&journal_dir).unwrap();
+        std::fs::rename(dir.path().join("elsewhere"), &journal_dir).unwrap();
         assert!(matches!(journal.append(vec![read_event(3), read_event(4)]), Ok(Appended::Yes)));
+        assert_eq!(journal_files(&journal_dir).unwrap().len(), 2);
 
         // The files hold one unbroken chain, 1, 2, 3, without the refused record.
         let waiting = journal.take();
-        assert_eq!(waiting.iter().map(|e| e.row.seq).collect::<Vec<_>>(), [1, 2, 3]);
-        let versions: Vec<&str> = waiting.iter().map(|e| e.row.detail.as_str()).collect();
+        assert_eq!(waiting.iter().map(Entry::number).collect::<Vec<_>>(), [1, 2, 3]);
+        let versions: Vec<String> = waiting.iter().map(|e| chain::decode(&e.content).unwrap().detail).collect();
         assert_eq!(versions, [r#"{"version":1}"#, r#"{"version":3}"#, r#"{"version":4}"#]);
         let left = journal.leftover().unwrap();
         assert!(left.torn.is_empty(), "{:?}", left.torn);
@@ -691,8 +725,8 @@ mod tests {
         let keys = journal.writer().as_ref().unwrap().keys.clone();
         let mut mac = GENESIS;
         for (entry, expected) in records.iter().zip(&waiting) {
-            assert!(keys.journal_mac_matches(&mac, &chain::content(&entry.row), &entry.mac));
-            assert_eq!(entry.row, expected.row);
+            assert!(keys.journal_mac_matches(&mac, &entry.content, &entry.mac));
+            assert_eq!(entry.content, expected.content);
             mac = entry.mac;
         }
     }
@@ -703,7 +737,7 @@ mod tests {
         records
             .iter()
             .map(|e| {
-                let len = 4 + chain::content(&e.row).len() + MAC_LEN;
+                let len = 4 + e.content.len() + MAC_LEN;
                 at += len;
                 at - len..at
             })

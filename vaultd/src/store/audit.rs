@@ -20,6 +20,23 @@ pub struct AuditRow {
     pub mac: Option<Vec<u8>>,
 }
 
+/// An entry's text fields, borrowed: kind, class, outcome, actor, secret, detail.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditFields<'a>(pub [&'a str; 6]);
+
+impl AuditRow {
+    pub fn fields(&self) -> AuditFields<'_> {
+        AuditFields([&self.kind, &self.class, &self.outcome, &self.actor, &self.secret, &self.detail])
+    }
+}
+
+impl AuditFields<'_> {
+    pub fn to_row(self, seq: u64, time_unix_ms: i64, mac: Option<Vec<u8>>) -> AuditRow {
+        let [kind, class, outcome, actor, secret, detail] = self.0.map(str::to_owned);
+        AuditRow { seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac }
+    }
+}
+
 /// What `audit query` filters on; `None`/empty means "any".
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -94,13 +111,20 @@ impl Txn<'_> {
         Ok(rows)
     }
 
-    pub fn audit_insert(&self, r: &AuditRow) -> Result<(), StoreError> {
+    pub fn audit_insert(
+        &self,
+        seq: u64,
+        time_unix_ms: i64,
+        fields: AuditFields<'_>,
+        mac: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let [kind, class, outcome, actor, secret, detail] = fields.0;
         self.tx
             .prepare_cached(
                 "INSERT INTO audit (seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )?
-            .execute(params![r.seq, r.time_unix_ms, r.kind, r.class, r.outcome, r.actor, r.secret, r.detail, r.mac])?;
+            .execute(params![seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac])?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@ mod rotation;
 mod tokens;
 
 pub use access::ClientRow;
-pub use audit::{AuditFilter, AuditRow, AuditSnapshot};
+pub use audit::{AuditFields, AuditFilter, AuditRow, AuditSnapshot};
 pub use files::{create_owner_only, prepare_data_dir};
 pub use incident::{IncidentRow, Revoked};
 pub use keys::SealedVersion;
@@ -42,6 +42,8 @@ pub enum StoreError {
     AlreadyInitialized,
     #[error("the database stayed locked; the snapshot could not be taken")]
     SnapshotBusy,
+    #[error("{0}")]
+    Malformed(&'static str),
 }
 
 /// A secret's metadata (never its value).

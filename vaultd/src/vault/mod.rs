@@ -260,7 +260,7 @@ impl Vault {
             let mut rows = match chain.as_ref().zip(tip.as_mut()) {
                 Some((c, tip)) if !(durable && events.is_empty()) => {
                     journaled = self.journal.take();
-                    journal::import(txn, &c.keys, tip, &journaled)?
+                    journal::import(txn, &c.keys, tip, &journaled, self.published.receiver_count() > 0)?
                 }
                 _ => Vec::new(),
             };
@@ -481,7 +481,7 @@ impl Vault {
         let journaled = self.journal.close();
         let Some(Chain { keys, mut tip }) = chain.take() else { return Ok(()) };
         let rows = self.store.write(|txn| {
-            let mut rows = journal::import(txn, &keys, &mut tip, &journaled.waiting)?;
+            let mut rows = journal::import(txn, &keys, &mut tip, &journaled.waiting, true)?;
             let events = [checkpoint(&tip), Event::new("vault.seal", Outcome::Ok, actor)];
             rows.extend(chain::append(txn, Some((&keys, &mut tip)), &events)?);
             Ok::<_, VaultError>(rows)
