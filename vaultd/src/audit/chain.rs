@@ -138,8 +138,9 @@ fn append_rows(
         }
         set_head(txn, keys, tip)?;
     }
+    let mut inserter = txn.audit_inserter()?;
     for row in &rows {
-        txn.audit_insert(row.seq, row.time_unix_ms, row.fields(), row.mac.as_deref())?;
+        inserter.insert(row.seq, row.time_unix_ms, row.fields(), row.mac.as_deref())?;
     }
     Ok(rows)
 }
@@ -161,6 +162,7 @@ pub(super) fn append_encoded<'c>(
         return Ok(rows);
     }
     let mut entry = Vec::new();
+    let mut inserter = txn.audit_inserter()?;
     for (seq, content) in (next_seq(txn, Some((keys, &mut *tip)))?..).zip(contents) {
         entry.clear();
         entry.extend_from_slice(&seq.to_be_bytes());
@@ -172,7 +174,7 @@ pub(super) fn append_encoded<'c>(
         tip.seq = seq;
         tip.mac.clear();
         tip.mac.extend_from_slice(&mac);
-        txn.audit_insert(seq, time_unix_ms, fields, Some(&mac))?;
+        inserter.insert(seq, time_unix_ms, fields, Some(&mac))?;
         if keep_rows {
             rows.push(fields.to_row(seq, time_unix_ms, Some(mac.to_vec())));
         }

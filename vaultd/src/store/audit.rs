@@ -37,6 +37,23 @@ impl AuditFields<'_> {
     }
 }
 
+/// Inserts entries (see [`Txn::audit_inserter`]).
+pub struct AuditInserter<'t>(rusqlite::CachedStatement<'t>);
+
+impl AuditInserter<'_> {
+    pub fn insert(
+        &mut self,
+        seq: u64,
+        time_unix_ms: i64,
+        fields: AuditFields<'_>,
+        mac: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let [kind, class, outcome, actor, secret, detail] = fields.0;
+        self.0.execute(params![seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac])?;
+        Ok(())
+    }
+}
+
 /// What `audit query` filters on; `None`/empty means "any".
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -111,21 +128,12 @@ impl Txn<'_> {
         Ok(rows)
     }
 
-    pub fn audit_insert(
-        &self,
-        seq: u64,
-        time_unix_ms: i64,
-        fields: AuditFields<'_>,
-        mac: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
-        let [kind, class, outcome, actor, secret, detail] = fields.0;
-        self.tx
-            .prepare_cached(
-                "INSERT INTO audit (seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )?
-            .execute(params![seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac])?;
-        Ok(())
+    /// A statement inserting entries, prepared once for a whole batch.
+    pub fn audit_inserter(&self) -> Result<AuditInserter<'_>, StoreError> {
+        Ok(AuditInserter(self.tx.prepare_cached(
+            "INSERT INTO audit (seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )?))
     }
 
     pub fn audit_set_mac(&self, seq: u64, mac: &[u8]) -> Result<(), StoreError> {

@@ -14,7 +14,7 @@ mod rotation;
 mod tokens;
 
 pub use access::ClientRow;
-pub use audit::{AuditFields, AuditFilter, AuditRow, AuditSnapshot};
+pub use audit::{AuditFields, AuditFilter, AuditInserter, AuditRow, AuditSnapshot};
 pub use files::{create_owner_only, prepare_data_dir};
 pub use incident::{IncidentRow, Revoked};
 pub use keys::SealedVersion;
