@@ -75,15 +75,18 @@ pub(crate) struct MappedFile {
 }
 
 // SAFETY: the mapping is memory owned by this value alone: writes need `&mut
-// self`, and nothing hands out pointers into it.
+// self`, and nothing hands out references into it.
 unsafe impl Send for MappedFile {}
 // SAFETY: as above; `&self` gives no access to the memory at all.
 unsafe impl Sync for MappedFile {}
 
 impl MappedFile {
-    /// Maps the first `len` bytes of `file` (which must be at least that long).
+    /// Maps the first `len` bytes of `file`, which must be at least that long.
     pub(crate) fn new(file: &std::fs::File, len: usize) -> io::Result<MappedFile> {
         use rustix::mm::{MapFlags, ProtFlags, mmap};
+        if file.metadata()?.len() < len as u64 {
+            return Err(io::Error::other("the file is shorter than the mapping"));
+        }
         // SAFETY: a new mapping at an address the kernel picks, so it overlaps
         // nothing; `file` is open for reading and writing. The file is vaultd's own
         // (0600, in a 0700 directory) and never shortened while mapped; if another
@@ -99,19 +102,21 @@ impl MappedFile {
     /// Copies `bytes` into the file at `offset`; false (nothing written) if they
     /// do not fit.
     pub(crate) fn write_at(&mut self, offset: usize, bytes: &[u8]) -> bool {
-        let Some(end) = offset.checked_add(bytes.len()).filter(|&end| end <= self.len) else { return false };
-        // SAFETY: `ptr` is a live mapping of `len` bytes (unmapped only on drop),
-        // and `&mut self` makes this the only access to it.
-        let memory = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) };
-        memory[offset..end].copy_from_slice(bytes);
+        if offset.checked_add(bytes.len()).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        // SAFETY: [offset, offset + bytes.len()) lies inside the live mapping of
+        // `len` bytes (unmapped only on drop), which no Rust reference points into;
+        // `bytes` is ordinary memory, so the two cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(offset), bytes.len()) };
         true
     }
 }
 
 impl Drop for MappedFile {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once; no reference into it
-        // outlives the `&mut self` borrows of `write_at`.
+        // SAFETY: the mapping made in `new`, unmapped once, and no reference
+        // into it exists.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }

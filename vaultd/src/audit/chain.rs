@@ -12,7 +12,7 @@
 //! while sealed (stored unchained) are chained then, in order.
 
 use super::event::{Event, now_ms};
-use crate::crypto::{MAC_LEN, Unlocked};
+use crate::crypto::{MAC_LEN, Mac, Unlocked};
 use crate::store::{AuditFields, AuditRow, StoreError, Txn};
 use serde_json::Value;
 
@@ -146,24 +146,24 @@ fn append_rows(
 }
 
 /// Appends entries already encoded (`content`, as the read journal holds them,
-/// each keeping its time), chained onto `tip`. Returns them as rows only if
-/// `keep_rows` (someone is following the log): building them costs more than
-/// storing them.
+/// each keeping its time), chained onto `tip`. Returns the first one's seq and
+/// each one's MAC: rows are built from them only if someone follows the log,
+/// since building them costs more than storing them.
 pub(super) fn append_encoded<'c>(
     txn: &Txn<'_>,
     keys: &Unlocked,
     tip: &mut Tip,
     contents: impl IntoIterator<Item = &'c [u8]>,
-    keep_rows: bool,
-) -> Result<Vec<AuditRow>, StoreError> {
-    let mut rows = Vec::new();
+) -> Result<(u64, Vec<Mac>), StoreError> {
     let mut contents = contents.into_iter().peekable();
     if contents.peek().is_none() {
-        return Ok(rows);
+        return Ok((tip.seq + 1, Vec::new()));
     }
+    let first = next_seq(txn, Some((keys, &mut *tip)))?;
+    let mut macs = Vec::new();
     let mut entry = Vec::new();
     let mut inserter = txn.audit_inserter()?;
-    for (seq, content) in (next_seq(txn, Some((keys, &mut *tip)))?..).zip(contents) {
+    for (seq, content) in (first..).zip(contents) {
         entry.clear();
         entry.extend_from_slice(&seq.to_be_bytes());
         entry.extend_from_slice(content.get(8..).unwrap_or_default());
@@ -175,12 +175,10 @@ pub(super) fn append_encoded<'c>(
         tip.mac.clear();
         tip.mac.extend_from_slice(&mac);
         inserter.insert(seq, time_unix_ms, fields, Some(&mac))?;
-        if keep_rows {
-            rows.push(fields.to_row(seq, time_unix_ms, Some(mac.to_vec())));
-        }
+        macs.push(mac);
     }
     set_head(txn, keys, tip)?;
-    Ok(rows)
+    Ok((first, macs))
 }
 
 /// The seq the next entry takes: past both the table and the tip, so a forged

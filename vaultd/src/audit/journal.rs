@@ -43,7 +43,7 @@ const IMPORT_AT: usize = 1024;
 /// Records waiting beyond which requests are refused: the import is not keeping
 /// up (or failing), and the memory they hold is bounded.
 const MAX_WAITING: usize = 16 * 1024;
-/// How long a journal file is made (sparse); records go in until it is full.
+/// How long a journal file is made; records go in until it is full.
 const SEGMENT_BYTES: u64 = 4 << 20;
 /// No record is this long; a length field that says so is damage.
 const MAX_RECORD: usize = 1 << 20;
@@ -142,7 +142,7 @@ impl Journal {
         self.wake.notified().await;
     }
 
-    /// Appends `events` (one write) and returns once they are in the file.
+    /// Appends `events` and returns once they are in the file.
     pub fn append(&self, events: Vec<Event>) -> Result<Appended, JournalFailed> {
         if events.is_empty() {
             return Ok(Appended::Yes);
@@ -172,16 +172,25 @@ impl Journal {
         }
         let mut mac = w.mac;
         let mut frame = Vec::with_capacity(frame_len);
+        let mut lengths = Vec::with_capacity(contents.len());
         let mut entries = Vec::with_capacity(contents.len());
         for (mut content, number) in contents.drain(..).zip(w.next..) {
             content[..8].copy_from_slice(&number.to_be_bytes());
             mac = w.keys.journal_mac(&mac, &content);
-            frame.extend_from_slice(&(content.len() as u32).to_be_bytes());
+            lengths.push((w.len as usize + frame.len(), (content.len() as u32).to_be_bytes()));
+            frame.extend_from_slice(&[0; 4]);
             frame.extend_from_slice(&content);
             frame.extend_from_slice(&mac);
             entries.push(Entry { content, mac });
         }
-        if !w.file.write_at(w.len as usize, &frame) {
+        // Each length goes in after everything else: a copy cut short by a crash
+        // leaves no length in front of bytes that are not yet all there, so it
+        // reads as the journal's end, never as an altered record.
+        let written = w.file.write_at(w.len as usize, &frame) && {
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+            lengths.iter().all(|(at, length)| w.file.write_at(*at, length))
+        };
+        if !written {
             return Err(JournalFailed(format!("{}: no room for the record", w.path.display())));
         }
         w.len += frame.len() as u64;
@@ -362,7 +371,7 @@ impl Leftover {
                 }
             }
         }
-        let rows = import(txn, keys, tip, &good, true)?;
+        let rows = import(txn, keys, tip, &good)?.rows(&good);
         let position = match problem {
             None => (next - 1, mac),
             // A fresh chain, numbered past anything in the files so none is reused.
@@ -388,20 +397,34 @@ impl Leftover {
 }
 
 /// Inserts journal records into the table (chained onto `tip`, each keeping its
-/// journaled time) and stores how far the journal is imported. The entries
-/// added are returned if `keep_rows`.
-pub fn import(
-    txn: &Txn<'_>,
-    keys: &Unlocked,
-    tip: &mut Tip,
-    entries: &[Entry],
-    keep_rows: bool,
-) -> Result<Vec<AuditRow>, StoreError> {
-    let Some(last) = entries.last() else { return Ok(Vec::new()) };
-    let rows = chain::append_encoded(txn, keys, tip, entries.iter().map(|e| e.content.as_slice()), keep_rows)?;
-    let number = last.number();
-    txn.audit_set_journal(number, &last.mac, &keys.journal_position_mac(number, &last.mac))?;
-    Ok(rows)
+/// journaled time) and stores how far the journal is imported.
+pub fn import(txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip, entries: &[Entry]) -> Result<Imported, StoreError> {
+    let (first, macs) = chain::append_encoded(txn, keys, tip, entries.iter().map(|e| e.content.as_slice()))?;
+    if let Some(last) = entries.last() {
+        let number = last.number();
+        txn.audit_set_journal(number, &last.mac, &keys.journal_position_mac(number, &last.mac))?;
+    }
+    Ok(Imported { first, macs })
+}
+
+/// Where [`import`] put records in the table: the first one's seq, and each one's MAC.
+pub struct Imported {
+    first: u64,
+    macs: Vec<Mac>,
+}
+
+impl Imported {
+    /// The table entries made of `entries` (the records imported), for the log's
+    /// followers. Called after the commit, so that a follower that subscribes
+    /// after the check for followers reads them from the table instead.
+    pub fn rows(&self, entries: &[Entry]) -> Vec<AuditRow> {
+        let rows = entries.iter().zip(&self.macs).zip(self.first..);
+        rows.filter_map(|((entry, mac), seq)| {
+            let (_, time_unix_ms, fields) = chain::fields(&entry.content)?;
+            Some(fields.to_row(seq, time_unix_ms, Some(mac.to_vec())))
+        })
+        .collect()
+    }
 }
 
 /// The stored import position, or why it cannot be trusted.
@@ -416,18 +439,32 @@ fn position(txn: &Txn<'_>, keys: &Unlocked) -> Result<Result<(u64, Mac), String>
 }
 
 /// A new journal file, owner-only, `size` bytes of zeros, mapped. Its blocks
-/// are allocated now, so a full disk refuses a file rather than a write into
-/// one (a write into a mapping cannot fail; it would kill vaultd).
+/// are allocated now, so that a full disk refuses a file, never a write into one
+/// (a write into a mapping cannot fail: it would kill vaultd). A file that could
+/// not be made whole is removed, so the next try can take its name.
 fn new_file(path: &Path, size: u64) -> Result<MappedFile, StoreError> {
-    let io = |source| StoreError::Io { path: path.into(), source };
     let file = crate::store::create_owner_only(path)?;
-    match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size) {
-        Ok(()) => {}
-        // A file system that cannot (tmpfs before 3.5, some network ones): sparse.
-        Err(rustix::io::Errno::OPNOTSUPP) => file.set_len(size).map_err(io)?,
-        Err(e) => return Err(io(e.into())),
+    let made = allocate(&file, size).and_then(|()| MappedFile::new(&file, size as usize));
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
     }
-    MappedFile::new(&file, size as usize).map_err(io)
+    made.map_err(|source| StoreError::Io { path: path.into(), source })
+}
+
+/// Allocates `size` bytes of zeros in `file`: with fallocate, or by writing the
+/// zeros where the file system cannot fallocate.
+fn allocate(file: &std::fs::File, size: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+        Err(rustix::io::Errno::OPNOTSUPP) => {
+            let zeros = [0; 1 << 16];
+            for at in (0..size).step_by(zeros.len()) {
+                file.write_all_at(&zeros[..(size - at).min(zeros.len() as u64) as usize], at)?;
+            }
+            Ok(())
+        }
+        done => done.map_err(Into::into),
+    }
 }
 
 /// The whole records at the start of `bytes` (up to the zeros after the last),
@@ -620,13 +657,47 @@ mod tests {
         let mut cut = bytes[..end - 20].to_vec();
         cut.resize(bytes.len(), 0);
         std::fs::write(&file, cut).unwrap();
+        assert_recovered_cleanly(dir.path(), 9, "ends in a record that does not verify");
+    }
 
-        let vault = reopen(dir.path());
-        assert_eq!(entries(&vault, "secret.read").len(), 9);
+    #[tokio::test]
+    async fn a_record_whose_length_was_not_written_yet_reads_as_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crashed_after_reads(dir.path(), 3).await;
+        let file = only_file(&journal);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let (records, _) = parse(&bytes);
+        // A crash during the last append: its record is all there but its length,
+        // which goes in last. (With the bytes of a later record after it, too.)
+        let last = records[..2].iter().map(|e| 4 + e.content.len() + MAC_LEN).sum::<usize>();
+        let whole = 4 + records[2].content.len() + MAC_LEN;
+        let copy = bytes[last..last + whole].to_vec();
+        bytes[last..last + 4].fill(0);
+        bytes[last + whole..last + 2 * whole].copy_from_slice(&copy);
+        std::fs::write(&file, bytes).unwrap();
+        assert_recovered_cleanly(dir.path(), 2, "that are not a whole record");
+    }
+
+    /// After a crash cut the journal short: `reads` imported at unlock, the
+    /// recovery record `says` why the rest was not, no damage, the log intact.
+    fn assert_recovered_cleanly(dir: &Path, reads: usize, says: &str) {
+        let vault = reopen(dir);
+        assert_eq!(entries(&vault, "secret.read").len(), reads);
         let recovered = entries(&vault, "audit.journal_recovered");
-        assert!(recovered[0].detail.contains("ends in a record that does not verify"), "{}", recovered[0].detail);
+        assert!(recovered[0].detail.contains(says), "{}", recovered[0].detail);
         assert!(entries(&vault, "audit.journal_damaged").is_empty());
         assert!(matches!(vault.audit_verify().unwrap(), Verdict::Intact { .. }));
+    }
+
+    #[test]
+    fn a_journal_file_that_cannot_be_allocated_is_not_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), 1);
+        // More than any disk (or file) can hold.
+        assert!(new_file(&path, 1 << 62).is_err());
+        assert!(!path.exists(), "a half-made file would block its name");
+        assert!(new_file(&path, SEGMENT_BYTES).is_ok());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SEGMENT_BYTES);
     }
 
     #[tokio::test]

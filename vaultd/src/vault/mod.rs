@@ -257,24 +257,30 @@ impl Vault {
             // A durable write that records nothing (a token's use) leaves them:
             // their pages would only lengthen its fsync. Everything else imports
             // them before its own entries, which come after them.
-            let mut rows = match chain.as_ref().zip(tip.as_mut()) {
+            let imported = match chain.as_ref().zip(tip.as_mut()) {
                 Some((c, tip)) if !(durable && events.is_empty()) => {
                     journaled = self.journal.take();
-                    journal::import(txn, &c.keys, tip, &journaled, self.published.receiver_count() > 0)?
+                    Some(journal::import(txn, &c.keys, tip, &journaled)?)
                 }
-                _ => Vec::new(),
+                _ => None,
             };
             let link = chain.as_ref().zip(tip.as_mut()).map(|(c, tip)| (&*c.keys, tip));
-            rows.extend(chain::append(txn, link, &events)?);
-            Ok::<_, VaultError>((out, rows))
+            let rows = chain::append(txn, link, &events)?;
+            Ok::<_, VaultError>((out, imported, rows))
         });
-        let (out, rows) = match committed {
+        let (out, imported, own_rows) = match committed {
             Ok(committed) => committed,
             Err(e) => {
                 self.journal.untake(journaled);
                 return Err(e);
             }
         };
+        // Checked after the commit: a follower subscribing later finds them in the table.
+        let mut rows = match imported {
+            Some(imported) if self.published.receiver_count() > 0 => imported.rows(&journaled),
+            _ => Vec::new(),
+        };
+        rows.extend(own_rows);
         self.journal.imported(&journaled);
         if let (Some(c), Some(tip)) = (chain.as_mut(), tip) {
             c.tip = tip;
@@ -481,7 +487,7 @@ impl Vault {
         let journaled = self.journal.close();
         let Some(Chain { keys, mut tip }) = chain.take() else { return Ok(()) };
         let rows = self.store.write(|txn| {
-            let mut rows = journal::import(txn, &keys, &mut tip, &journaled.waiting, true)?;
+            let mut rows = journal::import(txn, &keys, &mut tip, &journaled.waiting)?.rows(&journaled.waiting);
             let events = [checkpoint(&tip), Event::new("vault.seal", Outcome::Ok, actor)];
             rows.extend(chain::append(txn, Some((&keys, &mut tip)), &events)?);
             Ok::<_, VaultError>(rows)
