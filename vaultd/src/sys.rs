@@ -90,9 +90,9 @@ impl MappedFile {
         // SAFETY: a new mapping at an address the kernel picks, so it overlaps
         // nothing; `file` is open for reading and writing. The file is vaultd's own
         // (0600, in a 0700 directory) and never shortened while mapped; if another
-        // process with the owner's rights shortened it, a write would fault
-        // (SIGBUS) and vaultd would stop: it fails closed, with nothing
-        // acknowledged lost.
+        // process with the owner's rights shortened it, a write past the new end
+        // would fault (SIGBUS) and vaultd would stop: it fails closed, and what
+        // the cut removed is the journal-end limit SECURITY.md describes.
         let ptr =
             unsafe { mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, file, 0) }?;
         let ptr = std::ptr::NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
