@@ -74,26 +74,27 @@ fn copy_of(template: &Daemon) -> Daemon {
 
 /// One case a line: what | entry k (a WHERE clause) | the edit | where `audit verify` must
 /// say the chain breaks. `$k` is k, `$n` the last seq before the edit, `$copy` every column
-/// but seq and mac. In a `+read` case an agent reads a secret between the edit and the verify.
+/// but seq, mac and records. In a `+read` case an agent reads a secret between the edit and
+/// the verify. (Entries inside a batch of reads: the next test.)
 const TAMPERS: &str = "
 edit the detail          | $W2     | UPDATE audit SET detail = json_set(detail, '$.version', 1) WHERE seq = $k  | $k
-edit the actor (uid)     | $READ   | UPDATE audit SET actor = json_set(actor, '$.uid', 4242) WHERE seq = $k     | $k
+edit the actor (uid)     | $SEALED | UPDATE audit SET actor = json_set(actor, '$.uid', 4242) WHERE seq = $k     | $k
 edit the kind            | $DELETE | UPDATE audit SET kind = 'secret.write' WHERE seq = $k                      | $k
-edit the outcome         | $NOPE   | UPDATE audit SET outcome = 'ok', class = 'access' WHERE seq = $k           | $k
+edit the outcome         | $SEALED | UPDATE audit SET outcome = 'ok', class = 'access' WHERE seq = $k           | $k
 edit the time (+1 ms)    | $REVEAL | UPDATE audit SET time_unix_ms = time_unix_ms + 1 WHERE seq = $k            | $k
 edit the secret          | $DELETE | UPDATE audit SET secret = 'default/alpha' WHERE seq = $k                   | $k
-delete an entry          | $NOPE   | DELETE FROM audit WHERE seq = $k                                           | $k
+delete an entry          | $REVEAL | DELETE FROM audit WHERE seq = $k                                           | $k
 delete a sealed read     | $SEALED | DELETE FROM audit WHERE seq = $k                                           | $k
-append a copy of one     | $READ   | INSERT INTO audit SELECT $n + 1, $copy, mac FROM audit WHERE seq = $k      | $n + 1
-forge one into a gap     | $NOPE   | DELETE FROM audit WHERE seq = $k;
-                                     INSERT INTO audit SELECT $k, $copy, mac FROM audit WHERE seq = $k + 1      | $k
-insert before the first  | 1       | INSERT INTO audit SELECT 0, $copy, mac FROM audit WHERE seq = 1            | 0
+append a copy of one     | $DELETE | INSERT INTO audit SELECT $n + 1, $copy, mac, records FROM audit WHERE seq = $k      | $n + 1
+forge one into a gap     | $DELETE | DELETE FROM audit WHERE seq = $k;
+                                     INSERT INTO audit SELECT $k, $copy, mac, records FROM audit WHERE seq = $k + 1      | $k
+insert before the first  | 1       | INSERT INTO audit SELECT 0, $copy, mac, records FROM audit WHERE seq = 1            | 0
 swap two entries         | $W2     | UPDATE audit SET seq = -1 WHERE seq = $k; UPDATE audit SET seq = $k
                                      WHERE seq = $k + 1; UPDATE audit SET seq = $k + 1 WHERE seq = -1           | $k
 delete the last two      | 1       | DELETE FROM audit WHERE seq >= $n - 1                                      | $n - 1
 the same, head rewritten | 1       | DELETE FROM audit WHERE seq >= $n - 1; UPDATE audit_head SET seq = $n - 2  | $n - 1
 set a mac to NULL        | $REVEAL | UPDATE audit SET mac = NULL WHERE seq = $k                                 | $k
-append an unchained one  | $READ   | INSERT INTO audit SELECT $n + 1, $copy, NULL FROM audit WHERE seq = $k     | $n + 1
+append an unchained one  | $REVEAL | INSERT INTO audit SELECT $n + 1, $copy, NULL, records FROM audit WHERE seq = $k     | $n + 1
 edit, NULL macs, +read   | $W2     | UPDATE audit SET detail = json_set(detail, '$.version', 1) WHERE seq = $k;
                                      UPDATE audit SET mac = NULL WHERE seq >= $k                                | $k
 same, head back, +read   | $W2     | UPDATE audit SET detail = json_set(detail, '$.version', 1) WHERE seq = $k;
@@ -119,11 +120,9 @@ fn verify_finds_each_kind_of_tampering_at_the_right_entry() {
         let db = d.db();
         let entry = entry
             .replace("$W2", "kind = 'secret.write' AND json_extract(detail, '$.version') = 2")
-            .replace("$READ", "kind = 'secret.read' AND secret = 'default/alpha' AND outcome = 'ok'")
             .replace("$SEALED", "kind = 'secret.read' AND secret = 'default/alpha' AND outcome = 'denied'")
             .replace("$DELETE", "kind = 'secret.delete'")
-            .replace("$REVEAL", "kind = 'secret.reveal'")
-            .replace("$NOPE", "secret = 'default/nope'");
+            .replace("$REVEAL", "kind = 'secret.reveal'");
         let k: u64 = db.query_row(&format!("SELECT MIN(seq) FROM audit WHERE {entry}"), [], |r| r.get(0)).unwrap();
         let fill = |sql: &str| {
             let copy = "time_unix_ms, kind, class, outcome, actor, secret, detail";
@@ -146,6 +145,106 @@ fn verify_finds_each_kind_of_tampering_at_the_right_entry() {
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
+/// Each frame (`length | content | MAC`) in a batch row's records.
+fn frames(records: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut spans = Vec::new();
+    let mut at = 0;
+    while at < records.len() {
+        let len = u32::from_be_bytes(records[at..at + 4].try_into().unwrap()) as usize;
+        spans.push(at..at + 4 + len + 32);
+        at += 4 + len + 32;
+    }
+    assert_eq!(at, records.len(), "records end in a whole frame");
+    spans
+}
+
+/// Reads are stored a batch to a row (their journal records, under one MAC). An
+/// entry edited, deleted, inserted or reordered inside a batch, or the batch row
+/// itself altered, breaks `audit verify` at that entry.
+#[test]
+fn verify_finds_tampering_inside_a_batch_of_reads_at_the_right_entry() {
+    let mut template = Daemon::initialized();
+    template.put("alpha", b"alpha-1");
+    // Reads in quick succession, so that one import takes several.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut agent = vault_proto::agent_client(vault_proto::connect(&template.agent_socket).await.unwrap());
+        for i in 0..40 {
+            let name = if i % 5 == 4 { "nope" } else { "alpha" };
+            let _ = agent.get_secret(GetSecretRequest { env: String::new(), name: name.into(), version: 0 }).await;
+        }
+    });
+    template.put("gamma", b"gamma-1");
+    intact(&template);
+    assert!(template.stop().status.success());
+    let (seq, records): (u64, Vec<u8>) = template
+        .db()
+        .query_row("SELECT seq, records FROM audit WHERE records IS NOT NULL ORDER BY length(records) DESC", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let spans = frames(&records);
+    let n = spans.len() as u64;
+    assert!(n >= 4, "the largest batch holds {n} reads");
+    let first = seq + 1 - n;
+    let frame = |i: usize| records[spans[i].clone()].to_vec();
+    let without = |i: usize| [&records[..spans[i].start], &records[spans[i].end..]].concat();
+    let edited = |i: usize| {
+        let mut out = records.clone();
+        let uid = contains_at(&records[spans[i].clone()], br#""uid":"#).unwrap() + spans[i].start + 6;
+        out[uid] = if out[uid] == b'9' { b'8' } else { b'9' };
+        out
+    };
+    let cases: Vec<(&str, Vec<u8>, u64, &str)> = vec![
+        ("edit a read's uid", edited(2), first + 2, "MAC"),
+        ("edit the first read's uid", edited(0), first, "MAC"),
+        ("delete a read", without(2), first + 2, "missing"),
+        (
+            "insert a copy of a read",
+            [&records[..spans[2].start], &frame(1), &records[spans[2].start..]].concat(),
+            first + 2,
+            "out of order",
+        ),
+        (
+            "swap two reads",
+            [&records[..spans[1].start], &frame(2), &frame(1), &records[spans[2].end..]].concat(),
+            first + 1,
+            "",
+        ),
+        ("cut the last read short", records[..records.len() - 10].to_vec(), seq, ""),
+    ];
+    let mut failures = Vec::new();
+    let mut check = |what: &str, d: &Daemon, want: u64, says: &str| {
+        for attempt in ["first", "second"] {
+            match d.audit_verify() {
+                Err((at, problem)) if at == want && problem.contains(says) => {}
+                got => failures.push(format!("{what}: {attempt} verify: want broken at {want} ({says}), got {got:?}")),
+            }
+        }
+    };
+    for (what, tampered, want, says) in cases {
+        let d = copy_of(&template);
+        assert_eq!(intact(&d).1, 1, "{what}: the untouched copy verifies");
+        d.db().execute("UPDATE audit SET records = ? WHERE seq = ?", params![tampered, seq]).unwrap();
+        d.get("alpha");
+        check(what, &d, want, says);
+    }
+    for (what, edit, says) in [
+        ("delete the batch", "DELETE FROM audit WHERE seq = ?", "missing"),
+        ("edit the batch's time", "UPDATE audit SET time_unix_ms = time_unix_ms + 1 WHERE seq = ?", "MAC"),
+        ("edit the batch's count", "UPDATE audit SET detail = json_set(detail, '$.records', 1) WHERE seq = ?", ""),
+    ] {
+        let d = copy_of(&template);
+        d.db().execute(edit, [seq]).unwrap();
+        check(what, &d, first, says);
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn contains_at(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 #[test]
 fn ten_thousand_operations_and_a_restart_leave_an_intact_log() {
     let started = Instant::now();
@@ -160,12 +259,16 @@ fn ten_thousand_operations_and_a_restart_leave_an_intact_log() {
     let (entries, first, last) = intact(&d);
     assert_eq!((first, last), (1, entries));
     assert!(entries > ops, "{entries} entries for {ops} operations");
-    let sql = "SELECT kind || ' ' || outcome, COUNT(*) FROM audit WHERE kind LIKE 'secret.%' GROUP BY 1";
-    let db = d.db();
-    let mut stmt = db.prepare(sql).unwrap();
-    let got: BTreeMap<String, u64> =
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let (_, entries) = d.audit_export("all.jsonl");
+    assert_eq!(seqs(&entries), (1..=entries.len() as u64).collect::<Vec<_>>(), "every entry, once, in order");
+    let mut got = BTreeMap::<String, u64>::new();
+    for e in entries.iter().filter(|e| e["type"].as_str().unwrap().starts_with("secret.")) {
+        *got.entry(format!("{} {}", e["type"].as_str().unwrap(), e["outcome"].as_str().unwrap())).or_default() += 1;
+    }
     assert_eq!(got, want, "one record per operation");
+    // Reads were imported in batches: far fewer rows than entries.
+    let rows: u64 = d.db().query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0)).unwrap();
+    assert!(rows * 4 < entries.len() as u64, "{rows} rows for {} entries", entries.len());
     eprintln!("10k operations, restart and verify: {:?}", started.elapsed());
 }
 
@@ -329,13 +432,18 @@ fn no_value_or_passphrase_reaches_the_audit_trail() {
         seqs(&jsonl(&bytes)).contains(&last).then_some(bytes)
     });
     let sql = "SELECT group_concat(kind || class || outcome || actor || secret || detail, ' ') FROM audit";
-    let rows: String = d.db().query_row(sql, [], |r| r.get(0)).unwrap();
+    let mut rows: Vec<u8> = d.db().query_row(sql, [], |r| r.get::<_, String>(0)).unwrap().into_bytes();
+    let db = d.db();
+    let mut batches = db.prepare("SELECT records FROM audit WHERE records IS NOT NULL").unwrap();
+    let batches: Vec<Vec<u8>> = batches.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert!(!batches.is_empty(), "reads were imported as batches");
+    rows.extend(batches.concat());
     let haystacks = [
         ("the export", exported),
         ("the jsonl sink", sunk),
         ("audit query --json", d.ctl(&["--json", "audit", "query", "--limit", "0"], b"").ok().stdout),
         ("audit tail --json", d.ctl(&["--json", "audit", "tail", "--type", "all", "-n", "0"], b"").ok().stdout),
-        ("the audit table", rows.into_bytes()),
+        ("the audit table", rows),
         ("vaultd's log", d.log().into_bytes()),
     ];
     let secrets: [&[u8]; 6] =

@@ -313,7 +313,7 @@ impl Admin for AdminApi {
             }
             loop {
                 match live.recv().await {
-                    Ok(row) if row.seq > last && matches(&filter, &row) => {
+                    Ok(row) if row.seq > last && filter.matches(&row) => {
                         if tx.send(Ok(entry(&row))).await.is_err() {
                             return;
                         }
@@ -594,23 +594,4 @@ fn audit_filter(f: Option<v1::AuditFilter>) -> AuditFilter {
         secret: text(f.secret),
         limit: f.limit,
     }
-}
-
-/// The live side of `tail`: the same rules as the SQL of `audit_query`.
-fn matches(f: &AuditFilter, row: &AuditRow) -> bool {
-    let kind_ok = f.kind.as_deref().is_none_or(|k| {
-        row.kind == k || row.class == k || row.kind.strip_prefix(k).is_some_and(|rest| rest.starts_with('.'))
-    });
-    let secret_ok = f.secret.as_deref().is_none_or(|s| match s.split_once('/') {
-        Some(_) => row.secret == s,
-        None => row.secret.rsplit_once('/').is_some_and(|(_, name)| name == s),
-    });
-    let client_ok = f.client.as_deref().is_none_or(|c| {
-        serde_json::from_str::<serde_json::Value>(&row.actor).is_ok_and(|a| a["client"].as_str() == Some(c))
-    });
-    kind_ok
-        && secret_ok
-        && client_ok
-        && f.since_unix_ms.is_none_or(|t| row.time_unix_ms >= t)
-        && f.until_unix_ms.is_none_or(|t| row.time_unix_ms < t)
 }

@@ -11,8 +11,9 @@
 //! at unlock, from the head checked against its MAC ([`resume`]); entries written
 //! while sealed (stored unchained) are chained then, in order.
 
+use super::batch;
 use super::event::{Event, now_ms};
-use crate::crypto::{MAC_LEN, Mac, Unlocked};
+use crate::crypto::{MAC_LEN, Unlocked};
 use crate::store::{AuditFields, AuditRow, StoreError, Txn};
 use serde_json::Value;
 
@@ -25,13 +26,18 @@ pub struct Tip {
     pub mac: Vec<u8>,
 }
 
-/// The bytes an entry's MAC covers: every stored field, length-prefixed so no
-/// two different entries encode alike. Also the read journal's record format.
+/// The bytes a row's MAC covers: every stored field, length-prefixed so no two
+/// different rows encode alike (a batch's records last). An entry's encoding
+/// is also the read journal's record format.
 pub(super) fn content(row: &AuditRow) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + row.actor.len() + row.detail.len());
+    let records = row.records.as_deref();
+    let mut out = Vec::with_capacity(64 + row.actor.len() + row.detail.len() + records.map_or(0, |r| 4 + r.len()));
     header(&mut out, row.seq, row.time_unix_ms);
     for field in row.fields().0 {
         put(&mut out, |out| out.extend_from_slice(field.as_bytes()));
+    }
+    if let Some(records) = records {
+        put(&mut out, |out| out.extend_from_slice(records));
     }
     out
 }
@@ -140,45 +146,33 @@ fn append_rows(
     }
     let mut inserter = txn.audit_inserter()?;
     for row in &rows {
-        inserter.insert(row.seq, row.time_unix_ms, row.fields(), row.mac.as_deref())?;
+        inserter.insert(row.seq, row.time_unix_ms, row.fields(), row.mac.as_deref(), None)?;
     }
     Ok(rows)
 }
 
-/// Appends entries already encoded (`content`, as the read journal holds them,
-/// each keeping its time), chained onto `tip`. Returns the first one's seq and
-/// each one's MAC: rows are built from them only if someone follows the log,
-/// since building them costs more than storing them.
-pub(super) fn append_encoded<'c>(
+/// Appends `batch` (see [`batch`](super::batch)), holding `n` entries, chained
+/// onto `tip`: its entries take the next `n` seqs, the row's own being the
+/// last. Returns the first.
+pub(super) fn append_batch(
     txn: &Txn<'_>,
     keys: &Unlocked,
     tip: &mut Tip,
-    contents: impl IntoIterator<Item = &'c [u8]>,
-) -> Result<(u64, Vec<Mac>), StoreError> {
-    let mut contents = contents.into_iter().peekable();
-    if contents.peek().is_none() {
-        return Ok((tip.seq + 1, Vec::new()));
-    }
+    mut batch: AuditRow,
+    n: u64,
+) -> Result<u64, StoreError> {
     let first = next_seq(txn, Some((keys, &mut *tip)))?;
-    let mut macs = Vec::new();
-    let mut entry = Vec::new();
-    let mut inserter = txn.audit_inserter()?;
-    for (seq, content) in (first..).zip(contents) {
-        entry.clear();
-        entry.extend_from_slice(&seq.to_be_bytes());
-        entry.extend_from_slice(content.get(8..).unwrap_or_default());
-        let Some((_, time_unix_ms, fields)) = self::fields(&entry) else {
-            return Err(StoreError::Malformed("a read-journal record does not decode"));
-        };
-        let mac = keys.audit_mac(&tip.mac, &entry);
-        tip.seq = seq;
-        tip.mac.clear();
-        tip.mac.extend_from_slice(&mac);
-        inserter.insert(seq, time_unix_ms, fields, Some(&mac))?;
-        macs.push(mac);
-    }
+    batch.seq = first + n - 1;
+    let mac = chain_row(keys, tip, &batch);
     set_head(txn, keys, tip)?;
-    Ok((first, macs))
+    txn.audit_inserter()?.insert(
+        batch.seq,
+        batch.time_unix_ms,
+        batch.fields(),
+        Some(&mac),
+        batch.records.as_deref(),
+    )?;
+    Ok(first)
 }
 
 /// The seq the next entry takes: past both the table and the tip, so a forged
@@ -304,42 +298,46 @@ impl<'k> Verifier<'k> {
 
     /// Checks one row; returns `false` once the chain is broken (stop walking).
     pub fn check(&mut self, row: &AuditRow) -> bool {
-        if row.seq != self.next_seq {
-            let problem = if row.seq > self.next_seq {
-                format!("entry {} is missing (deleted)", self.next_seq)
-            } else {
-                format!("entry {} is out of order (inserted or reordered)", row.seq)
-            };
-            self.broken = Some((self.next_seq.min(row.seq), problem));
-            return false;
+        let n = batch::count(row);
+        let first = (row.seq + 1).saturating_sub(n.max(1));
+        if first != self.next_seq {
+            if first > self.next_seq {
+                return self.broken(self.next_seq, format!("entry {} is missing (deleted)", self.next_seq));
+            }
+            let seq = self.next_seq.min(row.seq);
+            return self.broken(seq, format!("entry {seq} is out of order (inserted or reordered)"));
         }
         let Some(mac) = &row.mac else {
             // While unlocked every entry is chained: an unchained one was added behind vaultd's back.
-            self.broken = Some((row.seq, format!("entry {} is not chained (inserted)", row.seq)));
-            return false;
+            return self.broken(first, format!("entry {first} is not chained (inserted)"));
         };
         if !self.keys.audit_mac_matches(&self.previous, &content(row), mac) {
-            let problem = format!("entry {} does not match its MAC (edited, inserted or reordered)", row.seq);
-            self.broken = Some((row.seq, problem));
-            return false;
+            let (seq, problem) = batch::first_altered(self.keys, row, first).unwrap_or_else(|| {
+                (first, format!("entry {first} does not match its MAC (edited, inserted or reordered)"))
+            });
+            return self.broken(seq, problem);
         }
         if row.kind == "audit.journal_damaged" {
             // Recorded at an unlock that found journaled records altered or
             // missing: they never reached the table, so the log is not whole.
             let detail = serde_json::from_str::<Value>(&row.detail).unwrap_or_default();
             let problem = detail["problem"].as_str().unwrap_or("records are missing");
-            self.broken =
-                Some((row.seq, format!("entry {}: read records were lost from the journal: {problem}", row.seq)));
-            return false;
+            return self
+                .broken(row.seq, format!("entry {}: read records were lost from the journal: {problem}", row.seq));
         }
         if row.kind == "audit.pruned" {
             self.last_pruned_upto = serde_json::from_str::<Value>(&row.detail).ok().and_then(|d| d["upto"].as_u64());
         }
         self.previous.clone_from(mac);
-        self.first_seq.get_or_insert(row.seq);
-        self.next_seq += 1;
-        self.entries += 1;
+        self.first_seq.get_or_insert(first);
+        self.next_seq = row.seq + 1;
+        self.entries += n;
         true
+    }
+
+    fn broken(&mut self, seq: u64, problem: String) -> bool {
+        self.broken = Some((seq, problem));
+        false
     }
 
     /// The verdict, once every row was seen, given the stored head and anchor.

@@ -118,6 +118,7 @@ impl Event {
             secret: self.secret.clone().unwrap_or_default(),
             detail: serde_json::to_string(&self.detail).unwrap_or_else(|_| "{}".into()),
             mac: None,
+            records: None,
         }
     }
 

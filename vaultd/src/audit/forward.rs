@@ -140,6 +140,7 @@ mod tests {
             secret: "default/x".into(),
             detail: "{}".into(),
             mac: None,
+            records: None,
         }
     }
 

@@ -27,10 +27,11 @@
 //! while vaultd is down: that is like cutting SQLite's WAL back to an earlier
 //! commit, which a `synchronous = NORMAL` log cannot catch either.
 
+use super::batch;
 use super::chain::{self, GENESIS, Tip};
 use super::event::{Event, now_ms};
 use crate::crypto::{MAC_LEN, Mac, Unlocked};
-use crate::store::{AuditRow, StoreError, Txn};
+use crate::store::{AuditFields, AuditRow, StoreError, Txn};
 use crate::sys::MappedFile;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -62,6 +63,31 @@ impl Entry {
     /// The record's number.
     pub fn number(&self) -> u64 {
         self.content.first_chunk().map_or(0, |n| u64::from_be_bytes(*n))
+    }
+
+    /// When the record was made.
+    pub fn time(&self) -> i64 {
+        self.content.get(8..16).and_then(|t| t.try_into().ok()).map_or(0, i64::from_be_bytes)
+    }
+
+    pub fn content(&self) -> &[u8] {
+        &self.content
+    }
+
+    /// The entry's (record number, time, fields).
+    pub fn fields(&self) -> Option<(u64, i64, AuditFields<'_>)> {
+        chain::fields(&self.content)
+    }
+
+    /// Appends the record as the journal holds it: `length | content | MAC`.
+    pub fn frame(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.content.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.content);
+        out.extend_from_slice(&self.mac);
+    }
+
+    pub fn framed_len(&self) -> usize {
+        4 + self.content.len() + MAC_LEN
     }
 }
 
@@ -396,21 +422,19 @@ impl Leftover {
     }
 }
 
-/// Inserts journal records into the table (chained onto `tip`, each keeping its
-/// journaled time) and stores how far the journal is imported.
+/// Stores journal records in the table, as one [`batch`] chained onto `tip`,
+/// and how far the journal is imported.
 pub fn import(txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip, entries: &[Entry]) -> Result<Imported, StoreError> {
-    let (first, macs) = chain::append_encoded(txn, keys, tip, entries.iter().map(|e| e.content.as_slice()))?;
-    if let Some(last) = entries.last() {
-        let number = last.number();
-        txn.audit_set_journal(number, &last.mac, &keys.journal_position_mac(number, &last.mac))?;
-    }
-    Ok(Imported { first, macs })
+    let Some(last) = entries.last() else { return Ok(Imported { first: tip.seq + 1 }) };
+    let first = chain::append_batch(txn, keys, tip, batch::row(entries), entries.len() as u64)?;
+    let number = last.number();
+    txn.audit_set_journal(number, &last.mac, &keys.journal_position_mac(number, &last.mac))?;
+    Ok(Imported { first })
 }
 
-/// Where [`import`] put records in the table: the first one's seq, and each one's MAC.
+/// Where [`import`] put records in the table: the first one's seq.
 pub struct Imported {
     first: u64,
-    macs: Vec<Mac>,
 }
 
 impl Imported {
@@ -418,10 +442,10 @@ impl Imported {
     /// followers. Called after the commit, so that a follower that subscribes
     /// after the check for followers reads them from the table instead.
     pub fn rows(&self, entries: &[Entry]) -> Vec<AuditRow> {
-        let rows = entries.iter().zip(&self.macs).zip(self.first..);
-        rows.filter_map(|((entry, mac), seq)| {
-            let (_, time_unix_ms, fields) = chain::fields(&entry.content)?;
-            Some(fields.to_row(seq, time_unix_ms, Some(mac.to_vec())))
+        let rows = entries.iter().zip(self.first..);
+        rows.filter_map(|(entry, seq)| {
+            let (_, time_unix_ms, fields) = entry.fields()?;
+            Some(fields.to_row(seq, time_unix_ms, None))
         })
         .collect()
     }
@@ -469,7 +493,7 @@ fn allocate(file: &std::fs::File, size: u64) -> std::io::Result<()> {
 
 /// The whole records at the start of `bytes` (up to the zeros after the last),
 /// and how many bytes are left over that are neither records nor zeros.
-fn parse(bytes: &[u8]) -> (Vec<Entry>, usize) {
+pub(super) fn parse(bytes: &[u8]) -> (Vec<Entry>, usize) {
     let mut records = Vec::new();
     let mut rest = bytes;
     while let Some((len, after)) = rest.split_first_chunk::<4>() {

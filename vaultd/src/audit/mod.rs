@@ -7,6 +7,7 @@
 //! only once its record is written there. Entries are published for `audit tail`
 //! and the forwarding sinks ([`forward`]) as they reach the table.
 
+pub mod batch;
 pub mod chain;
 mod event;
 pub mod forward;

@@ -5,8 +5,8 @@
 use super::{Store, StoreError, Txn};
 use rusqlite::{OptionalExtension, params};
 
-/// One stored audit entry. `actor` and `detail` are JSON objects as text: the MAC
-/// covers exactly these bytes.
+/// One stored audit entry, or a batch of them. `actor` and `detail` are JSON
+/// objects as text: the MAC covers exactly these bytes (and `records`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRow {
     pub seq: u64,
@@ -18,6 +18,9 @@ pub struct AuditRow {
     pub secret: String,
     pub detail: String,
     pub mac: Option<Vec<u8>>,
+    /// A batch's journal records, which are its entries (`audit::batch`); `None`
+    /// in a row of one entry.
+    pub records: Option<Vec<u8>>,
 }
 
 /// An entry's text fields, borrowed: kind, class, outcome, actor, secret, detail.
@@ -33,7 +36,7 @@ impl AuditRow {
 impl AuditFields<'_> {
     pub fn to_row(self, seq: u64, time_unix_ms: i64, mac: Option<Vec<u8>>) -> AuditRow {
         let [kind, class, outcome, actor, secret, detail] = self.0.map(str::to_owned);
-        AuditRow { seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac }
+        AuditRow { seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac, records: None }
     }
 }
 
@@ -47,9 +50,10 @@ impl AuditInserter<'_> {
         time_unix_ms: i64,
         fields: AuditFields<'_>,
         mac: Option<&[u8]>,
+        records: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         let [kind, class, outcome, actor, secret, detail] = fields.0;
-        self.0.execute(params![seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac])?;
+        self.0.execute(params![seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac, records])?;
         Ok(())
     }
 }
@@ -68,7 +72,28 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
-const COLUMNS: &str = "seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac";
+impl AuditFilter {
+    /// Whether the entry `row` is one the filter asks for.
+    pub fn matches(&self, row: &AuditRow) -> bool {
+        let kind_ok = self.kind.as_deref().is_none_or(|k| {
+            row.kind == k || row.class == k || row.kind.strip_prefix(k).is_some_and(|rest| rest.starts_with('.'))
+        });
+        let secret_ok = self.secret.as_deref().is_none_or(|s| match s.split_once('/') {
+            Some(_) => row.secret == s,
+            None => row.secret.rsplit_once('/').is_some_and(|(_, name)| name == s),
+        });
+        let client_ok = self.client.as_deref().is_none_or(|c| {
+            serde_json::from_str::<serde_json::Value>(&row.actor).is_ok_and(|a| a["client"].as_str() == Some(c))
+        });
+        kind_ok
+            && secret_ok
+            && client_ok
+            && self.since_unix_ms.is_none_or(|t| row.time_unix_ms >= t)
+            && self.until_unix_ms.is_none_or(|t| row.time_unix_ms < t)
+    }
+}
+
+const COLUMNS: &str = "seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac, records";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
     Ok(AuditRow {
@@ -81,6 +106,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
         secret: r.get(6)?,
         detail: r.get(7)?,
         mac: r.get(8)?,
+        records: r.get(9)?,
     })
 }
 
@@ -131,8 +157,8 @@ impl Txn<'_> {
     /// A statement inserting entries, prepared once for a whole batch.
     pub fn audit_inserter(&self) -> Result<AuditInserter<'_>, StoreError> {
         Ok(AuditInserter(self.tx.prepare_cached(
-            "INSERT INTO audit (seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit (seq, time_unix_ms, kind, class, outcome, actor, secret, detail, mac, records)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )?))
     }
 
@@ -195,13 +221,15 @@ impl Txn<'_> {
             )
             .optional()?;
         let Some((upto, mac)) = upto else { return Ok(None) };
-        let count = self.tx.execute("DELETE FROM audit WHERE seq <= ?", [upto])?;
+        // Entries, not rows: a row may hold a batch of them.
+        let after = self.audit_anchor()?.map_or(0, |(seq, _)| seq);
+        self.tx.execute("DELETE FROM audit WHERE seq <= ?", [upto])?;
         self.tx.execute(
             "INSERT INTO audit_anchor (id, seq, mac) VALUES (1, ?1, ?2)
              ON CONFLICT (id) DO UPDATE SET seq = ?1, mac = ?2",
             params![upto, mac],
         )?;
-        Ok(Some((upto, count as u64)))
+        Ok(Some((upto, upto.saturating_sub(after))))
     }
 }
 
@@ -213,41 +241,28 @@ pub struct AuditSnapshot {
 }
 
 impl Store {
-    /// Entries matching `filter`: the newest `limit`, returned oldest first.
-    pub fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+    /// Rows newest first, from those that may hold entries in `filter`'s time
+    /// range (a batch's time is its newest entry's), until `each` returns `false`.
+    /// The other rules are the caller's ([`AuditFilter::matches`]), since a
+    /// batch's entries are not columns.
+    pub fn audit_scan_back(
+        &self,
+        filter: &AuditFilter,
+        mut each: impl FnMut(AuditRow) -> bool,
+    ) -> Result<(), StoreError> {
         let conn = self.reader();
-        let (secret_env, secret_name) = match filter.secret.as_deref().map(|s| s.split_once('/')) {
-            Some(Some((env, name))) => (Some(env.to_owned()), Some(name.to_owned())),
-            Some(None) => (None, filter.secret.clone()),
-            None => (None, None),
-        };
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM audit
-             WHERE (?1 IS NULL OR time_unix_ms >= ?1)
-               AND (?2 IS NULL OR time_unix_ms < ?2)
-               AND (?3 IS NULL OR kind = ?3 OR class = ?3 OR substr(kind, 1, length(?3) + 1) = ?3 || '.')
-               AND (?4 IS NULL OR json_extract(actor, '$.client') = ?4)
-               AND (?5 IS NULL OR substr(secret, instr(secret, '/') + 1) = ?5)
-               AND (?6 IS NULL OR substr(secret, 1, instr(secret, '/') - 1) = ?6)
-             ORDER BY seq DESC LIMIT ?7"
+             WHERE (?1 IS NULL OR time_unix_ms >= ?1) AND (?2 IS NULL OR records IS NOT NULL OR time_unix_ms < ?2)
+             ORDER BY seq DESC"
         ))?;
-        let limit = if filter.limit == 0 { u32::MAX } else { filter.limit };
-        let mut rows: Vec<AuditRow> = stmt
-            .query_map(
-                params![
-                    filter.since_unix_ms,
-                    filter.until_unix_ms,
-                    filter.kind,
-                    filter.client,
-                    secret_name,
-                    secret_env,
-                    limit
-                ],
-                row,
-            )?
-            .collect::<Result<_, _>>()?;
-        rows.reverse();
-        Ok(rows)
+        let mut rows = stmt.query(params![filter.since_unix_ms, filter.until_unix_ms])?;
+        while let Some(r) = rows.next()? {
+            if !each(row(r)?) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Walks every entry in seq order inside one read transaction on a connection
@@ -279,12 +294,17 @@ impl Store {
         Ok(snapshot)
     }
 
-    /// Up to `limit` entries with seq > `after_seq`, oldest first.
-    pub fn audit_page(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+    /// The rows holding entries after `after_seq`, oldest first, until `each`
+    /// returns `false`.
+    pub fn audit_scan(&self, after_seq: u64, mut each: impl FnMut(AuditRow) -> bool) -> Result<(), StoreError> {
         let conn = self.reader();
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"))?;
-        let rows = stmt.query_map(params![after_seq, limit], row)?.collect::<Result<_, _>>()?;
-        Ok(rows)
+        let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM audit WHERE seq > ? ORDER BY seq"))?;
+        let mut rows = stmt.query([after_seq])?;
+        while let Some(r) = rows.next()? {
+            if !each(row(r)?) {
+                break;
+            }
+        }
+        Ok(())
     }
 }

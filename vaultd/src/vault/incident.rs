@@ -98,7 +98,7 @@ impl Vault {
             limit: TIMELINE_MAX,
             ..AuditFilter::default()
         };
-        Ok((incident::from_json(&row.report), self.store.audit_query(&filter)?))
+        Ok((incident::from_json(&row.report), self.audit_query(&filter)?))
     }
 
     /// Agent connections subscribe to this: a change means "close now".

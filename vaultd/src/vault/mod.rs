@@ -24,7 +24,7 @@ pub use watch::{Update, Watcher};
 
 use crate::audit::chain::{self, Tip};
 use crate::audit::journal::{self, Appended, Journal, JournalFailed};
-use crate::audit::{Actor, Event, Outcome, Verdict, forward};
+use crate::audit::{Actor, Event, Outcome, Verdict, batch, forward};
 use crate::config::Config;
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
 use crate::limits::Limits;
@@ -595,7 +595,14 @@ impl Vault {
     pub fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, VaultError> {
         self.keys()?;
         self.import_journal()?;
-        Ok(self.store.audit_query(filter)?)
+        let limit = if filter.limit == 0 { usize::MAX } else { filter.limit as usize };
+        let mut found = Vec::new();
+        self.store.audit_scan_back(filter, |row| {
+            found.extend(batch::entries(row).into_iter().rev().filter(|e| filter.matches(e)).take(limit - found.len()));
+            found.len() < limit
+        })?;
+        found.reverse();
+        Ok(found)
     }
 
     /// Checks the whole chain (on its own connection; reads go on meanwhile).
@@ -615,7 +622,14 @@ impl Vault {
     pub fn audit_page(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRow>, VaultError> {
         self.keys()?;
         self.import_journal()?;
-        Ok(self.store.audit_page(after_seq, limit)?)
+        let mut page = Vec::new();
+        self.store.audit_scan(after_seq, |row| {
+            page.extend(
+                batch::entries(row).into_iter().filter(|e| e.seq > after_seq).take(limit as usize - page.len()),
+            );
+            page.len() < limit as usize
+        })?;
+        Ok(page)
     }
 
     /// Deletes entries older than `retention`, recording the pruning in the chain
