@@ -5,12 +5,13 @@
 //! record would cost more than the read. So the record is appended to a journal
 //! file, chained by MAC like the table, and the value is released once it is
 //! there: copied into the file's shared mapping, it is in the kernel's page cache
-//! and survives a vaultd crash, as a `synchronous = NORMAL` commit does. Records are
-//! imported into the audit table in batches: by every transaction that appends
-//! entries, before its own (so the table keeps the order things happened in, and
-//! a durable action makes every read before it durable too), and by the daemon every
-//! [`IMPORT_EVERY`] or when [`IMPORT_AT`] are waiting. What a crash leaves behind
-//! is checked and imported at the next unlock.
+//! and survives a vaultd crash, as a `synchronous = NORMAL` commit does. Records
+//! are imported into the audit table in batches, one row each ([`batch`]): by
+//! every transaction that appends entries, before its own (so the table keeps the
+//! order things happened in, and a durable action makes every read before it
+//! durable too), and by the daemon every [`IMPORT_EVERY`] or when [`IMPORT_AT`]
+//! are waiting. What a crash leaves behind is checked and imported at the next
+//! unlock.
 //!
 //! Files are `DATA/journal/NNNNNNNNNNNN.log`, each a run of records
 //! `length (u32 BE) | content | MAC` and then zeros: a file is allocated

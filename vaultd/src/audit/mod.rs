@@ -4,7 +4,8 @@
 //! the change it records ([`chain::append`]); if the append fails, so does the
 //! action. Requests that change nothing (reads, refusals) have no transaction of
 //! their own: their records go to the [`journal`] first, and the value is released
-//! only once its record is written there. Entries are published for `audit tail`
+//! only once its record is written there; they reach the table a [`batch`] to a
+//! row. Entries are published for `audit tail`
 //! and the forwarding sinks ([`forward`]) as they reach the table.
 
 pub mod batch;

@@ -206,9 +206,10 @@ impl Txn<'_> {
             .optional()?)
     }
 
-    /// Deletes chained entries older than `before_unix_ms`, never the newest one,
-    /// and moves the anchor to the last deleted entry. Returns (last deleted seq,
-    /// how many), or `None` when nothing was old enough.
+    /// Deletes chained rows older than `before_unix_ms` (a batch's time is its
+    /// newest entry's), never the newest row, and moves the anchor to the last
+    /// deleted. Returns (last deleted seq, how many entries), or `None` when
+    /// nothing was old enough.
     pub fn audit_prune(&self, before_unix_ms: i64) -> Result<Option<(u64, u64)>, StoreError> {
         let upto: Option<(u64, Vec<u8>)> = self
             .tx
