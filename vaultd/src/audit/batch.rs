@@ -9,24 +9,20 @@
 //! records, so a batch verifies with one MAC. Only when that fails are the
 //! records' journal MACs and numbers used, to name the first entry altered.
 
-use super::journal::{self, Entry};
+use super::journal;
 use crate::crypto::Unlocked;
 use crate::store::{AuditFields, AuditRow};
 use serde_json::{Value, json};
 
 pub const KIND: &str = "audit.batch";
 
-/// The row for journal `entries` (at least one), numbered by the caller.
-pub(super) fn row(entries: &[Entry]) -> AuditRow {
-    let (first, last) = (&entries[0], &entries[entries.len() - 1]);
-    let detail = json!({ "records": entries.len(), "journal_first": first.number() }).to_string();
+/// The row for `count` framed journal records (the first numbered
+/// `first_number`, the last made at `time`), numbered by the caller.
+pub(super) fn row(frames: &[u8], count: usize, first_number: u64, time: i64) -> AuditRow {
+    let detail = json!({ "records": count, "journal_first": first_number }).to_string();
     let actor = json!({ "vaultd": true }).to_string();
-    let mut row = AuditFields([KIND, "audit", "ok", &actor, "", &detail]).to_row(0, last.time(), None);
-    let mut records = Vec::with_capacity(entries.iter().map(Entry::framed_len).sum());
-    for entry in entries {
-        entry.frame(&mut records);
-    }
-    row.records = Some(records);
+    let mut row = AuditFields([KIND, "audit", "ok", &actor, "", &detail]).to_row(0, time, None);
+    row.records = Some(frames.to_vec());
     row
 }
 

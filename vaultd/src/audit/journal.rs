@@ -79,16 +79,69 @@ impl Entry {
     pub fn fields(&self) -> Option<(u64, i64, AuditFields<'_>)> {
         chain::fields(&self.content)
     }
+}
 
-    /// Appends the record as the journal holds it: `length | content | MAC`.
-    pub fn frame(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&(self.content.len() as u32).to_be_bytes());
-        out.extend_from_slice(&self.content);
-        out.extend_from_slice(&self.mac);
+/// Records back to back as the journal holds them (`length | content | MAC`):
+/// what waits to be imported, kept in one buffer so that journaling a read
+/// allocates nothing that outlives it, and stored as it is, as one [`batch`].
+#[derive(Debug, Default)]
+pub struct Records {
+    frames: Vec<u8>,
+    count: usize,
+    /// The first record's number; the last one's number, MAC and time.
+    first: u64,
+    last: Option<(u64, Mac, i64)>,
+}
+
+impl Records {
+    fn push(&mut self, entry: &Entry) {
+        let length = (entry.content.len() as u32).to_be_bytes();
+        let frame = [&length[..], &entry.content, &entry.mac].concat();
+        self.add(&frame, entry.number(), 1, entry.mac, entry.time());
     }
 
-    pub fn framed_len(&self) -> usize {
-        4 + self.content.len() + MAC_LEN
+    /// `count` framed records numbered from `first`, the last with `mac`, made at `time`.
+    fn add(&mut self, frames: &[u8], first: u64, count: usize, mac: Mac, time: i64) {
+        if self.count == 0 {
+            self.first = first;
+        }
+        self.frames.extend_from_slice(frames);
+        self.count += count;
+        self.last = Some((first + count as u64 - 1, mac, time));
+    }
+
+    /// `newer` goes after these.
+    fn append(&mut self, newer: Records) {
+        if self.count == 0 {
+            *self = newer;
+            return;
+        }
+        self.frames.extend_from_slice(&newer.frames);
+        self.count += newer.count;
+        self.last = newer.last.or(self.last);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The framed records, as a batch stores them.
+    pub fn frames(&self) -> &[u8] {
+        &self.frames
+    }
+
+    /// The first record's number, and the last one's number, MAC and time.
+    pub fn ends(&self) -> Option<(u64, (u64, Mac, i64))> {
+        Some((self.first, self.last?))
+    }
+
+    /// Each record, decoded from the frames.
+    pub fn entries(&self) -> Vec<Entry> {
+        parse(&self.frames).0
     }
 }
 
@@ -121,7 +174,11 @@ struct Writer {
     /// The next record's number, and the MAC it chains onto.
     next: u64,
     mac: Mac,
-    waiting: Vec<Entry>,
+    waiting: Records,
+    /// Where [`Journal::append`] builds a frame, and each record's length in it
+    /// (kept to save allocating them per read).
+    frame: Vec<u8>,
+    lengths: Vec<(usize, [u8; 4])>,
     /// Earlier files and the last record in each: deleted once imported.
     full: Vec<(PathBuf, u64)>,
     /// Why the last import failed: requests are refused until one succeeds.
@@ -130,7 +187,7 @@ struct Writer {
 
 /// What [`Journal::close`] hands over: records to import, then files to delete.
 pub struct Closed {
-    pub waiting: Vec<Entry>,
+    pub waiting: Records,
     files: Vec<PathBuf>,
 }
 
@@ -176,54 +233,56 @@ impl Journal {
         }
         // Everything but the numbers and MACs is prepared before taking the lock.
         let time = now_ms();
-        let mut contents: Vec<Vec<u8>> = events
-            .iter()
-            .map(|event| {
-                let mut content = Vec::with_capacity(256);
-                chain::encode_event(&mut content, event, 0, time);
-                content
-            })
-            .collect();
-        let frame_len = contents.iter().map(|c| 4 + c.len() + MAC_LEN).sum::<usize>();
+        let mut encoded = Vec::with_capacity(256 * events.len());
+        let mut spans = Vec::with_capacity(events.len());
+        for event in &events {
+            let at = encoded.len();
+            chain::encode_event(&mut encoded, event, 0, time);
+            spans.push(at..encoded.len());
+        }
+        let frame_len = spans.iter().map(|c| 4 + c.len() + MAC_LEN).sum::<usize>();
 
         let mut writer = self.writer();
         let Some(w) = writer.as_mut() else { return Ok(Appended::Closed(events)) };
         if let Some(why) = &w.stalled {
             return Err(JournalFailed(format!("importing the journal failed: {why}")));
         }
-        if w.waiting.len() + contents.len() > MAX_WAITING {
+        if w.waiting.len() + spans.len() > MAX_WAITING {
             return Err(JournalFailed("the journal is not being imported fast enough".into()));
         }
         if w.len + frame_len as u64 > w.size {
             w.start_file(&self.dir, frame_len as u64)?;
         }
         let mut mac = w.mac;
-        let mut frame = Vec::with_capacity(frame_len);
-        let mut lengths = Vec::with_capacity(contents.len());
-        let mut entries = Vec::with_capacity(contents.len());
-        for (mut content, number) in contents.drain(..).zip(w.next..) {
+        w.frame.clear();
+        w.lengths.clear();
+        for (span, number) in spans.into_iter().zip(w.next..) {
+            let content = &mut encoded[span];
             content[..8].copy_from_slice(&number.to_be_bytes());
-            mac = w.keys.journal_mac(&mac, &content);
-            lengths.push((w.len as usize + frame.len(), (content.len() as u32).to_be_bytes()));
-            frame.extend_from_slice(&[0; 4]);
-            frame.extend_from_slice(&content);
-            frame.extend_from_slice(&mac);
-            entries.push(Entry { content, mac });
+            mac = w.keys.journal_mac(&mac, content);
+            w.lengths.push((w.frame.len(), (content.len() as u32).to_be_bytes()));
+            w.frame.extend_from_slice(&[0; 4]);
+            w.frame.extend_from_slice(content);
+            w.frame.extend_from_slice(&mac);
         }
         // Each length goes in after everything else: a copy cut short by a crash
         // leaves no length in front of bytes that are not yet all there, so it
         // reads as the journal's end, never as an altered record.
-        let written = w.file.write_at(w.len as usize, &frame) && {
+        let at = w.len as usize;
+        let written = w.file.write_at(at, &w.frame) && {
             std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-            lengths.iter().all(|(at, length)| w.file.write_at(*at, length))
+            w.lengths.iter().all(|(i, length)| w.file.write_at(at + i, length))
         };
         if !written {
             return Err(JournalFailed(format!("{}: no room for the record", w.path.display())));
         }
-        w.len += frame.len() as u64;
-        w.next += entries.len() as u64;
+        for (i, length) in &w.lengths {
+            w.frame[*i..i + 4].copy_from_slice(length);
+        }
+        w.waiting.add(&w.frame, w.next, w.lengths.len(), mac, time);
+        w.len += w.frame.len() as u64;
+        w.next += w.lengths.len() as u64;
         w.mac = mac;
-        w.waiting.extend(entries);
         if w.waiting.len() >= IMPORT_AT {
             self.wake.notify_one();
         }
@@ -237,24 +296,24 @@ impl Journal {
     /// The records waiting, for a transaction to import; the caller gives them
     /// back ([`Journal::untake`]) if it does not commit, or reports
     /// ([`Journal::imported`]) that it did.
-    pub fn take(&self) -> Vec<Entry> {
+    pub fn take(&self) -> Records {
         self.writer().as_mut().map(|w| std::mem::take(&mut w.waiting)).unwrap_or_default()
     }
 
-    pub fn untake(&self, mut taken: Vec<Entry>) {
+    pub fn untake(&self, mut taken: Records) {
         if let Some(w) = self.writer().as_mut() {
-            taken.append(&mut w.waiting);
+            taken.append(std::mem::take(&mut w.waiting));
             w.waiting = taken;
         }
     }
 
     /// `taken` is in the table now: files that held only imported records go.
-    pub fn imported(&self, taken: &[Entry]) {
+    pub fn imported(&self, taken: &Records) {
         let done: Vec<PathBuf> = {
             let mut writer = self.writer();
             let Some(w) = writer.as_mut() else { return };
             w.stalled = None;
-            let Some(upto) = taken.last().map(Entry::number) else { return };
+            let Some((_, (upto, ..))) = taken.ends() else { return };
             let (done, kept) = std::mem::take(&mut w.full).into_iter().partition(|(_, last)| *last <= upto);
             w.full = kept;
             done.into_iter().map(|(path, _)| path).collect()
@@ -287,7 +346,9 @@ impl Journal {
             size: SEGMENT_BYTES,
             next: position.0 + 1,
             mac: position.1,
-            waiting: Vec::new(),
+            waiting: Records::default(),
+            frame: Vec::new(),
+            lengths: Vec::new(),
             full: Vec::new(),
             stalled: None,
         });
@@ -300,7 +361,7 @@ impl Journal {
             Some(w) => {
                 Closed { waiting: w.waiting, files: w.full.into_iter().map(|(path, _)| path).chain([w.path]).collect() }
             }
-            None => Closed { waiting: Vec::new(), files: Vec::new() },
+            None => Closed { waiting: Records::default(), files: Vec::new() },
         }
     }
 
@@ -362,7 +423,7 @@ impl Leftover {
             Err(problem) => (0, GENESIS, Some(problem)),
         };
         let mut next = imported + 1;
-        let mut good = Vec::new();
+        let mut good = Records::default();
         for (path, records) in &self.files {
             for (i, entry) in records.iter().enumerate() {
                 if problem.is_some() {
@@ -383,7 +444,7 @@ impl Leftover {
                 };
                 match wrong {
                     None => {
-                        good.push(entry.clone());
+                        good.push(entry);
                         next += 1;
                         mac = entry.mac;
                     }
@@ -425,11 +486,13 @@ impl Leftover {
 
 /// Stores journal records in the table, as one [`batch`] chained onto `tip`,
 /// and how far the journal is imported.
-pub fn import(txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip, entries: &[Entry]) -> Result<Imported, StoreError> {
-    let Some(last) = entries.last() else { return Ok(Imported { first: tip.seq + 1 }) };
-    let first = chain::append_batch(txn, keys, tip, batch::row(entries), entries.len() as u64)?;
-    let number = last.number();
-    txn.audit_set_journal(number, &last.mac, &keys.journal_position_mac(number, &last.mac))?;
+pub fn import(txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip, records: &Records) -> Result<Imported, StoreError> {
+    let Some((first_number, (number, mac, time))) = records.ends() else {
+        return Ok(Imported { first: tip.seq + 1 });
+    };
+    let batch = batch::row(records.frames(), records.len(), first_number, time);
+    let first = chain::append_batch(txn, keys, tip, batch, records.len() as u64)?;
+    txn.audit_set_journal(number, &mac, &keys.journal_position_mac(number, &mac))?;
     Ok(Imported { first })
 }
 
@@ -439,10 +502,11 @@ pub struct Imported {
 }
 
 impl Imported {
-    /// The table entries made of `entries` (the records imported), for the log's
+    /// The table entries made of `records` (those imported), for the log's
     /// followers. Called after the commit, so that a follower that subscribes
     /// after the check for followers reads them from the table instead.
-    pub fn rows(&self, entries: &[Entry]) -> Vec<AuditRow> {
+    pub fn rows(&self, records: &Records) -> Vec<AuditRow> {
+        let entries = records.entries();
         let rows = entries.iter().zip(self.first..);
         rows.filter_map(|(entry, seq)| {
             let (_, time_unix_ms, fields) = entry.fields()?;
@@ -810,7 +874,7 @@ mod tests {
         assert_eq!(journal_files(&journal_dir).unwrap().len(), 2);
 
         // The files hold one unbroken chain, 1, 2, 3, without the refused record.
-        let waiting = journal.take();
+        let waiting = journal.take().entries();
         assert_eq!(waiting.iter().map(Entry::number).collect::<Vec<_>>(), [1, 2, 3]);
         let versions: Vec<String> = waiting.iter().map(|e| chain::decode(&e.content).unwrap().detail).collect();
         assert_eq!(versions, [r#"{"version":1}"#, r#"{"version":3}"#, r#"{"version":4}"#]);

@@ -251,7 +251,7 @@ impl Vault {
     ) -> Result<T, VaultError> {
         let mut chain = self.chain();
         let mut tip = chain.as_ref().map(|c| c.tip.clone());
-        let mut journaled = Vec::new();
+        let mut journaled = journal::Records::default();
         let committed = self.store.write_with(durable, |txn| {
             let (out, events) = f(txn)?;
             // A durable write that records nothing (a token's use) leaves them:
