@@ -99,6 +99,10 @@ impl MappedFile {
         Ok(MappedFile { ptr, len })
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Copies `bytes` into the file at `offset`; false (nothing written) if they
     /// do not fit.
     pub(crate) fn write_at(&mut self, offset: usize, bytes: &[u8]) -> bool {

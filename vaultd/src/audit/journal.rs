@@ -179,8 +179,12 @@ struct Writer {
     /// (kept to save allocating them per read).
     frame: Vec<u8>,
     lengths: Vec<(usize, [u8; 4])>,
-    /// Earlier files and the last record in each: deleted once imported.
-    full: Vec<(PathBuf, u64)>,
+    /// Earlier files and the last record in each: deleted once imported, but
+    /// for one kept as the spare.
+    full: Vec<(PathBuf, MappedFile, u64)>,
+    /// A file whose records are all imported, zeroed and still mapped: the next
+    /// file is this one renamed, which spares a page fault every few records.
+    spare: Option<(PathBuf, MappedFile)>,
     /// Why the last import failed: requests are refused until one succeeds.
     stalled: Option<String>,
 }
@@ -307,19 +311,29 @@ impl Journal {
         }
     }
 
-    /// `taken` is in the table now: files that held only imported records go.
+    /// `taken` is in the table now: files that held only imported records go,
+    /// or one becomes the spare.
     pub fn imported(&self, taken: &Records) {
-        let done: Vec<PathBuf> = {
+        let done = {
             let mut writer = self.writer();
             let Some(w) = writer.as_mut() else { return };
             w.stalled = None;
             let Some((_, (upto, ..))) = taken.ends() else { return };
-            let (done, kept) = std::mem::take(&mut w.full).into_iter().partition(|(_, last)| *last <= upto);
+            let (done, kept) = std::mem::take(&mut w.full).into_iter().partition(|(.., last)| *last <= upto);
             w.full = kept;
-            done.into_iter().map(|(path, _)| path).collect()
+            done
         };
-        // Outside the lock: freeing a file's pages takes a while.
-        for path in done {
+        // Outside the lock: zeroing a file, or freeing its pages, takes a while.
+        let mut done: Vec<(PathBuf, MappedFile, u64)> = done;
+        if let Some((path, mut file, _)) = done.pop() {
+            zero(&mut file);
+            if let Some(w) = self.writer().as_mut().filter(|w| w.spare.is_none()) {
+                w.spare = Some((path, file));
+            } else {
+                done.push((path, file, 0));
+            }
+        }
+        for (path, ..) in done {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -350,6 +364,7 @@ impl Journal {
             frame: Vec::new(),
             lengths: Vec::new(),
             full: Vec::new(),
+            spare: None,
             stalled: None,
         });
         Ok(())
@@ -359,7 +374,8 @@ impl Journal {
     pub fn close(&self) -> Closed {
         match self.writer().take() {
             Some(w) => {
-                Closed { waiting: w.waiting, files: w.full.into_iter().map(|(path, _)| path).chain([w.path]).collect() }
+                let earlier = w.full.into_iter().map(|(path, ..)| path).chain(w.spare.map(|(path, _)| path));
+                Closed { waiting: w.waiting, files: earlier.chain([w.path]).collect() }
             }
             None => Closed { waiting: Records::default(), files: Vec::new() },
         }
@@ -390,19 +406,39 @@ impl Closed {
 }
 
 impl Writer {
-    /// Starts the next file, with room for at least `room` bytes.
+    /// Starts the next file, with room for at least `room` bytes: the spare
+    /// renamed, if it has the room, or a new one.
     fn start_file(&mut self, dir: &Path, room: u64) -> Result<(), JournalFailed> {
         let path = segment_path(dir, self.number + 1);
-        let size = SEGMENT_BYTES.max(room);
-        let file = new_file(&path, size).map_err(|e| JournalFailed(e.to_string()))?;
+        let file = match self.spare.take() {
+            Some((spare, file)) if file.len() as u64 >= room => match std::fs::rename(&spare, &path) {
+                Ok(()) => file,
+                Err(e) => return Err(JournalFailed(format!("{}: {e}", spare.display()))),
+            },
+            spare => {
+                if let Some((spare, _)) = spare {
+                    let _ = std::fs::remove_file(spare);
+                }
+                new_file(&path, SEGMENT_BYTES.max(room)).map_err(|e| JournalFailed(e.to_string()))?
+            }
+        };
         let last = self.next - 1;
-        let old = std::mem::replace(&mut self.path, path);
-        self.full.push((old, last));
-        self.file = file;
+        let old = std::mem::replace(&mut self.file, file);
+        let old_path = std::mem::replace(&mut self.path, path);
+        self.full.push((old_path, old, last));
         self.number += 1;
         self.len = 0;
-        self.size = size;
+        self.size = self.file.len() as u64;
         Ok(())
+    }
+}
+
+/// Zeroes `file` from its end back, so that if vaultd stops part way what is
+/// left is whole records (all imported) and then zeros, as in any journal file.
+fn zero(file: &mut MappedFile) {
+    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    for at in (0..file.len()).step_by(ZEROS.len()).rev() {
+        file.write_at(at, &ZEROS[..(file.len() - at).min(ZEROS.len())]);
     }
 }
 
@@ -847,6 +883,37 @@ mod tests {
         let damaged = entries(&vault, "audit.journal_damaged");
         assert!(damaged[0].detail.contains("import position"), "{}", damaged[0].detail);
         assert!(entries(&vault, "secret.read").is_empty());
+    }
+
+    #[test]
+    fn a_file_whose_records_are_all_imported_is_zeroed_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, _, keys) = crate::crypto::create(&SecretBytes::new(PASSPHRASE.to_vec()), KdfParams::DEFAULT).unwrap();
+        let journal = Journal::new(dir.path());
+        journal.open(Arc::new(keys), (0, GENESIS)).unwrap();
+        let journal_dir = dir.path().join(DIR);
+        let fill = || {
+            let mut writer = journal.writer();
+            let w = writer.as_mut().unwrap();
+            w.size = w.len;
+        };
+        journal.append(vec![read_event(1), read_event(2)]).unwrap();
+        fill();
+        journal.append(vec![read_event(3)]).unwrap();
+        journal.imported(&journal.take());
+        // File 1 held only imported records: it is kept, zeroed, as the spare.
+        assert!(std::fs::read(segment_path(&journal_dir, 1)).unwrap().iter().all(|&b| b == 0));
+        fill();
+        journal.append(vec![read_event(4)]).unwrap();
+        // File 3 is the spare renamed, holding only what was written since.
+        let files = journal_files(&journal_dir).unwrap();
+        assert_eq!(files, [segment_path(&journal_dir, 2), segment_path(&journal_dir, 3)]);
+        let (records, rest) = parse(&std::fs::read(&files[1]).unwrap());
+        assert_eq!((records.iter().map(Entry::number).collect::<Vec<_>>(), rest), (vec![4], 0));
+        let left = journal.leftover().unwrap();
+        assert!(left.torn.is_empty(), "{:?}", left.torn);
+        let numbers: Vec<u64> = left.files.iter().flat_map(|(_, r)| r).map(Entry::number).collect();
+        assert_eq!(numbers, [3, 4]);
     }
 
     #[test]
