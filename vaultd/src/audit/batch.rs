@@ -16,14 +16,13 @@ use serde_json::{Value, json};
 
 pub const KIND: &str = "audit.batch";
 
-/// The row for `count` framed journal records (the first numbered
-/// `first_number`, the last made at `time`), numbered by the caller.
-pub(super) fn row(frames: &[u8], count: usize, first_number: u64, time: i64) -> AuditRow {
+/// The row for `count` journal records (the first numbered `first_number`,
+/// the last made at `time`), without them: [`chain::append_batch`](super::chain::append_batch)
+/// stores them with it, and numbers it.
+pub(super) fn row(count: usize, first_number: u64, time: i64) -> AuditRow {
     let detail = json!({ "records": count, "journal_first": first_number }).to_string();
     let actor = json!({ "vaultd": true }).to_string();
-    let mut row = AuditFields([KIND, "audit", "ok", &actor, "", &detail]).to_row(0, time, None);
-    row.records = Some(frames.to_vec());
-    row
+    AuditFields([KIND, "audit", "ok", &actor, "", &detail]).to_row(0, time, None)
 }
 
 /// How many entries `row` holds.

@@ -31,13 +31,21 @@ pub struct Tip {
 /// is also the read journal's record format.
 pub(super) fn content(row: &AuditRow) -> Vec<u8> {
     let records = row.records.as_deref();
-    let mut out = Vec::with_capacity(64 + row.actor.len() + row.detail.len() + records.map_or(0, |r| 4 + r.len()));
+    let mut out = head(row, records.map(<[u8]>::len));
+    out.extend_from_slice(records.unwrap_or_default());
+    out
+}
+
+/// `content` without a batch's records themselves (`records` bytes of them
+/// follow), so that the bulk of a batch is MAC'd where it lies, not copied.
+fn head(row: &AuditRow, records: Option<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(72 + row.actor.len() + row.detail.len());
     header(&mut out, row.seq, row.time_unix_ms);
     for field in row.fields().0 {
         put(&mut out, |out| out.extend_from_slice(field.as_bytes()));
     }
-    if let Some(records) = records {
-        put(&mut out, |out| out.extend_from_slice(records));
+    if let Some(len) = records {
+        out.extend_from_slice(&(len as u32).to_be_bytes());
     }
     out
 }
@@ -103,8 +111,14 @@ pub(super) fn decode(bytes: &[u8]) -> Option<AuditRow> {
 
 /// The MAC of `row` chained onto `tip`, which then moves to `row`.
 fn chain_row(keys: &Unlocked, tip: &mut Tip, row: &AuditRow) -> Vec<u8> {
-    let mac = keys.audit_mac(&tip.mac, &content(row)).to_vec();
-    tip.seq = row.seq;
+    chain(keys, tip, row.seq, &[&content(row)])
+}
+
+/// The MAC of entry `seq`, whose content comes in `parts`, chained onto `tip`,
+/// which then moves to it.
+fn chain(keys: &Unlocked, tip: &mut Tip, seq: u64, parts: &[&[u8]]) -> Vec<u8> {
+    let mac = keys.audit_mac(&tip.mac, parts).to_vec();
+    tip.seq = seq;
     tip.mac.clone_from(&mac);
     mac
 }
@@ -151,27 +165,22 @@ fn append_rows(
     Ok(rows)
 }
 
-/// Appends `batch` (see [`batch`](super::batch)), holding `n` entries, chained
-/// onto `tip`: its entries take the next `n` seqs, the row's own being the
-/// last. Returns the first.
+/// Appends `batch` (see [`batch`](super::batch)) with its `records`, `n`
+/// entries, chained onto `tip`: they take the next `n` seqs, the row's own
+/// being the last. Returns the first.
 pub(super) fn append_batch(
     txn: &Txn<'_>,
     keys: &Unlocked,
     tip: &mut Tip,
     mut batch: AuditRow,
+    records: &[u8],
     n: u64,
 ) -> Result<u64, StoreError> {
     let first = next_seq(txn, Some((keys, &mut *tip)))?;
     batch.seq = first + n - 1;
-    let mac = chain_row(keys, tip, &batch);
+    let mac = chain(keys, tip, batch.seq, &[&head(&batch, Some(records.len())), records]);
     set_head(txn, keys, tip)?;
-    txn.audit_inserter()?.insert(
-        batch.seq,
-        batch.time_unix_ms,
-        batch.fields(),
-        Some(&mac),
-        batch.records.as_deref(),
-    )?;
+    txn.audit_inserter()?.insert(batch.seq, batch.time_unix_ms, batch.fields(), Some(&mac), Some(records))?;
     Ok(first)
 }
 

@@ -526,8 +526,8 @@ pub fn import(txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip, records: &Records) 
     let Some((first_number, (number, mac, time))) = records.ends() else {
         return Ok(Imported { first: tip.seq + 1 });
     };
-    let batch = batch::row(records.frames(), records.len(), first_number, time);
-    let first = chain::append_batch(txn, keys, tip, batch, records.len() as u64)?;
+    let batch = batch::row(records.len(), first_number, time);
+    let first = chain::append_batch(txn, keys, tip, batch, records.frames(), records.len() as u64)?;
     txn.audit_set_journal(number, &mac, &keys.journal_position_mac(number, &mac))?;
     Ok(Imported { first })
 }

@@ -199,9 +199,10 @@ impl Unlocked {
         mac::StreamMac::new(&self.backup_key)
     }
 
-    /// The MAC that chains an audit entry to the one before it.
-    pub fn audit_mac(&self, previous: &[u8], content: &[u8]) -> Mac {
-        mac::sign(&self.audit_key, &[b"entry\0", previous, content])
+    /// The MAC that chains an audit entry to the one before it: over its
+    /// content, given in parts.
+    pub fn audit_mac(&self, previous: &[u8], content: &[&[u8]]) -> Mac {
+        mac::sign(&self.audit_key, &[&[b"entry\0", previous], content].concat())
     }
 
     /// Whether `expected` is the chain MAC of `content` after `previous` (constant time).
@@ -372,7 +373,7 @@ mod tests {
         let terms = [WrappedTerm { term: 1, wrapped: term.wrapped.clone() }];
         let opened = Unlocked::open(&new, &rekeyed, &terms).unwrap();
         assert_eq!(opened.open_version(&ID, &ct).unwrap().expose(), b"value");
-        assert_eq!(opened.audit_mac(b"", b"x"), unlocked.audit_mac(b"", b"x"), "same root, same subkeys");
+        assert_eq!(opened.audit_mac(b"", &[b"x"]), unlocked.audit_mac(b"", &[b"x"]), "same root, same subkeys");
         assert_eq!(Unlocked::open(&old, &rekeyed, &terms).err(), Some(CryptoError::WrongPassphrase));
         assert_eq!(rekey(&new, &header, &new, stronger).err(), Some(CryptoError::WrongPassphrase));
         let oversize = KdfParams { memory_kib: u32::MAX, ..stronger };
