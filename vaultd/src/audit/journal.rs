@@ -885,25 +885,33 @@ mod tests {
         assert!(entries(&vault, "secret.read").is_empty());
     }
 
+    /// A journal opened in `dir`, not tied to a vault.
+    fn open_journal(dir: &Path) -> Journal {
+        let (_, _, keys) = crate::crypto::create(&SecretBytes::new(PASSPHRASE.to_vec()), KdfParams::DEFAULT).unwrap();
+        let journal = Journal::new(dir);
+        journal.open(Arc::new(keys), (0, GENESIS)).unwrap();
+        journal
+    }
+
+    /// Makes the current file full: the next append starts another.
+    fn fill(journal: &Journal) {
+        let mut writer = journal.writer();
+        let w = writer.as_mut().unwrap();
+        w.size = w.len;
+    }
+
     #[test]
     fn a_file_whose_records_are_all_imported_is_zeroed_and_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, _, keys) = crate::crypto::create(&SecretBytes::new(PASSPHRASE.to_vec()), KdfParams::DEFAULT).unwrap();
-        let journal = Journal::new(dir.path());
-        journal.open(Arc::new(keys), (0, GENESIS)).unwrap();
+        let journal = open_journal(dir.path());
         let journal_dir = dir.path().join(DIR);
-        let fill = || {
-            let mut writer = journal.writer();
-            let w = writer.as_mut().unwrap();
-            w.size = w.len;
-        };
         journal.append(vec![read_event(1), read_event(2)]).unwrap();
-        fill();
+        fill(&journal);
         journal.append(vec![read_event(3)]).unwrap();
         journal.imported(&journal.take());
         // File 1 held only imported records: it is kept, zeroed, as the spare.
         assert!(std::fs::read(segment_path(&journal_dir, 1)).unwrap().iter().all(|&b| b == 0));
-        fill();
+        fill(&journal);
         journal.append(vec![read_event(4)]).unwrap();
         // File 3 is the spare renamed, holding only what was written since.
         let files = journal_files(&journal_dir).unwrap();
@@ -919,17 +927,11 @@ mod tests {
     #[test]
     fn a_journal_file_that_cannot_be_made_fails_the_append() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, _, keys) = crate::crypto::create(&SecretBytes::new(PASSPHRASE.to_vec()), KdfParams::DEFAULT).unwrap();
-        let journal = Journal::new(dir.path());
-        journal.open(Arc::new(keys), (0, GENESIS)).unwrap();
+        let journal = open_journal(dir.path());
         assert!(matches!(journal.append(vec![read_event(1)]), Ok(Appended::Yes)));
         // The file is full, and where the next would go is not a directory (a
         // full disk fails the same way: the file is allocated when it is made).
-        {
-            let mut writer = journal.writer();
-            let w = writer.as_mut().unwrap();
-            w.size = w.len;
-        }
+        fill(&journal);
         let journal_dir = dir.path().join(DIR);
         std::fs::rename(&journal_dir, dir.path().join("elsewhere")).unwrap();
         std::fs::write(&journal_dir, b"not a directory").unwrap();
