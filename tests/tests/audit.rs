@@ -189,6 +189,11 @@ fn verify_finds_tampering_inside_a_batch_of_reads_at_the_right_entry() {
     let first = seq + 1 - n;
     let frame = |i: usize| records[spans[i].clone()].to_vec();
     let without = |i: usize| [&records[..spans[i].start], &records[spans[i].end..]].concat();
+    let mac_edited = |i: usize| {
+        let mut out = records.clone();
+        out[spans[i].end - 1] ^= 1;
+        out
+    };
     let edited = |i: usize| {
         let mut out = records.clone();
         let uid = contains_at(&records[spans[i].clone()], br#""uid":"#).unwrap() + spans[i].start + 6;
@@ -212,6 +217,8 @@ fn verify_finds_tampering_inside_a_batch_of_reads_at_the_right_entry() {
             "",
         ),
         ("cut the last read short", records[..records.len() - 10].to_vec(), seq, ""),
+        ("edit the first read's journal MAC", mac_edited(0), first, "MAC"),
+        ("append a copy of the last read", [&records[..], &frame(spans.len() - 1)].concat(), seq + 1, "inserted"),
     ];
     let mut failures = Vec::new();
     let mut check = |what: &str, d: &Daemon, want: u64, says: &str| {
@@ -233,6 +240,12 @@ fn verify_finds_tampering_inside_a_batch_of_reads_at_the_right_entry() {
         ("delete the batch", "DELETE FROM audit WHERE seq = ?", "missing"),
         ("edit the batch's time", "UPDATE audit SET time_unix_ms = time_unix_ms + 1 WHERE seq = ?", "MAC"),
         ("edit the batch's count", "UPDATE audit SET detail = json_set(detail, '$.records', 1) WHERE seq = ?", ""),
+        (
+            "number the batch's records from the largest u64",
+            "UPDATE audit SET detail = replace(detail, '\"journal_first\":' || json_extract(detail, '$.journal_first'),
+             '\"journal_first\":18446744073709551615') WHERE seq = ?",
+            "",
+        ),
     ] {
         let d = copy_of(&template);
         d.db().execute(edit, [seq]).unwrap();

@@ -313,7 +313,7 @@ impl Admin for AdminApi {
             }
             loop {
                 match live.recv().await {
-                    Ok(row) if row.seq > last && filter.matches(&row) => {
+                    Ok(row) if row.seq > last && filter.matches(row.time_unix_ms, row.fields()) => {
                         if tx.send(Ok(entry(&row))).await.is_err() {
                             return;
                         }

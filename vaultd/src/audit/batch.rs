@@ -7,43 +7,53 @@
 //! its entry's encoding with its journal number where the entry's seq would be.
 //! The row's own MAC, in the chain like any other, covers its fields and the
 //! records, so a batch verifies with one MAC. Only when that fails are the
-//! records' journal MACs and numbers used, to name the first entry altered.
+//! records' journal numbers and MACs used, to name the first entry altered.
 
-use super::journal;
-use crate::crypto::Unlocked;
-use crate::store::{AuditFields, AuditRow};
+use super::journal::{self, Entry};
+use crate::crypto::{self, Mac, Unlocked};
+use crate::store::{AuditFields, AuditFilter, AuditRow};
 use serde_json::{Value, json};
 
-pub const KIND: &str = "audit.batch";
+const KIND: &str = "audit.batch";
 
-/// The row for `count` journal records (the first numbered `first_number`,
-/// the last made at `time`), without them: [`chain::append_batch`](super::chain::append_batch)
-/// stores them with it, and numbers it.
-pub(super) fn row(count: usize, first_number: u64, time: i64) -> AuditRow {
-    let detail = json!({ "records": count, "journal_first": first_number }).to_string();
+/// The row for `count` journal records, the first numbered `first_number` and
+/// chained onto `after`, the newest made at `time`; without the records
+/// themselves: [`chain::append_batch`](super::chain::append_batch) stores them
+/// with it, and numbers it.
+pub(super) fn row(count: usize, first_number: u64, after: &Mac, time: i64) -> AuditRow {
+    let detail = json!({ "records": count, "journal_first": first_number, "journal_after": crypto::hex(after) });
     let actor = json!({ "vaultd": true }).to_string();
-    AuditFields([KIND, "audit", "ok", &actor, "", &detail]).to_row(0, time, None)
+    AuditFields([KIND, "audit", "ok", &actor, "", &detail.to_string()]).to_row(0, time, None)
 }
 
-/// How many entries `row` holds.
+/// How many entries `row` holds (0 if it is a batch that does not say).
 pub fn count(row: &AuditRow) -> u64 {
     match &row.records {
         None => 1,
-        Some(_) => stated(row).map_or(0, |(n, _)| n),
+        Some(_) => stated(row).map_or(0, |s| s.count),
     }
 }
 
-/// The entries `row` holds, oldest first: a batch's records, or the row itself.
-pub fn entries(row: AuditRow) -> Vec<AuditRow> {
-    let Some(records) = &row.records else { return vec![row] };
+/// The entries of `row` that `filter` matches, oldest first: a batch's
+/// records, or the row itself. A batch's records are matched before they are
+/// made into rows, since most are not wanted.
+pub fn matching(row: AuditRow, filter: &AuditFilter) -> Vec<AuditRow> {
+    let Some(records) = &row.records else {
+        return if filter.matches(row.time_unix_ms, row.fields()) { vec![row] } else { Vec::new() };
+    };
     let (records, _) = journal::parse(records);
-    let first = (row.seq + 1).saturating_sub(records.len() as u64);
-    let rows = records.iter().zip(first..);
-    rows.filter_map(|(record, seq)| {
-        let (_, time_unix_ms, fields) = record.fields()?;
-        Some(fields.to_row(seq, time_unix_ms, None))
-    })
-    .collect()
+    let count = stated(&row).map_or(records.len() as u64, |s| s.count);
+    let first = (row.seq + 1).saturating_sub(count);
+    let entries = records.iter().zip(first..).filter_map(|(record, seq)| Some((seq, record.fields()?)));
+    entries
+        .filter(|(_, (_, time, fields))| filter.matches(*time, *fields))
+        .map(|(seq, (_, time, fields))| fields.to_row(seq, time, None))
+        .collect()
+}
+
+/// Every entry of `row`, oldest first.
+pub fn entries(row: AuditRow) -> Vec<AuditRow> {
+    matching(row, &AuditFilter::default())
 }
 
 /// For a batch whose MAC does not hold: the first of its entries (the first
@@ -51,17 +61,19 @@ pub fn entries(row: AuditRow) -> Vec<AuditRow> {
 /// journaled (then the row's own fields were altered).
 pub(super) fn first_altered(keys: &Unlocked, row: &AuditRow, first: u64) -> Option<(u64, String)> {
     let (records, rest) = journal::parse(row.records.as_deref()?);
-    let mut number = stated(row).map(|(_, number)| number);
+    let stated = stated(row);
+    let mut previous = stated.as_ref().and_then(|s| s.after);
+    let start = stated.as_ref().map_or_else(|| records.first().map_or(0, Entry::number), |s| s.first_number);
     for (i, (record, seq)) in records.iter().zip(first..).enumerate() {
-        let number = number.get_or_insert(record.number());
-        let problem = if record.number() > *number {
+        let number = start.checked_add(i as u64);
+        let problem = if number.is_none_or(|n| record.number() > n) {
             format!("entry {seq} is missing (deleted or reordered)")
-        } else if record.number() < *number {
+        } else if Some(record.number()) < number {
             format!("entry {seq} is out of order (inserted or reordered)")
-        } else if i > 0 && !keys.journal_mac_matches(&records[i - 1].mac, record.content(), &record.mac) {
+        } else if previous.is_some_and(|p| !keys.journal_mac_matches(&p, record.content(), &record.mac)) {
             format!("entry {seq} does not match its MAC (edited)")
         } else {
-            *number += 1;
+            previous = Some(record.mac);
             continue;
         };
         return Some((seq, problem));
@@ -70,13 +82,38 @@ pub(super) fn first_altered(keys: &Unlocked, row: &AuditRow, first: u64) -> Opti
     if rest > 0 {
         return Some((end, format!("entry {end} is not a whole record (edited)")));
     }
-    stated(row)
-        .is_some_and(|(n, _)| n > records.len() as u64)
-        .then(|| (end, format!("entry {end} is missing (deleted)")))
+    let count = stated.map_or(records.len() as u64, |s| s.count);
+    match count.cmp(&(records.len() as u64)) {
+        std::cmp::Ordering::Greater => Some((end, format!("entry {end} is missing (deleted)"))),
+        std::cmp::Ordering::Less => {
+            let extra = first + count;
+            Some((extra, format!("entry {extra} follows the last of its batch (inserted)")))
+        }
+        std::cmp::Ordering::Equal => None,
+    }
 }
 
-/// What the row says it holds: (how many records, the first one's journal number).
-fn stated(row: &AuditRow) -> Option<(u64, u64)> {
+/// What a batch row says of its records.
+struct Stated {
+    count: u64,
+    first_number: u64,
+    /// The journal MAC the first record chains onto.
+    after: Option<Mac>,
+}
+
+fn stated(row: &AuditRow) -> Option<Stated> {
     let detail: Value = serde_json::from_str(&row.detail).ok()?;
-    Some((detail["records"].as_u64()?, detail["journal_first"].as_u64()?))
+    let after = detail["journal_after"].as_str().and_then(unhex);
+    Some(Stated { count: detail["records"].as_u64()?, first_number: detail["journal_first"].as_u64()?, after })
+}
+
+fn unhex(text: &str) -> Option<Mac> {
+    let mut mac = [0; crypto::MAC_LEN];
+    if text.len() != 2 * mac.len() {
+        return None;
+    }
+    for (byte, pair) in mac.iter_mut().zip(text.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(mac)
 }

@@ -1,9 +1,10 @@
 //! Chaining entries with MACs, and checking the chain.
 //!
-//! `mac(n) = HMAC(audit key, mac(n-1) || content(n))`, starting from 32 zero bytes
-//! (or, after retention, from the anchor: the last pruned entry's MAC). The head
-//! row carries its own MAC over the newest chained entry, so cutting entries off
-//! the end is caught too.
+//! `mac(n) = HMAC(audit key, mac(n-1) || content(n))` over the rows, starting from
+//! 32 zero bytes (or, after retention, from the anchor: the last pruned row's
+//! MAC). A row is one entry, or a [`batch`] of journaled ones under one MAC. The
+//! head row carries its own MAC over the newest chained row, so cutting entries
+//! off the end is caught too.
 //!
 //! While unlocked, where the chain ends (the [`Tip`]) is kept in memory, never
 //! re-read from the table: rows deleted, forged or un-chained behind vaultd's back
@@ -19,7 +20,8 @@ use serde_json::Value;
 
 pub(super) const GENESIS: [u8; MAC_LEN] = [0; MAC_LEN];
 
-/// The newest chained entry: what the next entry's MAC links to.
+/// The newest chained row: what the next row's MAC links to (`seq` is its
+/// newest entry's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tip {
     pub seq: u64,

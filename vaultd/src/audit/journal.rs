@@ -21,7 +21,9 @@
 //! MAC is the journal MAC over the previous record's MAC and the content; numbers
 //! and MACs run on across files and restarts, from the import position stored
 //! (and authenticated) in the database. A new file is started at each unlock and
-//! when one passes [`SEGMENT_BYTES`]; older files go once all they hold is imported.
+//! when one passes [`SEGMENT_BYTES`]; older files go once all they hold is
+//! imported, but for one, zeroed and kept mapped as the spare that the next file
+//! reuses (renamed), so that the journal does not fault in fresh pages as it goes.
 //!
 //! The chain catches a record edited, inserted, reordered or deleted, and a file
 //! removed from the middle. It cannot catch records cut off the end of the journal
@@ -54,7 +56,7 @@ const DIR: &str = "journal";
 /// One record: the entry's `content` (its seq slot holds the record's number),
 /// and its journal MAC. Kept encoded: that is what is written, MAC'd and
 /// imported, and building the entry's fields would cost more than all of that.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Entry {
     content: Vec<u8>,
     pub mac: Mac,
@@ -88,26 +90,32 @@ impl Entry {
 pub struct Records {
     frames: Vec<u8>,
     count: usize,
-    /// The first record's number; the last one's number, MAC and time.
-    first: u64,
-    last: Option<(u64, Mac, i64)>,
+    /// The first record's number, and the journal MAC it chains onto.
+    first: (u64, Mac),
+    /// The last record's number and MAC.
+    last: (u64, Mac),
+    /// When the newest was made (appends take their time before the lock, so
+    /// not always the last).
+    newest: i64,
 }
 
 impl Records {
-    fn push(&mut self, entry: &Entry) {
+    fn push(&mut self, entry: &Entry, after: &Mac) {
         let length = (entry.content.len() as u32).to_be_bytes();
         let frame = [&length[..], &entry.content, &entry.mac].concat();
-        self.add(&frame, entry.number(), 1, entry.mac, entry.time());
+        self.add(&frame, after, entry.number(), 1, entry.mac, entry.time());
     }
 
-    /// `count` framed records numbered from `first`, the last with `mac`, made at `time`.
-    fn add(&mut self, frames: &[u8], first: u64, count: usize, mac: Mac, time: i64) {
+    /// `count` framed records numbered from `first` and chained onto `after`,
+    /// the last with `mac`, made at `time`.
+    fn add(&mut self, frames: &[u8], after: &Mac, first: u64, count: usize, mac: Mac, time: i64) {
         if self.count == 0 {
-            self.first = first;
+            self.first = (first, *after);
         }
         self.frames.extend_from_slice(frames);
         self.count += count;
-        self.last = Some((first + count as u64 - 1, mac, time));
+        self.last = (first + count as u64 - 1, mac);
+        self.newest = self.newest.max(time);
     }
 
     /// `newer` goes after these.
@@ -116,9 +124,12 @@ impl Records {
             *self = newer;
             return;
         }
-        self.frames.extend_from_slice(&newer.frames);
-        self.count += newer.count;
-        self.last = newer.last.or(self.last);
+        if newer.count > 0 {
+            self.frames.extend_from_slice(&newer.frames);
+            self.count += newer.count;
+            self.last = newer.last;
+            self.newest = self.newest.max(newer.newest);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,16 +138,6 @@ impl Records {
 
     pub fn len(&self) -> usize {
         self.count
-    }
-
-    /// The framed records, as a batch stores them.
-    pub fn frames(&self) -> &[u8] {
-        &self.frames
-    }
-
-    /// The first record's number, and the last one's number, MAC and time.
-    pub fn ends(&self) -> Option<(u64, (u64, Mac, i64))> {
-        Some((self.first, self.last?))
     }
 
     /// Each record, decoded from the frames.
@@ -244,6 +245,10 @@ impl Journal {
             chain::encode_event(&mut encoded, event, 0, time);
             spans.push(at..encoded.len());
         }
+        if spans.iter().any(|span| span.len() > MAX_RECORD) {
+            // Recovery and batches read such a length as the end of the records.
+            return Err(JournalFailed("a record is too long".into()));
+        }
         let frame_len = spans.iter().map(|c| 4 + c.len() + MAC_LEN).sum::<usize>();
 
         let mut writer = self.writer();
@@ -283,7 +288,7 @@ impl Journal {
         for (i, length) in &w.lengths {
             w.frame[*i..i + 4].copy_from_slice(length);
         }
-        w.waiting.add(&w.frame, w.next, w.lengths.len(), mac, time);
+        w.waiting.add(&w.frame, &w.mac, w.next, w.lengths.len(), mac, time);
         w.len += w.frame.len() as u64;
         w.next += w.lengths.len() as u64;
         w.mac = mac;
@@ -318,19 +323,22 @@ impl Journal {
             let mut writer = self.writer();
             let Some(w) = writer.as_mut() else { return };
             w.stalled = None;
-            let Some((_, (upto, ..))) = taken.ends() else { return };
+            if taken.is_empty() {
+                return;
+            }
+            let upto = taken.last.0;
             let (done, kept) = std::mem::take(&mut w.full).into_iter().partition(|(.., last)| *last <= upto);
             w.full = kept;
-            done
+            (done, w.spare.is_none())
         };
         // Outside the lock: zeroing a file, or freeing its pages, takes a while.
-        let mut done: Vec<(PathBuf, MappedFile, u64)> = done;
-        if let Some((path, mut file, _)) = done.pop() {
+        let (mut done, want_spare): (Vec<(PathBuf, MappedFile, u64)>, bool) = done;
+        if let Some((path, mut file, _)) = if want_spare { done.pop() } else { None } {
             zero(&mut file);
-            if let Some(w) = self.writer().as_mut().filter(|w| w.spare.is_none()) {
-                w.spare = Some((path, file));
-            } else {
-                done.push((path, file, 0));
+            // Unless a spare came meanwhile (or the journal was closed).
+            match self.writer().as_mut().filter(|w| w.spare.is_none()) {
+                Some(w) => w.spare = Some((path, file)),
+                None => done.push((path, file, 0)),
             }
         }
         for (path, ..) in done {
@@ -410,17 +418,17 @@ impl Writer {
     /// renamed, if it has the room, or a new one.
     fn start_file(&mut self, dir: &Path, room: u64) -> Result<(), JournalFailed> {
         let path = segment_path(dir, self.number + 1);
-        let file = match self.spare.take() {
-            Some((spare, file)) if file.len() as u64 >= room => match std::fs::rename(&spare, &path) {
-                Ok(()) => file,
-                Err(e) => return Err(JournalFailed(format!("{}: {e}", spare.display()))),
-            },
-            spare => {
-                if let Some((spare, _)) = spare {
-                    let _ = std::fs::remove_file(spare);
-                }
-                new_file(&path, SEGMENT_BYTES.max(room)).map_err(|e| JournalFailed(e.to_string()))?
+        let reused = match self.spare.take() {
+            Some((spare, file)) if file.len() as u64 >= room && std::fs::rename(&spare, &path).is_ok() => Some(file),
+            Some((spare, _)) => {
+                let _ = std::fs::remove_file(spare);
+                None
             }
+            None => None,
+        };
+        let file = match reused {
+            Some(file) => file,
+            None => new_file(&path, SEGMENT_BYTES.max(room)).map_err(|e| JournalFailed(e.to_string()))?,
         };
         let last = self.next - 1;
         let old = std::mem::replace(&mut self.file, file);
@@ -434,7 +442,8 @@ impl Writer {
 }
 
 /// Zeroes `file` from its end back, so that if vaultd stops part way what is
-/// left is whole records (all imported) and then zeros, as in any journal file.
+/// left is imported records and then zeros (the last of those records may be
+/// cut, which the next unlock reports as a torn end).
 fn zero(file: &mut MappedFile) {
     static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
     for at in (0..file.len()).step_by(ZEROS.len()).rev() {
@@ -480,7 +489,7 @@ impl Leftover {
                 };
                 match wrong {
                     None => {
-                        good.push(entry);
+                        good.push(entry, &mac);
                         next += 1;
                         mac = entry.mac;
                     }
@@ -523,11 +532,12 @@ impl Leftover {
 /// Stores journal records in the table, as one [`batch`] chained onto `tip`,
 /// and how far the journal is imported.
 pub fn import(txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip, records: &Records) -> Result<Imported, StoreError> {
-    let Some((first_number, (number, mac, time))) = records.ends() else {
+    if records.is_empty() {
         return Ok(Imported { first: tip.seq + 1 });
-    };
-    let batch = batch::row(records.len(), first_number, time);
-    let first = chain::append_batch(txn, keys, tip, batch, records.frames(), records.len() as u64)?;
+    }
+    let ((first_number, after), (number, mac)) = (records.first, records.last);
+    let batch = batch::row(records.len(), first_number, &after, records.newest);
+    let first = chain::append_batch(txn, keys, tip, batch, &records.frames, records.len() as u64)?;
     txn.audit_set_journal(number, &mac, &keys.journal_position_mac(number, &mac))?;
     Ok(Imported { first })
 }

@@ -245,9 +245,7 @@ impl Unlocked {
     /// *which* value was written without revealing it, and lets an auditor holding
     /// a candidate value check it (`vaultctl audit hash`).
     pub fn value_digest(&self, value: &[u8]) -> String {
-        let mac = mac::sign(&self.digest_key, &[value]);
-        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
-        format!("hmac-sha256:{hex}")
+        format!("hmac-sha256:{}", super::hex(&mac::sign(&self.digest_key, &[value])))
     }
 
     /// The newest term in memory.

@@ -96,7 +96,12 @@ pub fn sha256_reader(mut reader: impl std::io::Read) -> std::io::Result<String> 
             n => ctx.update(&buf[..n]),
         }
     }
-    Ok(ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(ctx.finish().as_ref()))
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An unkeyed SHA-256 computed piece by piece: catches accidental damage to a

@@ -73,23 +73,25 @@ pub struct AuditFilter {
 }
 
 impl AuditFilter {
-    /// Whether the entry `row` is one the filter asks for.
-    pub fn matches(&self, row: &AuditRow) -> bool {
-        let kind_ok = self.kind.as_deref().is_none_or(|k| {
-            row.kind == k || row.class == k || row.kind.strip_prefix(k).is_some_and(|rest| rest.starts_with('.'))
-        });
+    /// Whether the entry made at `time_unix_ms` with `fields` is one the filter asks for.
+    pub fn matches(&self, time_unix_ms: i64, fields: AuditFields<'_>) -> bool {
+        let [kind, class, _, actor, secret, _] = fields.0;
+        let kind_ok = self
+            .kind
+            .as_deref()
+            .is_none_or(|k| kind == k || class == k || kind.strip_prefix(k).is_some_and(|rest| rest.starts_with('.')));
         let secret_ok = self.secret.as_deref().is_none_or(|s| match s.split_once('/') {
-            Some(_) => row.secret == s,
-            None => row.secret.rsplit_once('/').is_some_and(|(_, name)| name == s),
+            Some(_) => secret == s,
+            None => secret.rsplit_once('/').is_some_and(|(_, name)| name == s),
         });
         let client_ok = self.client.as_deref().is_none_or(|c| {
-            serde_json::from_str::<serde_json::Value>(&row.actor).is_ok_and(|a| a["client"].as_str() == Some(c))
+            serde_json::from_str::<serde_json::Value>(actor).is_ok_and(|a| a["client"].as_str() == Some(c))
         });
         kind_ok
             && secret_ok
             && client_ok
-            && self.since_unix_ms.is_none_or(|t| row.time_unix_ms >= t)
-            && self.until_unix_ms.is_none_or(|t| row.time_unix_ms < t)
+            && self.since_unix_ms.is_none_or(|t| time_unix_ms >= t)
+            && self.until_unix_ms.is_none_or(|t| time_unix_ms < t)
     }
 }
 

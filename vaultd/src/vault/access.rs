@@ -10,10 +10,6 @@ use vault_proto::names;
 /// Live tokens a client may hold at once.
 pub const MAX_TOKENS_PER_CLIENT: u64 = 100;
 
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub(super) fn check_patterns(patterns: &[String]) -> Result<(), VaultError> {
     patterns.iter().try_for_each(|p| names::validate_pattern(p).map_err(VaultError::InvalidPattern))
 }
@@ -116,8 +112,8 @@ impl Vault {
     ) -> Result<(SecretBytes, TokenRow), VaultError> {
         let keys = self.keys()?;
         let secret = crypto::random_secret(32)?;
-        let token = SecretBytes::new(format!("vt_{}", hex(secret.expose())).into_bytes());
-        let accessor = hex(crypto::random_secret(8)?.expose());
+        let token = SecretBytes::new(format!("vt_{}", crypto::hex(secret.expose())).into_bytes());
+        let accessor = crypto::hex(crypto::random_secret(8)?.expose());
         let hash = keys.token_hash(token.expose());
         let now = crate::store::now_unix();
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);

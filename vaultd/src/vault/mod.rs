@@ -598,7 +598,7 @@ impl Vault {
         let limit = if filter.limit == 0 { usize::MAX } else { filter.limit as usize };
         let mut found = Vec::new();
         self.store.audit_scan_back(filter, |row| {
-            found.extend(batch::entries(row).into_iter().rev().filter(|e| filter.matches(e)).take(limit - found.len()));
+            found.extend(batch::matching(row, filter).into_iter().rev().take(limit - found.len()));
             found.len() < limit
         })?;
         found.reverse();
