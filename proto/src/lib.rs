@@ -25,6 +25,11 @@ pub const MAX_VALUE_LEN: usize = 64 * 1024;
 /// The gRPC message size limit both sides apply: a full value plus metadata.
 pub const MAX_MESSAGE_LEN: usize = MAX_VALUE_LEN + 16 * 1024;
 
+/// The largest reply of the admin service (an audit query's entries). Only
+/// vaultd sends these, so the bound is on what one reply may hold, not on what
+/// a caller may push into vaultd.
+pub const MAX_ADMIN_REPLY_LEN: usize = 16 << 20;
+
 /// Default socket paths: where `deploy/systemd` puts them (`RuntimeDirectory=vaultd`).
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/vaultd/agent.sock";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/vaultd/admin.sock";
@@ -58,7 +63,7 @@ pub fn agent_client(channel: Channel) -> v1::agent_client::AgentClient<Channel> 
 /// An admin client with vaultd's message size limits applied.
 pub fn admin_client(channel: Channel) -> v1::admin_client::AdminClient<Channel> {
     v1::admin_client::AdminClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_LEN)
+        .max_decoding_message_size(MAX_ADMIN_REPLY_LEN)
         .max_encoding_message_size(MAX_MESSAGE_LEN)
 }
 

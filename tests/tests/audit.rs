@@ -258,6 +258,29 @@ fn contains_at(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A query's reply holds what was asked for, a thousand entries and more (one
+/// reply was once capped at a value's size, about 300 entries).
+#[test]
+fn a_query_for_a_thousand_entries_gets_them() {
+    let d = Daemon::initialized();
+    d.put("alpha", b"alpha-1");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut agent = vault_proto::agent_client(vault_proto::connect(&d.agent_socket).await.unwrap());
+        for _ in 0..1100 {
+            let req = GetSecretRequest { env: String::new(), name: "alpha".into(), version: 0 };
+            agent.get_secret(req).await.unwrap();
+        }
+    });
+    let reads = d.audit_query(&["--type", "secret.read", "--limit", "1000"]);
+    assert_eq!(reads.len(), 1000);
+    let newest = seqs(&reads);
+    assert!(newest.windows(2).all(|w| w[0] < w[1]), "oldest first");
+    let all = d.audit_query(&["--type", "secret.read", "--limit", "0"]);
+    assert_eq!(all.len(), 1100);
+    assert_eq!(&seqs(&all)[100..], &newest[..], "the newest thousand");
+}
+
 #[test]
 fn ten_thousand_operations_and_a_restart_leave_an_intact_log() {
     let started = Instant::now();

@@ -23,8 +23,8 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
-use vault_proto::MAX_MESSAGE_LEN;
 use vault_proto::v1::{admin_server::AdminServer, agent_server::AgentServer};
+use vault_proto::{MAX_ADMIN_REPLY_LEN, MAX_MESSAGE_LEN};
 
 /// Concurrent HTTP/2 streams one connection may open.
 const MAX_STREAMS_PER_CONNECTION: u32 = 64;
@@ -187,7 +187,7 @@ pub async fn serve(
 
     let admin_api = AdminServer::new(AdminApi::new(vault.clone()))
         .max_decoding_message_size(MAX_MESSAGE_LEN)
-        .max_encoding_message_size(MAX_MESSAGE_LEN);
+        .max_encoding_message_size(MAX_ADMIN_REPLY_LEN);
     let (_, health, reflection) = discovery(AdminServer::<AdminApi>::NAME).await;
     let admin_server = builder()
         .add_service(health)

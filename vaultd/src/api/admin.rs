@@ -262,7 +262,15 @@ impl Admin for AdminApi {
     ) -> Result<Response<v1::QueryAuditResponse>, Status> {
         let filter = audit_filter(req.into_inner().filter);
         let rows = self.vault.audit_query(&filter)?;
-        Ok(Response::new(v1::QueryAuditResponse { entries: rows.iter().map(entry).collect() }))
+        let entries: Vec<v1::AuditEntry> = rows.iter().map(entry).collect();
+        // Said plainly here rather than as the transport's "message too large".
+        if entries.iter().map(|e| e.json.len() + 16).sum::<usize>() > vault_proto::MAX_ADMIN_REPLY_LEN {
+            return Err(Status::resource_exhausted(format!(
+                "the {} entries that match do not fit in one reply: narrow the query (--limit, --since) or use `audit export`",
+                entries.len()
+            )));
+        }
+        Ok(Response::new(v1::QueryAuditResponse { entries }))
     }
 
     type ExportAuditStream = EntryStream;
