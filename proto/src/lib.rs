@@ -22,7 +22,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// smaller; the cap keeps a single request from pinning memory.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 
-/// The gRPC message size limit both sides apply: a full value plus metadata.
+/// The gRPC message size limit both sides apply (but for the admin service's
+/// replies, [`MAX_ADMIN_REPLY_LEN`]): a full value plus metadata.
 pub const MAX_MESSAGE_LEN: usize = MAX_VALUE_LEN + 16 * 1024;
 
 /// The largest reply of the admin service (an audit query's entries). Only

@@ -44,7 +44,10 @@ pub fn matching(row: AuditRow, filter: &AuditFilter) -> Vec<AuditRow> {
     let (records, _) = journal::parse(records);
     let count = stated(&row).map_or(records.len() as u64, |s| s.count);
     let first = (row.seq + 1).saturating_sub(count);
-    let entries = records.iter().zip(first..).filter_map(|(record, seq)| Some((seq, record.fields()?)));
+    // `take`: records past the stated count (only a tampered batch has them)
+    // would take the next row's seqs.
+    let entries =
+        records.iter().zip(first..).take(count as usize).filter_map(|(record, seq)| Some((seq, record.fields()?)));
     entries
         .filter(|(_, (_, time, fields))| filter.matches(*time, *fields))
         .map(|(seq, (_, time, fields))| fields.to_row(seq, time, None))
@@ -103,17 +106,6 @@ struct Stated {
 
 fn stated(row: &AuditRow) -> Option<Stated> {
     let detail: Value = serde_json::from_str(&row.detail).ok()?;
-    let after = detail["journal_after"].as_str().and_then(unhex);
+    let after = detail["journal_after"].as_str().and_then(crypto::unhex);
     Some(Stated { count: detail["records"].as_u64()?, first_number: detail["journal_first"].as_u64()?, after })
-}
-
-fn unhex(text: &str) -> Option<Mac> {
-    let mut mac = [0; crypto::MAC_LEN];
-    if text.len() != 2 * mac.len() {
-        return None;
-    }
-    for (byte, pair) in mac.iter_mut().zip(text.as_bytes().chunks(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(mac)
 }

@@ -331,11 +331,14 @@ impl Journal {
             w.full = kept;
             (done, w.spare.is_none())
         };
-        // Outside the lock: zeroing a file, or freeing its pages, takes a while.
+        // Outside the journal's lock, so appends go on: zeroing a file, or
+        // freeing its pages, takes a while (a commit calling this holds the
+        // vault's chain lock, which a few hundred µs once per file is worth).
         let (mut done, want_spare): (Vec<(PathBuf, MappedFile, u64)>, bool) = done;
         if let Some((path, mut file, _)) = if want_spare { done.pop() } else { None } {
             zero(&mut file);
-            // Unless a spare came meanwhile (or the journal was closed).
+            // Defensive: callers hold the chain lock, so no spare came meanwhile
+            // and the journal was not closed; if either happened, the file goes.
             match self.writer().as_mut().filter(|w| w.spare.is_none()) {
                 Some(w) => w.spare = Some((path, file)),
                 None => done.push((path, file, 0)),
@@ -415,7 +418,7 @@ impl Closed {
 
 impl Writer {
     /// Starts the next file, with room for at least `room` bytes: the spare
-    /// renamed, if it has the room, or a new one.
+    /// renamed, if it has the room and the rename works, or a new one.
     fn start_file(&mut self, dir: &Path, room: u64) -> Result<(), JournalFailed> {
         let path = segment_path(dir, self.number + 1);
         let reused = match self.spare.take() {
@@ -617,7 +620,10 @@ pub(super) fn parse(bytes: &[u8]) -> (Vec<Entry>, usize) {
         }
         let (content, after) = after.split_at(len);
         let (mac, after) = after.split_at(MAC_LEN);
-        let (Some(_), Ok(mac)) = (chain::fields(content), Mac::try_from(mac)) else { break };
+        let (Some((number, ..)), Ok(mac)) = (chain::fields(content), Mac::try_from(mac)) else { break };
+        if number > i64::MAX as u64 {
+            break; // never made by vaultd (SQLite stores numbers as i64), and it would stop every unlock
+        }
         records.push(Entry { content: content.to_vec(), mac });
         rest = after;
     }

@@ -104,6 +104,18 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The MAC whose [`hex`] `text` is, if it is one.
+pub fn unhex(text: &str) -> Option<Mac> {
+    let mut mac = [0; MAC_LEN];
+    if text.len() != 2 * mac.len() {
+        return None;
+    }
+    for (byte, pair) in mac.iter_mut().zip(text.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(mac)
+}
+
 /// An unkeyed SHA-256 computed piece by piece: catches accidental damage to a
 /// backup file where no key is at hand (restore).
 pub struct Checksum(ring::digest::Context);

@@ -692,8 +692,9 @@ fn recovery_events(recovered: &journal::Recovered) -> Vec<Event> {
 
 /// A checkpoint event naming the current tip of the log.
 fn checkpoint(tip: &Tip) -> Event {
-    let mac: String = tip.mac.iter().map(|b| format!("{b:02x}")).collect();
-    Event::new("audit.checkpoint", Outcome::Ok, &Actor::vaultd()).with("seq", tip.seq).with("mac", mac)
+    Event::new("audit.checkpoint", Outcome::Ok, &Actor::vaultd())
+        .with("seq", tip.seq)
+        .with("mac", crypto::hex(&tip.mac))
 }
 
 /// The audit chain's state while unlocked.
