@@ -43,11 +43,14 @@ pub fn matching(row: AuditRow, filter: &AuditFilter) -> Vec<AuditRow> {
     };
     let (records, _) = journal::parse(records);
     let count = stated(&row).map_or(records.len() as u64, |s| s.count);
-    let first = (row.seq + 1).saturating_sub(count);
     // `take`: records past the stated count (only a tampered batch has them)
     // would take the next row's seqs.
-    let entries =
-        records.iter().zip(first..).take(count as usize).filter_map(|(record, seq)| Some((seq, record.fields()?)));
+    rows(&records[..records.len().min(count as usize)], (row.seq + 1).saturating_sub(count), filter)
+}
+
+/// The entries `records` are, numbered from `first`, that `filter` matches.
+pub(super) fn rows(records: &[Entry], first: u64, filter: &AuditFilter) -> Vec<AuditRow> {
+    let entries = records.iter().zip(first..).filter_map(|(record, seq)| Some((seq, record.fields()?)));
     entries
         .filter(|(_, (_, time, fields))| filter.matches(*time, *fields))
         .map(|(seq, (_, time, fields))| fields.to_row(seq, time, None))

@@ -34,7 +34,7 @@ use super::batch;
 use super::chain::{self, GENESIS, Tip};
 use super::event::{Event, now_ms};
 use crate::crypto::{MAC_LEN, Mac, Unlocked};
-use crate::store::{AuditFields, AuditRow, StoreError, Txn};
+use crate::store::{AuditFields, AuditFilter, AuditRow, StoreError, Txn};
 use crate::sys::MappedFile;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -555,13 +555,7 @@ impl Imported {
     /// followers. Called after the commit, so that a follower that subscribes
     /// after the check for followers reads them from the table instead.
     pub fn rows(&self, records: &Records) -> Vec<AuditRow> {
-        let entries = records.entries();
-        let rows = entries.iter().zip(self.first..);
-        rows.filter_map(|(entry, seq)| {
-            let (_, time_unix_ms, fields) = entry.fields()?;
-            Some(fields.to_row(seq, time_unix_ms, None))
-        })
-        .collect()
+        batch::rows(&records.entries(), self.first, &AuditFilter::default())
     }
 }
 

@@ -248,24 +248,14 @@ impl Store {
     /// range (a batch's time is its newest entry's), until `each` returns `false`.
     /// The other rules are the caller's ([`AuditFilter::matches`]), since a
     /// batch's entries are not columns.
-    pub fn audit_scan_back(
-        &self,
-        filter: &AuditFilter,
-        mut each: impl FnMut(AuditRow) -> bool,
-    ) -> Result<(), StoreError> {
+    pub fn audit_scan_back(&self, filter: &AuditFilter, each: impl FnMut(AuditRow) -> bool) -> Result<(), StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM audit
              WHERE (?1 IS NULL OR time_unix_ms >= ?1) AND (?2 IS NULL OR records IS NOT NULL OR time_unix_ms < ?2)
              ORDER BY seq DESC"
         ))?;
-        let mut rows = stmt.query(params![filter.since_unix_ms, filter.until_unix_ms])?;
-        while let Some(r) = rows.next()? {
-            if !each(row(r)?) {
-                break;
-            }
-        }
-        Ok(())
+        visit(stmt.query(params![filter.since_unix_ms, filter.until_unix_ms])?, each)
     }
 
     /// Walks every entry in seq order inside one read transaction on a connection
@@ -287,27 +277,27 @@ impl Store {
         let snapshot = AuditSnapshot { head, anchor };
         {
             let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                if !each(&snapshot, row(r)?) {
-                    break;
-                }
-            }
+            visit(stmt.query([])?, |row| each(&snapshot, row))?;
         }
         Ok(snapshot)
     }
 
     /// The rows holding entries after `after_seq`, oldest first, until `each`
     /// returns `false`.
-    pub fn audit_scan(&self, after_seq: u64, mut each: impl FnMut(AuditRow) -> bool) -> Result<(), StoreError> {
+    pub fn audit_scan(&self, after_seq: u64, each: impl FnMut(AuditRow) -> bool) -> Result<(), StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM audit WHERE seq > ? ORDER BY seq"))?;
-        let mut rows = stmt.query([after_seq])?;
-        while let Some(r) = rows.next()? {
-            if !each(row(r)?) {
-                break;
-            }
-        }
-        Ok(())
+        visit(stmt.query([after_seq])?, each)
     }
+}
+
+/// Calls `each` with every row of `rows` until it returns `false`: the rows are
+/// read one at a time, so a log of millions never sits in memory.
+fn visit(mut rows: rusqlite::Rows<'_>, mut each: impl FnMut(AuditRow) -> bool) -> Result<(), StoreError> {
+    while let Some(r) = rows.next()? {
+        if !each(row(r)?) {
+            break;
+        }
+    }
+    Ok(())
 }
