@@ -145,6 +145,16 @@ fn verify_finds_each_kind_of_tampering_at_the_right_entry() {
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
+/// A batch row's records, as frames.
+fn unpack(stored: &[u8]) -> Vec<u8> {
+    lz4_flex::block::decompress_size_prepended(stored).unwrap()
+}
+
+/// Frames stored as a batch row's records.
+fn pack(frames: &[u8]) -> Vec<u8> {
+    lz4_flex::block::compress_prepend_size(frames)
+}
+
 /// Each frame (`length | content | MAC`) in a batch row's records.
 fn frames(records: &[u8]) -> Vec<std::ops::Range<usize>> {
     let mut spans = Vec::new();
@@ -177,12 +187,14 @@ fn verify_finds_tampering_inside_a_batch_of_reads_at_the_right_entry() {
     template.put("gamma", b"gamma-1");
     intact(&template);
     assert!(template.stop().status.success());
-    let (seq, records): (u64, Vec<u8>) = template
+    let (seq, stored): (u64, Vec<u8>) = template
         .db()
         .query_row("SELECT seq, records FROM audit WHERE records IS NOT NULL ORDER BY length(records) DESC", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
+    // Stored compressed: the edits are made as someone who knows the format would.
+    let records = unpack(&stored);
     let spans = frames(&records);
     let n = spans.len() as u64;
     assert!(n >= 4, "the largest batch holds {n} reads");
@@ -229,7 +241,9 @@ fn verify_finds_tampering_inside_a_batch_of_reads_at_the_right_entry() {
             }
         }
     };
-    for (what, tampered, want, says) in cases {
+    let packed = cases.into_iter().map(|(what, frames, want, says)| (what, pack(&frames), want, says));
+    let cut = ("cut the stored records short", stored[..stored.len() - 1].to_vec(), first, "decompress");
+    for (what, tampered, want, says) in packed.chain([cut]) {
         let d = copy_of(&template);
         assert_eq!(intact(&d).1, 1, "{what}: the untouched copy verifies");
         d.db().execute("UPDATE audit SET records = ? WHERE seq = ?", params![tampered, seq]).unwrap();
@@ -473,7 +487,7 @@ fn no_value_or_passphrase_reaches_the_audit_trail() {
     let mut batches = db.prepare("SELECT records FROM audit WHERE records IS NOT NULL").unwrap();
     let batches: Vec<Vec<u8>> = batches.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     assert!(!batches.is_empty(), "reads were imported as batches");
-    rows.extend(batches.concat());
+    rows.extend(batches.iter().flat_map(|b| unpack(b)));
     let haystacks = [
         ("the export", exported),
         ("the jsonl sink", sunk),

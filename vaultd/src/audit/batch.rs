@@ -3,11 +3,15 @@
 //! A row and a MAC per read would cost the table more than the read costs
 //! vaultd, so an import stores what it takes from the journal as one row: its
 //! `records` are the journal's frames as journaled (`length | content | journal
-//! MAC`), and they are entries `seq - n + 1 ..= seq`. Each record's content is
-//! its entry's encoding with its journal number where the entry's seq would be.
-//! The row's own MAC, in the chain like any other, covers its fields and the
-//! records, so a batch verifies with one MAC. Only when that fails are the
-//! records' journal numbers and MACs used, to name the first entry altered.
+//! MAC`), LZ4-compressed, and they are entries `seq - n + 1 ..= seq`. Each
+//! record's content is its entry's encoding with its journal number where the
+//! entry's seq would be. Reads repeat their actor, kind and secret, so the
+//! records compress about four times, and every byte not written is one the
+//! commit, the checkpoint and the disk are spared. The row's own MAC, in the
+//! chain like any other, covers its fields and the records as stored, so a
+//! batch verifies with one MAC and without decompressing. Only when that fails
+//! are the records' journal numbers and MACs used, to name the first entry
+//! altered.
 
 use super::journal::{self, Entry};
 use crate::crypto::{self, Mac, Unlocked};
@@ -38,10 +42,13 @@ pub fn count(row: &AuditRow) -> u64 {
 /// records, or the row itself. A batch's records are matched before they are
 /// made into rows, since most are not wanted.
 pub fn matching(row: AuditRow, filter: &AuditFilter) -> Vec<AuditRow> {
-    let Some(records) = &row.records else {
+    let Some(stored) = &row.records else {
         return if filter.matches(row.time_unix_ms, row.fields()) { vec![row] } else { Vec::new() };
     };
-    let (records, _) = journal::parse(records);
+    // A batch that does not decompress holds no entry anyone can read;
+    // `audit verify` reports it.
+    let frames = unpack(stored).unwrap_or_default();
+    let (records, _) = journal::parse(&frames);
     let count = stated(&row).map_or(records.len() as u64, |s| s.count);
     // `take`: records past the stated count (only a tampered batch has them)
     // would take the next row's seqs.
@@ -66,7 +73,10 @@ pub fn entries(row: AuditRow) -> Vec<AuditRow> {
 /// being `first`) found altered, and how; `None` if each record is as
 /// journaled (then the row's own fields were altered).
 pub(super) fn first_altered(keys: &Unlocked, row: &AuditRow, first: u64) -> Option<(u64, String)> {
-    let (records, rest) = journal::parse(row.records.as_deref()?);
+    let Some(frames) = unpack(row.records.as_deref()?) else {
+        return Some((first, format!("entries from {first} on do not decompress (edited)")));
+    };
+    let (records, rest) = journal::parse(&frames);
     let stated = stated(row);
     let mut previous = stated.as_ref().and_then(|s| s.after);
     let start = stated.as_ref().map_or_else(|| records.first().map_or(0, Entry::number), |s| s.first_number);
@@ -99,6 +109,22 @@ pub(super) fn first_altered(keys: &Unlocked, row: &AuditRow, first: u64) -> Opti
     }
 }
 
+/// Records as a batch stores them: compressed, after their size.
+pub(super) fn pack(frames: &[u8]) -> Vec<u8> {
+    lz4_flex::block::compress_prepend_size(frames)
+}
+
+/// The frames `stored` holds, or `None` if it is not a batch's records.
+fn unpack(stored: &[u8]) -> Option<Vec<u8>> {
+    // LZ4 makes at most 255 bytes of one: a larger stated size is damage, and
+    // is not allocated.
+    let size = u32::from_le_bytes(*stored.first_chunk()?) as usize;
+    if size > stored.len().saturating_mul(255) {
+        return None;
+    }
+    lz4_flex::block::decompress_size_prepended(stored).ok().filter(|frames| frames.len() == size)
+}
+
 /// What a batch row says of its records.
 struct Stated {
     count: u64,
@@ -111,4 +137,31 @@ fn stated(row: &AuditRow) -> Option<Stated> {
     let detail: Value = serde_json::from_str(&row.detail).ok()?;
     let after = detail["journal_after"].as_str().and_then(crypto::unhex);
     Some(Stated { count: detail["records"].as_u64()?, first_number: detail["journal_first"].as_u64()?, after })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn records_come_back_as_packed_and_damage_is_none_not_a_panic() {
+        let frames: Vec<u8> =
+            (0..2000u32).flat_map(|i| [&i.to_be_bytes()[..], b"secret.read default/bench"].concat()).collect();
+        let stored = pack(&frames);
+        assert!(stored.len() * 3 < frames.len(), "{} of {}", stored.len(), frames.len());
+        assert_eq!(unpack(&stored), Some(frames.clone()));
+        assert_eq!(unpack(&pack(&[])), Some(Vec::new()));
+        // A stated size no LZ4 block can make: refused before anything is allocated.
+        let mut huge = stored.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(unpack(&huge), None);
+        for cut in [0, 2, 4, stored.len() / 2, stored.len() - 1] {
+            assert!(unpack(&stored[..cut]).is_none(), "cut at {cut}");
+        }
+        assert!(unpack(&[0xff; 64]).is_none());
+        let mut flipped = stored.clone();
+        flipped[10] ^= 0x40;
+        assert!(unpack(&flipped) != Some(frames), "an edit shows");
+    }
 }

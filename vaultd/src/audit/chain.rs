@@ -167,7 +167,7 @@ fn append_rows(
     Ok(rows)
 }
 
-/// Appends `batch` (see [`batch`](super::batch)) with its `records`, `n`
+/// Appends `batch` (see [`batch`](super::batch)) with its `records` as stored, `n`
 /// entries, chained onto `tip`: they take the next `n` seqs, the row's own
 /// being the last. Returns the first.
 pub(super) fn append_batch(

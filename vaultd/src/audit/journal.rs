@@ -540,7 +540,7 @@ pub fn import(txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip, records: &Records) 
     }
     let ((first_number, after), (number, mac)) = (records.first, records.last);
     let batch = batch::row(records.len(), first_number, &after, records.newest);
-    let first = chain::append_batch(txn, keys, tip, batch, &records.frames, records.len() as u64)?;
+    let first = chain::append_batch(txn, keys, tip, batch, &batch::pack(&records.frames), records.len() as u64)?;
     txn.audit_set_journal(number, &mac, &keys.journal_position_mac(number, &mac))?;
     Ok(Imported { first })
 }
