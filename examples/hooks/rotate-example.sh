@@ -15,6 +15,11 @@
 set -euo pipefail
 umask 077
 provider="$(dirname "$(readlink -f "$0")")/demo-provider.keys"
+# vaultd may run one rotation's revoke-old while the next one creates: the file
+# is rewritten whole on revoke, so steps take turns (a real provider's API is
+# its own lock).
+exec 9>>"$provider.lock"
+flock 9
 touch "$provider"
 value=$(cat)
 
