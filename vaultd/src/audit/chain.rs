@@ -52,9 +52,19 @@ fn head(row: &AuditRow, records: Option<usize>) -> Vec<u8> {
     out
 }
 
-/// Appends to `out` the `content` of `event` as an entry numbered `seq` at
-/// `time_unix_ms`, without building the entry first (the read journal's path).
-pub(super) fn encode_event(out: &mut Vec<u8>, event: &Event, seq: u64, time_unix_ms: i64) {
+/// Appends to `out` the `content` of an entry numbered `seq` at
+/// `time_unix_ms` without building its row first (the read journal's path):
+/// its kind, class and outcome, then its actor, secret (the concatenation of
+/// `secret`) and detail.
+pub(super) fn encode(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time_unix_ms: i64,
+    fields: [&str; 3],
+    actor: &impl serde::Serialize,
+    secret: &[&str],
+    detail: &impl serde::Serialize,
+) {
     fn json(out: &mut Vec<u8>, value: &impl serde::Serialize) {
         let at = out.len();
         if serde_json::to_writer(&mut *out, value).is_err() {
@@ -63,12 +73,12 @@ pub(super) fn encode_event(out: &mut Vec<u8>, event: &Event, seq: u64, time_unix
         }
     }
     header(out, seq, time_unix_ms);
-    for text in [event.kind, event.class(), event.outcome.as_str()] {
+    for text in fields {
         put(out, |out| out.extend_from_slice(text.as_bytes()));
     }
-    put(out, |out| json(out, &event.actor));
-    put(out, |out| out.extend_from_slice(event.secret.as_deref().unwrap_or_default().as_bytes()));
-    put(out, |out| json(out, &event.detail));
+    put(out, |out| json(out, actor));
+    put(out, |out| secret.iter().for_each(|part| out.extend_from_slice(part.as_bytes())));
+    put(out, |out| json(out, detail));
 }
 
 fn header(out: &mut Vec<u8>, seq: u64, time_unix_ms: i64) {

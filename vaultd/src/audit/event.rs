@@ -2,31 +2,51 @@
 //! Never a value or a passphrase: where a value must be identified, its keyed
 //! digest (`hmac-sha256:…`) stands in.
 
+use super::chain;
 use crate::identity::Peer;
 use crate::store::AuditRow;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 /// Who acted: a peer on a socket (as the kernel attested it), or vaultd itself.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Actor {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
     /// The client the caller was matched to, when one was.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
     /// The accessor of the bearer token the caller presented and passed.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// Set for actions vaultd takes on its own (startup, retention, checkpoints).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub vaultd: bool,
+}
+
+/// An actor as an entry stores it (JSON, only what is known), with the client
+/// it acted as: borrowed, so a read's record needs no copy of the actor.
+#[derive(Serialize)]
+struct ActorJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    vaultd: bool,
+}
+
+impl Serialize for Actor {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.acting_as(self.client.as_deref()).serialize(serializer)
+    }
 }
 
 impl Actor {
@@ -55,6 +75,11 @@ impl Actor {
 
     pub fn vaultd() -> Actor {
         Actor { vaultd: true, ..Actor::default() }
+    }
+
+    fn acting_as<'a>(&'a self, client: Option<&'a str>) -> ActorJson<'a> {
+        let Actor { socket, uid, gid, pid, client: _, ref token, vaultd } = *self;
+        ActorJson { socket, uid, gid, pid, client, token: token.as_deref(), vaultd }
     }
 }
 
@@ -122,21 +147,89 @@ impl Event {
         }
     }
 
-    /// The class `audit query --type` can select: every denial or failure is
-    /// `security`; otherwise it follows from the kind.
+    /// What `audit query --type` selects it by (see [`class`]).
     pub fn class(&self) -> &'static str {
-        if self.outcome != Outcome::Ok {
-            return "security";
-        }
-        match self.kind.split('.').next().unwrap_or_default() {
-            // An alert: a rotation is due and nobody has done it.
-            _ if self.kind == "rotation.due" => "security",
-            "vault" | "request" | "client" | "token" | "incident" => "security",
-            "rotation" => "change",
-            "secret" if self.kind == "secret.read" || self.kind == "secret.reveal" => "access",
-            "secret" => "change",
-            "audit" => "audit",
-            _ => "system",
+        class(self.kind, self.outcome)
+    }
+}
+
+/// The class `audit query --type` can select: every denial or failure is
+/// `security`; otherwise it follows from the kind.
+pub(super) fn class(kind: &str, outcome: Outcome) -> &'static str {
+    if outcome != Outcome::Ok {
+        return "security";
+    }
+    match kind.split('.').next().unwrap_or_default() {
+        // An alert: a rotation is due and nobody has done it.
+        _ if kind == "rotation.due" => "security",
+        "vault" | "request" | "client" | "token" | "incident" => "security",
+        "rotation" => "change",
+        "secret" if kind == "secret.read" || kind == "secret.reveal" => "access",
+        "secret" => "change",
+        "audit" => "audit",
+        _ => "system",
+    }
+}
+
+/// A record of something that changed nothing, for the read journal: an
+/// [`Event`], or a [`Read`] encoded without being built as one.
+pub trait Record {
+    /// Appends the entry's `content` (see `chain::content`), numbered `seq`.
+    fn encode(&self, out: &mut Vec<u8>, seq: u64, time_unix_ms: i64);
+    /// The event, for when it is stored without the journal (while sealed).
+    fn into_event(self) -> Event;
+}
+
+impl Record for Event {
+    fn encode(&self, out: &mut Vec<u8>, seq: u64, time_unix_ms: i64) {
+        let secret = self.secret.as_deref().unwrap_or_default();
+        let fields = [self.kind, self.class(), self.outcome.as_str()];
+        chain::encode(out, seq, time_unix_ms, fields, &self.actor, &[secret], &self.detail);
+    }
+
+    fn into_event(self) -> Event {
+        self
+    }
+}
+
+/// An agent's read of one secret, allowed or not. Made for every read, so it
+/// borrows from the request and is encoded as it is: building an [`Event`]
+/// (copies of the actor and names, a map for the detail) would cost more than
+/// encoding it.
+#[derive(Debug)]
+pub struct Read<'a> {
+    pub kind: &'static str,
+    pub outcome: Outcome,
+    pub actor: &'a Actor,
+    /// The client whose grant allowed it.
+    pub client: Option<&'a str>,
+    pub env: &'a str,
+    pub name: &'a str,
+    pub detail: ReadDetail,
+}
+
+/// A read's detail: `{"version":N}` or `{"reason":"…"}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadDetail {
+    Version(u64),
+    Reason(std::borrow::Cow<'static, str>),
+}
+
+impl Record for Read<'_> {
+    fn encode(&self, out: &mut Vec<u8>, seq: u64, time_unix_ms: i64) {
+        let fields = [self.kind, class(self.kind, self.outcome), self.outcome.as_str()];
+        let actor = self.actor.acting_as(self.client);
+        chain::encode(out, seq, time_unix_ms, fields, &actor, &[self.env, "/", self.name], &self.detail);
+    }
+
+    fn into_event(self) -> Event {
+        let mut actor = self.actor.clone();
+        actor.client = self.client.map(str::to_owned);
+        let event = Event::new(self.kind, self.outcome, &actor).secret(self.env, self.name);
+        match self.detail {
+            ReadDetail::Version(version) => event.with("version", version),
+            ReadDetail::Reason(reason) => event.with("reason", reason.into_owned()),
         }
     }
 }

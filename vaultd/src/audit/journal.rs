@@ -32,7 +32,7 @@
 
 use super::batch;
 use super::chain::{self, GENESIS, Tip};
-use super::event::{Event, now_ms};
+use super::event::{Record, now_ms};
 use crate::crypto::{MAC_LEN, Mac, Unlocked};
 use crate::store::{AuditFields, AuditFilter, AuditRow, StoreError, Txn};
 use crate::sys::MappedFile;
@@ -154,7 +154,7 @@ pub struct JournalFailed(pub String);
 pub enum Appended {
     Yes,
     /// The vault is sealed (no key to chain with): the caller stores them itself.
-    Closed(Vec<Event>),
+    Closed,
 }
 
 pub struct Journal {
@@ -231,18 +231,18 @@ impl Journal {
         self.wake.notified().await;
     }
 
-    /// Appends `events` and returns once they are in the file.
-    pub fn append(&self, events: Vec<Event>) -> Result<Appended, JournalFailed> {
-        if events.is_empty() {
+    /// Appends `records` and returns once they are in the file.
+    pub fn append(&self, records: &[impl Record]) -> Result<Appended, JournalFailed> {
+        if records.is_empty() {
             return Ok(Appended::Yes);
         }
         // Everything but the numbers and MACs is prepared before taking the lock.
         let time = now_ms();
-        let mut encoded = Vec::with_capacity(256 * events.len());
-        let mut spans = Vec::with_capacity(events.len());
-        for event in &events {
+        let mut encoded = Vec::with_capacity(256 * records.len());
+        let mut spans = Vec::with_capacity(records.len());
+        for record in records {
             let at = encoded.len();
-            chain::encode_event(&mut encoded, event, 0, time);
+            record.encode(&mut encoded, 0, time);
             spans.push(at..encoded.len());
         }
         if spans.iter().any(|span| span.len() > MAX_RECORD) {
@@ -252,7 +252,7 @@ impl Journal {
         let frame_len = spans.iter().map(|c| 4 + c.len() + MAC_LEN).sum::<usize>();
 
         let mut writer = self.writer();
-        let Some(w) = writer.as_mut() else { return Ok(Appended::Closed(events)) };
+        let Some(w) = writer.as_mut() else { return Ok(Appended::Closed) };
         if let Some(why) = &w.stalled {
             return Err(JournalFailed(format!("importing the journal failed: {why}")));
         }
@@ -654,7 +654,7 @@ fn file_number(path: &Path) -> Option<u64> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::audit::{Actor, Outcome, Verdict};
+    use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Verdict};
     use crate::config::Config;
     use crate::crypto::{KdfParams, SecretBytes};
     use crate::identity::Peer;
@@ -678,13 +678,25 @@ mod tests {
         }
         assert_eq!(chain::decode(&[content.as_slice(), b"x"].concat()), None);
 
-        // What the journal writes straight from an event is what the table's MAC covers.
-        let mut actor = Actor::peer("agent", None);
-        actor.client = Some("bot ✓".into());
-        let event = Event::new("secret.read", Outcome::Denied, &actor).secret("prod", "x").with("reason", "sealed");
-        let mut encoded = Vec::new();
-        chain::encode_event(&mut encoded, &event, 41, 1_700_000_000_123);
-        assert_eq!(encoded, chain::content(&event.to_row(41, 1_700_000_000_123)));
+        // What the journal writes straight from an event or a read is what the
+        // table's MAC covers, and a read encodes as its event does.
+        let actor = Actor { token: Some("tok-1".into()), ..Actor::peer("agent", None) };
+        let reads = [
+            (Outcome::Denied, Some("bot ✓"), ReadDetail::Reason("sealed".into())),
+            (Outcome::Ok, None, ReadDetail::Version(7)),
+            (Outcome::Failed, Some("b\"ot"), ReadDetail::Reason("a \"quoted\" reason".to_string().into())),
+        ];
+        for (outcome, client, detail) in reads {
+            let read = Read { kind: "secret.read", outcome, actor: &actor, client, env: "prod", name: "x", detail };
+            let mut from_read = Vec::new();
+            read.encode(&mut from_read, 41, 1_700_000_000_123);
+            let event = read.into_event();
+            let mut from_event = Vec::new();
+            event.encode(&mut from_event, 41, 1_700_000_000_123);
+            let row = event.to_row(41, 1_700_000_000_123);
+            assert_eq!(from_event, chain::content(&row));
+            assert_eq!(from_read, from_event, "{row:?}");
+        }
     }
 
     /// A vault with one secret, read `reads` times by its owner; then "crashed":
@@ -915,14 +927,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = open_journal(dir.path());
         let journal_dir = dir.path().join(DIR);
-        journal.append(vec![read_event(1), read_event(2)]).unwrap();
+        journal.append(&[read_event(1), read_event(2)]).unwrap();
         fill(&journal);
-        journal.append(vec![read_event(3)]).unwrap();
+        journal.append(&[read_event(3)]).unwrap();
         journal.imported(&journal.take());
         // File 1 held only imported records: it is kept, zeroed, as the spare.
         assert!(std::fs::read(segment_path(&journal_dir, 1)).unwrap().iter().all(|&b| b == 0));
         fill(&journal);
-        journal.append(vec![read_event(4)]).unwrap();
+        journal.append(&[read_event(4)]).unwrap();
         // File 3 is the spare renamed, holding only what was written since.
         let files = journal_files(&journal_dir).unwrap();
         assert_eq!(files, [segment_path(&journal_dir, 2), segment_path(&journal_dir, 3)]);
@@ -938,18 +950,18 @@ mod tests {
     fn a_journal_file_that_cannot_be_made_fails_the_append() {
         let dir = tempfile::tempdir().unwrap();
         let journal = open_journal(dir.path());
-        assert!(matches!(journal.append(vec![read_event(1)]), Ok(Appended::Yes)));
+        assert!(matches!(journal.append(&[read_event(1)]), Ok(Appended::Yes)));
         // The file is full, and where the next would go is not a directory (a
         // full disk fails the same way: the file is allocated when it is made).
         fill(&journal);
         let journal_dir = dir.path().join(DIR);
         std::fs::rename(&journal_dir, dir.path().join("elsewhere")).unwrap();
         std::fs::write(&journal_dir, b"not a directory").unwrap();
-        let refused = journal.append(vec![read_event(2)]).err().unwrap().to_string();
+        let refused = journal.append(&[read_event(2)]).err().unwrap().to_string();
         assert!(refused.contains("audit log could not be written") && refused.contains("journal"), "{refused}");
         std::fs::remove_file(&journal_dir).unwrap();
         std::fs::rename(dir.path().join("elsewhere"), &journal_dir).unwrap();
-        assert!(matches!(journal.append(vec![read_event(3), read_event(4)]), Ok(Appended::Yes)));
+        assert!(matches!(journal.append(&[read_event(3), read_event(4)]), Ok(Appended::Yes)));
         assert_eq!(journal_files(&journal_dir).unwrap().len(), 2);
 
         // The files hold one unbroken chain, 1, 2, 3, without the refused record.

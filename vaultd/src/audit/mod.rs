@@ -15,4 +15,4 @@ pub mod forward;
 pub mod journal;
 
 pub use chain::Verdict;
-pub use event::{Actor, Event, Outcome, entry_json};
+pub use event::{Actor, Event, Outcome, Read, ReadDetail, Record, entry_json};

@@ -24,7 +24,7 @@ pub use watch::{Update, Watcher};
 
 use crate::audit::chain::{self, Tip};
 use crate::audit::journal::{self, Appended, Journal, JournalFailed};
-use crate::audit::{Actor, Event, Outcome, Verdict, batch, forward};
+use crate::audit::{Actor, Event, Outcome, Record, Verdict, batch, forward};
 use crate::config::Config;
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
 use crate::limits::Limits;
@@ -359,10 +359,10 @@ impl Vault {
     /// Records events of requests that change nothing (reads, refusals) and
     /// returns once they are recorded: journaled, or while sealed (no key to
     /// chain with) committed in a transaction.
-    pub(super) fn record_all(&self, events: Vec<Event>) -> Result<(), VaultError> {
-        match self.journal.append(events)? {
+    pub(super) fn record_all<R: Record>(&self, records: Vec<R>) -> Result<(), VaultError> {
+        match self.journal.append(&records)? {
             Appended::Yes => Ok(()),
-            Appended::Closed(events) => self.append(events, false),
+            Appended::Closed => self.append(records.into_iter().map(Record::into_event).collect(), false),
         }
     }
 

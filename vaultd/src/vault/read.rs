@@ -2,7 +2,7 @@
 //! and the read itself, recorded before the value is released.
 
 use super::{SecretRef, Vault, VaultError};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Record};
 use crate::crypto::SecretBytes;
 use crate::identity::{Caller, Peer};
 use crate::policy;
@@ -19,22 +19,23 @@ pub(super) enum Reader {
     Nobody,
 }
 
-/// The record of a read: allowed (with the version), denied (unknown, sealed) or
-/// failed (did not decrypt).
-pub(super) fn read_event(
+/// The record of a read by `actor` as `client`: allowed (with the version),
+/// denied (unknown, sealed) or failed (did not decrypt).
+pub(super) fn read_record<'a>(
     kind: &'static str,
-    actor: &Actor,
-    secret: SecretRef<'_>,
+    actor: &'a Actor,
+    client: Option<&'a str>,
+    secret: SecretRef<'a>,
     result: &Result<(u64, SecretBytes), VaultError>,
-) -> Event {
-    let event = |outcome| Event::new(kind, outcome, actor).secret(secret.env, secret.name);
-    match result {
-        Ok((version, _)) => event(Outcome::Ok).with("version", *version),
-        Err(VaultError::NotFound { .. }) => event(Outcome::Denied).with("reason", "not found"),
-        Err(VaultError::Sealed) => event(Outcome::Denied).with("reason", "sealed"),
-        Err(VaultError::Uninitialized) => event(Outcome::Denied).with("reason", "not initialized"),
-        Err(e) => event(Outcome::Failed).with("reason", e.to_string()),
-    }
+) -> Read<'a> {
+    let (outcome, detail) = match result {
+        Ok((version, _)) => (Outcome::Ok, ReadDetail::Version(*version)),
+        Err(VaultError::NotFound { .. }) => (Outcome::Denied, ReadDetail::Reason("not found".into())),
+        Err(VaultError::Sealed) => (Outcome::Denied, ReadDetail::Reason("sealed".into())),
+        Err(VaultError::Uninitialized) => (Outcome::Denied, ReadDetail::Reason("not initialized".into())),
+        Err(e) => (Outcome::Failed, ReadDetail::Reason(e.to_string().into())),
+    };
+    Read { kind, outcome, actor, client, env: secret.env, name: secret.name, detail }
 }
 
 impl Vault {
@@ -117,22 +118,20 @@ impl Vault {
 
     /// Who grants `reader` access to `secret`: `Some(None)` the owner,
     /// `Some(Some(client))` a client's grant, `None` nobody.
-    pub(super) fn access(
+    pub(super) fn access<'a>(
         &self,
-        reader: &Reader,
-        clients: &[ClientRow],
+        reader: &'a Reader,
+        clients: &'a [ClientRow],
         secret: SecretRef<'_>,
-    ) -> Option<Option<String>> {
+    ) -> Option<Option<&'a str>> {
         match reader {
             Reader::Owner => Some(None),
-            Reader::Kernel(caller) => {
-                policy::granting_client(caller, clients, secret.env, secret.name).map(|c| Some(c.to_owned()))
-            }
+            Reader::Kernel(caller) => policy::granting_client(caller, clients, secret.env, secret.name).map(Some),
             Reader::Token(c) => c
                 .grants
                 .iter()
                 .any(|p| vault_proto::names::pattern_matches(p, secret.env, secret.name))
-                .then(|| Some(c.name.clone())),
+                .then_some(Some(&c.name)),
             Reader::Nobody => None,
         }
     }
@@ -155,26 +154,30 @@ impl Vault {
     ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
         let clients = self.candidate_clients(reader)?;
         let mut results = Vec::with_capacity(secrets.len());
-        let mut events = Vec::with_capacity(secrets.len());
+        let mut records = Vec::with_capacity(secrets.len());
         for (secret, version) in secrets {
-            let mut who = actor.clone();
             let Some(client) = self.access(reader, &clients, *secret) else {
-                events.push(
-                    Event::new("secret.read", Outcome::Denied, &who)
-                        .secret(secret.env, secret.name)
-                        .with("reason", "not granted"),
-                );
+                let detail = ReadDetail::Reason("not granted".into());
+                let (env, name) = (secret.env, secret.name);
+                records.push(Read {
+                    kind: "secret.read",
+                    outcome: Outcome::Denied,
+                    actor,
+                    client: None,
+                    env,
+                    name,
+                    detail,
+                });
                 results.push(Err(secret.not_found()));
                 continue;
             };
-            who.client = client;
             let result = self.read_for_agent(*secret, *version);
             if self.audit_reads || result.is_err() {
-                events.push(read_event("secret.read", &who, *secret, &result));
+                records.push(read_record("secret.read", actor, client, *secret, &result));
             }
             results.push(result);
         }
-        self.record_all(events)?;
+        self.record_all(records)?;
         results.into_iter().collect()
     }
 
@@ -240,7 +243,7 @@ impl Vault {
         } else {
             self.read_version_any(secret, version).map(|value| (version, value))
         };
-        self.append(vec![read_event("secret.reveal", actor, secret, &result)], false)?;
+        self.append(vec![read_record("secret.reveal", actor, None, secret, &result).into_event()], false)?;
         result
     }
 }

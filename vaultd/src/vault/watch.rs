@@ -104,7 +104,7 @@ impl Vault {
                 // decrypting anything.
                 let current = self.store.current(env, name)?;
                 let mut who = watcher.actor.clone();
-                who.client = client;
+                who.client = client.map(str::to_owned);
                 match current {
                     Some((version, _)) if version == *sent => {}
                     Some((version, ciphertext)) => {
