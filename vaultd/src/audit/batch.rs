@@ -11,7 +11,7 @@
 //! chain like any other, covers its fields and the records as stored, so a
 //! batch verifies with one MAC and without decompressing. Only when that fails
 //! are the records' journal numbers and MACs used, to name the first entry
-//! altered.
+//! altered (if they still decompress; else the batch's first).
 
 use super::journal::{self, Entry};
 use crate::crypto::{self, Mac, Unlocked};
@@ -45,9 +45,13 @@ pub fn matching(row: AuditRow, filter: &AuditFilter) -> Vec<AuditRow> {
     let Some(stored) = &row.records else {
         return if filter.matches(row.time_unix_ms, row.fields()) { vec![row] } else { Vec::new() };
     };
-    // A batch that does not decompress holds no entry anyone can read;
-    // `audit verify` reports it.
-    let frames = unpack(stored).unwrap_or_default();
+    let Some(frames) = unpack(stored) else {
+        tracing::warn!(
+            seq = row.seq,
+            "an audit batch does not decompress: its entries are left out (see `audit verify`)"
+        );
+        return Vec::new();
+    };
     let (records, _) = journal::parse(&frames);
     let count = stated(&row).map_or(records.len() as u64, |s| s.count);
     // `take`: records past the stated count (only a tampered batch has them)
@@ -71,7 +75,8 @@ pub fn entries(row: AuditRow) -> Vec<AuditRow> {
 
 /// For a batch whose MAC does not hold: the first of its entries (the first
 /// being `first`) found altered, and how; `None` if each record is as
-/// journaled (then the row's own fields were altered).
+/// journaled (then the row's own fields were altered). Records that no longer
+/// decompress (their bytes edited as they lie) are reported at `first`.
 pub(super) fn first_altered(keys: &Unlocked, row: &AuditRow, first: u64) -> Option<(u64, String)> {
     let Some(frames) = unpack(row.records.as_deref()?) else {
         return Some((first, format!("entries from {first} on do not decompress (edited)")));
@@ -116,10 +121,10 @@ pub(super) fn pack(frames: &[u8]) -> Vec<u8> {
 
 /// The frames `stored` holds, or `None` if it is not a batch's records.
 fn unpack(stored: &[u8]) -> Option<Vec<u8>> {
-    // LZ4 makes at most 255 bytes of one: a larger stated size is damage, and
-    // is not allocated.
+    // No batch holds more than the journal lets wait, and LZ4 makes at most 255
+    // bytes of one: a larger stated size is damage, and is not allocated.
     let size = u32::from_le_bytes(*stored.first_chunk()?) as usize;
-    if size > stored.len().saturating_mul(255) {
+    if size > journal::MAX_WAITING_BYTES || size > stored.len().saturating_mul(255) {
         return None;
     }
     lz4_flex::block::decompress_size_prepended(stored).ok().filter(|frames| frames.len() == size)
@@ -152,10 +157,24 @@ mod tests {
         assert!(stored.len() * 3 < frames.len(), "{} of {}", stored.len(), frames.len());
         assert_eq!(unpack(&stored), Some(frames.clone()));
         assert_eq!(unpack(&pack(&[])), Some(Vec::new()));
-        // A stated size no LZ4 block can make: refused before anything is allocated.
+        // A stated size no LZ4 block can make, or more than a batch holds:
+        // refused before anything is allocated.
         let mut huge = stored.clone();
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(unpack(&huge), None);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut big = pack(&noise);
+        assert!(big.len() * 255 > journal::MAX_WAITING_BYTES, "{}", big.len());
+        big[..4].copy_from_slice(&(journal::MAX_WAITING_BYTES as u32 + 1).to_le_bytes());
+        assert_eq!(unpack(&big), None);
         for cut in [0, 2, 4, stored.len() / 2, stored.len() - 1] {
             assert!(unpack(&stored[..cut]).is_none(), "cut at {cut}");
         }

@@ -77,6 +77,8 @@ impl Actor {
         Actor { vaultd: true, ..Actor::default() }
     }
 
+    /// Its JSON, as `client` (a read's client is the one whose grant it used,
+    /// whatever `self.client` says).
     fn acting_as<'a>(&'a self, client: Option<&'a str>) -> ActorJson<'a> {
         let Actor { socket, uid, gid, pid, client: _, ref token, vaultd } = *self;
         ActorJson { socket, uid, gid, pid, client, token: token.as_deref(), vaultd }

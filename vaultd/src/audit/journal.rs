@@ -47,6 +47,9 @@ const IMPORT_AT: usize = 1024;
 /// Records waiting beyond which requests are refused: the import is not keeping
 /// up (or failing), and the memory they hold is bounded.
 const MAX_WAITING: usize = 16 * 1024;
+/// The most bytes of records waiting, and so in one batch (whose records are
+/// refused beyond it: a batch stating more is damage, never allocated).
+pub(super) const MAX_WAITING_BYTES: usize = 64 << 20;
 /// How long a journal file is made; records go in until it is full.
 const SEGMENT_BYTES: u64 = 4 << 20;
 /// No record is this long; a length field that says so is damage.
@@ -256,7 +259,7 @@ impl Journal {
         if let Some(why) = &w.stalled {
             return Err(JournalFailed(format!("importing the journal failed: {why}")));
         }
-        if w.waiting.len() + spans.len() > MAX_WAITING {
+        if w.waiting.len() + spans.len() > MAX_WAITING || w.waiting.frames.len() + frame_len > MAX_WAITING_BYTES {
             return Err(JournalFailed("the journal is not being imported fast enough".into()));
         }
         if w.len + frame_len as u64 > w.size {
@@ -680,7 +683,8 @@ mod tests {
 
         // What the journal writes straight from an event or a read is what the
         // table's MAC covers, and a read encodes as its event does.
-        let actor = Actor { token: Some("tok-1".into()), ..Actor::peer("agent", None) };
+        let peer = Peer { uid: 1000, gid: 100, pid: Some(42), start_time: None, pidfd: None };
+        let actor = Actor { token: Some("tok-1".into()), ..Actor::peer("agent", Some(&peer)) };
         let reads = [
             (Outcome::Denied, Some("bot ✓"), ReadDetail::Reason("sealed".into())),
             (Outcome::Ok, None, ReadDetail::Version(7)),
@@ -697,6 +701,23 @@ mod tests {
             assert_eq!(from_event, chain::content(&row));
             assert_eq!(from_read, from_event, "{row:?}");
         }
+        let row = chain::decode(&{
+            let mut out = Vec::new();
+            Read {
+                kind: "secret.read",
+                outcome: Outcome::Ok,
+                actor: &actor,
+                client: Some("bot"),
+                env: "prod",
+                name: "x",
+                detail: ReadDetail::Version(7),
+            }
+            .encode(&mut out, 1, 2);
+            out
+        })
+        .unwrap();
+        assert_eq!(row.actor, r#"{"socket":"agent","uid":1000,"gid":100,"pid":42,"client":"bot","token":"tok-1"}"#);
+        assert_eq!((row.secret.as_str(), row.detail.as_str()), ("prod/x", r#"{"version":7}"#));
     }
 
     /// A vault with one secret, read `reads` times by its owner; then "crashed":

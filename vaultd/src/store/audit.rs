@@ -18,8 +18,8 @@ pub struct AuditRow {
     pub secret: String,
     pub detail: String,
     pub mac: Option<Vec<u8>>,
-    /// A batch's journal records, which are its entries (`audit::batch`); `None`
-    /// in a row of one entry.
+    /// A batch's journal records, which are its entries, as stored: compressed
+    /// (`audit::batch`); `None` in a row of one entry.
     pub records: Option<Vec<u8>>,
 }
 
