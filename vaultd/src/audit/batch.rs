@@ -121,10 +121,10 @@ pub(super) fn pack(frames: &[u8]) -> Vec<u8> {
 
 /// The frames `stored` holds, or `None` if it is not a batch's records.
 fn unpack(stored: &[u8]) -> Option<Vec<u8>> {
-    // No batch holds more than the journal lets wait, and LZ4 makes at most 255
-    // bytes of one: a larger stated size is damage, and is not allocated.
+    // No batch holds more than twice what the journal lets wait, and LZ4 makes
+    // at most 255 bytes of one: a larger stated size is damage, not allocated.
     let size = u32::from_le_bytes(*stored.first_chunk()?) as usize;
-    if size > journal::MAX_WAITING_BYTES || size > stored.len().saturating_mul(255) {
+    if size > 2 * journal::MAX_WAITING_BYTES || size > stored.len().saturating_mul(255) {
         return None;
     }
     lz4_flex::block::decompress_size_prepended(stored).ok().filter(|frames| frames.len() == size)
@@ -163,7 +163,7 @@ mod tests {
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(unpack(&huge), None);
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..300_000)
+        let noise: Vec<u8> = (0..600_000)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -172,8 +172,8 @@ mod tests {
             })
             .collect();
         let mut big = pack(&noise);
-        assert!(big.len() * 255 > journal::MAX_WAITING_BYTES, "{}", big.len());
-        big[..4].copy_from_slice(&(journal::MAX_WAITING_BYTES as u32 + 1).to_le_bytes());
+        assert!(big.len() * 255 > 2 * journal::MAX_WAITING_BYTES, "{}", big.len());
+        big[..4].copy_from_slice(&(2 * journal::MAX_WAITING_BYTES as u32 + 1).to_le_bytes());
         assert_eq!(unpack(&big), None);
         for cut in [0, 2, 4, stored.len() / 2, stored.len() - 1] {
             assert!(unpack(&stored[..cut]).is_none(), "cut at {cut}");

@@ -47,8 +47,9 @@ const IMPORT_AT: usize = 1024;
 /// Records waiting beyond which requests are refused: the import is not keeping
 /// up (or failing), and the memory they hold is bounded.
 const MAX_WAITING: usize = 16 * 1024;
-/// The most bytes of records waiting, and so in one batch (whose records are
-/// refused beyond it: a batch stating more is damage, never allocated).
+/// The most bytes of records waiting. A batch holds at most twice that (what
+/// an import that failed gives back, and what came meanwhile): a batch stating
+/// more is damage, never allocated.
 pub(super) const MAX_WAITING_BYTES: usize = 64 << 20;
 /// How long a journal file is made; records go in until it is full.
 const SEGMENT_BYTES: u64 = 4 << 20;
