@@ -19,23 +19,28 @@ pub(super) enum Reader {
     Nobody,
 }
 
-/// The record of a read by `actor` as `client`: allowed (with the version),
-/// denied (unknown, sealed) or failed (did not decrypt).
+/// The record of a read by `actor` as `client`, which ended as `outcome` says.
 pub(super) fn read_record<'a>(
     kind: &'static str,
     actor: &'a Actor,
     client: Option<&'a str>,
     secret: SecretRef<'a>,
-    result: &Result<(u64, SecretBytes), VaultError>,
+    (outcome, detail): (Outcome, ReadDetail),
 ) -> Read<'a> {
-    let (outcome, detail) = match result {
-        Ok((version, _)) => (Outcome::Ok, ReadDetail::Version(*version)),
-        Err(VaultError::NotFound { .. }) => (Outcome::Denied, ReadDetail::Reason("not found".into())),
-        Err(VaultError::Sealed) => (Outcome::Denied, ReadDetail::Reason("sealed".into())),
-        Err(VaultError::Uninitialized) => (Outcome::Denied, ReadDetail::Reason("not initialized".into())),
-        Err(e) => (Outcome::Failed, ReadDetail::Reason(e.to_string().into())),
-    };
     Read { kind, outcome, actor, client, env: secret.env, name: secret.name, detail }
+}
+
+/// How a read ended: allowed (with the version), denied (unknown, sealed) or
+/// failed (did not decrypt).
+fn outcome(result: &Result<(u64, SecretBytes), VaultError>) -> (Outcome, ReadDetail) {
+    let denied = |reason: &'static str| (Outcome::Denied, ReadDetail::Reason(reason.into()));
+    match result {
+        Ok((version, _)) => (Outcome::Ok, ReadDetail::Version(*version)),
+        Err(VaultError::NotFound { .. }) => denied("not found"),
+        Err(VaultError::Sealed) => denied("sealed"),
+        Err(VaultError::Uninitialized) => denied("not initialized"),
+        Err(e) => (Outcome::Failed, ReadDetail::Reason(e.to_string().into())),
+    }
 }
 
 impl Vault {
@@ -157,23 +162,14 @@ impl Vault {
         let mut records = Vec::with_capacity(secrets.len());
         for (secret, version) in secrets {
             let Some(client) = self.access(reader, &clients, *secret) else {
-                let detail = ReadDetail::Reason("not granted".into());
-                let (env, name) = (secret.env, secret.name);
-                records.push(Read {
-                    kind: "secret.read",
-                    outcome: Outcome::Denied,
-                    actor,
-                    client: None,
-                    env,
-                    name,
-                    detail,
-                });
+                let not_granted = (Outcome::Denied, ReadDetail::Reason("not granted".into()));
+                records.push(read_record("secret.read", actor, None, *secret, not_granted));
                 results.push(Err(secret.not_found()));
                 continue;
             };
             let result = self.read_for_agent(*secret, *version);
             if self.audit_reads || result.is_err() {
-                records.push(read_record("secret.read", actor, client, *secret, &result));
+                records.push(read_record("secret.read", actor, client, *secret, outcome(&result)));
             }
             results.push(result);
         }
@@ -243,7 +239,7 @@ impl Vault {
         } else {
             self.read_version_any(secret, version).map(|value| (version, value))
         };
-        self.append(vec![read_record("secret.reveal", actor, None, secret, &result).into_event()], false)?;
+        self.append(vec![read_record("secret.reveal", actor, None, secret, outcome(&result)).into_event()], false)?;
         result
     }
 }
