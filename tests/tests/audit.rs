@@ -272,6 +272,32 @@ fn contains_at(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Every seal checkpoints the log head (hourly ones go out while unlocked): the
+/// checkpoint names the newest entry before it and that entry's MAC, as the
+/// table holds them, so a copy forwarded elsewhere pins the chain.
+#[test]
+fn a_seal_checkpoints_the_head_of_the_log() {
+    let d = Daemon::initialized();
+    d.put("alpha", b"alpha-1");
+    for _ in 0..3 {
+        d.get("alpha");
+    }
+    d.ctl(&["seal"], b"").ok();
+    d.unlock();
+    let checkpoints = d.audit_query(&["--type", "audit.checkpoint"]);
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:#?}");
+    let (at, detail) = (checkpoints[0]["seq"].as_u64().unwrap(), &checkpoints[0]["detail"]);
+    let named = detail["seq"].as_u64().unwrap();
+    // The three reads, a batch, are the head it names.
+    let reads = d.audit_query(&["--type", "secret.read"]);
+    assert_eq!(reads.last().unwrap()["seq"].as_u64(), Some(named), "{reads:#?}");
+    assert_eq!(named + 1, at, "the checkpoint follows the entry it names");
+    let mac: Vec<u8> = d.db().query_row("SELECT mac FROM audit WHERE seq = ?", [named], |r| r.get(0)).unwrap();
+    let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(detail["mac"].as_str(), Some(hex.as_str()));
+    intact(&d);
+}
+
 /// A query's reply holds what was asked for, a thousand entries and more (one
 /// reply was once capped at a value's size, about 300 entries).
 #[test]
