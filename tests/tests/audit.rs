@@ -298,6 +298,64 @@ fn a_seal_checkpoints_the_head_of_the_log() {
     intact(&d);
 }
 
+/// Changes to who may read and to how secrets rotate are recorded, by whom,
+/// in order: a client added, granted, ungranted, disabled, enabled and
+/// removed; a token created and revoked (by accessor, never the token); a
+/// secret's rotation policy.
+#[test]
+fn access_and_policy_changes_are_recorded() {
+    let d = Daemon::initialized();
+    let ok = |args: &[&str]| d.ctl(args, b"").ok();
+    ok(&["client", "add", "bot", "--uid", "4242", "--allow", "prod/telegram"]);
+    ok(&["client", "grant", "bot", "prod/discord"]);
+    ok(&["client", "ungrant", "bot", "prod/discord"]);
+    ok(&["client", "disable", "bot"]);
+    ok(&["client", "enable", "bot"]);
+    let created = ok(&["--json", "token", "create", "--client", "bot"]).json();
+    let (token, accessor) = (created["token"].as_str().unwrap(), created["accessor"].as_str().unwrap());
+    ok(&["token", "revoke", accessor]);
+    ok(&["client", "rm", "bot"]);
+    d.ctl(&["put", "telegram", "--rotator", "generate", "--rotate-every", "30d", "--grace", "2h"], b"v1").ok();
+    let entries: Vec<Value> = ["client", "token", "rotation.policy"]
+        .iter()
+        .flat_map(|t| d.audit_query(&["--type", t]))
+        .map(|e| (e["seq"].as_u64().unwrap(), e))
+        .collect::<BTreeMap<u64, Value>>()
+        .into_values()
+        .collect();
+    let got: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            let detail = &e["detail"];
+            let about = ["client", "patterns", "accessor", "rotate_every_secs", "grace_secs"]
+                .iter()
+                .filter(|k| !detail[**k].is_null())
+                .map(|k| format!("{k}={}", detail[*k]))
+                .collect::<Vec<_>>()
+                .join(" ");
+            format!("{} {} {about}", e["type"].as_str().unwrap(), e["outcome"].as_str().unwrap())
+        })
+        .collect();
+    let want = [
+        "client.add ok client=\"bot\"",
+        "client.grant ok client=\"bot\" patterns=[\"prod/discord\"]",
+        "client.ungrant ok client=\"bot\" patterns=[\"prod/discord\"]",
+        "client.disable ok client=\"bot\"",
+        "client.enable ok client=\"bot\"",
+        &format!("token.create ok client=\"bot\" accessor=\"{accessor}\""),
+        &format!("token.revoke ok accessor=\"{accessor}\""),
+        "client.remove ok client=\"bot\"",
+        "rotation.policy ok rotate_every_secs=2592000 grace_secs=7200",
+    ];
+    assert_eq!(got, want, "{entries:#?}");
+    for e in &entries {
+        assert_eq!(e["actor"]["socket"], "admin", "{e}");
+    }
+    let export = d.audit_export("all.jsonl").0;
+    assert!(contains_at(&export, token.as_bytes()).is_none(), "the token itself is never recorded");
+    intact(&d);
+}
+
 /// A query's reply holds what was asked for, a thousand entries and more (one
 /// reply was once capped at a value's size, about 300 entries).
 #[test]
