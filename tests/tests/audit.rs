@@ -293,8 +293,7 @@ fn a_seal_checkpoints_the_head_of_the_log() {
     assert_eq!(reads.last().unwrap()["seq"].as_u64(), Some(named), "{reads:#?}");
     assert_eq!(named + 1, at, "the checkpoint follows the entry it names");
     let mac: Vec<u8> = d.db().query_row("SELECT mac FROM audit WHERE seq = ?", [named], |r| r.get(0)).unwrap();
-    let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(detail["mac"].as_str(), Some(hex.as_str()));
+    assert_eq!(detail["mac"].as_str(), Some(hex(&mac).as_str()));
     intact(&d);
 }
 
