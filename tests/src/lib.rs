@@ -369,6 +369,8 @@ impl Daemon {
         if self.opts.fast_kdf {
             cmd.env("VAULTD_INSECURE_TEST_KDF", "1");
         }
+        // The clock a test moves with Daemon::advance_clock (debug builds only).
+        cmd.env("VAULTD_TEST_CLOCK_FILE", self.dir.path().join("clock"));
         cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("opening the log");
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
@@ -389,6 +391,19 @@ impl Daemon {
             std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
         }
         copy
+    }
+
+    /// Moves vaultd's clock forward by `by` (vaultd follows `DIR/clock`, see
+    /// vaultd's `clock` module), and waits until it has seen the change: token
+    /// expiry, grace periods and schedules are tested without sleeping through them.
+    pub fn advance_clock(&self, by: Duration) {
+        let path = self.dir.path().join("clock");
+        let now: i64 = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let next = now + i64::try_from(by.as_millis()).expect("a test's clock step fits in i64");
+        std::fs::write(&path, next.to_string()).expect("writing the test clock");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod the test clock");
+        // vaultd polls the file every 50 ms.
+        std::thread::sleep(Duration::from_millis(150));
     }
 
     /// Starts vaultd without waiting for it to listen: for a test that watches the

@@ -166,3 +166,21 @@ async fn get_secrets_is_all_or_nothing() {
     let reads = d.audit_query(&["--type", "secret.read", "--limit", "0"]);
     assert_eq!(reads.len(), 5, "two reads, then two allowed and one denied in the failed batch: {reads:#?}");
 }
+
+#[test]
+fn a_token_expires_when_the_clock_passes_its_ttl() {
+    if !is_root() {
+        vault_tests::skip_unless_ci("needs root to read as another uid");
+        return;
+    }
+    let (d, _bin, vaultctl) = shared_daemon("");
+    d.ctl(&["--env", "prod", "put", "telegram"], b"123:tg").ok();
+    d.ctl(&["client", "add", "bot", "--uid", &A.to_string(), "--allow", "prod/telegram"], b"").ok();
+    let (token, _) = create_token(&d, &["--ttl", "1h"]);
+    assert_eq!(get_as(&d, &vaultctl, A, Some(&token), "telegram").ok().stdout, b"123:tg");
+    // An hour and a second later by vaultd's clock, without waiting an hour.
+    d.advance_clock(std::time::Duration::from_secs(3601));
+    get_as(&d, &vaultctl, A, Some(&token), "telegram").error(3);
+    let refused = d.audit_query(&["--type", "token.refused"]);
+    assert_eq!(refused.last().unwrap()["detail"]["reason"], "expired", "{refused:?}");
+}

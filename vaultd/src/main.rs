@@ -79,6 +79,7 @@ fn run(args: Args) -> Result<(), DaemonError> {
         source,
     })?;
     runtime.block_on(async {
+        vaultd::clock::follow();
         let shutdown = shutdown_signal().map_err(|source| DaemonError::Io {
             what: "installing signal handlers in",
             path: ".".into(),

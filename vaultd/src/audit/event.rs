@@ -236,10 +236,7 @@ impl Record for Read<'_> {
     }
 }
 
-/// Now, in milliseconds since the epoch: an entry's time.
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub(super) use crate::clock::now_ms;
 
 /// The JSON form of a stored entry: one line of `audit export` and of the JSONL
 /// and syslog sinks. Field names are a stable contract.

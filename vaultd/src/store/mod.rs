@@ -115,9 +115,7 @@ pub const DB_FILE: &str = "vault.db";
 /// the database) and deleted once streamed; leftovers of a crash go at the next open.
 const SNAPSHOT_PREFIX: &str = ".backup-";
 
-pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
+pub(crate) use crate::clock::now_unix;
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;

@@ -636,8 +636,8 @@ impl Vault {
     /// so that `audit verify` can tell it from tampering. Returns how many went.
     pub fn audit_prune(&self, retention: std::time::Duration) -> Result<u64, VaultError> {
         self.keys()?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let cutoff = now.saturating_sub(retention).as_millis() as i64;
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = crate::clock::now_ms().saturating_sub(retention_ms);
         self.write(|txn| match txn.audit_prune(cutoff)? {
             None => Ok((0, vec![])),
             Some((upto, count)) => {
