@@ -5,6 +5,9 @@
 //! would not give. Reads go through the vault's own API as an agent's would: by
 //! the owner, by kernel-identified clients of other uids, and with tokens.
 //!
+//! The same holds for random bytes flipped anywhere in the file (the SQLite
+//! structure included): a vault that does not open or unlock serves nothing.
+//!
 //! In process, so hundreds of trials run in seconds; `VAULT_STATE_TRIALS` runs
 //! more, `VAULT_STATE_SEED` replays a run.
 #![allow(clippy::unwrap_used)]
@@ -238,20 +241,23 @@ fn data_dir(at: &Path, db: &[u8]) -> PathBuf {
     at.to_path_buf()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tampered_rows_never_serve_or_allow_what_the_untouched_state_would_not() {
-    let trials: u64 = std::env::var("VAULT_STATE_TRIALS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-    let seed = std::env::var("VAULT_STATE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    let mut rng = Rng(seed | 1);
-    let work = tempfile::tempdir().unwrap();
-    let built = work.path().join("built");
-    let older = work.path().join("older.db");
-    let tokens = build(&built, &older).await;
-    let original = std::fs::read(built.join(DB_FILE)).unwrap();
-    assert!(!built.join(format!("{DB_FILE}-wal")).exists());
+/// A built vault: the work dir, its file's bytes, a copy from midway, its tokens,
+/// and what every probe gives on the untouched file.
+struct Built {
+    work: tempfile::TempDir,
+    original: Vec<u8>,
+    older: PathBuf,
+    tokens: Vec<SecretBytes>,
+    baseline: Vec<Option<Vec<u8>>>,
+}
 
+async fn built() -> Built {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("built");
+    let older = work.path().join("older.db");
+    let tokens = build(&dir, &older).await;
+    let original = std::fs::read(dir.join(DB_FILE)).unwrap();
+    assert!(!dir.join(format!("{DB_FILE}-wal")).exists());
     let baseline = probe(&data_dir(&work.path().join("clean"), &original), &tokens).await;
     let served = baseline.iter().filter(|o| o.is_some()).count();
     assert!(
@@ -259,6 +265,62 @@ async fn tampered_rows_never_serve_or_allow_what_the_untouched_state_would_not()
         "the probes must both read and be refused: {served} of {}",
         baseline.len()
     );
+    Built { work, original, older, tokens, baseline }
+}
+
+/// Checks one trial's outcomes against the baseline; returns how many reads it
+/// refused that the untouched vault serves (all of them if it did not open).
+fn compare(got: &[Option<Vec<u8>>], baseline: &[Option<Vec<u8>>], what: &str) -> u64 {
+    let mut refused = 0;
+    for (i, outcome) in got.iter().enumerate() {
+        match (outcome, &baseline[i]) {
+            (Some(v), Some(want)) => assert_eq!(v, want, "probe {i}: a wrong value after {what}"),
+            (Some(_), None) => panic!("probe {i}: allowed a read the untouched vault refuses, after {what}"),
+            (None, Some(_)) => refused += 1,
+            (None, None) => {}
+        }
+    }
+    refused + baseline[got.len()..].iter().filter(|o| o.is_some()).count() as u64
+}
+
+fn seed() -> u64 {
+    std::env::var("VAULT_STATE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    })
+}
+
+fn trials() -> u64 {
+    std::env::var("VAULT_STATE_TRIALS").ok().and_then(|s| s.parse().ok()).unwrap_or(200)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_bytes_never_yield_a_wrong_value() {
+    let (trials, seed) = (trials(), seed());
+    let mut rng = Rng(seed | 1);
+    let Built { work, original, tokens, baseline, .. } = built().await;
+    let mut refused_reads = 0;
+    for trial in 0..trials {
+        let mut bytes = original.clone();
+        let mut flipped = Vec::new();
+        for _ in 0..=rng.below(4) {
+            let at = rng.below(bytes.len() as u64) as usize;
+            bytes[at] ^= 1 + rng.below(255) as u8;
+            flipped.push(at);
+        }
+        let dir = data_dir(&work.path().join(format!("f{trial}")), &bytes);
+        let got = probe(&dir, &tokens).await;
+        refused_reads += compare(&got, &baseline, &format!("trial {trial} (seed {seed}): bytes {flipped:?} flipped"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    eprintln!("flipped bytes: {trials} trials (seed {seed}), {refused_reads} reads refused, 0 wrong values");
+    assert!(refused_reads > 0, "no flip was ever noticed: the trials did not tamper");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_rows_never_serve_or_allow_what_the_untouched_state_would_not() {
+    let (trials, seed) = (trials(), seed());
+    let mut rng = Rng(seed | 1);
+    let Built { work, original, older, tokens, baseline } = built().await;
 
     // Trials in which SQLite took at least one change.
     let (mut changed, mut refused_reads) = (0, 0);
@@ -276,18 +338,7 @@ async fn tampered_rows_never_serve_or_allow_what_the_untouched_state_would_not()
             changed += 1;
         }
         let got = probe(&dir, &tokens).await;
-        for (i, outcome) in got.iter().enumerate() {
-            match (outcome, &baseline[i]) {
-                (Some(v), Some(want)) => {
-                    assert_eq!(v, want, "trial {trial} (seed {seed}), probe {i}: a wrong value after {what:?}")
-                }
-                (Some(_), None) => panic!(
-                    "trial {trial} (seed {seed}), probe {i}: allowed a read the untouched vault refuses, after {what:?}"
-                ),
-                (None, Some(_)) => refused_reads += 1,
-                (None, None) => {}
-            }
-        }
+        refused_reads += compare(&got, &baseline, &format!("trial {trial} (seed {seed}): {what:?}"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
     eprintln!(
