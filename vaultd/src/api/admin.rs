@@ -4,7 +4,7 @@
 use super::{actor, blocking, policy_change, rotation_info, secret_meta, version_meta};
 use crate::audit::{Event, Outcome, Verdict, entry_json};
 use crate::crypto::{KdfParams, SecretBytes};
-use crate::state::{Client, SecretLabels, Token};
+use crate::state::{Client, Grant, GrantKind, SecretLabels, Token};
 use crate::store::{AuditFilter, AuditRow};
 use crate::vault::{SecretRef, Trigger, Vault};
 use std::pin::Pin;
@@ -395,7 +395,8 @@ impl Admin for AdminApi {
             exe: (!r.exe.is_empty()).then_some(r.exe),
             exe_sha256: (!r.exe_sha256.is_empty()).then_some(r.exe_sha256),
             enabled: true,
-            grants: r.allow.into_iter().map(|p| (p, 0)).collect(),
+            token_only: r.token_only,
+            grants: r.allow.into_iter().map(|p| (p, Grant { kind: grant_kind(r.use_only), created_unix: 0 })).collect(),
             created_unix: 0,
         };
         let vault = self.vault.clone();
@@ -574,9 +575,14 @@ impl AdminApi {
         let actor = actor("admin", &req);
         let r = req.into_inner();
         let vault = self.vault.clone();
-        let row = blocking(move || vault.client_grants(&actor, &r.name, &r.patterns, grant)).await?;
+        let change = if grant { Some(grant_kind(r.use_only)) } else { None };
+        let row = blocking(move || vault.client_grants(&actor, &r.name, &r.patterns, change)).await?;
         Ok(Response::new(client_info(row)))
     }
+}
+
+fn grant_kind(use_only: bool) -> GrantKind {
+    if use_only { GrantKind::Use } else { GrantKind::Read }
 }
 
 fn token_info(t: Token) -> v1::TokenInfo {
@@ -601,6 +607,8 @@ fn client_info(c: Client) -> v1::ClientInfo {
         exe: c.exe.unwrap_or_default(),
         exe_sha256: c.exe_sha256.unwrap_or_default(),
         enabled: c.enabled,
+        token_only: c.token_only,
+        use_only: c.grants.iter().filter(|(_, g)| g.kind == GrantKind::Use).map(|(p, _)| p.clone()).collect(),
         grants: c.grants.into_keys().collect(),
         created_unix: c.created_unix,
     }

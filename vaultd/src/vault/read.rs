@@ -6,7 +6,7 @@ use super::{SecretRef, Vault, VaultError};
 use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Record};
 use crate::crypto::SecretBytes;
 use crate::identity::{Caller, Peer};
-use crate::policy::{self, Decision, Reader};
+use crate::policy::{self, Action, Decision, Reader};
 use std::sync::Arc;
 
 /// The record of a read by `actor` as `client`, which ended as `outcome` says.
@@ -128,9 +128,9 @@ impl Vault {
 
     /// Whether `reader` may read `secret` now, by the one rule (`policy::decide`),
     /// against the verified state.
-    pub(super) fn decide(&self, reader: &Reader, secret: SecretRef<'_>) -> Decision {
+    pub(super) fn decide(&self, reader: &Reader, secret: SecretRef<'_>, action: Action) -> Decision {
         let image = self.image();
-        policy::decide(reader, &image, secret.env, secret.name, crate::clock::now_unix())
+        policy::decide(reader, &image, secret.env, secret.name, action, crate::clock::now_unix())
     }
 
     /// Reads `secrets` (each with its version, 0 for current) for an identified
@@ -143,7 +143,7 @@ impl Vault {
     ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
         let mut results = Vec::with_capacity(secrets.len());
         let mut records = Vec::with_capacity(secrets.len());
-        let decisions: Vec<Decision> = secrets.iter().map(|(s, _)| self.decide(reader, *s)).collect();
+        let decisions: Vec<Decision> = secrets.iter().map(|(s, _)| self.decide(reader, *s, Action::Read)).collect();
         for ((secret, version), decision) in secrets.iter().zip(&decisions) {
             let client = match decision {
                 Decision::Allowed { client } => client.as_deref(),

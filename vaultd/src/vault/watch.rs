@@ -11,7 +11,7 @@ use super::{Reader, SecretRef, Vault, VaultError};
 use crate::audit::{Actor, Event, Outcome};
 use crate::crypto::SecretBytes;
 use crate::identity::Peer;
-use crate::policy::Decision;
+use crate::policy::{Action, Decision};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -98,7 +98,7 @@ impl Vault {
                 let ended = || VaultError::AccessEnded(format!("{env}/{name}"));
                 // The one decision, as for a read: a token revoked or expired, a
                 // client disabled, a grant removed all end the watch here.
-                let client = match self.decide(&watcher.reader, secret) {
+                let client = match self.decide(&watcher.reader, secret, Action::Read) {
                     Decision::Allowed { client } => client,
                     Decision::Denied(why) => return Err(self.watch_ended(watcher, secret, why, ended())),
                 };
