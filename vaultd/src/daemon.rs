@@ -39,8 +39,6 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error("{what} {}: {source}", path.display())]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("server error: {0}")]
-    Server(#[from] tonic::transport::Error),
     #[error("{0}")]
     Startup(String),
 }
@@ -139,7 +137,7 @@ async fn serve(
             tracing::error!(error = %e, "recording the shutdown failed");
         }
     };
-    let result = server::serve(vault.clone(), agent, admin, shutdown).await;
+    server::serve(vault.clone(), agent, admin, &opts.config.limits, shutdown).await;
     maintenance.abort();
     scheduler.abort();
     incidents.abort();
@@ -150,7 +148,6 @@ async fn serve(
     // Already sealed unless serving ended on an error.
     let sealed = vault.seal(&Actor::vaultd());
     tracing::info!("stopped; keys wiped");
-    result?;
     Ok(sealed?)
 }
 

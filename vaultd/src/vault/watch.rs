@@ -64,7 +64,7 @@ impl Vault {
         let epoch = self.incident_epoch.load(Ordering::SeqCst);
         let mut actor = actor.clone();
         let reader = self.identify(&mut actor, peer, token).await?;
-        self.admit(&actor, &reader)?;
+        self.admit(&actor, &reader, secrets.len())?;
         let wanted: Vec<_> = secrets.iter().map(|s| (*s, 0)).collect();
         let values = self.read_as(&actor, &reader, &wanted).await?;
         let first = secrets
