@@ -174,6 +174,7 @@ impl Vault {
             }
             results.push(result);
         }
+        self.journal.room().await;
         self.record_all(records)?;
         results.into_iter().collect()
     }

@@ -124,6 +124,7 @@ impl Vault {
                     }
                 }
             }
+            self.journal.room().await;
             self.record_all(events)?;
             for update in &updates {
                 if let Some(entry) = watcher.secrets.iter_mut().find(|(e, n, _)| *e == update.env && *n == update.name)
