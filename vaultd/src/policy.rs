@@ -63,6 +63,14 @@ pub fn token_refusal(token: &TokenRow, uid: u32, now: i64) -> Option<&'static st
     None
 }
 
+/// When a token stops being good on its own, whatever else happens: its expiry,
+/// or the end of the idle time it may spend since its last use.
+pub fn token_ends(token: &TokenRow) -> Option<i64> {
+    let last = token.last_used_unix.unwrap_or(token.created_unix);
+    let idle_ends = token.idle_secs.map(|idle| last.saturating_add(idle));
+    token.expires_unix.into_iter().chain(idle_ends).min()
+}
+
 /// What policy may ask about a caller. The executable and its hash are read
 /// only when a client's selectors need them.
 pub trait Process {

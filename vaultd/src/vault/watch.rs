@@ -23,6 +23,8 @@ pub struct Watcher {
     changes: tokio::sync::watch::Receiver<u64>,
     /// The incident epoch at open: a later incident ends the watch.
     epoch: u64,
+    /// When its token expires or goes idle (see `policy::token_ends`).
+    token_ends: Option<i64>,
     _open: Open,
 }
 
@@ -74,7 +76,9 @@ impl Vault {
             .collect::<Vec<_>>();
         let secrets = first.iter().map(|u| (u.env.clone(), u.name.clone(), u.version)).collect();
         let open = Open::new(&self.watching);
-        Ok((Watcher { actor, reader, secrets, changes, epoch, _open: open }, first))
+        let mut watcher = Watcher { actor, reader, secrets, changes, epoch, token_ends: None, _open: open };
+        self.recheck(&mut watcher)?;
+        Ok((watcher, first))
     }
 
     /// Waits until some watched secret has a new current version and returns
@@ -82,8 +86,11 @@ impl Vault {
     /// longer read one of them, or with the error a read gives (sealed).
     pub async fn watch_next(&self, watcher: &mut Watcher) -> Result<Vec<Update>, VaultError> {
         loop {
-            if watcher.changes.changed().await.is_err() {
-                return Err(VaultError::Sealed);
+            let ends = watcher.token_ends.unwrap_or(i64::MAX);
+            tokio::select! {
+                changed = watcher.changes.changed() => changed.map_err(|_| VaultError::Sealed)?,
+                // Its token's time is up: the recheck ends it.
+                () = crate::clock::sleep_until_unix(ends), if watcher.token_ends.is_some() => {}
             }
             if self.incident_epoch.load(Ordering::SeqCst) != watcher.epoch {
                 return Err(VaultError::AccessEnded("every watched secret (revoke-all)".into()));
@@ -139,15 +146,15 @@ impl Vault {
     }
 
     /// A token-identified watch holds its token for as long as it runs: it ends
-    /// when the token is revoked or expires, or its client is disabled.
+    /// when the token is revoked, expires or goes idle (at that moment, see
+    /// `watch_next`), or its client is disabled.
     fn recheck(&self, watcher: &mut Watcher) -> Result<(), VaultError> {
         let Reader::Token(client) = &watcher.reader else { return Ok(()) };
         let accessor = watcher.actor.token.clone().unwrap_or_default();
         let now = crate::store::now_unix();
-        let token_ok = self
-            .store
-            .token(&accessor)?
-            .is_some_and(|t| t.revoked_unix.is_none() && t.expires_unix.is_none_or(|e| now < e));
+        let token = self.store.token(&accessor)?;
+        watcher.token_ends = token.as_ref().and_then(crate::policy::token_ends);
+        let token_ok = token.is_some_and(|t| t.revoked_unix.is_none() && watcher.token_ends.is_none_or(|e| now < e));
         let fresh = self.store.client(&client.name)?.filter(|c| c.enabled);
         match (token_ok, fresh) {
             (true, Some(fresh)) => {
