@@ -370,9 +370,13 @@ impl Connection {
         tokio::pin!(conn);
         let introduction = tokio::time::sleep(handshake);
         tokio::pin!(introduction);
+        // Once asked to close, a peer has as long as a handshake to let go (it
+        // may never answer the closing ping); then the connection is dropped.
+        let goodbye = tokio::time::sleep(handshake);
+        tokio::pin!(goodbye);
         let (mut introduced, mut closing) = (false, false);
         loop {
-            tokio::select! {
+            let close = tokio::select! {
                 served = conn.as_mut() => {
                     if let Err(e) = served {
                         tracing::debug!(error = %e, "connection ended");
@@ -386,15 +390,16 @@ impl Connection {
                         tracing::debug!("connection closed: no HTTP/2 preface within {handshake:?}");
                         return;
                     }
+                    false
                 }
-                () = streams.idle_for(idle), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                Ok(()) = stop.changed(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
+                () = streams.idle_for(idle), if !closing => true,
+                Ok(()) = stop.changed(), if !closing => true,
+                () = &mut goodbye, if closing => return,
+            };
+            if close {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                goodbye.as_mut().reset(tokio::time::Instant::now() + handshake);
             }
         }
     }
