@@ -409,6 +409,18 @@ mod tests {
     }
 
     #[test]
+    fn the_limits_section_parses_with_defaults_for_what_it_leaves_out() {
+        let text = "[limits]\nconnections_per_uid = 10\nidle_timeout = \"30s\"";
+        let limits = toml::from_str::<crate::config::Config>(text).unwrap().limits;
+        assert_eq!(limits.connections_per_uid, Some(10));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(30));
+        assert_eq!(limits.connections, None);
+        assert_eq!(limits.handshake_timeout, LimitsConfig::default().handshake_timeout);
+        assert!(toml::from_str::<crate::config::Config>("[limits]\nhandshake_timeout = \"soon\"").is_err());
+        assert!(toml::from_str::<crate::config::Config>("[limits]\nsockets = 1").is_err());
+    }
+
+    #[test]
     fn connection_caps_follow_the_file_limit() {
         let config = LimitsConfig::default();
         assert_eq!(ConnectionCaps::derive(&config, 1024), ConnectionCaps { total: 384, per_uid: 96 });

@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -263,7 +263,7 @@ impl Listener {
         let mut connections = JoinSet::new();
         let (mut refused, mut failed) = (Throttled::default(), Throttled::default());
         let mut backoff = Duration::ZERO;
-        let next_id = AtomicU64::new(1);
+        let mut next_id = 0;
         loop {
             let accepted = tokio::select! {
                 _ = stop.changed() => break,
@@ -287,9 +287,10 @@ impl Listener {
             };
             backoff = Duration::ZERO;
             let Some(slot) = self.admit(&stream, &mut refused) else { continue };
+            next_id += 1;
             let conn = Connection {
                 attestation: Attestation(Peer::of_stream(&stream)),
-                id: ConnectionId(next_id.fetch_add(1, Ordering::Relaxed)),
+                id: ConnectionId(next_id),
                 routes: self.routes.clone(),
                 timeouts: self.timeouts,
                 _slot: slot,
