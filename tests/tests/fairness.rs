@@ -662,6 +662,11 @@ async fn a_silent_connection_is_closed_and_an_idle_one_too_but_not_a_watch() {
     d.ctl(&["rotate", "telegram"], b"v2").ok();
     let update = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(update.secrets[0].value, b"v2");
+    // An agent whose channel sat idle past the timeout just reconnects.
+    let mut agent = vault_proto::agent_client(vault_proto::connect(&d.agent_socket).await.unwrap());
+    assert_eq!(agent.get_secret(get("telegram")).await.unwrap().into_inner().value, b"v2");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(agent.get_secret(get("telegram")).await.unwrap().into_inner().value, b"v2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
