@@ -37,42 +37,7 @@ const MARK: &str = "authz-result ";
 /// order, except that Seal and Unlock go last (in that order) so that a seal,
 /// whoever manages it, is undone before the next row.
 const AGENT_CALLS: [&str; 4] = ["GetSecret", "GetSecrets", "WatchSecrets", "GetSecret missing"];
-const ADMIN_CALLS: [&str; 34] = [
-    "Init",
-    "Unlock",
-    "Seal",
-    "Status",
-    "PutSecret",
-    "ShowSecret",
-    "ListSecrets",
-    "ListVersions",
-    "DeleteSecret",
-    "SetRotation",
-    "RotateSecret",
-    "ListRotations",
-    "RevokeAll",
-    "ListIncidents",
-    "ShowIncident",
-    "QueryAudit",
-    "ExportAudit",
-    "TailAudit",
-    "VerifyAudit",
-    "AcknowledgeIntegrity",
-    "HashValue",
-    "AddClient",
-    "RemoveClient",
-    "SetClientEnabled",
-    "Grant",
-    "Ungrant",
-    "ListClients",
-    "CreateToken",
-    "ListTokens",
-    "RevokeTokens",
-    "Rekey",
-    "RotateKey",
-    "RewrapKeys",
-    "Backup",
-];
+const ADMIN_CALLS: [&str; 34] = vault_tests::ADMIN_RPCS;
 /// How long one call (or a stream's first message) may take in the child.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -1,7 +1,7 @@
 //! The admin service: init, unlock, seal, status and secret management, for the
 //! vault's owner (the accept-time policy admits nobody else).
 
-use super::{actor, blocking, policy_change, rotation_info, secret_meta, version_meta};
+use super::{actor, blocking, existing_version, policy_change, rotation_info, secret_meta, version_meta};
 use crate::audit::{Event, Outcome, Verdict, entry_json};
 use crate::crypto::{KdfParams, SecretBytes};
 use crate::state::{Client, Grant, GrantKind, SecretLabels, Token};
@@ -138,7 +138,7 @@ impl Admin for AdminApi {
         let mut meta = secret_meta(self.vault.describe(secret)?);
         meta.last_rotation = last_rotation;
         let value = if req.reveal {
-            let (version, value) = self.vault.reveal(&actor, secret, req.version)?;
+            let (version, value) = self.vault.reveal(&actor, secret, existing_version(secret, req.version)?)?;
             tracing::info!(env = secret.env, name = secret.name, version, "secret revealed to the owner");
             value.expose().to_vec()
         } else if req.version != 0 {
@@ -545,7 +545,7 @@ impl Admin for AdminApi {
             for chunk in writer {
                 let item = chunk
                     .map(|data| v1::BackupChunk { data, total })
-                    .map_err(|e| Status::internal(format!("reading the snapshot: {e}")));
+                    .map_err(|e| super::internal(format!("reading the snapshot: {e}")));
                 let failed = item.is_err();
                 if tx.blocking_send(item).is_err() || failed {
                     return;

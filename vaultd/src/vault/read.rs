@@ -86,7 +86,7 @@ impl Vault {
     ) -> Result<(u64, SecretBytes), VaultError> {
         let mut actor = actor.clone();
         let reader = self.identify(&mut actor, peer, token).await?;
-        self.admit(&actor, &reader)?;
+        self.admit(&actor, &reader, 1)?;
         let mut values = self.read_as(&actor, &reader, &[(secret, version)]).await?;
         values.pop().ok_or_else(|| secret.not_found())
     }
@@ -104,20 +104,21 @@ impl Vault {
     ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
         let mut actor = actor.clone();
         let reader = self.identify(&mut actor, peer, token).await?;
-        self.admit(&actor, &reader)?;
+        self.admit(&actor, &reader, secrets.len())?;
         let wanted: Vec<_> = secrets.iter().map(|s| (*s, 0)).collect();
         self.read_as(&actor, &reader, &wanted).await
     }
 
-    /// The rate limit, per client (or uid) and global; the owner is exempt.
-    pub(super) fn admit(&self, actor: &Actor, reader: &Reader) -> Result<(), VaultError> {
+    /// The rate limit for a read of `cost` secrets, per client (or uid) and
+    /// global; the owner is exempt.
+    pub(super) fn admit(&self, actor: &Actor, reader: &Reader, cost: usize) -> Result<(), VaultError> {
         let limit_key = match reader {
             Reader::Owner => None,
             Reader::Token { client, .. } => Some(client.name.clone()),
             Reader::Kernel(c) => Some(format!("uid:{}", c.peer.uid)),
             Reader::Nobody => Some("nobody".into()),
         };
-        if let Err(wait) = self.limits.admit(limit_key.as_deref()) {
+        if let Err(wait) = self.limits.admit(limit_key.as_deref(), cost) {
             let event = Event::new("request.rate_limited", Outcome::Denied, actor)
                 .with("retry_after_ms", wait.as_millis() as u64);
             self.record_detached(event);
@@ -165,6 +166,7 @@ impl Vault {
             }
             results.push(result);
         }
+        self.journal.room().await;
         self.record_all(records)?;
         results.into_iter().collect()
     }
@@ -181,12 +183,6 @@ impl Vault {
         let Some(token) = token else {
             return Ok(if peer.uid == self.owner { Reader::Owner } else { Reader::Kernel(Caller::new(peer.clone())) });
         };
-        if let Err(wait) = self.limits.auth_allowed(peer.uid) {
-            self.record_detached(
-                Event::new("token.refused", Outcome::Denied, actor).with("reason", "paused after failed attempts"),
-            );
-            return Err(VaultError::RateLimited(wait));
-        }
         let keys = self.keys()?;
         let hash = keys.token_hash(token.expose());
         let now = crate::clock::now_unix();
@@ -211,12 +207,10 @@ impl Vault {
         })?;
         match checked {
             Ok((accessor, client)) => {
-                self.limits.auth_succeeded(peer.uid);
                 actor.token = Some(accessor.clone());
                 Ok(Reader::Token { client, accessor, uid: peer.uid })
             }
             Err((reason, accessor)) => {
-                self.limits.auth_failed(peer.uid);
                 let mut event = Event::new("token.refused", Outcome::Denied, actor).with("reason", reason);
                 if let Some(accessor) = accessor {
                     event = event.with("accessor", accessor);
