@@ -19,6 +19,7 @@ mod watch;
 use crate::policy::Reader;
 pub use access::MAX_TOKENS_PER_CLIENT;
 pub use keys::{KeyRotated, MAX_REWRAP_BATCH, Rewrapped};
+pub use read::Usage;
 pub use rotate::{Rotated, RotationRow, Trigger};
 pub use watch::{Update, Watcher};
 

@@ -91,6 +91,49 @@ impl Vault {
         values.pop().ok_or_else(|| secret.not_found())
     }
 
+    /// The credential broker's question for one request: may this caller (the
+    /// kernel's identity, or a token) have `secret` used on its behalf (a `use`
+    /// or `read` grant, `policy::decide`)? If so, its current value, for the
+    /// broker to put on the wire, never for the caller. Rate-limited and
+    /// audited as `secret.use` (allowed or denied), like a read. Not granted and
+    /// not found are the same answer.
+    pub async fn authorize_use(
+        &self,
+        actor: &Actor,
+        peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
+        secret: SecretRef<'_>,
+    ) -> Result<Usage, VaultError> {
+        let mut actor = actor.clone();
+        let reader = self.identify(&mut actor, peer, token).await?;
+        self.admit(&actor, &reader, 1)?;
+        let epoch = self.incident_epoch.load(std::sync::atomic::Ordering::SeqCst);
+        let decision = self.decide(&reader, secret, Action::Use);
+        let result = match &decision {
+            Decision::Allowed { .. } => self.read_for_agent(secret, 0),
+            Decision::Denied(_) => Err(secret.not_found()),
+        };
+        let (client, detail) = match (&decision, &result) {
+            (Decision::Denied(why), _) => (None, (Outcome::Denied, ReadDetail::Reason((*why).into()))),
+            (Decision::Allowed { client }, r) => (client.as_deref(), outcome(r)),
+        };
+        self.journal.room().await;
+        self.record_all(vec![read_record("secret.use", &actor, client, secret, detail)])?;
+        let (version, value) = result?;
+        let client = client.map(str::to_owned);
+        Ok(Usage { actor, reader, env: secret.env.into(), name: secret.name.into(), version, value, client, epoch })
+    }
+
+    /// Whether a use allowed by [`Vault::authorize_use`] may go on (a stream in
+    /// flight): no revoke-all since, the vault unsealed, and the caller still
+    /// allowed (a client disabled, a grant or token revoked end it).
+    pub fn may_still_use(&self, usage: &Usage) -> bool {
+        let secret = SecretRef { env: &usage.env, name: &usage.name };
+        self.incident_epoch.load(std::sync::atomic::Ordering::SeqCst) == usage.epoch
+            && !self.is_sealed()
+            && matches!(self.decide(&usage.reader, secret, Action::Use), Decision::Allowed { .. })
+    }
+
     /// An agent's read of current values, all or nothing, for `peer` as the kernel
     /// named it (or, with `token`, for the token's client). Not granted and not
     /// found are the same answer. Values are released only after their audit
@@ -233,4 +276,19 @@ impl Vault {
         self.append(vec![read_record("secret.reveal", actor, None, secret, outcome(&result)).into_event()], false)?;
         result
     }
+}
+
+/// A use of a secret the broker was allowed (see [`Vault::authorize_use`]).
+pub struct Usage {
+    /// Who asked (with the token's accessor, if any), for the request's record.
+    pub actor: Actor,
+    reader: Reader,
+    pub env: String,
+    pub name: String,
+    pub version: u64,
+    /// The value to put on the wire. Never returned to the caller.
+    pub value: SecretBytes,
+    /// The client whose grant allowed it (`None`: the owner).
+    pub client: Option<String>,
+    epoch: u64,
 }
