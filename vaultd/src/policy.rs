@@ -90,8 +90,9 @@ pub fn decide(reader: &Reader, state: &Image, env: &str, name: &str, action: Act
         }
         Reader::Token { accessor, uid, .. } => {
             let Some(token) = state.token(accessor) else { return Decision::Denied("token removed") };
-            // Uses were counted when the token was presented, not per secret.
-            if let Some(why) = token_refusal(token, *uid, now).filter(|why| *why != NO_USES_LEFT) {
+            // Uses are counted once per request, when it is served, not here.
+            if let Some(why) = token_refusal(token, state.last_use(token), *uid, now).filter(|why| *why != NO_USES_LEFT)
+            {
                 return Decision::Denied(why);
             }
             let Some(client) = state.client(&token.client).filter(|c| c.enabled) else {
@@ -109,16 +110,16 @@ pub fn decide(reader: &Reader, state: &Image, env: &str, name: &str, action: Act
 const NO_USES_LEFT: &str = "no uses left";
 
 /// Why a bearer token is refused, or `None` when it is good for a use by a caller
-/// with `uid` at `now`. The caller is told only "invalid or expired token"; the
-/// reason goes to the audit log.
-pub fn token_refusal(token: &Token, uid: u32, now: i64) -> Option<&'static str> {
+/// with `uid` at `now`, given when it was `last_used`. The caller is told only
+/// "invalid or expired token"; the reason goes to the audit log.
+pub fn token_refusal(token: &Token, last_used: Option<i64>, uid: u32, now: i64) -> Option<&'static str> {
     if token.revoked_unix.is_some() {
         return Some("revoked");
     }
     if token.expires_unix.is_some_and(|t| now >= t) {
         return Some("expired");
     }
-    let last = token.last_used_unix.unwrap_or(token.created_unix);
+    let last = last_used.unwrap_or(token.created_unix);
     if token.idle_secs.is_some_and(|idle| now - last >= idle) {
         return Some("idle too long");
     }
@@ -290,7 +291,7 @@ mod tests {
             ("no limits", Token { expires_unix: None, idle_secs: None, uses_left: None, ..good }, 2000, 1 << 40, None),
         ];
         for (what, token, uid, now, want) in cases {
-            assert_eq!(token_refusal(&token, uid, now), want, "{what}");
+            assert_eq!(token_refusal(&token, token.last_used_unix, uid, now), want, "{what}");
         }
     }
 }

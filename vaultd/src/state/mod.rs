@@ -76,6 +76,12 @@ pub struct Image {
     /// By keyed hash (a token is looked up by what the caller presents).
     tokens: HashMap<Vec<u8>, Arc<Token>>,
     accessors: HashMap<String, Vec<u8>>,
+    /// When each token was last used, if since its row was last written: a
+    /// token without a use limit records its uses here, not with a commit per
+    /// read, and [`Vault::flush_token_uses`](crate::vault::Vault) writes them
+    /// back every few seconds (a crash loses only that much, which can only make
+    /// a token look idle sooner, never later).
+    recent_uses: HashMap<String, std::sync::atomic::AtomicI64>,
     incidents: BTreeMap<i64, Incident>,
     /// Revoke-alls written offline (no key), not yet applied.
     pending_incidents: BTreeMap<i64, Incident>,
@@ -195,6 +201,7 @@ impl Image {
 
     fn insert_token(&mut self, t: Token) {
         self.accessors.insert(t.accessor.clone(), t.hash.clone());
+        self.recent_uses.entry(t.accessor.clone()).or_default();
         self.tokens.insert(t.hash.clone(), Arc::new(t));
     }
 
@@ -202,6 +209,27 @@ impl Image {
         if let Some(hash) = self.accessors.remove(accessor) {
             self.tokens.remove(&hash);
         }
+        self.recent_uses.remove(accessor);
+    }
+
+    /// Notes a use of a token at `now`, without a commit (see `recent_uses`).
+    pub fn note_use(&self, accessor: &str, now: i64) {
+        if let Some(last) = self.recent_uses.get(accessor) {
+            last.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// When `token` was last used: its row's time, or a later use noted since.
+    pub fn last_use(&self, token: &Token) -> Option<i64> {
+        let noted = self.recent_uses.get(&token.accessor).map(|t| t.load(std::sync::atomic::Ordering::Relaxed));
+        token.last_used_unix.max(noted.filter(|t| *t > 0))
+    }
+
+    /// Tokens used since their rows were written: (accessor, when).
+    pub fn uses_to_write(&self) -> Vec<(String, i64)> {
+        self.tokens()
+            .filter_map(|t| Some((t.accessor.clone(), self.last_use(t).filter(|l| Some(*l) > t.last_used_unix)?)))
+            .collect()
     }
 
     fn quarantine(&mut self, scope: Scope) {
@@ -238,9 +266,15 @@ impl Image {
             }
         }
         for (accessor, token) in changes.tokens {
-            self.remove_token(&accessor);
-            if let Some(t) = token {
-                self.insert_token(t);
+            match token {
+                // Replaced: uses noted meanwhile stay noted.
+                Some(t) => {
+                    if let Some(hash) = self.accessors.remove(&accessor) {
+                        self.tokens.remove(&hash);
+                    }
+                    self.insert_token(t);
+                }
+                None => self.remove_token(&accessor),
             }
         }
         for incident in changes.incidents {
