@@ -107,9 +107,10 @@ fn attested(
 /// Shuts `conn` down both ways when `cutoff` changes, which makes the server drop
 /// the connection and every stream on it. The task holds a duplicate of the
 /// descriptor only while the connection is open: dropping the returned sender
-/// (with the connection) ends it.
+/// (with the connection) ends it. The duplicate is close-on-exec, so no hook
+/// inherits an agent's connection.
 fn cut_on_incident(conn: &UnixStream, mut cutoff: watch::Receiver<u64>) -> io::Result<oneshot::Sender<()>> {
-    let fd = rustix::io::dup(conn)?;
+    let fd = rustix::io::fcntl_dupfd_cloexec(conn, 0)?;
     let (open, closed) = oneshot::channel::<()>();
     cutoff.borrow_and_update();
     tokio::spawn(async move {
