@@ -14,6 +14,12 @@ pub fn harden() -> Vec<String> {
     if let Err(e) = setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) }) {
         failed.push(format!("setrlimit(RLIMIT_CORE, 0): {e}"));
     }
+    // CAP_SYS_PTRACE, when granted for exe selectors (README), arrives as an
+    // ambient capability, which every hook would inherit: keep it for vaultd
+    // alone. Capabilities are per thread, so this runs before any thread starts.
+    if let Err(e) = rustix::thread::clear_ambient_capability_set() {
+        failed.push(format!("prctl(PR_CAP_AMBIENT_CLEAR_ALL): {e}"));
+    }
     failed
 }
 

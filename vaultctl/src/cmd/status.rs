@@ -17,7 +17,8 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<()> {
 }
 
 /// `{"initialized","sealed","version","secrets","key_term","schema_version","kdf",
-/// "audit_forward_errors","audit_forward_dropped","rotations_due","rotations_failed","compromised"}`,
+/// "audit_forward_errors","audit_forward_dropped","rotations_due","rotations_failed","compromised",
+/// "exe_attestation"}`,
 /// where `kdf` is null until the vault is initialized, else
 /// `{"algorithm","memory_kib","iterations","parallelism","insecure_test_profile"}`.
 /// The names are the proto's, and a stable contract.
@@ -41,6 +42,8 @@ struct StatusJson<'a> {
     rotations_failed: &'a [String],
     /// `env/name` of secrets whose current version revoke-all marked compromised.
     compromised: &'a [String],
+    /// Whether vaultd can read other users' executables (for --exe selectors).
+    exe_attestation: bool,
 }
 
 #[derive(Serialize)]
@@ -73,6 +76,7 @@ impl<'a> From<&'a StatusResponse> for StatusJson<'a> {
             rotations_due: &s.rotations_due,
             rotations_failed: &s.rotations_failed,
             compromised: &s.compromised,
+            exe_attestation: s.exe_attestation,
         }
     }
 }
@@ -101,6 +105,7 @@ fn human(s: &StatusResponse) -> Vec<String> {
             k.algorithm, k.memory_kib, k.iterations, k.parallelism
         ));
     }
+    lines.push(format!("exe attestation: {}", exe_attestation(s)));
     if s.audit_forward_errors > 0 || s.audit_forward_dropped > 0 {
         lines.push(format!(
             "audit forwarding: {} failed attempts, {} entries skipped (see vaultd's log; the audit log itself is complete)",
@@ -120,4 +125,14 @@ fn human(s: &StatusResponse) -> Vec<String> {
         lines.push(format!("rotation failed: {} (see `vaultctl show NAME`)", s.rotations_failed.join(", ")));
     }
     lines
+}
+
+/// Whether executable selectors can match agents of other users.
+pub(crate) fn exe_attestation(s: &StatusResponse) -> &'static str {
+    match s.exe_attestation {
+        true => "available",
+        false => {
+            "unavailable: vaultd cannot read other users' executables (it needs CAP_SYS_PTRACE; see README \"Executable selectors\")"
+        }
+    }
 }

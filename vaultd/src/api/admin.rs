@@ -49,6 +49,7 @@ impl AdminApi {
             rotations_due: s.rotations_due,
             rotations_failed: s.rotations_failed,
             compromised: s.compromised,
+            exe_attestation: crate::identity::exe_attestation(),
         })
     }
 }

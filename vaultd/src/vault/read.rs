@@ -121,23 +121,24 @@ impl Vault {
         Ok(())
     }
 
-    /// Who grants `reader` access to `secret`: `Some(None)` the owner,
-    /// `Some(Some(client))` a client's grant, `None` nobody.
+    /// Who grants `reader` access to `secret`: `Ok(None)` the owner,
+    /// `Ok(Some(client))` a client's grant; `Err` why nobody does.
     pub(super) fn access<'a>(
         &self,
         reader: &'a Reader,
         clients: &'a [ClientRow],
         secret: SecretRef<'_>,
-    ) -> Option<Option<&'a str>> {
+    ) -> Result<Option<&'a str>, &'static str> {
         match reader {
-            Reader::Owner => Some(None),
+            Reader::Owner => Ok(None),
             Reader::Kernel(caller) => policy::granting_client(caller, clients, secret.env, secret.name).map(Some),
             Reader::Token(c) => c
                 .grants
                 .iter()
                 .any(|p| vault_proto::names::pattern_matches(p, secret.env, secret.name))
-                .then_some(Some(&c.name)),
-            Reader::Nobody => None,
+                .then_some(Some(c.name.as_str()))
+                .ok_or("not granted"),
+            Reader::Nobody => Err("not granted"),
         }
     }
 
@@ -161,11 +162,14 @@ impl Vault {
         let mut results = Vec::with_capacity(secrets.len());
         let mut records = Vec::with_capacity(secrets.len());
         for (secret, version) in secrets {
-            let Some(client) = self.access(reader, &clients, *secret) else {
-                let not_granted = (Outcome::Denied, ReadDetail::Reason("not granted".into()));
-                records.push(read_record("secret.read", actor, None, *secret, not_granted));
-                results.push(Err(secret.not_found()));
-                continue;
+            let client = match self.access(reader, &clients, *secret) {
+                Ok(client) => client,
+                Err(why) => {
+                    let refused = (Outcome::Denied, ReadDetail::Reason(why.into()));
+                    records.push(read_record("secret.read", actor, None, *secret, refused));
+                    results.push(Err(secret.not_found()));
+                    continue;
+                }
             };
             let result = self.read_for_agent(*secret, *version);
             if self.audit_reads || result.is_err() {
