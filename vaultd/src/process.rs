@@ -23,6 +23,14 @@ pub fn harden() -> Vec<String> {
     failed
 }
 
+/// Takes `name` out of the environment, for a secret that arrives there
+/// (`VAULT_TOKEN` in vaultctl): returns its value, and leaves nothing of it in
+/// the environment or in what `/proc/PID/environ` shows. Call it first thing in
+/// `main`, before any thread starts; with more than one thread it fails.
+pub fn take_env(name: &str) -> std::io::Result<Option<std::ffi::OsString>> {
+    crate::sys::take_env(name)
+}
+
 /// Locks all of vaultd's memory into RAM, so keys, the passphrase and secret values
 /// are never written to swap. `Err` says why it did not, for a one-line warning;
 /// vaultd runs either way.

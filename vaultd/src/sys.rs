@@ -157,6 +157,38 @@ impl Exec {
     }
 }
 
+/// Takes the variable `name` out of this process's environment and returns its
+/// value: the bytes the kernel put there at exec (what `/proc/PID/environ`
+/// shows, even after an unsetenv) are overwritten with zeros, then the variable
+/// is removed. Refused unless this process has a single thread: changing the
+/// environment races with any other thread reading it.
+pub(crate) fn take_env(name: &str) -> io::Result<Option<std::ffi::OsString>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    if !status.lines().any(|l| l.strip_prefix("Threads:").is_some_and(|n| n.trim() == "1")) {
+        return Err(io::Error::other("the environment can only be changed while the process has one thread"));
+    }
+    let Some(value) = std::env::var_os(name) else { return Ok(None) };
+    let prefix = [name.as_bytes(), b"="].concat();
+    // SAFETY: this process has one thread (checked above; only this one could
+    // start another, and it does not until this returns), so nothing reads or
+    // changes the environment meanwhile. `environ` is a null-terminated array of
+    // pointers to writable NUL-terminated strings (the initial ones on the stack,
+    // later ones owned by libc); the bytes zeroed lie within one such string,
+    // after its `NAME=`, and no Rust reference points into them.
+    unsafe {
+        let mut entry = libc::environ;
+        while !(*entry).is_null() {
+            let bytes = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            if bytes.starts_with(&prefix) {
+                std::ptr::write_bytes((*entry).add(prefix.len()), 0, bytes.len() - prefix.len());
+            }
+            entry = entry.add(1);
+        }
+        std::env::remove_var(name);
+    }
+    Ok(Some(value))
+}
+
 /// A file mapped shared and writable: bytes copied into it are in the page
 /// cache at once, as after a write(2) (they survive vaultd dying), without a
 /// system call per write. The read journal appends through one.
@@ -220,6 +252,14 @@ impl Drop for MappedFile {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn take_env_refuses_a_process_with_threads() {
+        // The test harness runs tests on threads of their own.
+        let err = take_env("PATH").expect_err("the harness runs tests on threads");
+        assert!(err.to_string().contains("one thread"), "{err}");
+        assert!(std::env::var_os("PATH").is_some());
+    }
 
     #[test]
     fn a_peer_pidfd_names_the_peer() {
