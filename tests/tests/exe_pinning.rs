@@ -165,7 +165,7 @@ fn another_binary_mounted_over_the_pinned_path_is_refused() {
 #[test]
 fn a_hash_pinned_binary_patched_in_place_is_refused() {
     let pin = |p: &Programs| {
-        rustix::fs::chown(&p.path("pinned"), Some(rustix::process::Uid::from_raw(A)), None).unwrap();
+        rustix::fs::chown(p.path("pinned"), Some(rustix::process::Uid::from_raw(A)), None).unwrap();
         let sum = Command::new("sha256sum").arg(p.path("pinned")).output().unwrap();
         let sha = String::from_utf8(sum.stdout).unwrap().split_whitespace().next().unwrap().to_owned();
         ["--exe-sha256".into(), sha]

@@ -127,22 +127,16 @@ impl Exec {
     /// In the child: returns only if the exec failed.
     fn run(&self) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
+        // Raw system calls: glibc wraps these only since 2.34.
         // SAFETY: close_range only changes descriptor flags. Failure (a kernel
         // before 5.11) leaves inherited strays open; vaultd's own are close-on-exec.
-        unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
+        unsafe { libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) };
         let exec = || {
+            let (path, argv, envp) = (c"".as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
             // SAFETY: `fd` is open (owned by `self`); the path is an empty C
             // string; `argv` and `envp` are null-terminated arrays of pointers to
             // C strings that `self` keeps alive. On success this never returns.
-            unsafe {
-                libc::execveat(
-                    fd,
-                    c"".as_ptr(),
-                    self.argv.as_ptr().cast(),
-                    self.envp.as_ptr().cast(),
-                    libc::AT_EMPTY_PATH,
-                )
-            };
+            unsafe { libc::syscall(libc::SYS_execveat, fd, path, argv, envp, libc::AT_EMPTY_PATH) };
             io::Error::last_os_error()
         };
         let error = exec();
