@@ -17,6 +17,7 @@ pub mod change;
 pub mod load;
 pub mod mac;
 pub mod model;
+mod stored;
 
 pub use change::{PolicyChange, Promoted, SecretLabels};
 pub use model::{
@@ -24,9 +25,10 @@ pub use model::{
     Version, VersionRow, VersionState,
 };
 
+pub use stored::{Child, Found, StoredState};
+
 use crate::crypto::Unlocked;
-use crate::store::{StoreError, Txn};
-use mac::{Root, SUMMED, Sums, Table};
+use mac::{ClientMacs, Root, SUMMED, SecretMacs, Sums, Table};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -63,8 +65,27 @@ pub enum StateError {
         "{0} is quarantined: it was changed behind vaultd's back (see `vaultctl status`; `vaultctl integrity ack` after review)"
     )]
     Quarantined(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+}
+
+/// Where the state is written: the store's transaction. Each entry is written
+/// whole with the MACs [`mac`] made (a new one, with id 0, gets its row id), so
+/// nothing the store holds is read back to decide anything.
+pub trait Persist {
+    type Error;
+    fn save_secret(&self, old: Option<&Secret>, new: &mut Secret, macs: &SecretMacs) -> Result<(), Self::Error>;
+    fn delete_secret(&self, id: i64) -> Result<(), Self::Error>;
+    fn save_client(&self, old: Option<&Client>, new: &mut Client, macs: &ClientMacs) -> Result<(), Self::Error>;
+    /// Deletes a client with its grants and tokens.
+    fn delete_client(&self, id: i64) -> Result<(), Self::Error>;
+    fn save_token(&self, t: &Token, client_id: i64, mac: &[u8]) -> Result<(), Self::Error>;
+    fn delete_token(&self, accessor: &str) -> Result<(), Self::Error>;
+    /// `mac: None` stores it unsigned (written without the key: offline).
+    fn save_incident(&self, i: &mut Incident, mac: Option<&[u8]>) -> Result<(), Self::Error>;
+    fn save_term(&self, t: &KeyTerm, mac: &[u8]) -> Result<(), Self::Error>;
+    fn delete_term(&self, term: u32) -> Result<(), Self::Error>;
+    fn set_state_root(&self, root: &Root) -> Result<(), Self::Error>;
+    /// Deletes rows that name a parent that does not exist (never vaultd's).
+    fn delete_orphans(&self) -> Result<(), Self::Error>;
 }
 
 /// The verified state, in memory.
@@ -78,7 +99,7 @@ pub struct Image {
     accessors: HashMap<String, Vec<u8>>,
     /// When each token was last used, if since its row was last written: a
     /// token without a use limit records its uses here, not with a commit per
-    /// read, and [`Vault::flush_token_uses`](crate::vault::Vault) writes them
+    /// read, and the vault's `flush_token_uses` writes them
     /// back every few seconds (a crash loses only that much, which can only make
     /// a token look idle sooner, never later).
     recent_uses: HashMap<String, std::sync::atomic::AtomicI64>,
@@ -560,7 +581,7 @@ impl<'i> Draft<'i> {
 
     /// Writes the change in `txn`: each changed entry re-signed, the sums and
     /// a new root. Returns what the image takes once `txn` commits.
-    pub fn persist(self, txn: &Txn<'_>, keys: &Unlocked) -> Result<Changes, StoreError> {
+    pub fn persist<P: Persist>(self, txn: &P, keys: &Unlocked) -> Result<Changes, P::Error> {
         let base = self.base;
         let mut sums = base.sums.clone();
         let mut changes = Changes { generation: base.generation, ..Changes::default() };

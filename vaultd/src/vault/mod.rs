@@ -111,10 +111,7 @@ pub enum VaultError {
 
 impl From<StateError> for VaultError {
     fn from(e: StateError) -> Self {
-        match e {
-            StateError::Quarantined(_) => VaultError::Integrity(e.to_string()),
-            StateError::Store(e) => e.into(),
-        }
+        VaultError::Integrity(e.to_string())
     }
 }
 
