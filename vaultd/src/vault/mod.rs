@@ -203,6 +203,9 @@ pub struct Vault {
     rotation: RotationConfig,
     /// Secrets being rotated by this process (see `rotate::Claim`).
     rotating: Mutex<HashSet<(String, String)>>,
+    /// When the vault was last unlocked: a rotation in progress that started
+    /// before was interrupted by a crash (see `rotate::finish_interrupted`).
+    unlocked_at: std::sync::atomic::AtomicI64,
     /// Bumped after every change an agent's watch may care about (a new current
     /// version, a grant, a client or token change, a seal). A watch channel keeps
     /// only the latest value: a slow watcher skips to the newest state.
@@ -240,6 +243,7 @@ impl Vault {
             audit_reads: config.audit.reads,
             rotation: config.rotation.clone(),
             rotating: Mutex::default(),
+            unlocked_at: Default::default(),
             changes: tokio::sync::watch::Sender::new(0),
             incident_seen: latest_incident.into(),
             incident_epoch: Default::default(),
@@ -407,6 +411,7 @@ impl Vault {
             let mut change = Change { txn, state: image.draft() };
             prepare(&mut change)?;
             events.extend(incident::apply_pending(&mut change)?);
+            events.extend(rotate::roll_back_interrupted(&mut change)?);
             let changes = change.state.persist(txn, &keys)?;
             image.apply(changes);
             tip.generation = image.generation();
@@ -427,6 +432,7 @@ impl Vault {
         self.write_anchor(&keys, anchor::Mark { generation: image.generation(), seq: tip.seq });
         *self.image.write().unwrap_or_else(|p| p.into_inner()) = image;
         *chain = Some(Chain { keys: keys.clone(), tip });
+        self.unlocked_at.store(crate::clock::now_unix(), std::sync::atomic::Ordering::SeqCst);
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
         drop(chain);
         self.notify();
@@ -601,6 +607,10 @@ impl Vault {
     /// after one failed, requests that would be journaled are refused.
     pub fn import_journal(&self) -> Result<(), VaultError> {
         if !self.journal.is_waiting() {
+            // An import may be under way (its records taken, not yet committed):
+            // what reads the table next must see them, so wait for it. Every
+            // import holds the chain's lock until its transaction committed.
+            drop(self.chain());
             return Ok(());
         }
         self.append(Vec::new(), false).inspect_err(|e| self.journal.stalled(e.to_string()))
