@@ -32,8 +32,7 @@ use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, Version
 use crate::limits::Limits;
 use crate::rotation::RotationConfig;
 use crate::state::{
-    self, Draft, Image, PolicyChange, Promoted, Secret, SecretLabels, SecretRow, StateError, VersionRow, Violation,
-    anchor,
+    self, Draft, Image, PolicyChange, Promoted, Secret, SecretLabels, StateError, VersionRow, Violation, anchor,
 };
 use crate::store::{AuditFilter, AuditRow, Store, StoreError, Txn};
 use std::collections::HashSet;
@@ -820,15 +819,16 @@ impl Vault {
         self.image().secret(secret.env, secret.name)?.cloned().ok_or_else(|| secret.not_found())
     }
 
-    pub fn describe(&self, secret: SecretRef<'_>) -> Result<SecretRow, VaultError> {
-        Ok(self.secret(secret)?.row())
+    /// A secret's metadata (never its value).
+    pub fn describe(&self, secret: SecretRef<'_>) -> Result<Arc<Secret>, VaultError> {
+        self.secret(secret)
     }
 
-    pub fn list(&self, env: &str) -> Result<Vec<SecretRow>, VaultError> {
+    pub fn list(&self, env: &str) -> Result<Vec<Arc<Secret>>, VaultError> {
         let env = names::env_or_default(env);
         names::validate(env).map_err(|why| VaultError::InvalidName { what: "environment", why })?;
         self.keys()?;
-        let mut rows: Vec<SecretRow> = self.image().secrets_in(env).map(|s| s.row()).collect();
+        let mut rows: Vec<Arc<Secret>> = self.image().secrets_in(env).cloned().collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(rows)
     }

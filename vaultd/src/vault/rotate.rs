@@ -17,7 +17,7 @@ use crate::audit::{Actor, Event, Outcome};
 use crate::crypto::SecretBytes;
 use crate::rotation::{Rotator, hook};
 pub use crate::state::Trigger;
-use crate::state::{PolicyChange, Promoted, Rotation, Secret, SecretRow, Step, VersionState};
+use crate::state::{PolicyChange, Promoted, Rotation, Secret, Step, VersionState};
 use crate::store::now_unix;
 use std::sync::Arc;
 
@@ -100,7 +100,7 @@ impl Vault {
         actor: &Actor,
         secret: SecretRef<'_>,
         change: &PolicyChange,
-    ) -> Result<SecretRow, VaultError> {
+    ) -> Result<Arc<Secret>, VaultError> {
         check_policy(change)?;
         self.keys()?;
         self.write(|c| {
@@ -247,7 +247,7 @@ impl Vault {
         &self,
         actor: &Actor,
         secret: SecretRef<'_>,
-        row: &SecretRow,
+        row: &Secret,
         path: &std::path::Path,
         trigger: Trigger,
     ) -> Result<Rotated, VaultError> {
@@ -368,7 +368,7 @@ impl Vault {
 
     /// Secrets with a schedule (every environment), or only those due now, or
     /// (`compromised`) those whose current version revoke-all marked compromised.
-    pub fn rotations(&self, due_only: bool, compromised: bool) -> Result<Vec<SecretRow>, VaultError> {
+    pub fn rotations(&self, due_only: bool, compromised: bool) -> Result<Vec<Arc<Secret>>, VaultError> {
         self.keys()?;
         let now = now_unix();
         let image = self.image();
@@ -383,7 +383,7 @@ impl Vault {
         if compromised {
             found.sort_by(|a, b| (&a.env, &a.name).cmp(&(&b.env, &b.name)));
         }
-        Ok(found.into_iter().map(|s| s.row()).collect())
+        Ok(found.into_iter().cloned().collect())
     }
 
     pub fn last_rotation(&self, secret: SecretRef<'_>) -> Result<Option<RotationRow>, VaultError> {
