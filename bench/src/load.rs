@@ -25,6 +25,10 @@ pub(crate) enum Op {
     GetSpread,
     /// `Admin.PutSecret` of a new secret `PREFIX-N` per request (vaultd's admin socket).
     Put,
+    /// `Admin.ShowSecret` of `NAME` with its value (vaultd's admin socket): the
+    /// owner's reveal, recorded in a transaction of its own, which first imports
+    /// the reads waiting in the journal.
+    Reveal,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -309,6 +313,11 @@ impl Call<'_> {
                 Op::GetMany => {
                     let req = v1::GetSecretsRequest { env: String::new(), names: names.clone() };
                     agent.get_secrets(self.request(req)).await.map(|r| prost::Message::encoded_len(r.get_ref()))
+                }
+                Op::Reveal => {
+                    let secret = Some(v1::SecretRef { env: String::new(), name: args.name.clone() });
+                    let req = v1::ShowSecretRequest { secret, reveal: true, version: 0 };
+                    admin.show_secret(req).await.map(|r| prost::Message::encoded_len(r.get_ref()))
                 }
                 Op::Put => {
                     let secret = Some(v1::SecretRef { env: String::new(), name: format!("{}-{n}", args.prefix) });
