@@ -21,6 +21,8 @@
 //! token on purpose, which must be refused (one that succeeds is an error).
 //! Every other failure is an error, counted by kind (RPC, status code, message);
 //! so is a read that returns an older version than the same reader saw before.
+//! Errors that are replies other than OK are also counted as refused requests,
+//! which issue 20 wants none of in a 10-minute soak.
 //! The bench samples vaultd's RSS when the client starts, at each line, and at
 //! the end, checks the audit chain (`vaultctl audit verify`), and exits non-zero
 //! if there was any error.
@@ -38,6 +40,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt as _;
 use vault_proto::v1;
+
+/// Issue 20: "0 refused requests … in a 10-minute soak at full speed, audit on".
+const TARGET_SOAK: Duration = Duration::from_secs(600);
 
 /// vaultd's configuration for the soak: per-client limits far above what 64
 /// readers can do, so a refusal is never a throttled bench.
@@ -227,10 +232,18 @@ impl SoakReport {
         ));
         line(format!("| intended denials (reads with a deliberately revoked token) | {} |", t.intended_denials));
         line(format!("| errors (unintended) | {} |", t.error_total()));
+        // Issue 20's target is for a soak of ten minutes at least; a refusal fails any soak.
+        let verdict = match (t.refused, self.duration_s >= TARGET_SOAK.as_secs_f64()) {
+            (0, true) => "(met)".into(),
+            (0, false) => format!(
+                "(not measured: the target is for a soak of {} at least)",
+                humantime::format_duration(TARGET_SOAK)
+            ),
+            _ => "(**missed**)".into(),
+        };
         line(format!(
-            "| of which refused requests (any reply but OK, intended denials aside; target 0) | {} {} |",
-            t.refused,
-            if t.refused == 0 { "(met)" } else { "(**missed**)" }
+            "| of which refused requests (any reply but OK, intended denials aside; target 0) | {} {verdict} |",
+            t.refused
         ));
         for (kind, n) in &t.errors {
             line(format!("| error: {kind} | {n} |"));
