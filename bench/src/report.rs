@@ -117,7 +117,7 @@ pub(crate) enum Subject {
     OneOf100k,
     /// The same vaultd, each read of a secret drawn at random from all of them.
     SpreadOver100k,
-    /// `--compare-vaultd`: another vaultd binary, audit on, read by its owner.
+    /// `--compare-vaultd`: another vaultd binary, audit on, read by its owner (GetSecret only).
     Compared,
 }
 
