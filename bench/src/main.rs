@@ -406,7 +406,7 @@ impl Servers {
             not_measured.push(NotMeasured {
                 subject: Some(Subject::KernelClient),
                 item: "GetSecret by a client of another uid".into(),
-                reason: "needs root (the load client runs as another uid)".into(),
+                reason: "needs root: the load client runs as another uid".into(),
             });
             None
         };
