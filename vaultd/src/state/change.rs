@@ -2,8 +2,8 @@
 //! rotations, and revoke-all's. Each works on an entry a [`Draft`](super::Draft)
 //! holds; nothing here touches the database or the keys.
 
+use super::SmallMap;
 use super::model::{Client, Rotation, Secret, Step, Token, Trigger, Version, VersionState};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Rotations kept per secret: the newest in progress, done or failed. Older
@@ -78,8 +78,8 @@ impl Secret {
             grace_secs: DEFAULT_GRACE_SECS,
             next_rotation_unix: None,
             due_alerted_unix: None,
-            versions: BTreeMap::from([(1, first)]),
-            rotations: BTreeMap::new(),
+            versions: SmallMap::from([(1, first)]),
+            rotations: SmallMap::new(),
         }
     }
 
@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(s.versions[&12].state, VersionState::Previous);
         assert!(s.readable(12, 249).is_some() && s.readable(12, 250).is_none());
         assert!(s.readable(11, 200).is_none(), "retired");
-        assert!(s.versions.keys().all(|v| *v > 3), "{:?}", s.versions.keys());
+        assert!(s.versions.keys().all(|v| *v > 3), "{:?}", s.versions);
         assert!(s.compromise());
         assert!(s.is_compromised() && s.readable(13, 200).is_none() && s.readable(12, 200).is_none());
     }

@@ -17,6 +17,7 @@ pub mod change;
 pub mod load;
 pub mod mac;
 pub mod model;
+mod small_map;
 mod stored;
 
 pub use change::{PolicyChange, Promoted, SecretLabels};
@@ -25,6 +26,7 @@ pub use model::{
     VersionRow, VersionState,
 };
 
+pub use small_map::SmallMap;
 pub use stored::{Child, Found, StoredState};
 
 use crate::crypto::Unlocked;

@@ -5,6 +5,7 @@
 //! Every state a row can be in is an enum here, spelled once ([`VersionState`],
 //! [`Step`], [`Trigger`], [`IncidentMode`]); the database stores the spelling.
 
+use super::small_map::SmallMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -120,9 +121,9 @@ pub struct Secret {
     pub next_rotation_unix: Option<i64>,
     /// When the current due period was raised as an alert (manual rotators).
     pub due_alerted_unix: Option<i64>,
-    pub versions: BTreeMap<u64, Version>,
+    pub versions: SmallMap<u64, Version>,
     /// Every rotation of this secret, by id (see `change::MAX_ROTATIONS_KEPT`).
-    pub rotations: BTreeMap<i64, Rotation>,
+    pub rotations: SmallMap<i64, Rotation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -436,6 +436,8 @@ impl Vault {
         drop(chain);
         self.notify();
         self.publish(rows);
+        // The rows read to check the state are gone: so is their memory.
+        crate::sys::release_free_memory();
         Ok(())
     }
 
