@@ -99,6 +99,20 @@ pub enum RotatorError {
     RelativeHook,
 }
 
+impl Rotator {
+    /// Whether the stored spelling `rotator` names a hook (whose steps the
+    /// provider takes part in, so old values owe a revoke-old run).
+    pub fn is_hook(rotator: &str) -> bool {
+        matches!(rotator.parse(), Ok(Rotator::Exec(_)))
+    }
+
+    /// Whether the stored spelling `rotator` is the manual one (the operator
+    /// supplies each new value).
+    pub fn is_manual(rotator: &str) -> bool {
+        matches!(rotator.parse(), Ok(Rotator::Manual))
+    }
+}
+
 impl FromStr for Rotator {
     type Err = RotatorError;
 

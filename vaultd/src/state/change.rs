@@ -4,6 +4,7 @@
 
 use super::SmallMap;
 use super::model::{Client, Rotation, Secret, Step, Token, Trigger, Version, VersionState};
+use crate::rotation::Rotator;
 use std::sync::Arc;
 
 /// Rotations kept per secret: the newest in progress, done or failed. Older
@@ -73,7 +74,7 @@ impl Secret {
             current_version: 1,
             created_unix: now,
             updated_unix: now,
-            rotator: "manual".into(),
+            rotator: Rotator::Manual.to_string(),
             rotate_every_secs: None,
             grace_secs: DEFAULT_GRACE_SECS,
             next_rotation_unix: None,
@@ -118,7 +119,7 @@ impl Secret {
     /// once, owing a revoke-old run when the rotator is a hook. The schedule
     /// restarts, and versions beyond the newest `keep` that are of no more use go.
     pub fn promote(&mut self, version: u64, keep: u32, now: i64) -> Promoted {
-        let hook = self.rotator.starts_with("exec:");
+        let hook = Rotator::is_hook(&self.rotator);
         for v in self.versions.values_mut().filter(|v| v.state == VersionState::Previous) {
             v.state = VersionState::Retired;
             v.revoke_pending = hook;

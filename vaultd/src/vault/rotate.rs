@@ -420,7 +420,7 @@ impl Vault {
         }
         for (env, name, rotator, due_unix, alerted) in due {
             let secret = SecretRef { env: &env, name: &name };
-            if rotator == "manual" {
+            if Rotator::is_manual(&rotator) {
                 if !alerted {
                     self.write(|c| {
                         c.secret(secret)?.due_alerted_unix = Some(now);
@@ -445,7 +445,7 @@ impl Vault {
             });
         }
         for old in grace_ended {
-            let hook = old.rotator.starts_with("exec:");
+            let hook = Rotator::is_hook(&old.rotator);
             let secret = SecretRef { env: &old.env, name: &old.name };
             self.write(|c| {
                 let Some(s) = c.state.secret_mut(secret.env, secret.name)? else { return Ok(((), vec![])) };
