@@ -103,7 +103,9 @@ async fn build(dir: &Path, older: &Path) -> Vec<SecretBytes> {
     vault.client_grants(&me, "bot", &["staging/gamma".into()], Some(GrantKind::Read)).unwrap();
     // Use through the broker only: never read.
     vault.client_grants(&me, "ops", &["staging/*".into()], Some(GrantKind::Use)).unwrap();
-    let token = |client: &str, uses: Option<u32>| vault.token_create(&me, client, None, None, uses, false).unwrap();
+    let token = |client: &str, uses: Option<u32>| {
+        vault.token_create(&me, client, &vaultd::vault::TokenSpec { uses, ..Default::default() }).unwrap()
+    };
     let (bot, _) = token("bot", Some(1000));
     let (ops, _) = token("ops", None);
     let (spent, _) = token("ops", Some(1));

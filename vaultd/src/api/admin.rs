@@ -6,7 +6,7 @@ use crate::audit::{Event, Outcome, Verdict, entry_json};
 use crate::crypto::{KdfParams, SecretBytes};
 use crate::state::{Client, Grant, GrantKind, SecretLabels, Token};
 use crate::store::{AuditFilter, AuditRow};
-use crate::vault::{SecretRef, Trigger, Vault};
+use crate::vault::{SecretRef, TokenSpec, Trigger, Vault};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
@@ -444,10 +444,14 @@ impl Admin for AdminApi {
         let r = req.into_inner();
         let secs = |n: u64| (n > 0).then(|| std::time::Duration::from_secs(n));
         let vault = self.vault.clone();
-        let (token, row) = blocking(move || {
-            vault.token_create(&actor, &r.client, secs(r.ttl_secs), secs(r.idle_secs), r.uses, r.any_uid)
-        })
-        .await?;
+        let spec = TokenSpec {
+            ttl: secs(r.ttl_secs),
+            idle: secs(r.idle_secs),
+            uses: r.uses,
+            any_uid: r.any_uid,
+            bind_exe: (!r.bind_exe.is_empty()).then_some(r.bind_exe),
+        };
+        let (token, row) = blocking(move || vault.token_create(&actor, &r.client, &spec)).await?;
         tracing::info!(accessor = row.accessor, client = row.client, "token created");
         // The one place a token leaves vaultd; it is not kept anywhere in clear.
         let token = String::from_utf8_lossy(token.expose()).into_owned();
@@ -603,6 +607,7 @@ fn token_info(t: Token) -> v1::TokenInfo {
         uses_left: t.uses_left,
         last_used_unix: t.last_used_unix.unwrap_or(0),
         revoked_unix: t.revoked_unix.unwrap_or(0),
+        bind_exe: t.bind_exe.unwrap_or_default(),
     }
 }
 

@@ -47,7 +47,8 @@ impl From<VaultError> for Status {
             | VaultError::InvalidExeSha256
             | VaultError::EmptyValue
             | VaultError::KdfRefused(_)
-            | VaultError::ValueTooLarge(_) => Status::invalid_argument(msg),
+            | VaultError::ValueTooLarge(_)
+            | VaultError::InvalidArgument(_) => Status::invalid_argument(msg),
             VaultError::Crypto(CryptoError::DecryptionFailed) | VaultError::RewrapFailed { .. } => {
                 Status::data_loss(msg)
             }

@@ -186,6 +186,8 @@ pub struct Token {
     /// The client's name (the row stores its id).
     pub client: String,
     pub bind_uid: Option<u32>,
+    /// The executable the caller must run (an absolute path), if bound to one.
+    pub bind_exe: Option<String>,
     pub created_unix: i64,
     pub expires_unix: Option<i64>,
     pub idle_secs: Option<i64>,

@@ -7,6 +7,19 @@ use crate::state::{Client, Draft, Grant, GrantKind, Token};
 use std::time::Duration;
 use vault_proto::names;
 
+/// What a new token is good for.
+#[derive(Debug, Clone, Default)]
+pub struct TokenSpec {
+    pub ttl: Option<Duration>,
+    /// Refused after this long unused.
+    pub idle: Option<Duration>,
+    pub uses: Option<u32>,
+    /// Usable from any uid (default: only the client's).
+    pub any_uid: bool,
+    /// The executable the caller must run (absolute path).
+    pub bind_exe: Option<String>,
+}
+
 /// Live tokens a client may hold at once.
 pub const MAX_TOKENS_PER_CLIENT: u64 = 100;
 
@@ -131,16 +144,26 @@ impl Vault {
     }
 
     /// Creates a token for `client`; returns it (shown once, stored only hashed)
-    /// with its metadata. Bound to the client's uid unless `any_uid`.
+    /// with its metadata. Bound to the client's uid unless `spec.any_uid`, and
+    /// to an executable if `spec.bind_exe` names one.
     pub fn token_create(
         &self,
         actor: &Actor,
         client: &str,
-        ttl: Option<Duration>,
-        idle: Option<Duration>,
-        uses: Option<u32>,
-        any_uid: bool,
+        spec: &TokenSpec,
     ) -> Result<(SecretBytes, Token), VaultError> {
+        let TokenSpec { ttl, idle, uses, any_uid, bind_exe } = spec.clone();
+        if let Some(exe) = bind_exe.as_deref().map(std::path::Path::new) {
+            if !exe.is_absolute() {
+                return Err(VaultError::InvalidArgument("the executable a token is bound to must be an absolute path"));
+            }
+            // Bound to a file no caller can run: refuse now, not at every use.
+            if !exe.is_file() {
+                return Err(VaultError::InvalidArgument(
+                    "the executable a token is bound to is not a file vaultd can see",
+                ));
+            }
+        }
         let keys = self.keys()?;
         let secret = crypto::random_secret(32)?;
         let token = SecretBytes::new(format!("vt_{}", crypto::hex(secret.expose())).into_bytes());
@@ -164,6 +187,7 @@ impl Vault {
                 hash: hash.clone(),
                 client: client.into(),
                 bind_uid: (!any_uid).then_some(owner.uid),
+                bind_exe: bind_exe.clone(),
                 created_unix: now,
                 expires_unix: ttl.map(|t| now.saturating_add(secs(t))),
                 idle_secs: idle.map(secs),
@@ -176,6 +200,7 @@ impl Vault {
                 .with("accessor", accessor.clone())
                 .with("client", client)
                 .with("bind_uid", row.bind_uid)
+                .with("bind_exe", row.bind_exe.clone())
                 .with("expires_unix", row.expires_unix)
                 .with("idle_secs", row.idle_secs)
                 .with("uses", row.uses_left);

@@ -17,7 +17,7 @@ mod rotate;
 mod watch;
 
 use crate::policy::Reader;
-pub use access::MAX_TOKENS_PER_CLIENT;
+pub use access::{MAX_TOKENS_PER_CLIENT, TokenSpec};
 pub use keys::{KeyRotated, MAX_REWRAP_BATCH, Rewrapped};
 pub use read::Usage;
 pub use rotate::{Rotated, RotationRow, Trigger};
@@ -86,6 +86,9 @@ pub enum VaultError {
     RotationFailed(String),
     #[error("{0}")]
     Rotator(String),
+    /// A request's argument is malformed (the text says which and why).
+    #[error("{0}")]
+    InvalidArgument(&'static str),
     #[error("access to {0} ended (revoked, disabled, or the secret is gone)")]
     AccessEnded(String),
     #[error("Argon2 parameters refused: {0}")]

@@ -5,7 +5,7 @@
 use super::{SecretRef, Vault, VaultError, off_worker};
 use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Record};
 use crate::crypto::SecretBytes;
-use crate::identity::{Caller, Peer};
+use crate::identity::{Caller, Peer, Process as _};
 use crate::policy::{self, Action, Decision, Reader};
 use std::sync::Arc;
 
@@ -282,13 +282,23 @@ impl Vault {
                     if let Some(reason) = policy::token_refusal(found, image.last_use(found), peer.uid, now) {
                         Err((reason, Some(accessor)))
                     } else if let Some(client) = image.client(&found.client).filter(|c| c.enabled).cloned() {
-                        Ok((accessor, client))
+                        Ok((accessor, client, found.bind_exe.clone()))
                     } else {
                         Err(("client disabled or removed", Some(accessor)))
                     }
                 }
             }
         };
+        // A token bound to an executable: the caller must run that file, as its
+        // identity was attested at accept (outside the state's lock: /proc reads).
+        let checked = checked.and_then(|(accessor, client, bind_exe)| match bind_exe {
+            None => Ok((accessor, client)),
+            Some(exe) => match Caller::new(peer.clone()).runs(std::path::Path::new(&exe)) {
+                Ok(true) => Ok((accessor, client)),
+                Ok(false) => Err(("used from another executable", Some(accessor))),
+                Err(why) => Err((why.reason(), Some(accessor))),
+            },
+        });
         match checked {
             Ok((accessor, client)) => {
                 actor.token = Some(accessor.clone());
