@@ -36,7 +36,7 @@ const MARK: &str = "authz-result ";
 /// The one call per cell: the agent reads first, then the admin calls in proto
 /// order, except that Seal and Unlock go last (in that order) so that a seal,
 /// whoever manages it, is undone before the next row.
-const AGENT_CALLS: [&str; 4] = ["GetSecret", "GetSecrets", "WatchSecrets", "GetSecret missing"];
+const AGENT_CALLS: [&str; 5] = ["GetSecret", "GetSecrets", "WatchSecrets", "ListGranted", "GetSecret missing"];
 const ADMIN_CALLS: [&str; 33] = [
     "Init",
     "Unlock",
@@ -138,6 +138,8 @@ impl Kind {
         match call {
             _ if self.bad_token() && AGENT_CALLS.contains(&call) => Code::Unauthenticated,
             "GetSecret missing" => Code::NotFound,
+            // Names only, and only those granted: an empty list for a caller without grants.
+            "ListGranted" => Code::Ok,
             "GetSecret" | "GetSecrets" | "WatchSecrets" if reads => Code::Ok,
             "GetSecret" | "GetSecrets" | "WatchSecrets" => Code::NotFound, // indistinguishable from missing
             _ if self != Kind::Owner => Code::PermissionDenied,
@@ -285,6 +287,9 @@ impl Caller {
                 let watch = v1::GetSecretsRequest { env: "prod".into(), names };
                 first_message(agent.watch_secrets(request(t, watch)).await).await
             }
+            "ListGranted" => {
+                done(agent.list_granted(request(t, v1::ListGrantedRequest { env: "prod".into() })).await)
+            }
             "Init" => done(admin.init(request(t, v1::InitRequest { passphrase })).await),
             "Unlock" => done(admin.unlock(request(t, v1::UnlockRequest { passphrase })).await),
             "Seal" => done(admin.seal(request(t, v1::SealRequest {})).await),
@@ -333,7 +338,7 @@ impl Caller {
             }
             "VerifyAudit" => done(admin.verify_audit(request(t, v1::VerifyAuditRequest {})).await),
             "HashValue" => {
-                done(admin.hash_value(request(t, v1::HashValueRequest { value: b"candidate".to_vec() })).await)
+                done(admin.hash_value(request(t, v1::HashValueRequest { value: b"candidate".to_vec(), current_of: secret_ref("prod", "telegram") })).await)
             }
             "AddClient" => {
                 let add = v1::AddClientRequest {

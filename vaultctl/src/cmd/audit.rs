@@ -175,7 +175,7 @@ async fn verify(global: &Global) -> anyhow::Result<()> {
 async fn hash(global: &Global, args: HashArgs) -> anyhow::Result<()> {
     let value = input::value(args.from_file.as_deref(), "Value to fingerprint: ")?;
     let mut admin = daemon::admin(global).await?;
-    let reply = admin.hash_value(v1::HashValueRequest { value: value.into_request_bytes() }).await.reply()?;
+    let reply = admin.hash_value(v1::HashValueRequest { value: value.into_request_bytes(), current_of: None }).await.reply()?;
     if global.json {
         return output::json(&serde_json::json!({ "value_digest": reply.digest }));
     }

@@ -4,7 +4,7 @@ use super::actor;
 use crate::audit::Actor;
 use crate::crypto::SecretBytes;
 use crate::identity::Peer;
-use crate::vault::{SecretRef, Update, Vault};
+use crate::vault::{SecretRef, Update, Vault, VaultError};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -59,7 +59,18 @@ impl Agent for AgentApi {
         Ok(Response::new(v1::GetSecretsResponse { secrets }))
     }
 
-    type WatchSecretsStream = WatchStream;
+    async fn list_granted(
+        &self,
+        req: Request<v1::ListGrantedRequest>,
+    ) -> Result<Response<v1::ListGrantedResponse>, Status> {
+        let (actor, peer, token) = caller(&req)?;
+        let env = vault_proto::names::env_or_default(&req.get_ref().env).to_owned();
+        vault_proto::names::validate(&env).map_err(|why| VaultError::InvalidName { what: "environment", why })?;
+        let names = self.vault.granted(&actor, peer.as_ref(), token.as_ref(), &env).await?;
+        Ok(Response::new(v1::ListGrantedResponse { names }))
+    }
+
+        type WatchSecretsStream = WatchStream;
 
     async fn watch_secrets(&self, req: Request<v1::GetSecretsRequest>) -> Result<Response<WatchStream>, Status> {
         let permit = self

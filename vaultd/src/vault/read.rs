@@ -104,6 +104,31 @@ impl Vault {
         self.read_as(&actor, &reader, &wanted).await
     }
 
+    /// The names in `env` that the caller may read now (names only: what
+    /// `vaultctl run` injects), sorted. Not granted and not found look alike: the
+    /// name is simply absent. Recorded as `secret.list`.
+    pub async fn granted(
+        &self,
+        actor: &Actor,
+        peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
+        env: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        let mut actor = actor.clone();
+        let reader = self.identify(&mut actor, peer, token).await?;
+        self.admit(&actor, &reader)?;
+        self.keys()?;
+        let clients = self.candidate_clients(&reader)?;
+        let listed = self.store.list(env)?;
+        let names: Vec<String> = listed
+            .into_iter()
+            .filter(|s| self.access(&reader, &clients, SecretRef { env, name: &s.name }).is_some())
+            .map(|s| s.name)
+            .collect();
+        self.record(Event::new("secret.list", Outcome::Ok, &actor).with("env", env).with("names", names.len()))?;
+        Ok(names)
+    }
+
     /// The rate limit, per client (or uid) and global; the owner is exempt.
     pub(super) fn admit(&self, actor: &Actor, reader: &Reader) -> Result<(), VaultError> {
         let limit_key = match reader {
