@@ -102,8 +102,7 @@ pub fn env_var(name: &str) -> Option<String> {
     if is_env_var(name) {
         return Some(name.to_owned());
     }
-    let var: String =
-        name.chars().map(|c| if matches!(c, '.' | '-') { '_' } else { c.to_ascii_uppercase() }).collect();
+    let var: String = name.chars().map(|c| if matches!(c, '.' | '-') { '_' } else { c.to_ascii_uppercase() }).collect();
     is_env_var(&var).then_some(var)
 }
 

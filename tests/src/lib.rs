@@ -780,6 +780,17 @@ pub fn skip_unless_ci(why: &str) {
     eprintln!("skipped: {why}");
 }
 
+/// A copy of vaultctl that every uid can execute (the target dir may not be
+/// reachable), in a 0755 temp dir that lives as long as the returned guard.
+pub fn vaultctl_for_everyone() -> (TempDir, PathBuf) {
+    let bin = tempfile::Builder::new().prefix("vault-e2e-bin-").tempdir().expect("creating a temp dir");
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
+    let vaultctl = bin.path().join("vaultctl");
+    std::fs::copy(&bins().vaultctl, &vaultctl).expect("copying vaultctl");
+    wait_for("the copy to run", || Command::new(&vaultctl).arg("--version").output().ok());
+    (bin, vaultctl)
+}
+
 /// Whether the tests run as root (the peer-uid and ownership tests need it).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()

@@ -287,9 +287,7 @@ impl Caller {
                 let watch = v1::GetSecretsRequest { env: "prod".into(), names };
                 first_message(agent.watch_secrets(request(t, watch)).await).await
             }
-            "ListGranted" => {
-                done(agent.list_granted(request(t, v1::ListGrantedRequest { env: "prod".into() })).await)
-            }
+            "ListGranted" => done(agent.list_granted(request(t, v1::ListGrantedRequest { env: "prod".into() })).await),
             "Init" => done(admin.init(request(t, v1::InitRequest { passphrase })).await),
             "Unlock" => done(admin.unlock(request(t, v1::UnlockRequest { passphrase })).await),
             "Seal" => done(admin.seal(request(t, v1::SealRequest {})).await),
@@ -337,9 +335,17 @@ impl Caller {
                 first_message(admin.tail_audit(request(t, v1::TailAuditRequest { filter: filter(1) })).await).await
             }
             "VerifyAudit" => done(admin.verify_audit(request(t, v1::VerifyAuditRequest {})).await),
-            "HashValue" => {
-                done(admin.hash_value(request(t, v1::HashValueRequest { value: b"candidate".to_vec(), current_of: secret_ref("prod", "telegram") })).await)
-            }
+            "HashValue" => done(
+                admin
+                    .hash_value(request(
+                        t,
+                        v1::HashValueRequest {
+                            value: b"candidate".to_vec(),
+                            current_of: secret_ref("prod", "telegram"),
+                        },
+                    ))
+                    .await,
+            ),
             "AddClient" => {
                 let add = v1::AddClientRequest {
                     name: format!("add-{tag}"),

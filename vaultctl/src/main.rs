@@ -6,6 +6,7 @@
 
 mod cmd;
 mod daemon;
+mod dotenv;
 mod exit;
 mod input;
 mod output;

@@ -70,7 +70,7 @@ impl Agent for AgentApi {
         Ok(Response::new(v1::ListGrantedResponse { names }))
     }
 
-        type WatchSecretsStream = WatchStream;
+    type WatchSecretsStream = WatchStream;
 
     async fn watch_secrets(&self, req: Request<v1::GetSecretsRequest>) -> Result<Response<WatchStream>, Status> {
         let permit = self
