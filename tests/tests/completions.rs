@@ -31,7 +31,12 @@ fn each_shell_gets_a_script_naming_the_real_subcommands() {
         }
     }
     let out = vaultctl(&["completions", "tcsh"]);
-    assert!(out.error(2).contains("tcsh"), "{:?}", out.stderr);
+    // The argument is not quoted back (it could be anything), but where it is and what would do are.
+    let message = out.error(2);
+    assert!(
+        message.contains("invalid value #2 (4 characters)") && message.contains("possible values: bash"),
+        "{message}"
+    );
 }
 
 /// Runs `script` with `shell_args` (e.g. `-n`, syntax check only), piping `input` in.
@@ -97,6 +102,8 @@ fn the_man_page_documents_the_real_commands() {
     }
     assert!(!page.contains("vaultctl\\-man(1)") && !page.contains("vaultctl\\-help(1)"), "hidden or help pages listed");
     assert!(page.contains("\\-\\-admin\\-socket"), "the global options are documented");
+    let name = page.split(".SH NAME\n").nth(1).and_then(|rest| rest.lines().next()).unwrap();
+    assert_eq!(name, "vaultctl \\- Manage a vaultd secrets vault", "the NAME line says it once");
     assert!(page.contains("vaultd is unreachable"), "the exit codes are documented");
 
     // --out-dir writes every page the main one refers to.

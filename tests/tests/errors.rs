@@ -17,7 +17,7 @@ fn invalid_names_are_refused_without_echoing_them() {
     let d = Daemon::initialized();
     d.put("telegram", b"token");
     let long = "a".repeat(129);
-    let names = ["Bad", "-x", "a/b", long.as_str(), "", "tele gram", "café", ".hidden", "x\u{1b}[31m"];
+    let names = ["B@d", "-x", "a/b", long.as_str(), "", "tele gram", "café", ".hidden", "x\u{1b}[31m"];
     for name in names {
         // `--` so a name starting with '-' reaches the name check, not clap.
         let commands: [(&[&str], &[u8]); 5] = [
@@ -40,7 +40,7 @@ fn invalid_names_are_refused_without_echoing_them() {
         }
     }
     // Environments follow the same rule, from --env and from VAULT_ENV.
-    for env in ["Prod", "-x", "a/b", long.as_str()] {
+    for env in ["Pr@d", "-x", "a/b", long.as_str()] {
         let out = d.ctl(&[&format!("--env={env}"), "get", "telegram"], b"");
         let message = out.error(USAGE);
         assert!(message.contains("invalid environment") && !message.contains(env), "{env}: {message}");
@@ -111,7 +111,7 @@ fn every_failure_has_its_exit_code_and_one_line() {
         (Open, &["rm", "nope"], b"", NOT_FOUND, "not found"),
         (Open, &["--env", "staging", "get", "telegram"], b"", NOT_FOUND, "not found"),
         (Open, &["unlock", "--passphrase-file", "-"], b"wrong", NOT_FOUND, "wrong passphrase"),
-        (Open, &["init", "--passphrase-file", "-"], b"another", ERROR, "already initialized"),
+        (Open, &["init", "--passphrase-file", "-"], b"another long passphrase", ERROR, "already initialized"),
         (Open, &["unlock", "--passphrase-file", "-"], b"\n", USAGE, "empty"),
         (Open, &["unlock"], b"", USAGE, "passphrase"),
         (Down, &["status"], b"", UNREACHABLE, "cannot reach vaultd"),

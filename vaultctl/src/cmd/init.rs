@@ -16,10 +16,14 @@ pub(crate) struct Args {
     /// passphrase is prompted for twice.
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
+    /// Accept a passphrase shorter than 12 characters (with a warning).
+    #[arg(long)]
+    weak_passphrase: bool,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let passphrase = input::passphrase(args.passphrase_file.as_deref(), Passphrase::New)?;
+    input::check_strength(&passphrase, args.weak_passphrase)?;
     let mut admin = daemon::admin(global).await?;
     let request = InitRequest { passphrase: passphrase.into_request_bytes() };
     let reply = admin.init(request).await.reply()?;
