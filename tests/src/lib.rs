@@ -771,13 +771,18 @@ pub fn python_grpc_available() -> bool {
 
 /// A test that cannot run here because a tool is missing: under CI (`CI` set,
 /// as .ci/run does, which installs every such tool) that is a failure; elsewhere
-/// it says on stderr that the test was skipped, and the caller returns.
+/// it says that the test was skipped, and the caller returns.
+///
+/// The line goes straight to the terminal's stderr, past the test harness's
+/// capture (which keeps `eprintln!` of a passing test out of sight), so `cargo
+/// test` shows `skipped: …` beside the test's `ok`.
 #[track_caller]
 pub fn skip_unless_ci(why: &str) {
     if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
         panic!("{why} (CI must provide it: see .ci/run)");
     }
-    eprintln!("skipped: {why}");
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
 }
 
 /// A copy of vaultctl that every uid can execute (the target dir may not be

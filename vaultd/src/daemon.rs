@@ -56,19 +56,18 @@ pub async fn run(mut opts: Options, shutdown: impl Future<Output = ()>) -> Resul
         (None, Some(passphrase)) => Some((passphrase, PASSPHRASE_ENV)),
         (None, None) => None,
     };
-    if let Some((passphrase, source)) = passphrase {
+    // What to do next is said once the sockets listen: a bind error comes first.
+    let next = if let Some((passphrase, source)) = passphrase {
         let v = vault.clone();
         blocking(move || v.unlock(&Actor::vaultd(), &passphrase)).await?;
         tracing::info!("vault unlocked from {source}");
+        None
+    } else if !vault.status()?.initialized {
+        Some("vault not initialized; run `vaultctl init`")
     } else {
-        let status = vault.status()?;
-        if !status.initialized {
-            tracing::info!("vault not initialized; run `vaultctl init`");
-        } else {
-            tracing::info!("vault sealed; run `vaultctl unlock`");
-        }
-    }
-    serve(vault, &opts, || {}, shutdown).await
+        Some("vault sealed; run `vaultctl unlock`")
+    };
+    serve(vault, &opts, || next.into_iter().for_each(|n| tracing::info!("{n}")), shutdown).await
 }
 
 /// `--dev`: a throwaway vault in a fresh temp dir, initialized and unlocked with a
