@@ -8,7 +8,7 @@ use crate::notify;
 use crate::server;
 use crate::vault::{Vault, VaultError};
 use std::future::Future;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,13 +78,21 @@ pub async fn run_dev(shutdown: impl Future<Output = ()>) -> Result<(), DaemonErr
         path: std::env::temp_dir(),
         source,
     })?;
+    // Agents of other users can reach the agent socket (the directory is searchable,
+    // not listable), so a first session can show one reading; each read is still
+    // checked against its grants. The data dir inside stays 0700.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).map_err(|source| DaemonError::Io {
+        what: "setting the mode of",
+        path: dir.path().to_owned(),
+        source,
+    })?;
     let opts = Options {
         data_dir: dir.path().join("data"),
         agent_socket: dir.path().join("agent.sock"),
         admin_socket: dir.path().join("admin.sock"),
         passphrase_file: None,
         passphrase_env: None,
-        config: Config::default(),
+        config: Config { agent_socket_mode: 0o666, ..Config::default() },
     };
     let vault = Vault::open(&opts.data_dir, &opts.config)?;
     let passphrase = crypto::random_secret(32).map_err(VaultError::from)?;

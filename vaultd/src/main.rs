@@ -36,7 +36,8 @@ struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Throwaway vault in a temp dir, unlocked, deleted on exit; prints the
-    /// `export VAULT_SOCKET=… VAULT_ADMIN_SOCKET=…` lines to use it.
+    /// `export VAULT_SOCKET=… VAULT_ADMIN_SOCKET=…` lines to use it. Agents of
+    /// other users may connect to its agent socket (reads still need grants).
     #[arg(long, conflicts_with_all = ["data_dir", "socket", "admin_socket", "passphrase_file", "config"])]
     dev: bool,
 }

@@ -22,9 +22,11 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
+    // Dialed first: nobody should type a passphrase twice to learn that vaultd is
+    // not there (say, after stale `--dev` exports).
+    let mut admin = daemon::admin(global).await?;
     let passphrase = input::passphrase(args.passphrase_file.as_deref(), Passphrase::New)?;
     input::check_strength(&passphrase, args.weak_passphrase)?;
-    let mut admin = daemon::admin(global).await?;
     let request = InitRequest { passphrase: passphrase.into_request_bytes() };
     let reply = admin.init(request).await.reply()?;
     let status = daemon::required(reply.status, "status")?;
