@@ -130,3 +130,44 @@ fn the_man_page_documents_the_real_commands() {
         eprintln!("skipped: man is not installed, so the page is not rendered");
     }
 }
+
+#[test]
+fn bash_completes_secret_and_client_names_from_vaultd() {
+    assert!(installed("bash"), "bash is needed for this test");
+    let d = vault_tests::Daemon::initialized();
+    d.ctl(&["--env", "prod", "put", "TELEGRAM_BOT_TOKEN"], b"t").ok();
+    d.ctl(&["--env", "prod", "put", "OPENAI_API_KEY"], b"o").ok();
+    d.ctl(&["put", "elsewhere"], b"e").ok();
+    d.ctl(&["client", "add", "telegram-bot", "--uid", "65534"], b"").ok();
+    let script = d.ctl(&["completions", "bash"], b"").ok().stdout;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vaultctl.bash");
+    std::fs::write(&path, &script).unwrap();
+    let complete = |words: &[&str]| {
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let probe = format!(
+            "source '{}'\nCOMP_WORDS=({}); COMP_CWORD={}; _vaultctl_names vaultctl '{}' '{}'\necho \"${{COMPREPLY[*]}}\"\n",
+            path.display(),
+            quoted.join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        let mut cmd = Command::new("bash");
+        cmd.env("PATH", format!("{}:{}", bins().vaultctl.parent().unwrap().display(), std::env::var("PATH").unwrap()))
+            .env("VAULT_SOCKET", &d.agent_socket)
+            .env("VAULT_ADMIN_SOCKET", &d.admin_socket)
+            .env_remove("VAULT_ENV");
+        let out = run(cmd, probe.as_bytes());
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        out.text().trim().to_owned()
+    };
+    assert_eq!(complete(&["vaultctl", "--env", "prod", "get", "TE"]), "TELEGRAM_BOT_TOKEN");
+    assert_eq!(complete(&["vaultctl", "--env", "prod", "rotate", ""]), "OPENAI_API_KEY TELEGRAM_BOT_TOKEN");
+    assert_eq!(complete(&["vaultctl", "show", ""]), "elsewhere");
+    assert_eq!(complete(&["vaultctl", "client", "disable", "tel"]), "telegram-bot");
+    let pattern = complete(&["vaultctl", "client", "grant", "telegram-bot", ""]);
+    assert!(!pattern.contains("telegram-bot"), "a pattern goes there, not a name: {pattern}");
+    // Words still come from clap's script.
+    assert!(complete(&["vaultctl", "au"]).contains("audit"));
+}

@@ -96,6 +96,9 @@ pub(crate) enum Command {
     /// Print the man page (roff), or write all of them with --out-dir: for packaging.
     #[command(hide = true)]
     Man(completions::ManArgs),
+    /// Secret or client names for shell completion, one a line.
+    #[command(name = "__complete", hide = true)]
+    Complete(completions::NamesArgs),
     /// Change the passphrase and/or the Argon2 parameters (re-wraps the root key only).
     Rekey(rekey::Args),
     /// Start a new key term for new writes; --rewrap re-encrypts everything under it.
@@ -133,6 +136,7 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Token(command) => token::run(global, command).await,
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => completions::man(args),
+        Command::Complete(args) => completions::names(global, args).await,
         Command::Rekey(args) => rekey::run(global, args).await,
         Command::RotateKey(args) => rotate_key::run(global, args).await,
         Command::Backup(args) => backup::run(global, args).await,
