@@ -1,10 +1,13 @@
 //! Secret names, environments and client names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`
-//! (DESIGN §4), case-sensitive.
+//! (DESIGN §4) in one case, upper or lower, not both; case-sensitive.
 //!
 //! Upper case is allowed so that the names agents already use (`OPENAI_API_KEY`,
 //! from a `.env` file) are secret names as they are, and `vaultctl run` can hand
 //! a secret to a program under its own name; [`env_var`] is the documented rule
 //! for the names that are not environment-variable names (`telegram-bot-token`).
+//! Mixing cases is refused: names do not (`OPENAI_API_KEY`, `telegram`), keys
+//! mostly do (`sk-proj-3fA9xQ…`), so a key pasted where a name goes is refused as
+//! a name, never stored, listed or quoted back as one.
 //!
 //! Both vaultctl (for an error before dialing) and vaultd (the authority) use this.
 
@@ -23,6 +26,7 @@ pub enum NameError {
     BadFirstChar,
     /// The 1-based position of the first character not allowed.
     BadChar(usize),
+    MixedCase,
     NoSlash,
 }
 
@@ -34,6 +38,9 @@ impl std::fmt::Display for NameError {
             NameError::BadFirstChar => f.write_str("must start with a letter or a digit (A-Z, a-z, 0-9)"),
             NameError::BadChar(at) => {
                 write!(f, "has a character not allowed at position {at}: use only A-Z, a-z, 0-9, '_', '.' and '-'")
+            }
+            NameError::MixedCase => {
+                f.write_str("mixes upper and lower case: use one (OPENAI_API_KEY or openai_api_key)")
             }
             NameError::NoSlash => f.write_str("must be ENV/NAME (with `*` for any characters)"),
         }
@@ -52,7 +59,15 @@ pub fn validate(name: &str) -> Result<(), NameError> {
     if !first.is_ascii_alphanumeric() {
         return Err(NameError::BadFirstChar);
     }
-    first_bad(bytes, |b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    first_bad(bytes, |b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))?;
+    one_case(bytes)
+}
+
+/// Refuses upper and lower case letters together.
+fn one_case(bytes: &[u8]) -> Result<(), NameError> {
+    let upper = bytes.iter().any(u8::is_ascii_uppercase);
+    let lower = bytes.iter().any(u8::is_ascii_lowercase);
+    if upper && lower { Err(NameError::MixedCase) } else { Ok(()) }
 }
 
 /// `Err(BadChar(position))` for the first byte `ok` refuses.
@@ -75,6 +90,7 @@ pub fn validate_pattern(pattern: &str) -> Result<(), NameError> {
             return Err(NameError::TooLong);
         }
         first_bad(part.as_bytes(), |b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'*'))?;
+        one_case(part.as_bytes())?;
     }
     Ok(())
 }
@@ -143,14 +159,14 @@ mod tests {
         }
         assert!(pattern_matches("prod/OPENAI_*", "prod", "OPENAI_API_KEY"));
         assert!(!pattern_matches("prod/openai*", "prod", "OPENAI_API_KEY"), "names are case-sensitive");
-        for bad in ["telegram", "prod/", "/x", "prod/a b", "a/b/c"] {
+        for bad in ["telegram", "prod/", "/x", "Prod/x", "prod/a b", "a/b/c"] {
             assert!(validate_pattern(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn accepts_the_documented_alphabet() {
-        for ok in ["telegram", "prod", "a", "0", "openai.key-2_b", "OPENAI_API_KEY", "Prod", &"a".repeat(128)] {
+        for ok in ["telegram", "prod", "a", "0", "openai.key-2_b", "OPENAI_API_KEY", "PROD", "V2", &"a".repeat(128)] {
             assert_eq!(validate(ok), Ok(()), "{ok}");
         }
     }
@@ -163,6 +179,8 @@ mod tests {
             ("-x", NameError::BadFirstChar),
             ("_x", NameError::BadFirstChar),
             ("é", NameError::BadFirstChar),
+            ("Telegram", NameError::MixedCase),
+            ("sk-proj-3fA9xQ2mZ7Lw0pRt", NameError::MixedCase),
             ("tele gram", NameError::BadChar(5)),
             ("prod/telegram", NameError::BadChar(5)),
             ("café", NameError::BadChar(4)),
@@ -180,7 +198,6 @@ mod tests {
         let cases = [
             ("OPENAI_API_KEY", Some("OPENAI_API_KEY")),
             ("telegram", Some("telegram")),
-            ("Mixed_Case", Some("Mixed_Case")),
             ("telegram-bot-token", Some("TELEGRAM_BOT_TOKEN")),
             ("openai.key", Some("OPENAI_KEY")),
             ("9lives", None),

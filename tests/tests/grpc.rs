@@ -132,11 +132,9 @@ async fn vaultd_checks_input_itself_and_never_echoes_it() {
     let d = Daemon::initialized();
     let mut admin = vault_proto::admin_client(channel(&d.admin_socket).await);
     let mut agent = vault_proto::agent_client(channel(&d.agent_socket).await);
-    // A key pasted where a name goes: refused for its '/' and '+' (upper case is
-    // allowed in names, so many keys without those would be names).
-    let pasted = "sk-ant-PASTED/INTO+NAME-f00d";
+    let pasted = "sk-ant-PASTED-INTO-NAME-f00d";
     let long = "a".repeat(129);
-    for name in ["B@d", "-x", "a/b", long.as_str(), "", pasted, "a\0b"] {
+    for name in ["Bad", "-x", "a/b", long.as_str(), "", pasted, "a\0b"] {
         let put = PutSecretRequest { secret: Some(secret(name)), value: b"v".to_vec(), ..Default::default() };
         let err = admin.put_secret(put).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "put {name:?}: {err:?}");

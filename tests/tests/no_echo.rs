@@ -20,6 +20,8 @@ fn no_error_repeats_an_argument_a_token_or_a_value() {
     let long = format!("--secret={c}");
     let eq_var = format!("{c}=telegram");
     let spaced = format!("{c} x");
+    // A key in a name's place: keys mix cases, names do not.
+    let key_as_name = format!("{c}XyZ");
     // (args, stdin, exit code, what the message says instead)
     let cases: Vec<(Vec<&str>, &[u8], i32, &str)> = vec![
         (vec!["put", "openai", c], b"", USAGE, "unexpected argument #3 ("),
@@ -34,6 +36,8 @@ fn no_error_repeats_an_argument_a_token_or_a_value() {
         (vec!["audit", "query", "--limit", c], b"", USAGE, "invalid value #4"),
         (vec!["client", "add", "bot", "--uid", c], b"", USAGE, "no such user"),
         (vec!["token", "revoke", &token], b"", USAGE, "that is a token, not its accessor"),
+        (vec!["get", &key_as_name], b"", USAGE, "mixes upper and lower case"),
+        (vec!["put", &key_as_name], b"v", USAGE, "mixes upper and lower case"),
         (vec!["token", "revoke", c], b"", USAGE, "16 hex digits"),
         (vec!["run", "--only", &spaced, "--", "true"], b"", USAGE, "invalid --only pattern"),
     ];
