@@ -95,6 +95,14 @@ fn swapped_sockets_old_versions_and_user_names_get_clear_answers() {
     cmd.env("VAULT_SOCKET", &d.admin_socket);
     assert!(vault_tests::run(cmd, b"").error(1).contains("swapped"));
 
+    // Stale exports (a --dev vault gone): init and unlock say so before asking for a passphrase.
+    for command in ["init", "unlock"] {
+        let mut cmd = d.ctl_command(&[command]);
+        cmd.env("VAULT_ADMIN_SOCKET", d.dir.path().join("gone/admin.sock"));
+        let out = vault_tests::run(cmd, b"");
+        assert!(out.error(5).contains("cannot reach vaultd"), "{command}: {}", out.stderr);
+    }
+
     // A retired version: a hint, and the same answer for a secret that does not exist.
     let old = d.ctl(&["get", "telegram", "--version", "1"], b"");
     let missing = d.ctl(&["get", "nosuch", "--version", "1"], b"");
