@@ -313,3 +313,34 @@ fn an_agent_runs_with_what_it_was_granted_and_nothing_else() {
     let listed = d.audit_query(&["--type", "secret.list"]);
     assert!(listed.len() >= 4, "every listing is audited: {listed:?}");
 }
+
+/// `run` is `exec` with the list made for it: the same files, rotation and
+/// signal handling (one implementation, `exec::launch`).
+#[test]
+fn run_follows_rotations_like_exec() {
+    let d = Daemon::initialized();
+    let file = d.write_file("bot.env", b"SLACK_BOT_TOKEN=xoxb-1\n");
+    ctl(&d, &["import", path_str(&file)]).ok();
+    let log = d.dir.path().join("log");
+    let dir = d.dir.path().join("run");
+    let script = format!(
+        r#"trap 'echo "usr1 $(cat "$SLACK_BOT_TOKEN_FILE")" >> {log}' USR1; echo "start $(cat "$SLACK_BOT_TOKEN_FILE")" >> {log}; while :; do sleep 0.05; done"#,
+        log = path_str(&log)
+    );
+    let args =
+        ["--env", "prod", "run", "--files", path_str(&dir), "--on-rotate", "signal:USR1", "--", "sh", "-c", &script];
+    let mut cmd = d.ctl_command(&args);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut run = vault_tests::ChildGuard(Some(vault_tests::spawn(&mut cmd)));
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>();
+    vault_tests::wait_for("the start", || (lines() == ["start xoxb-1"]).then_some(()));
+    d.ctl(&["--env", "prod", "rotate", "SLACK_BOT_TOKEN"], b"xoxb-2").ok();
+    vault_tests::wait_for("the signal with the new file", || (lines().last()? == "usr1 xoxb-2").then_some(()));
+    vault_tests::signal(run.0.as_ref().unwrap(), rustix::process::Signal::INT);
+    let status = vault_tests::wait_until(
+        run.0.as_mut().unwrap(),
+        std::time::Instant::now() + std::time::Duration::from_secs(15),
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(130), "sh ended by the forwarded SIGINT");
+    assert!(!dir.exists(), "--files removed its directory");
+}
