@@ -781,6 +781,12 @@ pub fn skip_unless_ci(why: &str) {
     if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
         panic!("{why} (CI must provide it: see .ci/run)");
     }
+    say_skipped(why);
+}
+
+/// Says, where the person running `cargo test` sees it, that (part of) a test was
+/// skipped: for optional checks, which CI need not run either.
+pub fn say_skipped(why: &str) {
     let test = std::thread::current().name().unwrap_or("a test").to_owned();
     let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
 }

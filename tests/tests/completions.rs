@@ -80,7 +80,7 @@ echo "audit: ${{COMPREPLY[*]}}"
 fn the_zsh_and_fish_scripts_parse_where_those_shells_are_installed() {
     for (sh, check) in [("zsh", &["-n"][..]), ("fish", &["--no-execute"][..])] {
         if !installed(sh) {
-            eprintln!("skipped: {sh} is not installed, so its script's syntax is not checked");
+            vault_tests::say_skipped(&format!("{sh} is not installed, so its script's syntax is not checked"));
             continue;
         }
         let script = vaultctl(&["completions", sh]).ok().stdout;
@@ -127,7 +127,7 @@ fn the_man_page_documents_the_real_commands() {
         assert!(out.status.success(), "man -l: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("SUBCOMMANDS"));
     } else {
-        eprintln!("skipped: man is not installed, so the page is not rendered");
+        vault_tests::say_skipped("man is not installed, so the page is not rendered");
     }
 }
 
