@@ -1,5 +1,5 @@
 //! Secret names, environments and client names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`
-//! (DESIGN §4) in one case, upper or lower, not both; case-sensitive.
+//! (ARCHITECTURE §4) in one case, upper or lower, not both; case-sensitive.
 //!
 //! Upper case is allowed so that the names agents already use (`OPENAI_API_KEY`,
 //! from a `.env` file) are secret names as they are, and `vaultctl run` can hand

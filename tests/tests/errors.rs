@@ -5,7 +5,7 @@
 
 use vault_tests::{Daemon, Options};
 
-/// Exit codes (DESIGN §9, `vaultctl --help`).
+/// Exit codes (ARCHITECTURE §9, `vaultctl --help`).
 const ERROR: i32 = 1;
 const USAGE: i32 = 2;
 const NOT_FOUND: i32 = 3;

@@ -1,7 +1,7 @@
 //! Reading secrets from the operator: passphrases and secret values.
 //!
 //! They come from a file, stdin, or a prompt that does not echo — never from argv
-//! (DESIGN §9). Input is read into one buffer sized up front, so no reallocation
+//! (ARCHITECTURE §9). Input is read into one buffer sized up front, so no reallocation
 //! leaves an unwiped copy behind, and its size is checked before vaultd is dialed.
 
 use std::io::{IsTerminal as _, Read};

@@ -1,4 +1,4 @@
-//! `vaultctl`: the operator's command-line client for vaultd (DESIGN §9).
+//! `vaultctl`: the operator's command-line client for vaultd (ARCHITECTURE §9).
 //!
 //! Each subcommand lives in its own file under `cmd/`. Errors flow back here as
 //! `anyhow::Error` and leave through one exit point, [`exit::report`], which prints
