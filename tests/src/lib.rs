@@ -573,6 +573,11 @@ impl Daemon {
         let out = self.ctl(&["audit", "verify"], b"");
         if out.code == Some(0) {
             let text = out.text();
+            // After the entries, what was acknowledged (`; N problems …`), if anything.
+            let text = match text.split_once("; ") {
+                Some((head, _)) => format!("{head}\n"),
+                None => text,
+            };
             let parsed = text
                 .strip_prefix("audit log intact: ")
                 .and_then(|r| r.strip_suffix(")\n"))

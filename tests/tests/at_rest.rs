@@ -78,13 +78,23 @@ fn set_ciphertext(d: &Daemon, name: &str, bytes: &[u8]) {
     assert_eq!(changed, 1);
 }
 
-/// Asserts that reading `name` fails with the one opaque error, both on the agent
-/// socket (`get`) and the admin socket (`show --reveal`).
+/// Asserts that an edit of `name`'s stored rows is not acted on while vaultd
+/// runs (it serves what it verified, `serving`), and that once vaultd loads the
+/// file again (seal, unlock) reading it fails, naming it, on the agent socket
+/// (`get`) and the admin socket (`show --reveal`), and nothing is served.
 #[track_caller]
-fn assert_decryption_fails(d: &Daemon, name: &str, what: &str) {
-    for args in [&["get", name][..], &["show", "--reveal", name]] {
-        let out = d.ctl(args, b"");
-        assert_eq!(out.error(1), "decryption failed", "{what}: {args:?}");
+fn assert_refused_after_unlock(d: &Daemon, edited: &[(&str, &[u8])], what: &str) {
+    for (name, serving) in edited {
+        assert_eq!(d.get(name), *serving, "{what}: an edit while running is not acted on");
+    }
+    d.ctl(&["seal"], b"").ok();
+    d.unlock();
+    for (name, _) in edited {
+        for args in [&["get", name][..], &["show", "--reveal", name]] {
+            let out = d.ctl(args, b"");
+            let message = out.error(1);
+            assert!(message.contains(&format!("secret default/{name} is quarantined")), "{what}: {args:?}: {message}");
+        }
     }
 }
 
@@ -112,8 +122,12 @@ fn a_flipped_byte_anywhere_fails_with_one_opaque_error() {
         let mut bad = original.clone();
         bad[pos] ^= 0x01;
         set_ciphertext(&d, "telegram", &bad);
-        assert_decryption_fails(&d, "telegram", what);
+        assert_refused_after_unlock(&d, &[("telegram", b"123:telegram-token")], what);
         assert_eq!(d.get("anthropic"), b"sk-ant-untouched", "{what}: other secrets still read");
+        // Put back as it was, it verifies again.
+        set_ciphertext(&d, "telegram", &original);
+        d.ctl(&["seal"], b"").ok();
+        d.unlock();
     }
     let truncations: [(&[u8], &str); 4] = [
         (&original[..len - 1], "one byte short"),
@@ -123,10 +137,12 @@ fn a_flipped_byte_anywhere_fails_with_one_opaque_error() {
     ];
     for (bad, what) in truncations {
         set_ciphertext(&d, "telegram", bad);
-        assert_decryption_fails(&d, "telegram", what);
+        assert_refused_after_unlock(&d, &[("telegram", b"123:telegram-token")], what);
+        set_ciphertext(&d, "telegram", &original);
+        d.ctl(&["seal"], b"").ok();
+        d.unlock();
     }
 
-    set_ciphertext(&d, "telegram", &original);
     assert_eq!(d.get("telegram"), b"123:telegram-token", "the restored ciphertext reads again");
     d.assert_running();
     assert_eq!(d.status()["sealed"], false);
@@ -146,8 +162,7 @@ fn swapped_or_replayed_ciphertexts_do_not_decrypt() {
     // Swap two secrets' ciphertexts: both fail, neither shows the other's value.
     set_ciphertext(&d, "telegram", &discord);
     set_ciphertext(&d, "discord", &telegram);
-    assert_decryption_fails(&d, "telegram", "swapped");
-    assert_decryption_fails(&d, "discord", "swapped");
+    assert_refused_after_unlock(&d, &[("telegram", b"telegram-token"), ("discord", b"discord-token")], "swapped");
     assert_eq!(d.get("untouched"), b"still-fine");
 
     // Replay version 1's ciphertext as version 2 of the same secret.
@@ -161,16 +176,20 @@ fn swapped_or_replayed_ciphertexts_do_not_decrypt() {
         )
         .unwrap();
     set_ciphertext(&d, "rotated", &v1);
-    assert_decryption_fails(&d, "rotated", "version 1 replayed as version 2");
+    assert_refused_after_unlock(&d, &[("rotated", b"new-value")], "version 1 replayed as version 2");
 
-    // Move a secret to another environment by editing its row: its ciphertext is
-    // bound to the old one.
+    // Move a secret to another environment by editing its row: its MAC (and its
+    // ciphertext) are bound to the old one.
     d.db().execute("UPDATE secret SET env = 'staging' WHERE name = 'untouched'", []).unwrap();
+    d.ctl(&["seal"], b"").ok();
+    d.unlock();
     let out = d.ctl(&["--env", "staging", "get", "untouched"], b"");
-    assert_eq!(out.error(1), "decryption failed", "moved to another environment");
+    assert!(out.error(1).contains("secret staging/untouched is quarantined"), "moved to another environment");
 
     set_ciphertext(&d, "telegram", &telegram);
     set_ciphertext(&d, "discord", &discord);
+    d.ctl(&["seal"], b"").ok();
+    d.unlock();
     assert_eq!(d.get("telegram"), b"telegram-token");
     assert_eq!(d.get("discord"), b"discord-token");
     d.assert_running();

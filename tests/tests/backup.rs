@@ -103,7 +103,13 @@ async fn a_backup_under_load_restores_every_acknowledged_value() {
 
     // Restore offline into a new dir and serve it from a second vaultd.
     let restored = d.dir.path().join("restored");
-    let out = d.ctl(&["--json", "restore", path_str(&file), "--data-dir", path_str(&restored)], b"").ok().json();
+    let restore = |to: &std::path::Path| {
+        d.ctl(
+            &["--json", "restore", path_str(&file), "--data-dir", path_str(to), "--passphrase-file", path_str(&pass)],
+            b"",
+        )
+    };
+    let out = tokio::task::block_in_place(|| restore(&restored).ok().json());
     assert_eq!(out["secrets"], SECRETS, "{out}");
     assert_eq!(std::fs::metadata(&restored).unwrap().permissions().mode() & 0o777, 0o700);
     for f in vault_tests::files_under(&restored) {
@@ -139,7 +145,7 @@ async fn a_backup_under_load_restores_every_acknowledged_value() {
     assert_eq!(second.audit_query(&["--type", "vault.backup"]).len(), 1, "and so is the backup it came from");
 
     // Restore never overwrites.
-    let message = d.ctl(&["restore", path_str(&file), "--data-dir", path_str(&restored)], b"").error(1).to_owned();
+    let message = restore(&restored).error(1).to_owned();
     assert!(message.contains("not empty"), "{message}");
 }
 
@@ -171,7 +177,9 @@ fn backup_verify_catches_damage_and_a_wrong_passphrase() {
         let message = verify(&damaged).error(1).to_owned();
         assert!(message.contains("damaged") || message.contains("authentication"), "byte {at}: {message}");
         let target = d.dir.path().join(format!("restore-{trial}"));
-        d.ctl(&["restore", path_str(&damaged), "--data-dir", path_str(&target)], b"").error(1);
+        let restore =
+            ["restore", path_str(&damaged), "--data-dir", path_str(&target), "--passphrase-file", path_str(&pass)];
+        d.ctl(&restore, b"").error(1);
         assert!(!target.exists(), "a refused restore leaves nothing");
     }
     let truncated = d.write_file("truncated", &original[..original.len() / 2]);

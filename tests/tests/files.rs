@@ -34,7 +34,8 @@ fn data_dir_files_and_sockets_are_owner_only() {
     // Nothing else appears in the data dir.
     let mut names: Vec<_> = fs::read_dir(&d.data_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
-    assert_eq!(names, ["journal", "vault.db", "vault.db-shm", "vault.db-wal"]);
+    assert_eq!(names, ["journal", "vault.db", "vault.db-shm", "vault.db-wal", "vaultd.lock"]);
+    assert_eq!(mode(&d.data_dir.join("vaultd.lock")), 0o600, "the data dir's lock");
 }
 
 #[test]

@@ -173,7 +173,7 @@ async fn admin_calls_on_a_fresh_vault_report_failed_precondition() {
     let mut admin = vault_proto::admin_client(channel(&d.admin_socket).await);
     let status = admin.status(StatusRequest {}).await.unwrap().into_inner();
     assert!(!status.initialized && status.sealed && status.kdf.is_none(), "{status:?}");
-    assert_eq!(status.schema_version, 10);
+    assert_eq!(status.schema_version, 11);
     let err = admin.init(v1::InitRequest { passphrase: vec![] }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "an empty passphrase: {err:?}");
     let put = PutSecretRequest { secret: Some(secret("x")), value: b"v".to_vec(), ..Default::default() };

@@ -203,12 +203,17 @@ async fn offline_revoke_all_works_with_the_daemon_dead_or_alive() {
     assert_eq!(report["secrets_compromised"], 10);
     assert_eq!(report["mode"], "offline");
     assert_no_secret_in(&serde_json::to_vec(&report).unwrap(), &dead_tokens);
-    // Twice is safe.
+    // Twice is safe: without the key it can only record the incident, and the
+    // next vaultd to unlock applies both (signed) before serving anything.
     let again = offline(&dead, "host compromised").ok().json();
-    assert_eq!(again["tokens_revoked"], 0);
+    assert_eq!(again["tokens_revoked"], 5, "what it will reach: {again}");
     dead.launch();
     dead.unlock();
     assert_everything_revoked(&dead, &dead_tokens);
+    let applied = dead.audit_query(&["--type", "incident.applied"]);
+    assert_eq!(applied.len(), 2, "{applied:?}");
+    assert!(dead.audit_verify().is_ok());
+    assert_eq!(dead.status()["integrity"], serde_json::json!([]), "the offline incidents are adopted, not violations");
 
     // Running, unlocked, with agents watching: the same, and the streams end.
     let alive = Daemon::initialized();
@@ -226,8 +231,9 @@ async fn offline_revoke_all_works_with_the_daemon_dead_or_alive() {
         alive.audit_query(&["--type", "incident"]).iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
     };
     vault_tests::wait_for("incident.honoured", || {
-        (kinds() == ["incident.revoke_all", "incident.honoured"]).then_some(())
+        (kinds() == ["incident.revoke_all", "incident.applied", "incident.honoured"]).then_some(())
     });
+    assert_eq!(alive.status()["integrity"], serde_json::json!([]));
     assert!(alive.audit_verify().is_ok(), "{:?}", alive.audit_verify());
 }
 

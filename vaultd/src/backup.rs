@@ -44,6 +44,8 @@ pub enum BackupError {
     Record { env: String, name: String, version: u64 },
     #[error("audit log broken at entry {seq}: {problem}")]
     Audit { seq: u64, problem: String },
+    #[error("the backup's state was altered: {0}")]
+    State(String),
     #[error("{} is not empty; restore never overwrites", .0.display())]
     NotEmpty(PathBuf),
     #[error(transparent)]
@@ -207,20 +209,25 @@ fn mac_matches(src: &Path, keys: &Unlocked, claimed: &[u8]) -> Result<bool, Back
     Ok(mac.matches(claimed))
 }
 
-/// `backup verify`: unpacks `src` into a private temp dir, opens it with
-/// `passphrase`, checks its HMAC, decrypts every stored version and checks the
-/// audit chain. Restores nothing.
-pub fn verify(src: &Path, passphrase: &SecretBytes) -> Result<Report, BackupError> {
+/// A backup unpacked into a private temp dir and checked all through: its
+/// envelope, SQLite's own check, the passphrase, the HMAC, every version's
+/// decryption, the authenticated state and the audit chain.
+struct Checked {
+    dir: tempfile::TempDir,
+    report: Report,
+}
+
+fn check(src: &Path, passphrase: &SecretBytes) -> Result<Checked, BackupError> {
     use std::os::unix::fs::PermissionsExt as _;
     // Owner-only from creation, like a data dir: it holds a copy of the vault.
-    let tmp = tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix("vaultd-verify-")
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
         .map_err(io_at(&std::env::temp_dir()))?;
-    let db = tmp.path().join(DB_FILE);
+    let db = dir.path().join(DB_FILE);
     let (bytes, claimed) = unpack(src, &mut create_owner_only(&db)?, &db)?;
-    let store = Store::open(tmp.path())?;
+    let store = Store::open(dir.path())?;
     if let Some(problem) = store.integrity_problem()? {
         return Err(BackupError::Damaged(problem));
     }
@@ -249,24 +256,39 @@ pub fn verify(src: &Path, passphrase: &SecretBytes) -> Result<Report, BackupErro
         crate::audit::Verdict::Intact { entries, .. } => entries,
         crate::audit::Verdict::Broken { seq, problem } => return Err(BackupError::Audit { seq, problem }),
     };
-    Ok(Report { bytes, secrets: store.count_secrets()?, versions, key_terms: terms.len() as u64, audit_entries })
+    // The state as a vaultd unlocking it would find it: nothing changed behind its back.
+    let head_generation = snapshot.head.as_ref().map(|h| h.state_generation);
+    let stored = store.write(|txn| txn.load_state())?;
+    if let Some(v) = crate::state::load::check(&keys, stored, head_generation).violations.first() {
+        return Err(BackupError::State(v.to_string()));
+    }
+    let report =
+        Report { bytes, secrets: store.count_secrets()?, versions, key_terms: terms.len() as u64, audit_entries };
+    Ok(Checked { dir, report })
 }
 
-/// `restore`: puts `src`'s image into `dir`, which must be empty or missing
-/// (created 0700; the database 0600), checking the envelope's checksum and the
-/// image's integrity first. Refuses to overwrite anything. The restore is
-/// recorded in the restored vault's audit log, chained at its next unlock.
-/// Offline: run it as the user vaultd runs as, with vaultd stopped.
-pub fn restore(src: &Path, dir: &Path) -> Result<Report, BackupError> {
+/// `backup verify`: checks `src` with `passphrase` (see [`check`]). Restores nothing.
+pub fn verify(src: &Path, passphrase: &SecretBytes) -> Result<Report, BackupError> {
+    Ok(check(src, passphrase)?.report)
+}
+
+/// `restore`: checks `src` with `passphrase` all through first (see [`check`]),
+/// then puts its image into `dir`, which must be empty or missing (created
+/// 0700; the database 0600). Refuses to overwrite anything, and a backup that
+/// fails any check leaves nothing behind. The restore is recorded in the
+/// restored vault's audit log, chained at its next unlock. Offline: run it as
+/// the user vaultd runs as, with vaultd stopped.
+pub fn restore(src: &Path, dir: &Path, passphrase: &SecretBytes) -> Result<Report, BackupError> {
     let created = match std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
         Ok(true) => return Err(BackupError::NotEmpty(dir.into())),
         Ok(false) => false,
         Err(e) if e.kind() == io::ErrorKind::NotFound => true,
         Err(e) => return Err(io_at(dir)(e)),
     };
+    let checked = check(src, passphrase)?;
     prepare_data_dir(dir)?;
     let db = dir.join(DB_FILE);
-    let restored = restore_into(src, dir, &db);
+    let restored = restore_into(&checked, src, dir, &db);
     if restored.is_err() {
         // Leave the directory as it was found: nothing of a failed restore stays.
         for suffix in ["", "-wal", "-shm"] {
@@ -279,25 +301,27 @@ pub fn restore(src: &Path, dir: &Path) -> Result<Report, BackupError> {
     restored
 }
 
-fn restore_into(src: &Path, dir: &Path, db: &Path) -> Result<Report, BackupError> {
-    let (bytes, _) = unpack(src, &mut create_owner_only(db)?, db)?;
-    let store = Store::open(dir)?;
-    if let Some(problem) = store.integrity_problem()? {
-        return Err(BackupError::Damaged(problem));
+fn restore_into(checked: &Checked, src: &Path, dir: &Path, db: &Path) -> Result<Report, BackupError> {
+    let checked_db = checked.dir.path().join(DB_FILE);
+    {
+        // The checked image, as one file (SQLite folds its WAL in on close).
+        let mut from = File::open(&checked_db).map_err(io_at(&checked_db))?;
+        let mut to = create_owner_only(db)?;
+        io::copy(&mut from, &mut to).map_err(io_at(db))?;
+        to.sync_all().map_err(io_at(db))?;
     }
-    let (_, terms) = store.header()?.ok_or_else(|| BackupError::Damaged("it holds no vault header".into()))?;
+    let store = Store::open(dir)?;
     let actor = Actor {
         uid: Some(rustix::process::geteuid().as_raw()),
         pid: Some(rustix::process::getpid().as_raw_nonzero().get()),
         ..Actor::default()
     };
     let name = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let event = Event::new("vault.restore", Outcome::Ok, &actor).with("from", name).with("bytes", bytes);
+    let event = Event::new("vault.restore", Outcome::Ok, &actor).with("from", name).with("bytes", checked.report.bytes);
     // No key here: stored unchained, like every record written while sealed.
     store.write(|txn| chain::append(txn, None, &[event]))?;
-    let versions = store.each_version(|_, _, _, _| Ok::<_, StoreError>(()))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))?;
-    Ok(Report { bytes, secrets: store.count_secrets()?, versions, key_terms: terms.len() as u64, audit_entries: 0 })
+    Ok(Report { audit_entries: 0, ..checked.report.clone() })
 }
 
 #[cfg(test)]

@@ -27,6 +27,20 @@ pub struct Config {
     pub rotation: crate::rotation::RotationConfig,
     #[serde(default)]
     pub keys: KeysConfig,
+    #[serde(default)]
+    pub integrity: IntegrityConfig,
+}
+
+/// `[integrity]`: what vaultd can check beyond the data directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrityConfig {
+    /// A file outside the data directory where vaultd keeps the newest state
+    /// generation and audit head it wrote, under a MAC, so that a whole older
+    /// copy of the data directory put back is noticed at unlock (see
+    /// `state::anchor` and SECURITY.md). Unset: no anchor.
+    #[serde(default)]
+    pub anchor: Option<PathBuf>,
 }
 
 /// `[keys]`: the key-term lifecycle.
@@ -70,6 +84,7 @@ impl Default for Config {
             limits: crate::limits::LimitsConfig::default(),
             rotation: crate::rotation::RotationConfig::default(),
             keys: KeysConfig::default(),
+            integrity: IntegrityConfig::default(),
         }
     }
 }

@@ -47,6 +47,8 @@ pub enum DaemonError {
 
 /// Runs the daemon on `opts.data_dir` until `shutdown` completes.
 pub async fn run(mut opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    crate::store::prepare_data_dir(&opts.data_dir).map_err(VaultError::from)?;
+    let _lock = crate::store::lock_data_dir(&opts.data_dir).map_err(VaultError::from)?;
     let vault = Vault::open(&opts.data_dir, &opts.config)?;
     let passphrase = match (&opts.passphrase_file, opts.passphrase_env.take()) {
         (Some(_), Some(_)) => {
@@ -94,6 +96,8 @@ pub async fn run_dev(shutdown: impl Future<Output = ()>) -> Result<(), DaemonErr
         passphrase_env: None,
         config: Config { agent_socket_mode: 0o666, ..Config::default() },
     };
+    crate::store::prepare_data_dir(&opts.data_dir).map_err(VaultError::from)?;
+    let _lock = crate::store::lock_data_dir(&opts.data_dir).map_err(VaultError::from)?;
     let vault = Vault::open(&opts.data_dir, &opts.config)?;
     let passphrase = crypto::random_secret(32).map_err(VaultError::from)?;
     let v = vault.clone();

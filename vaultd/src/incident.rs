@@ -3,7 +3,8 @@
 //! daemon or the passphrase (`vaultctl revoke-all --offline`).
 
 use crate::audit::{Actor, Event, Outcome, chain};
-use crate::store::{Store, StoreError, Txn, now_unix};
+use crate::state::{Draft, Incident, IncidentMode, StateError};
+use crate::store::{Store, StoreError, now_unix};
 use std::path::Path;
 
 /// An incident's report: the wire's `IncidentReport`, stored with the incident
@@ -39,49 +40,94 @@ pub fn check_reason(reason: &str) -> Result<(), IncidentError> {
     Ok(())
 }
 
-/// In `txn`: every token revoked, every client disabled, every current version
-/// compromised, the incident stored. Returns the report and its audit event.
-pub fn revoke_everything(
-    txn: &Txn<'_>,
-    mode: &str,
-    reason: &str,
-    actor: &Actor,
-) -> Result<(Report, Event), StoreError> {
-    let revoked = txn.revoke_everything()?;
-    let mut report = Report {
-        reason: reason.into(),
-        mode: mode.into(),
-        started_unix: now_unix(),
-        tokens_revoked: revoked.tokens,
-        clients_disabled: revoked.clients,
-        secrets_compromised: revoked.secrets.len() as u64,
-        needs_rotation: revoked.secrets,
-        ..Report::default()
-    };
-    report.id = txn.incident_insert(mode, reason, &to_json(&report))?;
-    txn.incident_set_report(report.id, &to_json(&report))?;
-    let event = Event::new("incident.revoke_all", Outcome::Ok, actor)
+/// In a change: every token revoked, every client disabled, every current
+/// version (and a previous one in grace) compromised, and `incident` stored
+/// with its report (a new one has id 0; an offline one being applied keeps its
+/// own). Returns the report and its audit event.
+pub fn revoke_everything(state: &mut Draft<'_>, mut incident: Incident) -> Result<Report, StateError> {
+    let now = now_unix();
+    let mut tokens = 0;
+    for accessor in state.token_accessors() {
+        if let Some(t) = state.token_mut(&accessor)?
+            && t.revoke(now)
+        {
+            tokens += 1;
+        }
+    }
+    let mut clients = 0;
+    for name in state.client_names() {
+        if let Some(c) = state.client_mut(&name)?
+            && c.disable()
+        {
+            clients += 1;
+        }
+    }
+    let mut secrets = Vec::new();
+    for (env, name) in state.secret_names() {
+        if let Some(s) = state.secret_mut(&env, &name)?
+            && s.compromise()
+        {
+            secrets.push(format!("{env}/{name}"));
+        }
+    }
+    let report = report(&incident, tokens, clients, secrets);
+    incident.report = to_json(&report);
+    state.save_incident(incident);
+    Ok(report)
+}
+
+/// The record of a revoke-all (`kind`: made, or applied by vaultd after it was
+/// made offline).
+pub fn event(kind: &'static str, report: &Report, actor: &Actor) -> Event {
+    Event::new(kind, Outcome::Ok, actor)
         .with("incident", report.id)
-        .with("mode", mode)
-        .with("reason", reason)
+        .with("mode", report.mode.clone())
+        .with("reason", report.reason.clone())
         .with("tokens_revoked", report.tokens_revoked)
         .with("clients_disabled", report.clients_disabled)
-        .with("secrets_compromised", report.secrets_compromised);
-    Ok((report, event))
+        .with("secrets_compromised", report.secrets_compromised)
+}
+
+/// An incident's report: what it revoked (or, offline, will revoke).
+fn report(incident: &Incident, tokens: u64, clients: u64, secrets: Vec<String>) -> Report {
+    Report {
+        id: incident.id,
+        reason: incident.reason.clone(),
+        mode: incident.mode.as_str().into(),
+        started_unix: incident.started_unix,
+        tokens_revoked: tokens,
+        clients_disabled: clients,
+        secrets_compromised: secrets.len() as u64,
+        needs_rotation: secrets,
+        ..Report::default()
+    }
+}
+
+/// A new incident, numbered `id`, now.
+pub fn new_incident(id: i64, mode: IncidentMode, reason: &str) -> Incident {
+    Incident { id, started_unix: now_unix(), mode, reason: reason.into(), report: "{}".into() }
 }
 
 /// Break-glass: revoke-all straight on `data_dir`, with no daemon and no
-/// passphrase. SQLite's locking makes it safe beside a running (or hung) vaultd,
-/// which honours it within a second. Its audit record is stored unchained, like
-/// everything written while sealed, and is chained by vaultd at its next write
-/// or unlock. Run it as the vault's owner: vaultd refuses files another user made.
+/// passphrase. Without the key nothing can be signed, so it stores the incident
+/// alone, unsigned (the one row vaultd accepts from behind its back), with a
+/// report of what it will reach; vaultd applies it (every token revoked, every
+/// client disabled, every current version compromised) within a second if it
+/// runs, and before serving anything at its next unlock otherwise. SQLite's
+/// locking makes it safe beside a running (or hung) vaultd. Its audit record is
+/// stored unchained, like everything written while sealed, and is chained by
+/// vaultd. Run it as the vault's owner: vaultd refuses files another user made.
 pub fn revoke_all_offline(data_dir: &Path, reason: &str) -> Result<Report, IncidentError> {
     check_reason(reason)?;
     let store = Store::open(data_dir)?;
     let actor = Actor::this_process("offline");
     let report = store.write(|txn| {
-        let (report, event) = revoke_everything(txn, "offline", reason, &actor)?;
-        chain::append(txn, None, &[event])?;
+        let (tokens, clients, secrets) = crate::store::incident_reach(txn)?;
+        let mut incident = new_incident(txn.next_incident_id()?, IncidentMode::Offline, reason);
+        let report = report(&incident, tokens, clients, secrets);
+        incident.report = to_json(&report);
+        txn.save_incident(&mut incident, None)?;
+        chain::append(txn, None, &[event("incident.revoke_all", &report, &actor)])?;
         Ok::<_, StoreError>(report)
     })?;
     Ok(report)

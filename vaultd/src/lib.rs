@@ -20,6 +20,7 @@ pub mod policy;
 pub mod process;
 pub mod rotation;
 pub mod server;
+pub mod state;
 pub mod store;
 mod sys;
 pub mod vault;

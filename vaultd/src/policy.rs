@@ -5,9 +5,10 @@
 //! is then allowed for the owner, or for a caller matching an enabled client that
 //! holds a grant for the secret, and for nobody else.
 
-use crate::identity::Peer;
-use crate::store::{ClientRow, TokenRow};
+use crate::identity::{Caller, Peer};
+use crate::state::{Client, Image, Token};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Which of the two sockets a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +41,61 @@ pub fn may_use(socket: Socket, peer: Option<&Peer>, owner: u32) -> bool {
     }
 }
 
+/// Who is reading, once identified.
+pub enum Reader {
+    /// The vault's owner: reads everything on the agent socket.
+    Owner,
+    /// Judged by the clients its uid (and gid, executable) match.
+    Kernel(Caller),
+    /// Judged by the token's client alone (the client as it was when the token
+    /// was checked; every decision looks at the token and client as they are now).
+    Token { client: Arc<Client>, accessor: String, uid: u32 },
+    /// Nobody the vault knows (no credentials).
+    Nobody,
+}
+
+/// A read allowed (by the owner, or by a client's grant) or denied, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allowed { client: Option<String> },
+    Denied(&'static str),
+}
+
+/// The one access decision: whether `reader` may read `env/name` at `now`,
+/// given the verified state. Every read, every watch update and every token
+/// use asks this; nothing else decides.
+pub fn decide(reader: &Reader, state: &Image, env: &str, name: &str, now: i64) -> Decision {
+    match reader {
+        Reader::Owner => Decision::Allowed { client: None },
+        Reader::Nobody => Decision::Denied("no credentials"),
+        Reader::Kernel(caller) => match granting_client(caller, state.clients().map(|c| &**c), env, name) {
+            Some(client) => Decision::Allowed { client: Some(client.into()) },
+            None => Decision::Denied("not granted"),
+        },
+        Reader::Token { accessor, uid, .. } => {
+            let Some(token) = state.token(accessor) else { return Decision::Denied("token removed") };
+            // Uses were counted when the token was presented, not per secret.
+            if let Some(why) = token_refusal(token, *uid, now).filter(|why| *why != NO_USES_LEFT) {
+                return Decision::Denied(why);
+            }
+            let Some(client) = state.client(&token.client).filter(|c| c.enabled) else {
+                return Decision::Denied("client disabled or removed");
+            };
+            if grants(client, env, name) {
+                Decision::Allowed { client: Some(client.name.clone()) }
+            } else {
+                Decision::Denied("not granted")
+            }
+        }
+    }
+}
+
+const NO_USES_LEFT: &str = "no uses left";
+
 /// Why a bearer token is refused, or `None` when it is good for a use by a caller
 /// with `uid` at `now`. The caller is told only "invalid or expired token"; the
 /// reason goes to the audit log.
-pub fn token_refusal(token: &TokenRow, uid: u32, now: i64) -> Option<&'static str> {
+pub fn token_refusal(token: &Token, uid: u32, now: i64) -> Option<&'static str> {
     if token.revoked_unix.is_some() {
         return Some("revoked");
     }
@@ -55,7 +107,7 @@ pub fn token_refusal(token: &TokenRow, uid: u32, now: i64) -> Option<&'static st
         return Some("idle too long");
     }
     if token.uses_left.is_some_and(|n| n <= 0) {
-        return Some("no uses left");
+        return Some(NO_USES_LEFT);
     }
     if token.bind_uid.is_some_and(|bound| bound != uid) {
         return Some("used from another uid");
@@ -72,13 +124,22 @@ pub trait Process {
     fn exe_sha256(&self) -> Option<String>;
 }
 
+/// Whether one of `client`'s grant patterns covers `env/name`.
+fn grants(client: &Client, env: &str, name: &str) -> bool {
+    client.grants.keys().any(|p| vault_proto::names::pattern_matches(p, env, name))
+}
+
 /// The first enabled client that `caller` matches (every selector) and that holds
 /// a grant for `env/name`; `None` means deny.
-pub fn granting_client<'c>(caller: &dyn Process, clients: &'c [ClientRow], env: &str, name: &str) -> Option<&'c str> {
+fn granting_client<'c>(
+    caller: &dyn Process,
+    clients: impl Iterator<Item = &'c Client>,
+    env: &str,
+    name: &str,
+) -> Option<&'c str> {
     clients
-        .iter()
         .filter(|c| c.enabled && c.uid == caller.uid() && c.gid.is_none_or(|gid| gid == caller.gid()))
-        .filter(|c| c.grants.iter().any(|p| vault_proto::names::pattern_matches(p, env, name)))
+        .filter(|c| grants(c, env, name))
         .find(|c| {
             c.exe.as_ref().is_none_or(|want| caller.exe().as_deref() == Some(Path::new(want)))
                 && c.exe_sha256.as_ref().is_none_or(|want| caller.exe_sha256().as_deref() == Some(want.as_str()))
@@ -109,15 +170,16 @@ mod tests {
         }
     }
 
-    fn client(name: &str, uid: u32, gid: Option<u32>, exe: Option<&str>, enabled: bool, grants: &[&str]) -> ClientRow {
-        ClientRow {
+    fn client(name: &str, uid: u32, gid: Option<u32>, exe: Option<&str>, enabled: bool, grants: &[&str]) -> Client {
+        Client {
+            id: 0,
             name: name.into(),
             uid,
             gid,
             exe: exe.map(Into::into),
             exe_sha256: None,
             enabled,
-            grants: grants.iter().map(|g| (*g).into()).collect(),
+            grants: grants.iter().map(|g| ((*g).into(), 0)).collect(),
             created_unix: 0,
         }
     }
@@ -148,7 +210,7 @@ mod tests {
     fn reads_by_every_kind_of_caller() {
         let bot = client("bot", 2000, Some(2000), Some("/usr/bin/bot"), true, &["prod/telegram"]);
         let pinned =
-            ClientRow { exe_sha256: Some("ab12".into()), ..client("pinned", 6000, None, None, true, &["prod/*"]) };
+            Client { exe_sha256: Some("ab12".into()), ..client("pinned", 6000, None, None, true, &["prod/*"]) };
         let any_exe = client("worker", 3000, None, None, true, &["prod/*"]);
         let off = client("off", 4000, None, None, false, &["prod/*"]);
         let clients = [bot, pinned, any_exe, off];
@@ -169,15 +231,20 @@ mod tests {
             ("pinned hash unreadable", caller(6000, 1, None, None), "telegram", None),
         ];
         for (who, c, name, want) in cases {
-            assert_eq!(granting_client(&c, &clients, "prod", name), want, "{who}");
+            assert_eq!(granting_client(&c, clients.iter(), "prod", name), want, "{who}");
         }
-        assert_eq!(granting_client(&caller(3000, 1, None, None), &clients, "staging", "openai"), None, "other env");
+        assert_eq!(
+            granting_client(&caller(3000, 1, None, None), clients.iter(), "staging", "openai"),
+            None,
+            "other env"
+        );
     }
 
     #[test]
     fn token_rules() {
-        let good = TokenRow {
+        let good = Token {
             accessor: "a".into(),
+            hash: vec![],
             client: "bot".into(),
             bind_uid: Some(2000),
             created_unix: 100,
@@ -190,19 +257,13 @@ mod tests {
         let cases = [
             ("valid", good.clone(), 2000, 120, None),
             ("expired", good.clone(), 2000, 200, Some("expired")),
-            ("revoked", TokenRow { revoked_unix: Some(110), ..good.clone() }, 2000, 120, Some("revoked")),
+            ("revoked", Token { revoked_unix: Some(110), ..good.clone() }, 2000, 120, Some("revoked")),
             ("idle", good.clone(), 2000, 150, Some("idle too long")),
-            ("idle since last use", TokenRow { last_used_unix: Some(140), ..good.clone() }, 2000, 180, None),
-            ("used up", TokenRow { uses_left: Some(0), ..good.clone() }, 2000, 120, Some("no uses left")),
+            ("idle since last use", Token { last_used_unix: Some(140), ..good.clone() }, 2000, 180, None),
+            ("used up", Token { uses_left: Some(0), ..good.clone() }, 2000, 120, Some("no uses left")),
             ("wrong uid", good.clone(), 2001, 120, Some("used from another uid")),
-            ("any uid", TokenRow { bind_uid: None, ..good.clone() }, 2001, 120, None),
-            (
-                "no limits",
-                TokenRow { expires_unix: None, idle_secs: None, uses_left: None, ..good },
-                2000,
-                1 << 40,
-                None,
-            ),
+            ("any uid", Token { bind_uid: None, ..good.clone() }, 2001, 120, None),
+            ("no limits", Token { expires_unix: None, idle_secs: None, uses_left: None, ..good }, 2000, 1 << 40, None),
         ];
         for (what, token, uid, now, want) in cases {
             assert_eq!(token_refusal(&token, uid, now), want, "{what}");

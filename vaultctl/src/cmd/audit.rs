@@ -159,9 +159,17 @@ async fn verify(global: &Global) -> anyhow::Result<()> {
             "last_seq": r.last_seq,
             "broken_seq": r.broken_seq,
             "problem": r.problem,
+            "acknowledged": r.acknowledged,
         }))?;
     } else if r.intact {
-        output::lines(&[format!("audit log intact: {} entries (seq {}..={})", r.entries, r.first_seq, r.last_seq)])?;
+        let acknowledged = match r.acknowledged {
+            0 => String::new(),
+            n => format!("; {n} problems found earlier were acknowledged (`vaultctl integrity ack`)"),
+        };
+        output::lines(&[format!(
+            "audit log intact: {} entries (seq {}..={}){acknowledged}",
+            r.entries, r.first_seq, r.last_seq
+        )])?;
     }
     if !r.intact {
         bail!("audit log broken at entry {}: {}", r.broken_seq, r.problem);

@@ -12,6 +12,7 @@ mod get;
 mod import;
 mod incident;
 mod init;
+mod integrity;
 mod list;
 mod put;
 mod rekey;
@@ -85,6 +86,9 @@ pub(crate) enum Command {
     /// Query, export, follow and verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::Command),
+    /// What vaultd found changed behind its back; `integrity ack` once reviewed.
+    #[command(subcommand)]
+    Integrity(integrity::Command),
     /// Manage clients (agent identities) and their grants.
     #[command(subcommand)]
     Client(client::Command),
@@ -132,6 +136,7 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::RevokeAll(args) => incident::revoke_all(global, args).await,
         Command::Incident(command) => incident::incident(global, command).await,
         Command::Audit(command) => audit::run(global, command).await,
+        Command::Integrity(command) => integrity::run(global, command).await,
         Command::Client(command) => client::run(global, command).await,
         Command::Token(command) => token::run(global, command).await,
         Command::Completions(args) => completions::run(args),

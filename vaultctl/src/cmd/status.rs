@@ -17,7 +17,7 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<()> {
 }
 
 /// `{"initialized","sealed","version","secrets","key_term","schema_version","kdf",
-/// "audit_forward_errors","audit_forward_dropped","rotations_due","rotations_failed","compromised"}`,
+/// "audit_forward_errors","audit_forward_dropped","rotations_due","rotations_failed","compromised","integrity"}`,
 /// where `kdf` is null until the vault is initialized, else
 /// `{"algorithm","memory_kib","iterations","parallelism","insecure_test_profile"}`.
 /// The names are the proto's, and a stable contract.
@@ -41,6 +41,8 @@ struct StatusJson<'a> {
     rotations_failed: &'a [String],
     /// `env/name` of secrets whose current version revoke-all marked compromised.
     compromised: &'a [String],
+    /// What vaultd found changed behind its back and nobody acknowledged yet.
+    integrity: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -73,6 +75,7 @@ impl<'a> From<&'a StatusResponse> for StatusJson<'a> {
             rotations_due: &s.rotations_due,
             rotations_failed: &s.rotations_failed,
             compromised: &s.compromised,
+            integrity: &s.integrity,
         }
     }
 }
@@ -106,6 +109,14 @@ fn human(s: &StatusResponse) -> Vec<String> {
             "audit forwarding: {} failed attempts, {} entries skipped (see vaultd's log; the audit log itself is complete)",
             s.audit_forward_errors, s.audit_forward_dropped
         ));
+    }
+    if !s.integrity.is_empty() {
+        lines.push(format!(
+            "INTEGRITY: {} problems found (changed behind vaultd's back; what they name is not served or acted on); \
+             review, then `vaultctl integrity ack`:",
+            s.integrity.len()
+        ));
+        lines.extend(s.integrity.iter().map(|p| format!("  {p}")));
     }
     if !s.compromised.is_empty() {
         lines.push(format!(

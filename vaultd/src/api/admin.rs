@@ -4,7 +4,8 @@
 use super::{actor, blocking, policy_change, rotation_info, secret_meta, version_meta};
 use crate::audit::{Event, Outcome, Verdict, entry_json};
 use crate::crypto::{KdfParams, SecretBytes};
-use crate::store::{AuditFilter, AuditRow, ClientRow, SecretLabels, TokenRow};
+use crate::state::{Client, SecretLabels, Token};
+use crate::store::{AuditFilter, AuditRow};
 use crate::vault::{SecretRef, Trigger, Vault};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ impl AdminApi {
             rotations_due: s.rotations_due,
             rotations_failed: s.rotations_failed,
             compromised: s.compromised,
+            integrity: s.integrity,
         })
     }
 }
@@ -342,9 +344,16 @@ impl Admin for AdminApi {
         let vault = self.vault.clone();
         let verdict = blocking(move || vault.audit_verify()).await?;
         let (event, reply) = match verdict {
-            Verdict::Intact { entries, first_seq, last_seq } => (
+            Verdict::Intact { entries, first_seq, last_seq, acknowledged } => (
                 Event::new("audit.verify", Outcome::Ok, &actor).with("entries", entries),
-                v1::VerifyAuditResponse { intact: true, entries, first_seq, last_seq, ..Default::default() },
+                v1::VerifyAuditResponse {
+                    intact: true,
+                    entries,
+                    first_seq,
+                    last_seq,
+                    acknowledged,
+                    ..Default::default()
+                },
             ),
             Verdict::Broken { seq, problem } => {
                 tracing::error!(seq, %problem, "audit chain broken");
@@ -360,6 +369,16 @@ impl Admin for AdminApi {
         Ok(Response::new(reply))
     }
 
+    async fn acknowledge_integrity(
+        &self,
+        req: Request<v1::AcknowledgeIntegrityRequest>,
+    ) -> Result<Response<v1::AcknowledgeIntegrityResponse>, Status> {
+        let actor = actor("admin", &req);
+        let vault = self.vault.clone();
+        let acknowledged = blocking(move || vault.acknowledge_integrity(&actor)).await?;
+        Ok(Response::new(v1::AcknowledgeIntegrityResponse { acknowledged }))
+    }
+
     async fn hash_value(&self, req: Request<v1::HashValueRequest>) -> Result<Response<v1::HashValueResponse>, Status> {
         let mut req = req.into_inner();
         let value = take_secret(&mut req.value);
@@ -373,14 +392,15 @@ impl Admin for AdminApi {
     async fn add_client(&self, req: Request<v1::AddClientRequest>) -> Result<Response<v1::ClientInfo>, Status> {
         let actor = actor("admin", &req);
         let r = req.into_inner();
-        let client = ClientRow {
+        let client = Client {
+            id: 0,
             name: r.name,
             uid: r.uid,
             gid: r.gid,
             exe: (!r.exe.is_empty()).then_some(r.exe),
             exe_sha256: (!r.exe_sha256.is_empty()).then_some(r.exe_sha256),
             enabled: true,
-            grants: r.allow,
+            grants: r.allow.into_iter().map(|p| (p, 0)).collect(),
             created_unix: 0,
         };
         let vault = self.vault.clone();
@@ -564,7 +584,7 @@ impl AdminApi {
     }
 }
 
-fn token_info(t: TokenRow) -> v1::TokenInfo {
+fn token_info(t: Token) -> v1::TokenInfo {
     v1::TokenInfo {
         accessor: t.accessor,
         client: t.client,
@@ -578,7 +598,7 @@ fn token_info(t: TokenRow) -> v1::TokenInfo {
     }
 }
 
-fn client_info(c: ClientRow) -> v1::ClientInfo {
+fn client_info(c: Client) -> v1::ClientInfo {
     v1::ClientInfo {
         name: c.name,
         uid: c.uid,
@@ -586,7 +606,7 @@ fn client_info(c: ClientRow) -> v1::ClientInfo {
         exe: c.exe.unwrap_or_default(),
         exe_sha256: c.exe_sha256.unwrap_or_default(),
         enabled: c.enabled,
-        grants: c.grants,
+        grants: c.grants.into_keys().collect(),
         created_unix: c.created_unix,
     }
 }

@@ -10,7 +10,8 @@ pub use agent::AgentApi;
 use crate::audit::Actor;
 use crate::crypto::CryptoError;
 use crate::identity::Peer;
-use crate::store::{PolicyChange, RotationRow, SecretRow, VersionRow};
+use crate::state::{PolicyChange, SecretRow, VersionRow};
+use crate::vault::RotationRow;
 use crate::vault::VaultError;
 use tonic::Status;
 use vault_proto::v1;
@@ -22,6 +23,8 @@ impl From<VaultError> for Status {
         let msg = e.to_string();
         match e {
             VaultError::Sealed | VaultError::Uninitialized => Status::failed_precondition(msg),
+            // Stored data changed behind vaultd's back: not served, reported.
+            VaultError::Integrity(_) => Status::data_loss(msg),
             VaultError::AlreadyInitialized | VaultError::ClientExists(_) => Status::already_exists(msg),
             VaultError::TokenRefused => Status::unauthenticated(msg),
             VaultError::TooManyTokens(_) => Status::resource_exhausted(msg),
@@ -89,10 +92,11 @@ fn secret_meta(row: SecretRow) -> v1::SecretMeta {
     }
 }
 
-fn rotation_info(row: RotationRow) -> v1::RotationInfo {
+fn rotation_info(found: RotationRow) -> v1::RotationInfo {
+    let row = found.rotation;
     v1::RotationInfo {
-        step: row.step,
-        trigger: row.trigger,
+        step: row.step.as_str().into(),
+        trigger: row.trigger.as_str().into(),
         from_version: row.from_version,
         new_version: row.new_version.unwrap_or(0),
         error: row.error.unwrap_or_default(),
@@ -134,7 +138,7 @@ fn policy_change(change: Option<v1::RotationChange>) -> Result<PolicyChange, Sta
 fn version_meta(row: VersionRow) -> v1::VersionMeta {
     v1::VersionMeta {
         version: row.version,
-        state: row.state,
+        state: row.state.as_str().into(),
         created_unix: row.created_unix,
         expires_unix: row.expires_unix.unwrap_or(0),
     }

@@ -15,17 +15,18 @@
 use super::batch;
 use super::event::{Event, now_ms};
 use crate::crypto::{MAC_LEN, Unlocked};
-use crate::store::{AuditFields, AuditRow, StoreError, Txn};
+use crate::store::{AuditFields, AuditRow, Head, StoreError, Txn};
 use serde_json::Value;
 
 pub(super) const GENESIS: [u8; MAC_LEN] = [0; MAC_LEN];
 
 /// The newest chained row: what the next row's MAC links to (`seq` is its
-/// newest entry's).
+/// newest entry's), and the state generation the head records with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tip {
     pub seq: u64,
     pub mac: Vec<u8>,
+    pub generation: u64,
 }
 
 /// The bytes a row's MAC covers: every stored field, length-prefixed so no two
@@ -135,8 +136,10 @@ fn chain(keys: &Unlocked, tip: &mut Tip, seq: u64, parts: &[&[u8]]) -> Vec<u8> {
     mac
 }
 
-fn set_head(txn: &Txn<'_>, keys: &Unlocked, tip: &Tip) -> Result<(), StoreError> {
-    txn.audit_set_head(tip.seq, &keys.audit_head_mac(tip.seq, &tip.mac))
+/// Writes the head: the tip, at the state generation it records.
+pub fn set_head(txn: &Txn<'_>, keys: &Unlocked, tip: &Tip) -> Result<(), StoreError> {
+    let mac = keys.audit_head_mac(tip.seq, &tip.mac, tip.generation).to_vec();
+    txn.audit_set_head(&Head { seq: tip.seq, mac, state_generation: tip.generation })
 }
 
 /// Appends `events` inside `txn`. Unlocked (`chain` given), each is chained onto
@@ -238,48 +241,104 @@ fn is_offline_incident(txn: &Txn<'_>, row: &AuditRow) -> Result<bool, StoreError
     let (Some(id), Some("offline")) = (detail["incident"].as_i64(), detail["mode"].as_str()) else {
         return Ok(false);
     };
-    Ok(txn.incident_mode(id)?.as_deref() == Some("offline"))
+    Ok(txn.incident_mode(id)? == Some(crate::state::IncidentMode::Offline))
 }
 
-/// At unlock: finds the tip (the head, if its MAC checks out) and chains the
-/// entries written while sealed onto it. A head that does not check out means
-/// the log was tampered with: that is logged, the newest chained entry is used
-/// instead, and `audit verify` will show where the chain breaks.
-pub fn resume(txn: &Txn<'_>, keys: &Unlocked) -> Result<Tip, StoreError> {
-    let start = txn.audit_anchor()?.map_or(Tip { seq: 0, mac: GENESIS.to_vec() }, |(seq, mac)| Tip { seq, mac });
-    let last_chained = || -> Result<Tip, StoreError> {
-        Ok(txn.audit_last_chained()?.map_or_else(|| start.clone(), |(seq, mac)| Tip { seq, mac }))
+/// What an unlock found at the end of the log.
+pub struct Resumed {
+    pub tip: Tip,
+    /// To append (signed) at once: `audit.adopted` for entries written while
+    /// sealed, `audit.tampered` for a log that was altered.
+    pub events: Vec<Event>,
+    /// The state generation the head recorded, when the head verified and
+    /// nothing but sealed-time entries followed it.
+    pub head_generation: Option<u64>,
+}
+
+/// Entries vaultd writes while sealed (no key: stored unchained, adopted at the
+/// next unlock): refusals and failures, and the few records of actions that need
+/// no key. Anything else found unchained was not written by vaultd.
+fn written_while_sealed(row: &AuditRow) -> bool {
+    matches!(row.outcome.as_str(), "denied" | "failed")
+        || matches!(
+            row.kind.as_str(),
+            "daemon.start" | "daemon.stop" | "vault.restore" | "incident.revoke_all" | "incident.completed"
+        )
+}
+
+/// At unlock: finds the tip and decides what follows it. The head must verify;
+/// the entries after it may be adopted (chained now) only if they are what a
+/// sealed vaultd writes, unchained, one after the other. Nothing at or before
+/// the head is ever signed again. Otherwise nothing is adopted and an
+/// `audit.tampered` entry says what was found: `audit verify` reports it until
+/// the owner acknowledges it (`vaultctl integrity ack`).
+pub fn resume(txn: &Txn<'_>, keys: &Unlocked) -> Result<Resumed, StoreError> {
+    let start = txn.audit_anchor()?.map_or(Tip { seq: 0, mac: GENESIS.to_vec(), generation: 0 }, |(seq, mac)| Tip {
+        seq,
+        mac,
+        generation: 0,
+    });
+    let newest_chained = || -> Result<Tip, StoreError> {
+        Ok(txn.audit_last_chained()?.map_or_else(|| start.clone(), |(seq, mac)| Tip { seq, mac, generation: 0 }))
     };
-    let mut tip = match txn.audit_head()? {
-        Some((seq, head_mac)) => match txn.audit_mac_at(seq)? {
-            Some(mac) if keys.audit_head_matches(seq, &mac, &head_mac) => Tip { seq, mac },
+    let (mut tip, mut problem) = match txn.audit_head()? {
+        Some(head) => match txn.audit_mac_at(head.seq)? {
+            Some(mac) if keys.audit_head_matches(head.seq, &mac, head.state_generation, &head.mac) => {
+                (Tip { seq: head.seq, mac, generation: head.state_generation }, None)
+            }
             _ => {
-                tracing::error!(
-                    seq,
-                    "the audit log head does not verify: the log was altered; run `vaultctl audit verify`"
-                );
-                last_chained()?
+                let newest = newest_chained()?;
+                let problem = if newest.seq < head.seq {
+                    format!("entries {}..={} are missing (deleted from the end)", newest.seq + 1, head.seq)
+                } else {
+                    format!("the log head (entry {}) does not verify: the log was altered", head.seq)
+                };
+                (newest, Some(problem))
             }
         },
         None => {
-            let tip = last_chained()?;
-            if tip != start {
-                tracing::error!("the audit log head is missing: the log was altered; run `vaultctl audit verify`");
-            }
-            tip
+            let tip = newest_chained()?;
+            let problem = (tip != start).then(|| "the log head is missing (deleted)".to_owned());
+            (tip, problem)
         }
     };
-    let backlog = txn.audit_after(tip.seq)?;
-    let mut chained = false;
-    for row in backlog.iter().filter(|r| r.mac.is_none()) {
-        let mac = chain_row(keys, &mut tip, row);
-        txn.audit_set_mac(row.seq, &mac)?;
-        chained = true;
+    let mut events = Vec::new();
+    if problem.is_none()
+        && let Some(seq) = txn.audit_first_unsigned(tip.seq)?
+    {
+        problem = Some(format!("entry {seq} precedes the log head but has no MAC (its MAC was removed)"));
     }
-    if chained {
-        set_head(txn, keys, &tip)?;
+    if problem.is_none() {
+        let backlog = txn.audit_after(tip.seq)?;
+        let adoptable = backlog.iter().zip(tip.seq + 1..).all(|(row, seq)| {
+            row.seq == seq && row.mac.is_none() && row.records.is_none() && written_while_sealed(row)
+        });
+        if !adoptable {
+            let first = backlog.first().map_or(tip.seq + 1, |r| r.seq);
+            problem = Some(format!("entries from {first} on follow the log head but were not written by vaultd"));
+        } else if let Some(first) = backlog.first() {
+            let from = first.seq;
+            for row in &backlog {
+                let mac = chain_row(keys, &mut tip, row);
+                txn.audit_set_mac(row.seq, &mac)?;
+            }
+            set_head(txn, keys, &tip)?;
+            events.push(
+                Event::new("audit.adopted", super::Outcome::Ok, &super::Actor::vaultd())
+                    .with("from", from)
+                    .with("count", backlog.len())
+                    .with("reason", "written while sealed"),
+            );
+        }
     }
-    Ok(tip)
+    let head_generation = problem.is_none().then_some(tip.generation);
+    if let Some(problem) = problem {
+        tracing::error!(%problem, "the audit log was altered; `vaultctl audit verify` reports it");
+        events.push(
+            Event::new("audit.tampered", super::Outcome::Failed, &super::Actor::vaultd()).with("problem", problem),
+        );
+    }
+    Ok(Resumed { tip, events, head_generation })
 }
 
 /// The outcome of `audit verify`.
@@ -289,15 +348,22 @@ pub enum Verdict {
         entries: u64,
         first_seq: u64,
         last_seq: u64,
+        /// Problems the owner acknowledged (`vaultctl integrity ack`).
+        acknowledged: u64,
     },
-    /// `seq` is the first entry where the chain does not hold.
-    Broken {
-        seq: u64,
-        problem: String,
-    },
+    /// `seq` is the first entry where the log does not hold, or that reports a
+    /// problem nobody acknowledged.
+    Broken { seq: u64, problem: String },
 }
 
 /// Walks the rows (in seq order) and checks every link, the head and the anchor.
+///
+/// A problem (a link that does not hold, or an entry in which vaultd itself
+/// reported one: `audit.tampered`, `integrity.violation`, lost journal records)
+/// stands until an `integrity.acknowledged` entry after it. Past a broken link
+/// the walk can only be taken up again by such an entry: genuine (its MAC
+/// chains onto the row stored before it), it is where the owner acknowledged
+/// what came before.
 pub struct Verifier<'k> {
     keys: &'k Unlocked,
     previous: Vec<u8>,
@@ -305,7 +371,13 @@ pub struct Verifier<'k> {
     first_seq: Option<u64>,
     entries: u64,
     last_pruned_upto: Option<u64>,
-    broken: Option<(u64, String)>,
+    /// Problems not acknowledged yet: (seq, what).
+    problems: Vec<(u64, String)>,
+    acknowledged: u64,
+    /// The chain is broken: rows are not checked until an acknowledgement.
+    broken: bool,
+    /// The MAC stored with the row just seen, whatever it was.
+    last_stored: Vec<u8>,
 }
 
 impl<'k> Verifier<'k> {
@@ -314,87 +386,151 @@ impl<'k> Verifier<'k> {
             Some((seq, mac)) => (seq + 1, mac.clone()),
             None => (1, GENESIS.to_vec()),
         };
-        Verifier { keys, previous, next_seq, first_seq: None, entries: 0, last_pruned_upto: None, broken: None }
+        Verifier {
+            keys,
+            last_stored: previous.clone(),
+            previous,
+            next_seq,
+            first_seq: None,
+            entries: 0,
+            last_pruned_upto: None,
+            problems: Vec::new(),
+            acknowledged: 0,
+            broken: false,
+        }
     }
 
-    /// Checks one row; returns `false` once the chain is broken (stop walking).
+    /// Checks one row. Always `true` (walk on): an acknowledgement further on
+    /// may take the walk up again.
     pub fn check(&mut self, row: &AuditRow) -> bool {
         let n = batch::count(row);
         let first = (row.seq + 1).saturating_sub(n.max(1));
+        self.entries += n;
+        if self.broken {
+            self.resume_at(row);
+        } else if let Err((seq, problem)) = self.link(row, first) {
+            self.problems.push((seq, problem));
+            self.broken = true;
+        } else {
+            self.reported(row);
+        }
+        self.last_stored = row.mac.clone().unwrap_or_default();
+        true
+    }
+
+    /// Whether `row` continues the chain: in order, chained, its MAC right.
+    fn link(&mut self, row: &AuditRow, first: u64) -> Result<(), (u64, String)> {
         if first != self.next_seq {
             if first > self.next_seq {
-                return self.broken(self.next_seq, format!("entry {} is missing (deleted)", self.next_seq));
+                return Err((self.next_seq, format!("entry {} is missing (deleted)", self.next_seq)));
             }
             let seq = self.next_seq.min(row.seq);
-            return self.broken(seq, format!("entry {seq} is out of order (inserted or reordered)"));
+            return Err((seq, format!("entry {seq} is out of order (inserted or reordered)")));
         }
         let Some(mac) = &row.mac else {
             // While unlocked every entry is chained: an unchained one was added behind vaultd's back.
-            return self.broken(first, format!("entry {first} is not chained (inserted)"));
+            return Err((first, format!("entry {first} is not chained (inserted)")));
         };
         if !self.keys.audit_mac_matches(&self.previous, &content(row), mac) {
-            let (seq, problem) = batch::first_altered(self.keys, row, first).unwrap_or_else(|| {
+            return Err(batch::first_altered(self.keys, row, first).unwrap_or_else(|| {
                 (first, format!("entry {first} does not match its MAC (edited, inserted or reordered)"))
-            });
-            return self.broken(seq, problem);
-        }
-        if row.kind == "audit.journal_damaged" {
-            // Recorded at an unlock that found journaled records altered or
-            // missing: they never reached the table, so the log is not whole.
-            let detail = serde_json::from_str::<Value>(&row.detail).unwrap_or_default();
-            let problem = detail["problem"].as_str().unwrap_or("records are missing");
-            return self
-                .broken(row.seq, format!("entry {}: read records were lost from the journal: {problem}", row.seq));
-        }
-        if row.kind == "audit.pruned" {
-            self.last_pruned_upto = serde_json::from_str::<Value>(&row.detail).ok().and_then(|d| d["upto"].as_u64());
+            }));
         }
         self.previous.clone_from(mac);
         self.first_seq.get_or_insert(first);
         self.next_seq = row.seq + 1;
-        self.entries += n;
-        true
+        Ok(())
     }
 
-    fn broken(&mut self, seq: u64, problem: String) -> bool {
-        self.broken = Some((seq, problem));
-        false
+    /// A verified row: problems it reports, acknowledgements, retention.
+    fn reported(&mut self, row: &AuditRow) {
+        let detail = || serde_json::from_str::<Value>(&row.detail).unwrap_or_default();
+        match row.kind.as_str() {
+            // Recorded at an unlock that found journaled records altered or
+            // missing: they never reached the table, so the log is not whole.
+            "audit.journal_damaged" => {
+                let problem = detail()["problem"].as_str().unwrap_or("records are missing").to_owned();
+                self.problems
+                    .push((row.seq, format!("entry {}: read records were lost from the journal: {problem}", row.seq)));
+            }
+            "audit.tampered" => {
+                let problem = detail()["problem"].as_str().unwrap_or("the log was altered").to_owned();
+                self.problems.push((row.seq, format!("entry {}: vaultd found the log altered: {problem}", row.seq)));
+            }
+            "integrity.violation" => {
+                let d = detail();
+                let what = format!(
+                    "{} {}: {}",
+                    d["table"].as_str().unwrap_or("?"),
+                    d["row"].as_str().unwrap_or("?"),
+                    d["problem"].as_str().unwrap_or("?")
+                );
+                self.problems.push((row.seq, format!("entry {}: vaultd found the state altered: {what}", row.seq)));
+            }
+            "integrity.acknowledged" => {
+                self.acknowledged += self.problems.len() as u64;
+                self.problems.clear();
+            }
+            "audit.pruned" => self.last_pruned_upto = detail()["upto"].as_u64(),
+            _ => {}
+        }
+    }
+
+    /// Past a broken link: `row` takes the walk up again if it is a genuine
+    /// acknowledgement (its MAC chains onto the row stored before it).
+    fn resume_at(&mut self, row: &AuditRow) {
+        let Some(mac) = &row.mac else { return };
+        if row.kind != "integrity.acknowledged"
+            || row.records.is_some()
+            || !self.keys.audit_mac_matches(&self.last_stored, &content(row), mac)
+        {
+            return;
+        }
+        self.broken = false;
+        self.previous.clone_from(mac);
+        self.next_seq = row.seq + 1;
+        self.reported(row);
     }
 
     /// The verdict, once every row was seen, given the stored head and anchor.
-    pub fn finish(self, head: Option<&(u64, Vec<u8>)>, anchor: Option<&(u64, Vec<u8>)>) -> Verdict {
-        if let Some((seq, problem)) = self.broken {
-            return Verdict::Broken { seq, problem };
-        }
-        let last_seq = self.next_seq - 1;
-        match head {
-            Some((head_seq, head_mac)) => {
-                if *head_seq > last_seq {
-                    let problem = format!("entries {}..={head_seq} are missing (deleted from the end)", last_seq + 1);
-                    return Verdict::Broken { seq: last_seq + 1, problem };
+    pub fn finish(mut self, head: Option<&Head>, anchor: Option<&(u64, Vec<u8>)>) -> Verdict {
+        if !self.broken {
+            let last_seq = self.next_seq - 1;
+            match head {
+                Some(head) if head.seq > last_seq => {
+                    let problem = format!("entries {}..={} are missing (deleted from the end)", last_seq + 1, head.seq);
+                    self.problems.push((last_seq + 1, problem));
                 }
-                if *head_seq < last_seq {
-                    let problem = format!("entry {} follows the log head (inserted)", head_seq + 1);
-                    return Verdict::Broken { seq: head_seq + 1, problem };
+                Some(head) if head.seq < last_seq => {
+                    self.problems
+                        .push((head.seq + 1, format!("entry {} follows the log head (inserted)", head.seq + 1)));
                 }
-                if !self.keys.audit_head_matches(*head_seq, &self.previous, head_mac) {
+                Some(head)
+                    if !self.keys.audit_head_matches(head.seq, &self.previous, head.state_generation, &head.mac) =>
+                {
                     // The head names the last entry but its MAC is for another: the
                     // entries after it were removed and the head rewritten to hide it.
                     let problem = format!("entries after {last_seq} are missing (the log head was rewritten)");
-                    return Verdict::Broken { seq: last_seq + 1, problem };
+                    self.problems.push((last_seq + 1, problem));
                 }
+                None if self.first_seq.is_some() => self.problems.push((last_seq, "the log head is missing".into())),
+                _ => {}
             }
-            None if self.entries > 0 => {
-                return Verdict::Broken { seq: last_seq, problem: "the log head is missing".into() };
+            if let Some((anchor_seq, _)) = anchor
+                && self.last_pruned_upto != Some(*anchor_seq)
+            {
+                let problem = format!("entries up to {anchor_seq} were removed without a retention record");
+                self.problems.push((anchor_seq + 1, problem));
             }
-            None => {}
         }
-        if let Some((anchor_seq, _)) = anchor
-            && self.last_pruned_upto != Some(*anchor_seq)
-        {
-            let problem = format!("entries up to {anchor_seq} were removed without a retention record");
-            return Verdict::Broken { seq: anchor_seq + 1, problem };
+        match self.problems.into_iter().min_by_key(|(seq, _)| *seq) {
+            Some((seq, problem)) => Verdict::Broken { seq, problem },
+            None => Verdict::Intact {
+                entries: self.entries,
+                first_seq: self.first_seq.unwrap_or(0),
+                last_seq: self.next_seq - 1,
+                acknowledged: self.acknowledged,
+            },
         }
-        Verdict::Intact { entries: self.entries, first_seq: self.first_seq.unwrap_or(0), last_seq }
     }
 }

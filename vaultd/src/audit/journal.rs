@@ -662,7 +662,8 @@ mod tests {
     use crate::config::Config;
     use crate::crypto::{KdfParams, SecretBytes};
     use crate::identity::Peer;
-    use crate::store::{AuditFilter, PolicyChange, SecretLabels};
+    use crate::state::{PolicyChange, SecretLabels};
+    use crate::store::AuditFilter;
     use crate::vault::{SecretRef, Vault};
 
     const PASSPHRASE: &[u8] = b"a journal passphrase";

@@ -50,6 +50,9 @@ pub struct Unlocked {
     token_key: Key,
     /// Authenticates backup files.
     backup_key: Key,
+    /// Authenticates the rows that decide access and which value is served
+    /// (`state`): each row, each table's set of rows, and the whole.
+    state_key: Key,
 }
 
 fn root_aad(kdf: &KdfParams, salt: &[u8]) -> Vec<u8> {
@@ -158,6 +161,7 @@ impl Unlocked {
             digest_key: mac::derive(&root, mac::DIGEST_LABEL),
             token_key: mac::derive(&root, mac::TOKEN_LABEL),
             backup_key: mac::derive(&root, mac::BACKUP_LABEL),
+            state_key: mac::derive(&root, mac::STATE_LABEL),
             root,
             terms: RwLock::new(terms),
         }
@@ -226,13 +230,36 @@ impl Unlocked {
         mac::sign(&self.audit_key, &[b"journal-position\0", &jseq.to_be_bytes(), jmac])
     }
 
-    /// The MAC of the audit head row: which entry is the newest chained one.
-    pub fn audit_head_mac(&self, seq: u64, entry_mac: &[u8]) -> Mac {
-        mac::sign(&self.audit_key, &[b"head\0", &seq.to_be_bytes(), entry_mac])
+    /// The MAC of the audit head row: which entry is the newest chained one, and
+    /// the state generation it was written at (0, covered by no MAC of its own,
+    /// only in heads written before the state was authenticated).
+    pub fn audit_head_mac(&self, seq: u64, entry_mac: &[u8], state_generation: u64) -> Mac {
+        let generation = state_generation.to_be_bytes();
+        let tail: &[u8] = if state_generation == 0 { &[] } else { &generation };
+        mac::sign(&self.audit_key, &[b"head\0", &seq.to_be_bytes(), entry_mac, tail])
     }
 
-    pub fn audit_head_matches(&self, seq: u64, entry_mac: &[u8], expected: &[u8]) -> bool {
-        mac::verify(&self.audit_key, &[b"head\0", &seq.to_be_bytes(), entry_mac], expected)
+    pub fn audit_head_matches(&self, seq: u64, entry_mac: &[u8], state_generation: u64, expected: &[u8]) -> bool {
+        let want = self.audit_head_mac(seq, entry_mac, state_generation);
+        expected.len() == want.len() && expected.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
+    /// The MAC of one stored row of the authenticated state: `encoding` names its
+    /// table and identity first (see `state::mac`).
+    pub fn row_mac(&self, encoding: &[u8]) -> Mac {
+        mac::sign(&self.state_key, &[b"row\0", encoding])
+    }
+
+    /// A row's share of its table's sum: a PRF of its MAC that is never stored,
+    /// so nobody without the key can find another set of rows with the same sum.
+    pub fn row_term(&self, row_mac: &[u8]) -> u128 {
+        let out = mac::sign(&self.state_key, &[b"term\0", row_mac]);
+        u128::from_be_bytes(out[..16].try_into().unwrap_or_default())
+    }
+
+    /// The MAC of the state's root: its generation and every table's count and sum.
+    pub fn state_root_mac(&self, encoding: &[u8]) -> Mac {
+        mac::sign(&self.state_key, &[b"root\0", encoding])
     }
 
     /// The stored form of a bearer token: a keyed hash, so a stolen database

@@ -14,6 +14,7 @@ pub(super) const AUDIT_LABEL: &[u8] = b"vaultd/v1/audit-chain";
 pub(super) const DIGEST_LABEL: &[u8] = b"vaultd/v1/value-digest";
 pub(super) const TOKEN_LABEL: &[u8] = b"vaultd/v1/token-hash";
 pub(super) const BACKUP_LABEL: &[u8] = b"vaultd/v1/backup";
+pub(super) const STATE_LABEL: &[u8] = b"vaultd/v1/state";
 
 struct Len32;
 

@@ -112,6 +112,24 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
     })
 }
 
+/// The audit head row: the newest chained entry, the state generation it was
+/// written at, and its MAC over both (see `audit::chain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub mac: Vec<u8>,
+    pub state_generation: u64,
+}
+
+const HEAD: &str = "SELECT seq, head_mac, state_generation FROM audit_head WHERE id = 1";
+
+fn head(r: &rusqlite::Row<'_>) -> rusqlite::Result<Head> {
+    Ok(Head { seq: r.get(0)?, mac: r.get(1)?, state_generation: r.get(2)? })
+}
+
+/// The seq of the newest acknowledgement of integrity problems (0: none).
+const ACKNOWLEDGED: &str = "(SELECT COALESCE(MAX(seq), 0) FROM audit WHERE kind = 'integrity.acknowledged')";
+
 impl Txn<'_> {
     /// The highest seq in use: the newest entry's, or the anchor's after retention
     /// emptied the table (0 for a new log).
@@ -122,12 +140,25 @@ impl Txn<'_> {
             .query_row([], |r| r.get(0))?)
     }
 
-    /// The stored head: (seq, head MAC).
-    pub fn audit_head(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        Ok(self
-            .tx
-            .query_row("SELECT seq, head_mac FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+    /// The stored head.
+    pub fn audit_head(&self) -> Result<Option<Head>, StoreError> {
+        Ok(self.tx.query_row(HEAD, [], head).optional()?)
+    }
+
+    /// The first entry at or before `seq` stored without a MAC, if any.
+    pub fn audit_first_unsigned(&self, upto: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self.tx.query_row("SELECT MIN(seq) FROM audit WHERE mac IS NULL AND seq <= ?", [upto], |r| r.get(0))?)
+    }
+
+    /// Integrity problems recorded since the last acknowledgement: (seq, kind,
+    /// detail), oldest first.
+    pub fn audit_open_problems(&self) -> Result<Vec<(u64, String, String)>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT seq, kind, detail FROM audit WHERE kind IN ('integrity.violation', 'audit.tampered')
+               AND seq > {ACKNOWLEDGED} ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     /// The MAC of entry `seq`, if it exists and is chained.
@@ -169,13 +200,13 @@ impl Txn<'_> {
         Ok(())
     }
 
-    pub fn audit_set_head(&self, seq: u64, head_mac: &[u8]) -> Result<(), StoreError> {
+    pub fn audit_set_head(&self, h: &Head) -> Result<(), StoreError> {
         self.tx
             .prepare_cached(
-                "INSERT INTO audit_head (id, seq, head_mac) VALUES (1, ?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET seq = ?1, head_mac = ?2",
+                "INSERT INTO audit_head (id, seq, head_mac, state_generation) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET seq = ?1, head_mac = ?2, state_generation = ?3",
             )?
-            .execute(params![seq, head_mac])?;
+            .execute(params![h.seq, h.mac, h.state_generation])?;
         Ok(())
     }
 
@@ -213,12 +244,19 @@ impl Txn<'_> {
     /// deleted. Returns (last deleted seq, how many entries), or `None` when
     /// nothing was old enough.
     pub fn audit_prune(&self, before_unix_ms: i64) -> Result<Option<(u64, u64)>, StoreError> {
+        // Never past an integrity problem that is not acknowledged: it stays in
+        // the log, and in `status`, until the owner has seen it.
         let upto: Option<(u64, Vec<u8>)> = self
             .tx
             .query_row(
-                "SELECT seq, mac FROM audit
-                 WHERE time_unix_ms < ?1 AND mac IS NOT NULL AND seq < (SELECT MAX(seq) FROM audit)
-                 ORDER BY seq DESC LIMIT 1",
+                &format!(
+                    "SELECT seq, mac FROM audit
+                     WHERE time_unix_ms < ?1 AND mac IS NOT NULL AND seq < (SELECT MAX(seq) FROM audit)
+                       AND seq < COALESCE((SELECT MIN(seq) FROM audit
+                                           WHERE kind IN ('integrity.violation', 'audit.tampered')
+                                             AND seq > {ACKNOWLEDGED}), 9223372036854775807)
+                     ORDER BY seq DESC LIMIT 1"
+                ),
                 [before_unix_ms],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -239,7 +277,7 @@ impl Txn<'_> {
 /// A consistent read of the whole log: every row, the head and the anchor, all
 /// from one read transaction, so a verification never races a concurrent append.
 pub struct AuditSnapshot {
-    pub head: Option<(u64, Vec<u8>)>,
+    pub head: Option<Head>,
     pub anchor: Option<(u64, Vec<u8>)>,
 }
 
@@ -268,9 +306,7 @@ impl Store {
         let mut conn = rusqlite::Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let tx = conn.transaction()?;
-        let head = tx
-            .query_row("SELECT seq, head_mac FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+        let head = tx.query_row(HEAD, [], head).optional()?;
         let anchor = tx
             .query_row("SELECT seq, mac FROM audit_anchor WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;

@@ -21,6 +21,53 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// The lock a running vaultd holds on its data directory (see [`lock_data_dir`]).
+pub const LOCK_FILE: &str = "vaultd.lock";
+
+/// Held for vaultd's life: no second vaultd runs on the same data directory.
+/// Released by the kernel when the process ends, however it ends.
+#[derive(Debug)]
+pub struct DataDirLock(#[allow(dead_code)] fs::File);
+
+/// Takes the exclusive lock on `DIR/vaultd.lock` (flock, not waiting) and writes
+/// this process's pid into it. A lock another vaultd holds is refused with its
+/// pid. The offline break-glass and restore do not take it: they must work
+/// beside a running or hung vaultd (SQLite's own locking orders their writes).
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StoreError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = dir.join(LOCK_FILE);
+    let io = |source| StoreError::Io { path: path.clone(), source };
+    // Opened without truncating: the holder's pid stays readable until we own it.
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    check_owner_only(&path, &meta)?;
+    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let who = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+        return Err(StoreError::Unsafe {
+            path: dir.into(),
+            problem: match e {
+                rustix::io::Errno::WOULDBLOCK => {
+                    format!("in use by another vaultd{who}; one vaultd per data directory")
+                }
+                other => format!("not lockable: {other}"),
+            },
+        });
+    }
+    file.set_len(0).and_then(|()| file.rewind()).map_err(io)?;
+    writeln!(file, "{}", std::process::id()).and_then(|()| file.sync_all()).map_err(io)?;
+    Ok(DataDirLock(file))
+}
+
 /// Creates the database file 0600 if missing (so SQLite's -wal and -shm files,
 /// which copy its mode, are 0600 too); checks an existing one like the directory.
 pub(super) fn prepare_db_file(path: &Path) -> Result<(), StoreError> {

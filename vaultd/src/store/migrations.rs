@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schema/0008_keys.sql"),
     include_str!("../../../schema/0009_audit_journal.sql"),
     include_str!("../../../schema/0010_audit_batch.sql"),
+    include_str!("../../../schema/0011_authenticated_state.sql"),
 ];
 
 /// Brings the database up to date; refuses one from a newer vaultd.

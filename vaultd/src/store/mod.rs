@@ -4,22 +4,17 @@
 //! that was acknowledged survives a crash or power loss. Reads use their own
 //! connection so an fsync in progress never stalls an agent's read.
 
-mod access;
 mod audit;
 mod files;
 mod incident;
 mod keys;
 mod migrations;
-mod rotation;
-mod tokens;
+mod state;
 
-pub use access::ClientRow;
-pub use audit::{AuditFields, AuditFilter, AuditInserter, AuditRow, AuditSnapshot};
-pub use files::{create_owner_only, prepare_data_dir};
-pub use incident::{IncidentRow, Revoked};
-pub use keys::SealedVersion;
-pub use rotation::{DueRow, OldVersion, PolicyChange, Promoted, RotationRow};
-pub use tokens::{NewToken, TokenRow};
+pub use audit::{AuditFields, AuditFilter, AuditInserter, AuditRow, AuditSnapshot, Head};
+pub use files::{DataDirLock, LOCK_FILE, create_owner_only, lock_data_dir, prepare_data_dir};
+pub use incident::reach as incident_reach;
+pub use state::{Child, Found, StoredState};
 
 use crate::crypto::{Header, KdfParams, WrappedTerm};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -44,39 +39,6 @@ pub enum StoreError {
     SnapshotBusy,
     #[error("{0}")]
     Malformed(&'static str),
-}
-
-/// A secret's metadata (never its value).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRow {
-    pub env: String,
-    pub name: String,
-    pub provider: String,
-    pub description: String,
-    pub current_version: u64,
-    pub created_unix: i64,
-    pub updated_unix: i64,
-    /// The rotation policy (schema 6).
-    pub rotator: String,
-    pub rotate_every_secs: Option<i64>,
-    pub grace_secs: i64,
-    pub next_rotation_unix: Option<i64>,
-}
-
-/// One version's metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VersionRow {
-    pub version: u64,
-    pub state: String,
-    pub created_unix: i64,
-    pub expires_unix: Option<i64>,
-}
-
-/// What a put changes besides the value; empty strings keep what is stored.
-#[derive(Debug, Default, Clone)]
-pub struct SecretLabels {
-    pub provider: String,
-    pub description: String,
 }
 
 pub struct Store {
@@ -236,20 +198,9 @@ impl Store {
         Ok(out)
     }
 
-    /// One version's state, grace end and ciphertext (`None`: destroyed).
-    #[allow(clippy::type_complexity)]
-    pub fn version(
-        &self,
-        env: &str,
-        name: &str,
-        version: u64,
-    ) -> Result<Option<(String, Option<i64>, Option<Vec<u8>>)>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT v.state, v.expires_unix, v.ciphertext FROM secret s
-             JOIN secret_version v ON v.secret_id = s.id WHERE s.env = ? AND s.name = ? AND v.version = ?",
-        )?;
-        Ok(stmt.query_row(params![env, name, version], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?)
+    /// How many secrets the file holds (a backup's report; not acted on).
+    pub fn count_secrets(&self) -> Result<u64, StoreError> {
+        Ok(self.reader().query_row("SELECT COUNT(*) FROM secret", [], |r| r.get(0))?)
     }
 
     /// An online, consistent copy of the database, in a temp file in the data
@@ -278,69 +229,16 @@ impl Store {
         }
         Err(StoreError::SnapshotBusy)
     }
-
-    /// The current version's number and ciphertext.
-    pub fn current(&self, env: &str, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT v.version, v.ciphertext FROM secret s
-             JOIN secret_version v ON v.secret_id = s.id AND v.version = s.current_version
-             WHERE s.env = ? AND s.name = ? AND v.state = 'current' AND v.ciphertext IS NOT NULL",
-        )?;
-        Ok(stmt.query_row(params![env, name], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
-    }
-
-    pub fn secret(&self, env: &str, name: &str) -> Result<Option<SecretRow>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!("{SECRET_COLUMNS} WHERE env = ? AND name = ?"))?;
-        Ok(stmt.query_row(params![env, name], secret_row).optional()?)
-    }
-
-    pub fn list(&self, env: &str) -> Result<Vec<SecretRow>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!("{SECRET_COLUMNS} WHERE env = ? ORDER BY name"))?;
-        let rows = stmt.query_map([env], secret_row)?.collect::<Result<_, _>>()?;
-        Ok(rows)
-    }
-
-    /// Every version of `env/name`, newest first; `None` for an unknown secret.
-    pub fn versions(&self, env: &str, name: &str) -> Result<Option<Vec<VersionRow>>, StoreError> {
-        let conn = self.reader();
-        let id: Option<i64> = conn
-            .query_row("SELECT id FROM secret WHERE env = ? AND name = ?", params![env, name], |r| r.get(0))
-            .optional()?;
-        let Some(id) = id else { return Ok(None) };
-        let mut stmt = conn.prepare_cached(
-            "SELECT version, state, created_unix, expires_unix FROM secret_version
-             WHERE secret_id = ? ORDER BY version DESC",
-        )?;
-        let rows = stmt
-            .query_map([id], |r| {
-                Ok(VersionRow {
-                    version: r.get(0)?,
-                    state: r.get(1)?,
-                    created_unix: r.get(2)?,
-                    expires_unix: r.get(3)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(Some(rows))
-    }
-
-    pub fn count_secrets(&self) -> Result<u64, StoreError> {
-        Ok(self.reader().query_row("SELECT COUNT(*) FROM secret", [], |r| r.get(0))?)
-    }
 }
 
 impl Txn<'_> {
-    /// Stores a new vault's header and first key term, once.
-    pub fn initialize(&self, header: &Header, term: &WrappedTerm) -> Result<(), StoreError> {
+    /// Stores a new vault's header, once (its first key term is state: see `state`).
+    pub fn initialize(&self, header: &Header) -> Result<(), StoreError> {
         let tx = &self.tx;
         let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM vault_header)", [], |r| r.get(0))?;
         if exists {
             return Err(StoreError::AlreadyInitialized);
         }
-        let now = now_unix();
         tx.execute(
             "INSERT INTO vault_header
                (id, kdf_memory_kib, kdf_iterations, kdf_parallelism, kdf_salt, wrapped_root, created_unix)
@@ -351,80 +249,9 @@ impl Txn<'_> {
                 header.kdf.parallelism,
                 header.salt,
                 header.wrapped_root,
-                now
+                now_unix()
             ],
-        )?;
-        tx.execute(
-            "INSERT INTO key_term (term, wrapped_key, created_unix) VALUES (?, ?, ?)",
-            params![term.term, term.wrapped, now],
         )?;
         Ok(())
     }
-
-    /// Adds a new current version of `env/name` (creating the secret if needed)
-    /// and promotes it (see [`Txn::promote`]). `seal` gets the new version number,
-    /// which the ciphertext is bound to, and runs inside the transaction.
-    pub fn put<E: From<StoreError>>(
-        &self,
-        env: &str,
-        name: &str,
-        labels: &SecretLabels,
-        keep: u32,
-        seal: impl FnOnce(u64) -> Result<Vec<u8>, E>,
-    ) -> Result<(u64, Option<Promoted>), E> {
-        let tx = &self.tx;
-        let now = now_unix();
-        if let Some((id, _, _)) = self.secret_ids(env, name)? {
-            tx.execute(
-                "UPDATE secret SET provider = CASE WHEN ?1 = '' THEN provider ELSE ?1 END,
-                   description = CASE WHEN ?2 = '' THEN description ELSE ?2 END WHERE id = ?3",
-                params![labels.provider, labels.description, id],
-            )
-            .map_err(StoreError::from)?;
-            let version = self.next_version(id)?;
-            self.insert_version(id, version, "pending", &seal(version)?)?;
-            return Ok((version, Some(self.promote(id, version, keep)?)));
-        }
-        tx.execute(
-            "INSERT INTO secret (env, name, provider, description, current_version, created_unix, updated_unix)
-             VALUES (?, ?, ?, ?, 1, ?, ?)",
-            params![env, name, labels.provider, labels.description, now, now],
-        )
-        .map_err(StoreError::from)?;
-        let id = tx.last_insert_rowid();
-        self.insert_version(id, 1, "current", &seal(1)?)?;
-        Ok((1, None))
-    }
-
-    /// Deletes `env/name` with every version; returns how many versions went, or
-    /// `None` for an unknown secret. `secure_delete` overwrites the freed pages.
-    pub fn delete(&self, env: &str, name: &str) -> Result<Option<u64>, StoreError> {
-        let tx = &self.tx;
-        let id: Option<i64> = tx
-            .query_row("SELECT id FROM secret WHERE env = ? AND name = ?", params![env, name], |r| r.get(0))
-            .optional()?;
-        let Some(id) = id else { return Ok(None) };
-        let destroyed = tx.execute("DELETE FROM secret_version WHERE secret_id = ?", [id])?;
-        tx.execute("DELETE FROM secret WHERE id = ?", [id])?;
-        Ok(Some(destroyed as u64))
-    }
-}
-
-const SECRET_COLUMNS: &str = "SELECT env, name, provider, description, current_version, created_unix, updated_unix,
-       rotator, rotate_every_secs, grace_secs, next_rotation_unix FROM secret";
-
-fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRow> {
-    Ok(SecretRow {
-        env: r.get(0)?,
-        name: r.get(1)?,
-        provider: r.get(2)?,
-        description: r.get(3)?,
-        current_version: r.get(4)?,
-        created_unix: r.get(5)?,
-        updated_unix: r.get(6)?,
-        rotator: r.get(7)?,
-        rotate_every_secs: r.get(8)?,
-        grace_secs: r.get(9)?,
-        next_rotation_unix: r.get(10)?,
-    })
 }

@@ -3,7 +3,7 @@
 use super::{Vault, VaultError};
 use crate::audit::{Actor, Event, Outcome};
 use crate::crypto::{self, SecretBytes};
-use crate::store::{ClientRow, NewToken, TokenRow, Txn};
+use crate::state::{Client, Draft, Token};
 use std::time::Duration;
 use vault_proto::names;
 
@@ -15,15 +15,16 @@ pub(super) fn check_patterns(patterns: &[String]) -> Result<(), VaultError> {
 }
 
 impl Vault {
-    pub fn clients(&self) -> Result<Vec<ClientRow>, VaultError> {
+    pub fn clients(&self) -> Result<Vec<Client>, VaultError> {
         self.keys()?;
-        Ok(self.store.clients()?)
+        Ok(self.image().clients().map(|c| Client::clone(c)).collect())
     }
 
     /// Adds a client with its first grants.
-    pub fn client_add(&self, actor: &Actor, client: ClientRow) -> Result<ClientRow, VaultError> {
+    pub fn client_add(&self, actor: &Actor, client: Client) -> Result<Client, VaultError> {
         names::validate(&client.name).map_err(|why| VaultError::InvalidName { what: "client name", why })?;
-        check_patterns(&client.grants)?;
+        let patterns: Vec<String> = client.grants.keys().cloned().collect();
+        check_patterns(&patterns)?;
         if let Some(sha) = &client.exe_sha256
             && !(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
         {
@@ -36,20 +37,31 @@ impl Vault {
             .with("gid", client.gid)
             .with("exe", client.exe.clone())
             .with("exe_sha256", client.exe_sha256.clone())
-            .with("grants", client.grants.clone());
-        self.client_change(&client.name.clone(), event, |txn| {
-            if !txn.client_add(&client)? {
+            .with("grants", patterns);
+        let name = client.name.clone();
+        let now = crate::clock::now_unix();
+        self.client_change(&name, event, |state| {
+            if state.client(&client.name)?.is_some() {
                 return Err(VaultError::ClientExists(client.name.clone()));
             }
-            Ok(true)
+            let grants = client.grants.keys().map(|p| (p.clone(), now)).collect();
+            state.insert_client(Client { id: 0, enabled: true, created_unix: now, grants, ..client })?;
+            Ok(())
         })
     }
 
     pub fn client_remove(&self, actor: &Actor, name: &str) -> Result<(), VaultError> {
         self.keys()?;
-        self.write(|txn| {
-            if !txn.client_remove(name)? {
+        self.write(|c| {
+            if c.state.client(name)?.is_none() {
                 return Err(VaultError::ClientNotFound(name.into()));
+            }
+            c.state.remove_client(name)?;
+            // Its tokens go with it.
+            for accessor in c.state.token_accessors() {
+                if c.state.token(&accessor)?.is_some_and(|t| t.client == name) {
+                    c.state.remove_token(&accessor);
+                }
             }
             Ok(((), vec![Event::new("client.remove", Outcome::Ok, actor).with("client", name)]))
         })?;
@@ -57,11 +69,14 @@ impl Vault {
         Ok(())
     }
 
-    pub fn client_set_enabled(&self, actor: &Actor, name: &str, enabled: bool) -> Result<ClientRow, VaultError> {
+    pub fn client_set_enabled(&self, actor: &Actor, name: &str, enabled: bool) -> Result<Client, VaultError> {
         self.keys()?;
         let kind = if enabled { "client.enable" } else { "client.disable" };
         let event = Event::new(kind, Outcome::Ok, actor).with("client", name);
-        self.client_change(name, event, |txn| Ok(txn.client_set_enabled(name, enabled)?))
+        self.client_change(name, event, |state| {
+            found(state, name)?.enabled = enabled;
+            Ok(())
+        })
     }
 
     /// Adds (`grant`) or removes grant patterns.
@@ -71,28 +86,35 @@ impl Vault {
         name: &str,
         patterns: &[String],
         grant: bool,
-    ) -> Result<ClientRow, VaultError> {
+    ) -> Result<Client, VaultError> {
         check_patterns(patterns)?;
         self.keys()?;
         let kind = if grant { "client.grant" } else { "client.ungrant" };
         let event = Event::new(kind, Outcome::Ok, actor).with("client", name).with("patterns", patterns.to_vec());
-        self.client_change(name, event, |txn| {
-            Ok(if grant { txn.client_grant(name, patterns)? } else { txn.client_ungrant(name, patterns)? })
+        let now = crate::clock::now_unix();
+        self.client_change(name, event, |state| {
+            let client = found(state, name)?;
+            for p in patterns {
+                if grant {
+                    client.grants.entry(p.clone()).or_insert(now);
+                } else {
+                    client.grants.remove(p);
+                }
+            }
+            Ok(())
         })
     }
 
-    /// Applies `change` (false: no such client), records `event`, returns the client.
+    /// Applies `change`, records `event`, returns the client.
     pub(super) fn client_change(
         &self,
         name: &str,
         event: Event,
-        change: impl FnOnce(&Txn<'_>) -> Result<bool, VaultError>,
-    ) -> Result<ClientRow, VaultError> {
-        let row = self.write(|txn| {
-            if !change(txn)? {
-                return Err(VaultError::ClientNotFound(name.into()));
-            }
-            let row = txn.client(name)?.ok_or_else(|| VaultError::ClientNotFound(name.into()))?;
+        change: impl FnOnce(&mut Draft<'_>) -> Result<(), VaultError>,
+    ) -> Result<Client, VaultError> {
+        let row = self.write(|c| {
+            change(&mut c.state)?;
+            let row = c.state.client(name)?.cloned().ok_or_else(|| VaultError::ClientNotFound(name.into()))?;
             Ok((row, vec![event]))
         })?;
         self.notify();
@@ -109,69 +131,75 @@ impl Vault {
         idle: Option<Duration>,
         uses: Option<u32>,
         any_uid: bool,
-    ) -> Result<(SecretBytes, TokenRow), VaultError> {
+    ) -> Result<(SecretBytes, Token), VaultError> {
         let keys = self.keys()?;
         let secret = crypto::random_secret(32)?;
         let token = SecretBytes::new(format!("vt_{}", crypto::hex(secret.expose())).into_bytes());
         let accessor = crypto::hex(crypto::random_secret(8)?.expose());
-        let hash = keys.token_hash(token.expose());
-        let now = crate::store::now_unix();
+        let hash = keys.token_hash(token.expose()).to_vec();
+        let now = crate::clock::now_unix();
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-        let row = self.write(|txn| {
-            let owner = txn.client(client)?.ok_or_else(|| VaultError::ClientNotFound(client.into()))?;
-            if txn.tokens_active(client, now)? >= MAX_TOKENS_PER_CLIENT {
+        let row = self.write(|c| {
+            let owner = c.state.client(client)?.cloned().ok_or_else(|| VaultError::ClientNotFound(client.into()))?;
+            let live = c
+                .state
+                .image()
+                .tokens()
+                .filter(|t| t.client == client && t.revoked_unix.is_none() && t.expires_unix.is_none_or(|e| e > now))
+                .count() as u64;
+            if live >= MAX_TOKENS_PER_CLIENT {
                 return Err(VaultError::TooManyTokens(client.into()));
             }
-            let new = NewToken {
-                accessor: &accessor,
-                hash: &hash,
-                client,
+            let row = Token {
+                accessor: accessor.clone(),
+                hash: hash.clone(),
+                client: client.into(),
                 bind_uid: (!any_uid).then_some(owner.uid),
                 created_unix: now,
                 expires_unix: ttl.map(|t| now.saturating_add(secs(t))),
                 idle_secs: idle.map(secs),
-                uses: uses.map(i64::from),
-            };
-            txn.token_insert(&new)?;
-            let row = TokenRow {
-                accessor: accessor.clone(),
-                client: client.into(),
-                bind_uid: new.bind_uid,
-                created_unix: now,
-                expires_unix: new.expires_unix,
-                idle_secs: new.idle_secs,
-                uses_left: new.uses,
+                uses_left: uses.map(i64::from),
                 last_used_unix: None,
                 revoked_unix: None,
             };
+            c.state.insert_token(row.clone())?;
             let event = Event::new("token.create", Outcome::Ok, actor)
                 .with("accessor", accessor.clone())
                 .with("client", client)
-                .with("bind_uid", new.bind_uid)
-                .with("expires_unix", new.expires_unix)
-                .with("idle_secs", new.idle_secs)
-                .with("uses", new.uses);
+                .with("bind_uid", row.bind_uid)
+                .with("expires_unix", row.expires_unix)
+                .with("idle_secs", row.idle_secs)
+                .with("uses", row.uses_left);
             Ok((row, vec![event]))
         })?;
         Ok((token, row))
     }
 
-    pub fn tokens(&self) -> Result<Vec<TokenRow>, VaultError> {
+    pub fn tokens(&self) -> Result<Vec<Token>, VaultError> {
         self.keys()?;
-        Ok(self.store.tokens()?)
+        let mut all: Vec<Token> = self.image().tokens().map(|t| Token::clone(t)).collect();
+        all.sort_by(|a, b| (a.created_unix, &a.accessor).cmp(&(b.created_unix, &b.accessor)));
+        Ok(all)
     }
 
     /// Revokes one token by accessor, or (`None`) every live one; returns how many.
     pub fn token_revoke(&self, actor: &Actor, accessor: Option<&str>) -> Result<u64, VaultError> {
         self.keys()?;
-        let now = crate::store::now_unix();
-        let revoked = self.write(|txn| {
-            if let Some(a) = accessor
-                && !txn.token_exists(a)?
-            {
-                return Err(VaultError::TokenNotFound(a.into()));
+        let now = crate::clock::now_unix();
+        let revoked = self.write(|c| {
+            let accessors = match accessor {
+                Some(a) if c.state.token(a)?.is_none() => return Err(VaultError::TokenNotFound(a.into())),
+                Some(a) => vec![a.to_owned()],
+                None => c.state.token_accessors(),
+            };
+            let mut revoked = 0;
+            for a in accessors {
+                if let Some(t) = c.state.token_mut(&a)?
+                    && t.revoke(now)
+                {
+                    revoked += 1;
+                }
             }
-            let revoked = txn.token_revoke(accessor, now)?;
             let event = Event::new("token.revoke", Outcome::Ok, actor)
                 .with("accessor", accessor.unwrap_or("*"))
                 .with("revoked", revoked);
@@ -180,4 +208,8 @@ impl Vault {
         self.notify();
         Ok(revoked)
     }
+}
+
+fn found<'d>(state: &'d mut Draft<'_>, name: &str) -> Result<&'d mut Client, VaultError> {
+    state.client_mut(name)?.ok_or_else(|| VaultError::ClientNotFound(name.into()))
 }

@@ -4,10 +4,12 @@
 //! provider, and the vault is sealed. A revoke-all made offline by another
 //! process is noticed within a second ([`Vault::honour_incidents`]).
 
-use super::{Vault, VaultError};
+use super::{Change, Vault, VaultError};
+use crate::audit::chain;
 use crate::audit::{Actor, Event, Outcome};
 use crate::incident::{self, HookOutcome, Report};
 use crate::rotation::{Rotator, hook};
+use crate::state::{Incident, IncidentMode};
 use crate::store::{AuditFilter, AuditRow};
 use futures_util::StreamExt as _;
 use std::sync::atomic::Ordering;
@@ -33,10 +35,28 @@ impl Vault {
         provider_revoke: bool,
     ) -> Result<Report, VaultError> {
         incident::check_reason(reason).map_err(|e| VaultError::Rotator(e.to_string()))?;
-        let mut report = self.write(|txn| {
-            let (report, event) = incident::revoke_everything(txn, "online", reason, actor)?;
-            Ok((report, vec![event]))
-        })?;
+        let mut report = if self.is_sealed() {
+            // Nothing is served while sealed, and nothing can be signed: the
+            // incident is stored unsigned and applied at the next unlock.
+            self.store.write(|txn| {
+                let mut i = incident::new_incident(txn.next_incident_id()?, IncidentMode::Online, reason);
+                let mut report =
+                    Report { id: i.id, reason: reason.into(), mode: i.mode.as_str().into(), ..Report::default() };
+                report.started_unix = i.started_unix;
+                i.report = incident::to_json(&report);
+                txn.save_incident(&mut i, None)?;
+                report.id = i.id;
+                chain::append(txn, None, &[incident::event("incident.revoke_all", &report, actor)])?;
+                Ok::<_, VaultError>(report)
+            })?
+        } else {
+            self.write(|c| {
+                let new = incident::new_incident(c.txn.next_incident_id()?, IncidentMode::Online, reason);
+                let report = incident::revoke_everything(&mut c.state, new)?;
+                let event = incident::event("incident.revoke_all", &report, actor);
+                Ok((report, vec![event]))
+            })?
+        };
         self.incident_seen.fetch_max(report.id, Ordering::SeqCst);
         report.streams_closed = self.end_streams().await;
         if provider_revoke {
@@ -48,19 +68,40 @@ impl Vault {
             .with("provider_revoked", report.provider_revoke.iter().filter(|h| h.ok).count())
             .with("provider_failed", report.provider_revoke.iter().filter(|h| !h.ok).count())
             .with("seal", seal);
-        let json = incident::to_json(&report);
-        self.write(|txn| {
-            txn.incident_set_report(report.id, &json)?;
-            Ok(((), vec![event]))
-        })?;
+        self.save_report(&report, vec![event])?;
         if seal {
             self.seal(actor)?;
             report.sealed = true;
-            let json = incident::to_json(&report);
-            // Sealed now: stored unchained until the next unlock, like any sealed-time entry.
-            self.write(|txn| Ok((txn.incident_set_report(report.id, &json)?, vec![])))?;
         }
         Ok(report)
+    }
+
+    /// Stores an incident's final report with `events`: signed while unlocked,
+    /// kept unsigned (like the incident) while sealed.
+    fn save_report(&self, report: &Report, events: Vec<Event>) -> Result<(), VaultError> {
+        let json = incident::to_json(report);
+        if self.is_sealed() {
+            return self.store.write(|txn| {
+                let mut i = Incident {
+                    id: report.id,
+                    started_unix: report.started_unix,
+                    mode: report.mode.parse().unwrap_or(IncidentMode::Online),
+                    reason: report.reason.clone(),
+                    report: json,
+                };
+                txn.save_incident(&mut i, None)?;
+                chain::append(txn, None, &events)?;
+                Ok::<_, VaultError>(())
+            });
+        }
+        self.write(|c| {
+            let applied = c.state.image().incidents().find(|i| i.id == report.id).cloned();
+            if let Some(mut i) = applied {
+                i.report = json;
+                c.state.save_incident(i);
+            }
+            Ok(((), events))
+        })
     }
 
     /// Ends every watch stream (each answers PERMISSION_DENIED), waits a moment
@@ -79,17 +120,25 @@ impl Vault {
         open
     }
 
-    /// Every incident's report, oldest first.
+    /// Every incident's report, oldest first (those made offline and not yet
+    /// applied too).
     pub fn incidents(&self) -> Result<Vec<Report>, VaultError> {
         self.keys()?;
-        Ok(self.store.incidents()?.iter().map(|row| incident::from_json(&row.report)).collect())
+        let image = self.image();
+        let mut all: Vec<&Incident> = image.incidents().chain(image.pending_incidents()).collect();
+        all.sort_by_key(|i| i.id);
+        Ok(all.into_iter().map(|i| incident::from_json(&i.report)).collect())
     }
 
     /// One incident's report, and the audit log of the `hours` before it up to
     /// its own records (at most [`TIMELINE_MAX`] entries, the newest).
     pub fn incident(&self, id: i64, hours: u32) -> Result<(Report, Vec<AuditRow>), VaultError> {
         self.keys()?;
-        let row = self.store.incident(id)?.ok_or(VaultError::IncidentNotFound(id))?;
+        let found = {
+            let image = self.image();
+            image.incidents().chain(image.pending_incidents()).find(|i| i.id == id).cloned()
+        };
+        let row = found.ok_or(VaultError::IncidentNotFound(id))?;
         let started_ms = row.started_unix.saturating_mul(1000);
         let filter = AuditFilter {
             since_unix_ms: Some(started_ms.saturating_sub(i64::from(hours) * 3_600_000)),
@@ -107,18 +156,34 @@ impl Vault {
     }
 
     /// Acts on a revoke-all another process made (offline, on the data dir):
-    /// ends every stream and connection. Called every second by the daemon.
+    /// applies it (signed now) and ends every stream and connection. Called
+    /// every second by the daemon.
     pub async fn honour_incidents(&self) -> Result<(), VaultError> {
         let latest = self.store.latest_incident()?;
-        if self.incident_seen.fetch_max(latest, Ordering::SeqCst) < latest {
-            tracing::warn!(incident = latest, "a revoke-all was made offline: ending every stream and connection");
-            let streams = self.end_streams().await;
-            // Also chains the offline record on, while unlocked (see audit::chain).
-            let event = Event::new("incident.honoured", Outcome::Ok, &Actor::vaultd())
-                .with("incident", latest)
-                .with("streams_closed", streams);
-            self.append(vec![event], true)?;
+        if self.incident_seen.load(Ordering::SeqCst) >= latest {
+            return Ok(());
         }
+        tracing::warn!(
+            incident = latest,
+            "a revoke-all was made offline: applying it, ending every stream and connection"
+        );
+        if !self.is_sealed() {
+            // Also chains the offline record on (see audit::chain).
+            self.write(|c| {
+                let mut events = Vec::new();
+                for found in c.txn.unsigned_incidents()? {
+                    let report = incident::revoke_everything(&mut c.state, found)?;
+                    events.push(incident::event("incident.applied", &report, &Actor::vaultd()));
+                }
+                Ok(((), events))
+            })?;
+        }
+        self.incident_seen.fetch_max(latest, Ordering::SeqCst);
+        let streams = self.end_streams().await;
+        let event = Event::new("incident.honoured", Outcome::Ok, &Actor::vaultd())
+            .with("incident", latest)
+            .with("streams_closed", streams);
+        self.append(vec![event], true)?;
         Ok(())
     }
 
@@ -154,4 +219,16 @@ impl Vault {
             .map(|_| Some("revoked at the provider"))
             .map_err(|e| fail(e.to_string()))
     }
+}
+
+/// At unlock, in its transaction: applies the revoke-alls made without the key
+/// (offline, or while sealed) before anything is served. Returns their records.
+pub(super) fn apply_pending(c: &mut Change<'_, '_>) -> Result<Vec<Event>, VaultError> {
+    let pending: Vec<Incident> = c.state.image().pending_incidents().cloned().collect();
+    let mut events = Vec::new();
+    for found in pending {
+        let report = incident::revoke_everything(&mut c.state, found)?;
+        events.push(incident::event("incident.applied", &report, &Actor::vaultd()));
+    }
+    Ok(events)
 }

@@ -3,8 +3,8 @@
 
 use super::{Vault, VaultError};
 use crate::audit::{Actor, Event, Outcome};
-use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
-use crate::store::Txn;
+use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId, WrappedTerm};
+use crate::state::{Draft, KeyTerm};
 
 /// What `rotate-key` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,15 +43,16 @@ impl Vault {
     /// `events`). The count is persisted with the write.
     pub(super) fn sealing_term(
         &self,
-        txn: &Txn<'_>,
+        state: &mut Draft<'_>,
         keys: &Unlocked,
         count: u64,
         events: &mut Vec<Event>,
     ) -> Result<u32, VaultError> {
-        let (newest, used) = txn.newest_term()?;
+        let newest = state.term_numbers().last().copied().ok_or(VaultError::TermsExhausted)?;
+        let used = state.term(newest).map_or(0, |t| t.encryptions);
         let term = if used.saturating_add(count) > self.max_encryptions {
             let next = newest.checked_add(1).ok_or(VaultError::TermsExhausted)?;
-            txn.insert_term(&keys.add_term(next)?, false)?;
+            state.insert_term(new_term(keys.add_term(next)?, false))?;
             events.push(
                 Event::new("key.rotate", Outcome::Ok, &Actor::vaultd())
                     .with("term", next)
@@ -63,7 +64,9 @@ impl Vault {
         } else {
             newest
         };
-        txn.count_encryptions(term, count)?;
+        if let Some(t) = state.term_mut(term)? {
+            t.encryptions = t.encryptions.saturating_add(count);
+        }
         Ok(term)
     }
 
@@ -87,8 +90,8 @@ impl Vault {
         let (header, _) = self.store.header()?.ok_or(VaultError::Uninitialized)?;
         let kdf = kdf.unwrap_or(header.kdf);
         match crypto::rekey(old, &header, new.unwrap_or(old), kdf) {
-            Ok(rekeyed) => self.write(|txn| {
-                txn.set_header(&rekeyed)?;
+            Ok(rekeyed) => self.write(|c| {
+                c.txn.set_header(&rekeyed)?;
                 let event = Event::new("vault.rekey", Outcome::Ok, actor)
                     .with("passphrase_changed", new.is_some())
                     .with("kdf", format!("argon2id m={} t={} p={}", kdf.memory_kib, kdf.iterations, kdf.parallelism));
@@ -113,19 +116,19 @@ impl Vault {
     /// starting yet another term.
     pub fn rotate_key(&self, actor: &Actor, rewrap: bool) -> Result<KeyRotated, VaultError> {
         let keys = self.keys()?;
-        let rotated = self.write(|txn| {
-            if rewrap && let Some(target) = txn.rewrap_target()? {
-                let to_rewrap = txn.count_older_versions(target)?;
+        let rotated = self.write(|c| {
+            if rewrap && let Some(target) = rewrap_target(&c.state) {
+                let to_rewrap = count_older_versions(&c.state, target)?;
                 let event = Event::new("key.rewrap.resume", Outcome::Ok, actor)
                     .with("term", target)
                     .with("to_rewrap", to_rewrap);
                 return Ok((KeyRotated { term: target, new_term: false, to_rewrap, retired: vec![] }, vec![event]));
             }
-            let (newest, _) = txn.newest_term()?;
+            let newest = c.state.term_numbers().last().copied().unwrap_or(0);
             let term = newest.checked_add(1).ok_or(VaultError::TermsExhausted)?;
-            txn.insert_term(&keys.add_term(term)?, rewrap)?;
-            let retired = txn.retire_unused_terms(term)?;
-            let to_rewrap = txn.count_older_versions(term)?;
+            c.state.insert_term(new_term(keys.add_term(term)?, rewrap))?;
+            let retired = retire_unused_terms(&mut c.state, term)?;
+            let to_rewrap = count_older_versions(&c.state, term)?;
             let mut events = vec![
                 Event::new("key.rotate", Outcome::Ok, actor)
                     .with("term", term)
@@ -145,35 +148,45 @@ impl Vault {
     }
 
     /// One batch of a rewrap: re-seals, under the newest term, up to `limit`
-    /// versions with rowid above `after` that are sealed under a term older than
-    /// `target` (`None`: the newest), in one durable transaction with its record.
-    /// Progress lives in the data (each ciphertext names its term), so a crash
-    /// loses at most the batch in flight and a new walk continues. A term started
-    /// meanwhile (the encryption limit) is at least `target`, so the walk still
-    /// ends. Once nothing older than `target` is left, the terms no version uses
-    /// are retired. Call from a blocking context.
+    /// versions after the cursor `after` (a position in `env/name/version`
+    /// order, see [`Rewrapped::next_after`]) that are sealed under a term older
+    /// than `target` (`None`: the newest), in one durable transaction with its
+    /// record. Progress lives in the data (each ciphertext names its term), so a
+    /// crash loses at most the batch in flight and a new walk continues. A term
+    /// started meanwhile (the encryption limit) is at least `target`, so the walk
+    /// still ends. Once nothing older than `target` is left, the terms no version
+    /// uses are retired. Call from a blocking context.
     pub fn rewrap(&self, actor: &Actor, target: Option<u32>, after: u64, limit: u32) -> Result<Rewrapped, VaultError> {
         let keys = self.keys()?;
         // A batch seals `limit` values under one term, so it may not exceed the per-term limit.
         let limit = limit.clamp(1, MAX_REWRAP_BATCH).min(u32::try_from(self.max_encryptions).unwrap_or(u32::MAX));
-        let result = self.write(|txn| {
-            let (newest, _) = txn.newest_term()?;
+        let result = self.write(|c| {
+            let newest = c.state.term_numbers().last().copied().unwrap_or(0);
             let target = target.unwrap_or(newest).min(newest);
-            let batch = txn.older_versions(after, target, limit)?;
+            let batch = older_versions(&c.state, after, target, limit)?;
             let mut events = Vec::new();
             let mut term = newest;
             let mut next_after = after;
             if !batch.is_empty() {
-                term = self.sealing_term(txn, &keys, batch.len() as u64, &mut events)?;
-                for old in &batch {
-                    let id = VersionId { env: &old.env, name: &old.name, version: old.version };
-                    let value = keys.open_version(&id, &old.ciphertext).map_err(|_| VaultError::RewrapFailed {
-                        env: old.env.clone(),
-                        name: old.name.clone(),
-                        version: old.version,
+                term = self.sealing_term(&mut c.state, &keys, batch.len() as u64, &mut events)?;
+                for (position, env, name, version) in &batch {
+                    let id = VersionId { env, name, version: *version };
+                    let s = c
+                        .state
+                        .secret_mut(env, name)?
+                        .ok_or_else(|| VaultError::NotFound { env: env.clone(), name: name.clone() })?;
+                    let v = s
+                        .versions
+                        .get_mut(version)
+                        .ok_or_else(|| VaultError::NotFound { env: env.clone(), name: name.clone() })?;
+                    let ciphertext = v.ciphertext.clone().unwrap_or_default();
+                    let value = keys.open_version(&id, &ciphertext).map_err(|_| VaultError::RewrapFailed {
+                        env: env.clone(),
+                        name: name.clone(),
+                        version: *version,
                     })?;
-                    txn.set_ciphertext(old.rowid, &keys.seal_version(&id, term, value.expose())?)?;
-                    next_after = old.rowid;
+                    v.ciphertext = Some(keys.seal_version(&id, term, value.expose())?.into());
+                    next_after = *position;
                 }
                 events.push(
                     Event::new("key.rewrap", Outcome::Ok, actor).with("term", term).with("versions", batch.len()),
@@ -182,13 +195,17 @@ impl Vault {
             let done = (batch.len() as u64) < u64::from(limit);
             let (mut remaining, mut retired) = (0, Vec::new());
             if done {
-                remaining = txn.count_older_versions(target)?;
+                remaining = count_older_versions(&c.state, target)?;
                 if remaining == 0 {
-                    retired = txn.retire_unused_terms(term)?;
-                    if let Some(pending) = txn.rewrap_target()?
-                        && txn.count_older_versions(pending)? == 0
+                    retired = retire_unused_terms(&mut c.state, term)?;
+                    if let Some(pending) = rewrap_target(&c.state)
+                        && count_older_versions(&c.state, pending)? == 0
                     {
-                        txn.rewrap_finished()?;
+                        for n in c.state.term_numbers() {
+                            if let Some(t) = c.state.term_mut(n)?.filter(|t| t.rewrap) {
+                                t.rewrap = false;
+                            }
+                        }
                         events.push(Event::new("key.rewrap.done", Outcome::Ok, actor).with("term", pending));
                     }
                     if !retired.is_empty() {
@@ -227,4 +244,69 @@ impl Vault {
         let snapshot = self.store.snapshot()?;
         Ok(crate::backup::Writer::new(snapshot, keys.backup_mac())?)
     }
+}
+
+fn new_term(wrapped: WrappedTerm, rewrap: bool) -> KeyTerm {
+    KeyTerm {
+        term: wrapped.term,
+        wrapped_key: wrapped.wrapped,
+        created_unix: crate::clock::now_unix(),
+        encryptions: 0,
+        rewrap,
+    }
+}
+
+/// The target term of a `rotate-key --rewrap` that has not finished yet.
+fn rewrap_target(state: &Draft<'_>) -> Option<u32> {
+    state.term_numbers().into_iter().rev().find(|n| state.term(*n).is_some_and(|t| t.rewrap))
+}
+
+/// A stored version as (position, env, name, version, its term): the position
+/// is its place in `env/name/version` order, 1-based, the cursor a rewrap
+/// resumes from.
+type Sealed = (u64, String, String, u64, u32);
+
+/// Every stored version (see [`Sealed`]).
+fn sealed_versions(state: &Draft<'_>) -> Result<Vec<Sealed>, VaultError> {
+    let mut all = Vec::new();
+    for (env, name) in state.secret_names() {
+        let Some(s) = state.secret(&env, &name)? else { continue };
+        for (n, v) in &s.versions {
+            if let Some(term) = v.ciphertext.as_deref().and_then(crypto::ciphertext_term) {
+                all.push((env.clone(), name.clone(), *n, term));
+            }
+        }
+    }
+    Ok(all.into_iter().zip(1..).map(|((env, name, n, term), position)| (position, env, name, n, term)).collect())
+}
+
+/// Up to `limit` versions after position `after` sealed under a term older than `target`.
+fn older_versions(
+    state: &Draft<'_>,
+    after: u64,
+    target: u32,
+    limit: u32,
+) -> Result<Vec<(u64, String, String, u64)>, VaultError> {
+    Ok(sealed_versions(state)?
+        .into_iter()
+        .filter(|(position, _, _, _, term)| *position > after && *term < target)
+        .take(limit as usize)
+        .map(|(position, env, name, n, _)| (position, env, name, n))
+        .collect())
+}
+
+/// How many versions are sealed under a term older than `target`.
+fn count_older_versions(state: &Draft<'_>, target: u32) -> Result<u64, VaultError> {
+    Ok(sealed_versions(state)?.iter().filter(|(_, _, _, _, term)| *term < target).count() as u64)
+}
+
+/// Deletes every term older than `newest` that no stored version names, and
+/// returns them.
+fn retire_unused_terms(state: &mut Draft<'_>, newest: u32) -> Result<Vec<u32>, VaultError> {
+    let used: std::collections::BTreeSet<u32> = sealed_versions(state)?.into_iter().map(|v| v.4).collect();
+    let retired: Vec<u32> = state.term_numbers().into_iter().filter(|t| *t < newest && !used.contains(t)).collect();
+    for term in &retired {
+        state.remove_term(*term)?;
+    }
+    Ok(retired)
 }

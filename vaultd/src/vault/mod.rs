@@ -16,25 +16,27 @@ mod read;
 mod rotate;
 mod watch;
 
+use crate::policy::Reader;
 pub use access::MAX_TOKENS_PER_CLIENT;
 pub use keys::{KeyRotated, MAX_REWRAP_BATCH, Rewrapped};
-use read::Reader;
-pub use rotate::{Rotated, Trigger};
+pub use rotate::{Rotated, RotationRow, Trigger};
 pub use watch::{Update, Watcher};
 
-use crate::audit::chain::{self, Tip};
+use crate::audit::chain::{self, Resumed, Tip};
 use crate::audit::journal::{self, Appended, Journal, JournalFailed};
 use crate::audit::{Actor, Event, Outcome, Record, Verdict, batch, forward};
 use crate::config::Config;
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
 use crate::limits::Limits;
 use crate::rotation::RotationConfig;
-use crate::store::{
-    AuditFilter, AuditRow, PolicyChange, Promoted, SecretLabels, SecretRow, Store, StoreError, Txn, VersionRow,
+use crate::state::{
+    self, Draft, Image, PolicyChange, Promoted, Secret, SecretLabels, SecretRow, StateError, VersionRow, Violation,
+    anchor,
 };
+use crate::store::{AuditFilter, AuditRow, Store, StoreError, Txn};
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use vault_proto::names::{self, NameError};
@@ -100,6 +102,18 @@ pub enum VaultError {
     Store(StoreError),
     #[error(transparent)]
     Audit(#[from] JournalFailed),
+    /// A row vaultd would act on was changed behind its back.
+    #[error("{0}")]
+    Integrity(String),
+}
+
+impl From<StateError> for VaultError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Quarantined(_) => VaultError::Integrity(e.to_string()),
+            StateError::Store(e) => e.into(),
+        }
+    }
 }
 
 impl From<StoreError> for VaultError {
@@ -152,6 +166,8 @@ pub struct Status {
     pub rotations_failed: Vec<String>,
     /// `env/name` of secrets whose current version is compromised (revoke-all).
     pub compromised: Vec<String>,
+    /// Integrity problems found and not yet acknowledged (`integrity ack`).
+    pub integrity: Vec<String>,
 }
 
 pub struct Vault {
@@ -160,6 +176,12 @@ pub struct Vault {
     /// `None` while sealed. Readers clone the `Arc` and drop the lock at once, so a
     /// seal never waits on a read; the keys are wiped when the last clone drops.
     keys: RwLock<Option<Arc<Unlocked>>>,
+    /// The verified state while unlocked (empty while sealed): what every
+    /// decision and read is made from. Changed only by [`Vault::commit`], after
+    /// the transaction that wrote the change committed.
+    image: RwLock<Image>,
+    /// Integrity problems found and not acknowledged, for `status`.
+    problems: Mutex<Vec<String>>,
     /// The audit chain's keys and tip while unlocked. Every write holds this lock
     /// around its transaction (lock order: this, then the store's writer), so the
     /// tip always matches what is committed and an unlock never races an append.
@@ -194,6 +216,8 @@ pub struct Vault {
     cutoff: tokio::sync::watch::Sender<u64>,
     /// Values a key term may seal before a new term starts (`[keys]`).
     max_encryptions: u64,
+    /// Where the monotonic anchor lives (`[integrity] anchor`), if anywhere.
+    anchor: Option<std::path::PathBuf>,
 }
 
 impl Vault {
@@ -206,6 +230,8 @@ impl Vault {
             store,
             limits: Limits::new(config.limits),
             keys: RwLock::new(None),
+            image: RwLock::default(),
+            problems: Mutex::default(),
             chain: Mutex::new(None),
             kdf_gate: Mutex::new(()),
             journal: Journal::new(data_dir),
@@ -221,6 +247,7 @@ impl Vault {
             published,
             forward_stats: Arc::default(),
             max_encryptions: config.keys.max_encryptions_per_term.max(1),
+            anchor: config.integrity.anchor.clone(),
         }))
     }
 
@@ -240,20 +267,42 @@ impl Vault {
         self.chain.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The verified state, for a decision or a read (empty while sealed).
+    fn image(&self) -> RwLockReadGuard<'_, Image> {
+        self.image.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs `f` and appends the events it returns, in one transaction (durable
     /// unless `durable` is false: records of requests that change nothing), then
-    /// publishes the committed entries. The one way state changes. The journal's
-    /// waiting records go in before the entries: they happened before.
+    /// publishes the committed entries. The one way state changes: `f` changes
+    /// the state through `c.state`, which is written back re-signed in the same
+    /// transaction, and the image takes it once the transaction committed. The
+    /// journal's waiting records go in before the entries: they happened before.
     fn commit<T>(
         &self,
         durable: bool,
-        f: impl FnOnce(&Txn<'_>) -> Result<(T, Vec<Event>), VaultError>,
+        f: impl FnOnce(&mut Change<'_, '_>) -> Result<(T, Vec<Event>), VaultError>,
     ) -> Result<T, VaultError> {
         let mut chain = self.chain();
         let mut tip = chain.as_ref().map(|c| c.tip.clone());
         let mut journaled = journal::Records::default();
+        let image = self.image();
         let committed = self.store.write_with(durable, |txn| {
-            let (out, events) = f(txn)?;
+            let mut change = Change { txn, state: image.draft() };
+            let (out, events) = f(&mut change)?;
+            let changes = match chain.as_ref() {
+                Some(c) => Some(change.state.persist(txn, &c.keys)?),
+                None if change.state.is_empty() => None,
+                // Sealed, nothing can be signed: callers check first.
+                None => return Err(VaultError::Sealed),
+            };
+            let generation_moved = match (tip.as_mut(), &changes) {
+                (Some(tip), Some(changes)) if changes.generation() != tip.generation => {
+                    tip.generation = changes.generation();
+                    true
+                }
+                _ => false,
+            };
             // A durable write that records nothing (a token's use) leaves them:
             // their pages would only lengthen its fsync. Everything else imports
             // them before its own entries, which come after them.
@@ -266,15 +315,28 @@ impl Vault {
             };
             let link = chain.as_ref().zip(tip.as_mut()).map(|(c, tip)| (&*c.keys, tip));
             let rows = chain::append(txn, link, &events)?;
-            Ok::<_, VaultError>((out, imported, rows))
+            if let (true, Some(c), Some(tip)) = (generation_moved, chain.as_ref(), tip.as_ref()) {
+                // The head records the state generation, whatever else was written.
+                chain::set_head(txn, &c.keys, tip)?;
+            }
+            // Changes made through the admin API move the anchor; a token's use does not.
+            let anchored = generation_moved && !events.is_empty();
+            Ok::<_, VaultError>((out, imported, rows, changes, anchored))
         });
-        let (out, imported, own_rows) = match committed {
+        drop(image);
+        let (out, imported, own_rows, changes, anchored) = match committed {
             Ok(committed) => committed,
             Err(e) => {
                 self.journal.untake(journaled);
                 return Err(e);
             }
         };
+        if let Some(changes) = changes {
+            self.image.write().unwrap_or_else(|p| p.into_inner()).apply(changes);
+        }
+        if let (true, Some(c), Some(tip)) = (anchored, chain.as_ref(), tip.as_ref()) {
+            self.write_anchor(&c.keys, anchor::Mark { generation: tip.generation, seq: tip.seq });
+        }
         // Checked after the commit: a follower subscribing later finds them in the table.
         let mut rows = match imported {
             Some(imported) if self.published.receiver_count() > 0 => imported.rows(&journaled),
@@ -290,7 +352,10 @@ impl Vault {
         Ok(out)
     }
 
-    fn write<T>(&self, f: impl FnOnce(&Txn<'_>) -> Result<(T, Vec<Event>), VaultError>) -> Result<T, VaultError> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Change<'_, '_>) -> Result<(T, Vec<Event>), VaultError>,
+    ) -> Result<T, VaultError> {
         self.commit(true, f)
     }
 
@@ -301,11 +366,12 @@ impl Vault {
 
     /// Makes `unlocked` the vault's keys: in one transaction, runs `prepare` (init
     /// stores the new header there), resumes the audit chain, imports what an
-    /// earlier run left in the journal and records `event`; then journals anew.
+    /// earlier run left in the journal, checks the stored state and applies the
+    /// revoke-alls made offline, and records `event`; then journals anew.
     fn open_with(
         &self,
         unlocked: Unlocked,
-        prepare: impl FnOnce(&Txn<'_>) -> Result<(), VaultError>,
+        prepare: impl FnOnce(&mut Change<'_, '_>) -> Result<(), VaultError>,
         event: Event,
     ) -> Result<(), VaultError> {
         let keys = Arc::new(unlocked);
@@ -313,26 +379,163 @@ impl Vault {
         // Unlocked already: what was journaled is in the files, read back below.
         drop(self.journal.close());
         let leftover = self.journal.leftover()?;
-        let (tip, rows, recovered) = self.store.write(|txn| {
-            prepare(txn)?;
-            let mut tip = chain::resume(txn, &keys)?;
+        let (tip, rows, recovered, image, problems) = self.store.write(|txn| {
+            let Resumed { mut tip, events: found, head_generation } = chain::resume(txn, &keys)?;
+            let (mut image, mut violations) = self.check_state(txn, &keys, head_generation)?;
+            let here = anchor::Mark { generation: image.generation(), seq: tip.seq };
+            if let Some(problem) = self.anchor_problem(&keys, here) {
+                tracing::error!(%problem, "the data directory is not the newest vaultd wrote; nothing in it is acted on");
+                violations.push(Violation { table: state::mac::Table::Secret, row: "anchor".into(), problem });
+                image.quarantine_everything();
+            }
             let mut recovered = leftover.import(txn, &keys, &mut tip)?;
-            let events: Vec<Event> = recovery_events(&recovered).into_iter().chain([event]).collect();
+            let mut events: Vec<Event> = recovery_events(&recovered);
+            events.extend(found);
+            events.extend(violations.iter().take(MAX_VIOLATION_EVENTS).map(violation_event));
+            if violations.len() > MAX_VIOLATION_EVENTS {
+                events.push(
+                    Event::new("integrity.violation", Outcome::Failed, &Actor::vaultd())
+                        .with("table", "*")
+                        .with("row", "*")
+                        .with("problem", format!("{} more rows", violations.len() - MAX_VIOLATION_EVENTS)),
+                );
+            }
+            // Init's first key term, and the revoke-alls made offline, are
+            // changes like any other: signed, then recorded.
+            let mut change = Change { txn, state: image.draft() };
+            prepare(&mut change)?;
+            events.extend(incident::apply_pending(&mut change)?);
+            let changes = change.state.persist(txn, &keys)?;
+            image.apply(changes);
+            tip.generation = image.generation();
+            events.push(event);
             let mut rows = std::mem::take(&mut recovered.rows);
             rows.extend(chain::append(txn, Some((&keys, &mut tip)), &events)?);
-            Ok::<_, VaultError>((tip, rows, recovered))
+            chain::set_head(txn, &keys, &tip)?;
+            let problems = open_problems(txn)?;
+            Ok::<_, VaultError>((tip, rows, recovered, image, problems))
         })?;
         leftover.dispose(recovered.problem.is_some());
         if let Err(e) = self.journal.open(keys.clone(), recovered.position) {
             // Reads are still recorded, one transaction each, until the next unlock.
             tracing::error!(error = %e, "cannot start the audit journal");
         }
+        self.incident_seen.fetch_max(image.latest_incident(), std::sync::atomic::Ordering::SeqCst);
+        *self.problems.lock().unwrap_or_else(|p| p.into_inner()) = problems;
+        self.write_anchor(&keys, anchor::Mark { generation: image.generation(), seq: tip.seq });
+        *self.image.write().unwrap_or_else(|p| p.into_inner()) = image;
         *chain = Some(Chain { keys: keys.clone(), tip });
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
         drop(chain);
         self.notify();
         self.publish(rows);
         Ok(())
+    }
+
+    /// `integrity ack`: the owner has reviewed what `status` lists as changed
+    /// behind vaultd's back. In one transaction the state is signed anew as it
+    /// stands, with what quarantined rows could grant taken away (their clients
+    /// disabled, their tokens revoked, their secrets' previous versions retired),
+    /// and an `integrity.acknowledged` entry records it: from there on `status`
+    /// is clear and `audit verify` reports the acknowledged problems as such.
+    /// Returns what was acknowledged.
+    pub fn acknowledge_integrity(&self, actor: &Actor) -> Result<Vec<String>, VaultError> {
+        self.keys()?;
+        let mut chain = self.chain();
+        let Some(c) = chain.as_mut() else { return Err(VaultError::Sealed) };
+        let acknowledged = self.problems.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut tip = c.tip.clone();
+        let journaled = self.journal.take();
+        let written = self.store.write(|txn| {
+            let imported = journal::import(txn, &c.keys, &mut tip, &journaled)?;
+            let quarantined: std::collections::BTreeSet<_> = {
+                let image = self.image();
+                image.quarantine_list().cloned().collect()
+            };
+            let generation = self.image().generation();
+            let image = state::load::resign(txn, &c.keys, txn.load_state()?, generation, &quarantined, false)?;
+            tip.generation = image.generation();
+            let event = Event::new("integrity.acknowledged", Outcome::Ok, actor)
+                .with("problems", acknowledged.clone())
+                .with("quarantined", quarantined.len());
+            let rows = chain::append(txn, Some((&c.keys, &mut tip)), &[event])?;
+            chain::set_head(txn, &c.keys, &tip)?;
+            Ok::<_, VaultError>((image, imported, rows))
+        });
+        let (image, imported, own_rows) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                self.journal.untake(journaled);
+                return Err(e);
+            }
+        };
+        let mut rows = if self.published.receiver_count() > 0 { imported.rows(&journaled) } else { Vec::new() };
+        rows.extend(own_rows);
+        self.journal.imported(&journaled);
+        // The owner has accepted this state as the newest: so does the anchor.
+        self.problems.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.write_anchor(&c.keys, anchor::Mark { generation: image.generation(), seq: tip.seq });
+        c.tip = tip;
+        *self.image.write().unwrap_or_else(|p| p.into_inner()) = image;
+        drop(chain);
+        self.notify();
+        self.publish(rows);
+        Ok(acknowledged)
+    }
+
+    /// Why the data directory, at `here`, is not the newest this vault wrote by
+    /// the anchor, if it is not (see `state::anchor`).
+    fn anchor_problem(&self, keys: &Unlocked, here: anchor::Mark) -> Option<String> {
+        let path = self.anchor.as_deref()?;
+        match anchor::read(path, keys) {
+            Err(problem) => Some(problem),
+            Ok(Some(mark)) if anchor::rolled_back(mark, here) => Some(format!(
+                "the data directory (state generation {}, audit entry {}) is older than the anchor in {} \
+                 (generation {}, entry {}): an older copy was put back",
+                here.generation,
+                here.seq,
+                path.display(),
+                mark.generation,
+                mark.seq
+            )),
+            Ok(_) => None,
+        }
+    }
+
+    /// Moves the anchor to `mark`; a failure is logged (the change it records
+    /// has committed), and the next write tries again. Never while integrity
+    /// problems are open: the anchor must not follow a state nobody vouched for.
+    fn write_anchor(&self, keys: &Unlocked, mark: anchor::Mark) {
+        if !self.problems.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return;
+        }
+        if let Some(path) = &self.anchor
+            && let Err(e) = anchor::write(path, keys, mark)
+        {
+            tracing::error!(anchor = %path.display(), error = %e, "cannot write the anchor");
+        }
+    }
+
+    /// The stored state, checked: the image of what verifies, and what does not.
+    /// A vault from before authenticated state (no root, nothing signed, a head
+    /// written before generations) is signed as it stands, once.
+    fn check_state(
+        &self,
+        txn: &Txn<'_>,
+        keys: &Unlocked,
+        head_generation: Option<u64>,
+    ) -> Result<(Image, Vec<Violation>), VaultError> {
+        let stored = txn.load_state()?;
+        if stored.root.is_none() && head_generation == Some(0) && stored.is_unsigned() {
+            tracing::warn!("signing the state of a vault made before it was authenticated");
+            let image = state::load::resign(txn, keys, stored, 0, &Default::default(), true)?;
+            return Ok((image, Vec::new()));
+        }
+        let loaded = state::load::check(keys, stored, head_generation);
+        for v in &loaded.violations {
+            tracing::error!(violation = %v, "a row was changed behind vaultd's back; it is not acted on");
+        }
+        Ok((loaded.image, loaded.violations))
     }
 
     fn publish(&self, rows: Vec<AuditRow>) {
@@ -406,33 +609,31 @@ impl Vault {
     pub fn status(&self) -> Result<Status, VaultError> {
         use std::sync::atomic::Ordering::Relaxed;
         let header = self.store.header()?;
-        let keys = self.current_keys();
-        let keys_present = keys.is_some();
+        let sealed = self.current_keys().is_none();
+        let image = self.image();
+        let now = crate::clock::now_unix();
+        let names = |pick: &dyn Fn(&Secret) -> bool| -> Vec<String> {
+            let mut names: Vec<String> =
+                image.secrets().filter(|s| pick(s)).map(|s| format!("{}/{}", s.env, s.name)).collect();
+            names.sort();
+            names
+        };
         Ok(Status {
             initialized: header.is_some(),
-            sealed: keys.is_none(),
-            secrets: if keys.is_some() { self.store.count_secrets()? } else { 0 },
-            key_term: if keys.is_some() { self.store.newest_term()? } else { 0 },
+            sealed,
+            secrets: image.secrets().count() as u64,
+            key_term: image.newest_term(),
             kdf: header.map(|(h, _)| h.kdf),
             schema_version: self.store.schema_version(),
             audit_forward_errors: self.forward_stats.errors.load(Relaxed),
             audit_forward_dropped: self.forward_stats.dropped.load(Relaxed),
-            rotations_due: match keys_present {
-                true => self
-                    .store
-                    .rotations_due(crate::store::now_unix())?
-                    .into_iter()
-                    .map(|d| format!("{}/{}", d.env, d.name))
-                    .collect(),
-                false => Vec::new(),
-            },
-            compromised: match keys_present {
-                true => self.store.compromised()?.into_iter().map(|r| format!("{}/{}", r.env, r.name)).collect(),
-                false => Vec::new(),
-            },
-            rotations_failed: match keys_present {
-                true => self.store.rotations_failed()?.into_iter().map(|r| format!("{}/{}", r.env, r.name)).collect(),
-                false => Vec::new(),
+            rotations_due: names(&|s| s.next_rotation_unix.is_some_and(|due| due <= now)),
+            compromised: names(&Secret::is_compromised),
+            rotations_failed: names(&|s| s.last_rotation().is_some_and(|(_, r)| r.step == state::Step::Failed)),
+            integrity: if sealed {
+                Vec::new()
+            } else {
+                self.problems.lock().unwrap_or_else(|p| p.into_inner()).clone()
             },
         })
     }
@@ -451,7 +652,22 @@ impl Vault {
         let (header, term, unlocked) = crypto::create(passphrase, kdf)?;
         let event = Event::new("vault.init", Outcome::Ok, actor)
             .with("kdf", format!("argon2id m={} t={} p={}", kdf.memory_kib, kdf.iterations, kdf.parallelism));
-        self.open_with(unlocked, |txn| Ok(txn.initialize(&header, &term)?), event)
+        let now = crate::clock::now_unix();
+        let first = state::KeyTerm {
+            term: term.term,
+            wrapped_key: term.wrapped,
+            created_unix: now,
+            encryptions: 0,
+            rewrap: false,
+        };
+        self.open_with(
+            unlocked,
+            |c| {
+                c.txn.initialize(&header)?;
+                Ok(c.state.insert_term(first)?)
+            },
+            event,
+        )
     }
 
     /// Checks the passphrase and loads the keys. A wrong passphrase changes
@@ -484,19 +700,22 @@ impl Vault {
     pub fn seal(&self, actor: &Actor) -> Result<(), VaultError> {
         let mut chain = self.chain();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.image.write().unwrap_or_else(|p| p.into_inner()) = Image::default();
         let journaled = self.journal.close();
         let Some(Chain { keys, mut tip }) = chain.take() else { return Ok(()) };
         let rows = self.store.write(|txn| {
             let mut rows = journal::import(txn, &keys, &mut tip, &journaled.waiting)?.rows(&journaled.waiting);
             let events = [checkpoint(&tip), Event::new("vault.seal", Outcome::Ok, actor)];
             rows.extend(chain::append(txn, Some((&keys, &mut tip)), &events)?);
-            Ok::<_, VaultError>(rows)
+            Ok::<_, VaultError>((rows, tip))
         });
         drop(chain);
-        if rows.is_ok() {
+        if let Ok((_, tip)) = &rows {
             // Otherwise the files stay, for the next unlock to import.
             journaled.remove_files();
+            self.write_anchor(&keys, anchor::Mark { generation: tip.generation, seq: tip.seq });
         }
+        let rows = rows.map(|(rows, _)| rows);
         // Watchers end now (their next read finds the vault sealed), whatever the record did.
         self.notify();
         self.publish(rows?);
@@ -535,13 +754,24 @@ impl Vault {
         rotate::check_policy(policy)?;
         let keys = self.keys()?;
         let digest = keys.value_digest(value.expose());
-        let put = self.write(|txn| {
+        let keep = self.rotation.keep_versions;
+        let now = crate::clock::now_unix();
+        let put = self.write(|c| {
             let mut events = Vec::with_capacity(3);
-            let term = self.sealing_term(txn, &keys, 1, &mut events)?;
-            let (version, promoted) =
-                txn.put(secret.env, secret.name, labels, self.rotation.keep_versions, |version| {
-                    Ok::<_, VaultError>(keys.seal_version(&secret.version(version), term, value.expose())?)
-                })?;
+            let term = self.sealing_term(&mut c.state, &keys, 1, &mut events)?;
+            let (version, promoted) = match c.state.secret_mut(secret.env, secret.name)? {
+                Some(s) => {
+                    let version = s.next_version();
+                    s.relabel(labels);
+                    s.add_pending(version, keys.seal_version(&secret.version(version), term, value.expose())?, now);
+                    (version, Some(s.promote(version, keep, now)))
+                }
+                None => {
+                    let sealed = keys.seal_version(&secret.version(1), term, value.expose())?;
+                    c.state.insert_secret(Secret::new(secret.env, secret.name, labels, sealed, now))?;
+                    (1, None)
+                }
+            };
             let mut event = Event::new("secret.write", Outcome::Ok, actor)
                 .secret(secret.env, secret.name)
                 .with("version", version)
@@ -551,7 +781,7 @@ impl Vault {
             }
             events.push(event);
             if !policy.is_empty() {
-                txn.set_policy(secret.env, secret.name, policy)?;
+                c.secret(secret)?.set_policy(policy, now);
                 events.push(rotate::policy_event(actor, secret, policy));
             }
             Ok(((version, promoted), events))
@@ -560,28 +790,37 @@ impl Vault {
         Ok(put)
     }
 
-    pub fn describe(&self, secret: SecretRef<'_>) -> Result<SecretRow, VaultError> {
+    /// A secret as served (its metadata, never its value); an unknown one and a
+    /// quarantined one are errors.
+    pub(super) fn secret(&self, secret: SecretRef<'_>) -> Result<Arc<Secret>, VaultError> {
         self.keys()?;
-        self.store.secret(secret.env, secret.name)?.ok_or_else(|| secret.not_found())
+        self.image().secret(secret.env, secret.name)?.cloned().ok_or_else(|| secret.not_found())
+    }
+
+    pub fn describe(&self, secret: SecretRef<'_>) -> Result<SecretRow, VaultError> {
+        Ok(self.secret(secret)?.row())
     }
 
     pub fn list(&self, env: &str) -> Result<Vec<SecretRow>, VaultError> {
         let env = names::env_or_default(env);
         names::validate(env).map_err(|why| VaultError::InvalidName { what: "environment", why })?;
         self.keys()?;
-        Ok(self.store.list(env)?)
+        let mut rows: Vec<SecretRow> = self.image().secrets_in(env).map(|s| s.row()).collect();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(rows)
     }
 
+    /// Every version of a secret, newest first.
     pub fn versions(&self, secret: SecretRef<'_>) -> Result<Vec<VersionRow>, VaultError> {
-        self.keys()?;
-        self.store.versions(secret.env, secret.name)?.ok_or_else(|| secret.not_found())
+        Ok(self.secret(secret)?.version_rows())
     }
 
     /// Deletes the secret and every version; returns how many versions went.
     pub fn delete(&self, actor: &Actor, secret: SecretRef<'_>) -> Result<u64, VaultError> {
         self.keys()?;
-        let destroyed = self.write(|txn| {
-            let destroyed = txn.delete(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
+        let destroyed = self.write(|c| {
+            let gone = c.state.remove_secret(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
+            let destroyed = gone.versions.len() as u64;
             let event = Event::new("secret.delete", Outcome::Ok, actor)
                 .secret(secret.env, secret.name)
                 .with("versions_destroyed", destroyed);
@@ -638,7 +877,7 @@ impl Vault {
         self.keys()?;
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         let cutoff = crate::clock::now_ms().saturating_sub(retention_ms);
-        self.write(|txn| match txn.audit_prune(cutoff)? {
+        self.write(|c| match c.txn.audit_prune(cutoff)? {
             None => Ok((0, vec![])),
             Some((upto, count)) => {
                 let event = Event::new("audit.pruned", Outcome::Ok, &Actor::vaultd())
@@ -706,6 +945,51 @@ fn checkpoint(tip: &Tip) -> Event {
     Event::new("audit.checkpoint", Outcome::Ok, &Actor::vaultd())
         .with("seq", tip.seq)
         .with("mac", crypto::hex(&tip.mac))
+}
+
+/// A change in the making: the transaction it is written in, and the state as
+/// it changes (see [`Vault::commit`]).
+pub(super) struct Change<'t, 'i> {
+    pub txn: &'t Txn<'t>,
+    pub state: Draft<'i>,
+}
+
+impl Change<'_, '_> {
+    /// A secret to change, which must exist.
+    fn secret(&mut self, secret: SecretRef<'_>) -> Result<&mut Secret, VaultError> {
+        self.state.secret_mut(secret.env, secret.name)?.ok_or_else(|| secret.not_found())
+    }
+}
+
+/// Integrity events an unlock records at most, one per row; more are counted in one.
+const MAX_VIOLATION_EVENTS: usize = 100;
+
+fn violation_event(v: &Violation) -> Event {
+    Event::new("integrity.violation", Outcome::Failed, &Actor::vaultd())
+        .with("table", v.table.sql())
+        .with("row", v.row.clone())
+        .with("problem", v.problem.clone())
+}
+
+/// Integrity problems in the log since the last acknowledgement, as `status` shows them.
+fn open_problems(txn: &Txn<'_>) -> Result<Vec<String>, StoreError> {
+    Ok(txn
+        .audit_open_problems()?
+        .into_iter()
+        .map(|(seq, kind, detail)| {
+            let d: serde_json::Value = serde_json::from_str(&detail).unwrap_or_default();
+            let what = match kind.as_str() {
+                "audit.tampered" => format!("audit log: {}", d["problem"].as_str().unwrap_or("altered")),
+                _ => format!(
+                    "{} {}: {}",
+                    d["table"].as_str().unwrap_or("?"),
+                    d["row"].as_str().unwrap_or("?"),
+                    d["problem"].as_str().unwrap_or("?")
+                ),
+            };
+            format!("entry {seq}: {what}")
+        })
+        .collect())
 }
 
 /// The audit chain's state while unlocked.

@@ -1,23 +1,13 @@
-//! Agent reads: who is asking (kernel identity or token), what they may read,
-//! and the read itself, recorded before the value is released.
+//! Agent reads: who is asking (kernel identity or token), what they may read
+//! (the one decision is `policy::decide`), and the read itself, served from the
+//! verified state in memory and recorded before the value is released.
 
 use super::{SecretRef, Vault, VaultError};
 use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Record};
 use crate::crypto::SecretBytes;
 use crate::identity::{Caller, Peer};
-use crate::policy;
-use crate::store::ClientRow;
-
-/// Who is reading, once identified.
-pub(super) enum Reader {
-    Owner,
-    /// Judged by the clients its uid (and gid, executable) match.
-    Kernel(Caller),
-    /// Judged by the token's client alone.
-    Token(ClientRow),
-    /// Nobody the vault knows (no credentials).
-    Nobody,
-}
+use crate::policy::{self, Decision, Reader};
+use std::sync::Arc;
 
 /// The record of a read by `actor` as `client`, which ended as `outcome` says.
 pub(super) fn read_record<'a>(
@@ -31,7 +21,7 @@ pub(super) fn read_record<'a>(
 }
 
 /// How a read ended: allowed (with the version), denied (unknown, sealed) or
-/// failed (did not decrypt).
+/// failed (did not decrypt, quarantined).
 fn outcome(result: &Result<(u64, SecretBytes), VaultError>) -> (Outcome, ReadDetail) {
     let denied = |reason: &'static str| (Outcome::Denied, ReadDetail::Reason(reason.into()));
     match result {
@@ -44,29 +34,44 @@ fn outcome(result: &Result<(u64, SecretBytes), VaultError>) -> (Outcome, ReadDet
 }
 
 impl Vault {
-    pub(super) fn read_current(&self, secret: SecretRef<'_>) -> Result<(u64, SecretBytes), VaultError> {
+    /// The ciphertext of a version an agent may read: the current one (`version`
+    /// 0 or its number), or the previous one until its grace ends. Anything else
+    /// is "not found", like a secret that does not exist.
+    fn agent_ciphertext(&self, secret: SecretRef<'_>, version: u64) -> Result<(u64, Arc<[u8]>), VaultError> {
+        let image = self.image();
+        let found = image.secret(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
+        let version = if version == 0 { found.current_version } else { version };
+        let ciphertext = found.readable(version, crate::clock::now_unix()).ok_or_else(|| secret.not_found())?;
+        Ok((version, ciphertext.clone()))
+    }
+
+    pub(super) fn read_for_agent(&self, secret: SecretRef<'_>, version: u64) -> Result<(u64, SecretBytes), VaultError> {
         let keys = self.keys()?;
-        let (version, ciphertext) = self.store.current(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
+        let (version, ciphertext) = self.agent_ciphertext(secret, version)?;
         Ok((version, keys.open_version(&secret.version(version), &ciphertext)?))
     }
 
-    /// What an agent may read: the current version (`version` 0 or its number),
-    /// or the previous one until its grace period ends. Anything else is "not
-    /// found", like a secret that does not exist.
-    pub(super) fn read_for_agent(&self, secret: SecretRef<'_>, version: u64) -> Result<(u64, SecretBytes), VaultError> {
-        if version == 0 {
-            return self.read_current(secret);
-        }
+    /// The current version's value (the owner's reveal, hooks).
+    pub(super) fn read_current(&self, secret: SecretRef<'_>) -> Result<(u64, SecretBytes), VaultError> {
         let keys = self.keys()?;
-        let now = crate::store::now_unix();
-        match self.store.version(secret.env, secret.name, version)? {
-            Some((state, expires, Some(ciphertext)))
-                if state == "current" || (state == "previous" && expires.is_some_and(|t| now < t)) =>
-            {
-                Ok((version, keys.open_version(&secret.version(version), &ciphertext)?))
-            }
-            _ => Err(secret.not_found()),
-        }
+        let (version, ciphertext) = {
+            let image = self.image();
+            let found = image.secret(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
+            let (version, ciphertext) = found.current().ok_or_else(|| secret.not_found())?;
+            (version, ciphertext.clone())
+        };
+        Ok((version, keys.open_version(&secret.version(version), &ciphertext)?))
+    }
+
+    /// Any stored version's value, whatever its state (reveal, hooks).
+    pub(super) fn read_version_any(&self, secret: SecretRef<'_>, version: u64) -> Result<SecretBytes, VaultError> {
+        let keys = self.keys()?;
+        let ciphertext = {
+            let image = self.image();
+            let found = image.secret(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
+            found.versions.get(&version).and_then(|v| v.ciphertext.clone()).ok_or_else(|| secret.not_found())?
+        };
+        Ok(keys.open_version(&secret.version(version), &ciphertext)?)
     }
 
     /// An agent's read of one secret (`version` 0: the current one); see
@@ -117,12 +122,10 @@ impl Vault {
         let mut actor = actor.clone();
         let reader = self.identify(&mut actor, peer, token).await?;
         self.admit(&actor, &reader)?;
-        self.keys()?;
-        let clients = self.candidate_clients(&reader)?;
-        let listed = self.store.list(env)?;
-        let names: Vec<String> = listed
+        let names: Vec<String> = self
+            .list(env)?
             .into_iter()
-            .filter(|s| self.access(&reader, &clients, SecretRef { env, name: &s.name }).is_some())
+            .filter(|s| matches!(self.decide(&reader, SecretRef { env, name: &s.name }), Decision::Allowed { .. }))
             .map(|s| s.name)
             .collect();
         self.record(Event::new("secret.list", Outcome::Ok, &actor).with("env", env).with("names", names.len()))?;
@@ -133,7 +136,7 @@ impl Vault {
     pub(super) fn admit(&self, actor: &Actor, reader: &Reader) -> Result<(), VaultError> {
         let limit_key = match reader {
             Reader::Owner => None,
-            Reader::Token(c) => Some(c.name.clone()),
+            Reader::Token { client, .. } => Some(client.name.clone()),
             Reader::Kernel(c) => Some(format!("uid:{}", c.peer.uid)),
             Reader::Nobody => Some("nobody".into()),
         };
@@ -146,32 +149,11 @@ impl Vault {
         Ok(())
     }
 
-    /// Who grants `reader` access to `secret`: `Some(None)` the owner,
-    /// `Some(Some(client))` a client's grant, `None` nobody.
-    pub(super) fn access<'a>(
-        &self,
-        reader: &'a Reader,
-        clients: &'a [ClientRow],
-        secret: SecretRef<'_>,
-    ) -> Option<Option<&'a str>> {
-        match reader {
-            Reader::Owner => Some(None),
-            Reader::Kernel(caller) => policy::granting_client(caller, clients, secret.env, secret.name).map(Some),
-            Reader::Token(c) => c
-                .grants
-                .iter()
-                .any(|p| vault_proto::names::pattern_matches(p, secret.env, secret.name))
-                .then_some(Some(&c.name)),
-            Reader::Nobody => None,
-        }
-    }
-
-    /// The clients a kernel-identified reader may match, fresh from the store.
-    pub(super) fn candidate_clients(&self, reader: &Reader) -> Result<Vec<ClientRow>, VaultError> {
-        Ok(match reader {
-            Reader::Kernel(c) => self.store.clients_for_uid(c.peer.uid)?,
-            _ => Vec::new(),
-        })
+    /// Whether `reader` may read `secret` now, by the one rule (`policy::decide`),
+    /// against the verified state.
+    pub(super) fn decide(&self, reader: &Reader, secret: SecretRef<'_>) -> Decision {
+        let image = self.image();
+        policy::decide(reader, &image, secret.env, secret.name, crate::clock::now_unix())
     }
 
     /// Reads `secrets` (each with its version, 0 for current) for an identified
@@ -182,15 +164,23 @@ impl Vault {
         reader: &Reader,
         secrets: &[(SecretRef<'_>, u64)],
     ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
-        let clients = self.candidate_clients(reader)?;
         let mut results = Vec::with_capacity(secrets.len());
         let mut records = Vec::with_capacity(secrets.len());
-        for (secret, version) in secrets {
-            let Some(client) = self.access(reader, &clients, *secret) else {
-                let not_granted = (Outcome::Denied, ReadDetail::Reason("not granted".into()));
-                records.push(read_record("secret.read", actor, None, *secret, not_granted));
-                results.push(Err(secret.not_found()));
-                continue;
+        let decisions: Vec<Decision> = secrets.iter().map(|(s, _)| self.decide(reader, *s)).collect();
+        for ((secret, version), decision) in secrets.iter().zip(&decisions) {
+            let client = match decision {
+                Decision::Allowed { client } => client.as_deref(),
+                Decision::Denied(why) => {
+                    records.push(read_record(
+                        "secret.read",
+                        actor,
+                        None,
+                        *secret,
+                        (Outcome::Denied, ReadDetail::Reason((*why).into())),
+                    ));
+                    results.push(Err(secret.not_found()));
+                    continue;
+                }
             };
             let result = self.read_for_agent(*secret, *version);
             if self.audit_reads || result.is_err() {
@@ -222,26 +212,31 @@ impl Vault {
         }
         let keys = self.keys()?;
         let hash = keys.token_hash(token.expose());
-        let now = crate::store::now_unix();
+        let now = crate::clock::now_unix();
         // The check and the use in one durable transaction: a use-limited token
         // cannot be spent twice, even across a crash.
-        let checked = self.write(|txn| {
-            let Some(row) = txn.token_by_hash(&hash)? else { return Ok((Err(("unknown", None)), vec![])) };
-            if let Some(reason) = policy::token_refusal(&row, peer.uid, now) {
-                return Ok((Err((reason, Some(row.accessor.clone()))), vec![]));
+        let checked = self.write(|c| {
+            let Some(found) = c.state.image().token_by_hash(&hash).cloned() else {
+                return Ok((Err(("unknown", None)), vec![]));
+            };
+            let accessor = found.accessor.clone();
+            if let Some(reason) = policy::token_refusal(&found, peer.uid, now) {
+                return Ok((Err((reason, Some(accessor))), vec![]));
             }
             // A refused token spends nothing: the client is checked before the use is.
-            let Some(client) = txn.client(&row.client)?.filter(|c| c.enabled) else {
-                return Ok((Err(("client disabled or removed", Some(row.accessor))), vec![]));
+            let Some(client) = c.state.image().client(&found.client).filter(|c| c.enabled).cloned() else {
+                return Ok((Err(("client disabled or removed", Some(accessor))), vec![]));
             };
-            txn.token_use(&row.accessor, now)?;
-            Ok((Ok((row.accessor, client)), vec![]))
+            if let Some(t) = c.state.token_mut(&accessor)? {
+                t.spend(now);
+            }
+            Ok((Ok((accessor, client)), vec![]))
         })?;
         match checked {
             Ok((accessor, client)) => {
                 self.limits.auth_succeeded(peer.uid);
-                actor.token = Some(accessor);
-                Ok(Reader::Token(client))
+                actor.token = Some(accessor.clone());
+                Ok(Reader::Token { client, accessor, uid: peer.uid })
             }
             Err((reason, accessor)) => {
                 self.limits.auth_failed(peer.uid);

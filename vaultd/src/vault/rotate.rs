@@ -16,23 +16,42 @@ use super::{SecretRef, Vault, VaultError};
 use crate::audit::{Actor, Event, Outcome};
 use crate::crypto::SecretBytes;
 use crate::rotation::{Rotator, hook};
-use crate::store::{OldVersion, PolicyChange, Promoted, RotationRow, SecretRow, now_unix};
+pub use crate::state::Trigger;
+use crate::state::{PolicyChange, Promoted, Rotation, Secret, SecretRow, Step, VersionState};
+use crate::store::now_unix;
 use std::sync::Arc;
 
-/// Who started a rotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Operator,
-    Schedule,
+/// A version whose time at the provider is over: its grace ended, or its
+/// revoke-old hook is due.
+struct OldVersion {
+    env: String,
+    name: String,
+    provider: String,
+    rotator: String,
+    version: u64,
+    ciphertext: Option<Arc<[u8]>>,
 }
 
-impl Trigger {
-    fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Operator => "operator",
-            Trigger::Schedule => "schedule",
+impl OldVersion {
+    fn of(s: &Secret, version: u64) -> OldVersion {
+        OldVersion {
+            env: s.env.clone(),
+            name: s.name.clone(),
+            provider: s.provider.clone(),
+            rotator: s.rotator.clone(),
+            version,
+            ciphertext: s.versions.get(&version).and_then(|v| v.ciphertext.clone()),
         }
     }
+}
+
+/// A rotation, with the secret it rotates (as `last_rotation` reports it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationRow {
+    pub id: i64,
+    pub env: String,
+    pub name: String,
+    pub rotation: Rotation,
 }
 
 /// The outcome of a rotation.
@@ -81,10 +100,8 @@ impl Vault {
     ) -> Result<SecretRow, VaultError> {
         check_policy(change)?;
         self.keys()?;
-        self.write(|txn| {
-            if !txn.set_policy(secret.env, secret.name, change)? {
-                return Err(secret.not_found());
-            }
+        self.write(|c| {
+            c.secret(secret)?.set_policy(change, now_unix());
             Ok(((), vec![policy_event(actor, secret, change)]))
         })?;
         self.describe(secret)
@@ -131,18 +148,21 @@ impl Vault {
         super::check_value(&value)?;
         let digest = keys.value_digest(value.expose());
         let keep = self.rotation.keep_versions;
-        let rotated = self.write(|txn| {
-            let (id, from, _) = txn.secret_ids(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
-            let rotation = txn
-                .rotation_begin(id, &rotator_name, trigger.as_str(), from)?
-                .ok_or_else(|| VaultError::RotationInProgress(format!("{}/{}", secret.env, secret.name)))?;
-            let version = txn.next_version(id)?;
-            let mut events = vec![start_event(actor, secret, &rotator_name, trigger, from)];
-            let term = self.sealing_term(txn, &keys, 1, &mut events)?;
-            let sealed = keys.seal_version(&secret.version(version), term, value.expose())?;
-            txn.insert_version(id, version, "pending", &sealed)?;
-            let promoted = txn.promote(id, version, keep)?;
-            txn.rotation_step(rotation, "done", Some(version), None)?;
+        let now = now_unix();
+        let rotated = self.write(|c| {
+            let rotation = c.txn.next_rotation_id()?;
+            let mut events = Vec::with_capacity(4);
+            let term = self.sealing_term(&mut c.state, &keys, 1, &mut events)?;
+            let s = c.secret(secret)?;
+            let from = s.current_version;
+            if !s.begin_rotation(rotation, &rotator_name, trigger, now) {
+                return Err(VaultError::RotationInProgress(format!("{}/{}", secret.env, secret.name)));
+            }
+            let version = s.next_version();
+            s.add_pending(version, keys.seal_version(&secret.version(version), term, value.expose())?, now);
+            let promoted = s.promote(version, keep, now);
+            s.rotation_step(rotation, Step::Done, Some(version), None, now);
+            events.insert(0, start_event(actor, secret, &rotator_name, trigger, from));
             events.push(step_event("rotation.created", actor, secret, version).with("value_digest", digest));
             events.push(promoted_event(actor, secret, version, promoted));
             Ok((Rotated { version, promoted }, events))
@@ -163,12 +183,14 @@ impl Vault {
     ) -> Result<Rotated, VaultError> {
         let keys = self.keys()?;
         let rotator = format!("exec:{}", path.display());
-        let (rotation, from, version) = self.write(|txn| {
-            let (id, from, _) = txn.secret_ids(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
-            let rotation = txn
-                .rotation_begin(id, &rotator, trigger.as_str(), from)?
-                .ok_or_else(|| VaultError::RotationInProgress(format!("{}/{}", secret.env, secret.name)))?;
-            let version = txn.next_version(id)?;
+        let (rotation, from, version) = self.write(|c| {
+            let rotation = c.txn.next_rotation_id()?;
+            let s = c.secret(secret)?;
+            let from = s.current_version;
+            if !s.begin_rotation(rotation, &rotator, trigger, now_unix()) {
+                return Err(VaultError::RotationInProgress(format!("{}/{}", secret.env, secret.name)));
+            }
+            let version = s.next_version();
             Ok(((rotation, from, version), vec![start_event(actor, secret, &rotator, trigger, from)]))
         })?;
         let context = hook::Context { env: secret.env, name: secret.name, provider: &row.provider, version };
@@ -188,18 +210,14 @@ impl Vault {
         // From here on the provider knows the new value: store it before anything
         // else can go wrong, so it is never lost.
         let digest = keys.value_digest(created.expose());
-        let version = self.write(|txn| {
-            let (id, _, _) = txn.secret_ids(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
-            let version = txn.next_version(id)?;
+        let version = self.write(|c| {
             let mut events = Vec::with_capacity(2);
-            let term = self.sealing_term(txn, &keys, 1, &mut events)?;
-            txn.insert_version(
-                id,
-                version,
-                "pending",
-                &keys.seal_version(&secret.version(version), term, created.expose())?,
-            )?;
-            txn.rotation_step(rotation, "test", Some(version), None)?;
+            let term = self.sealing_term(&mut c.state, &keys, 1, &mut events)?;
+            let now = now_unix();
+            let s = c.secret(secret)?;
+            let version = s.next_version();
+            s.add_pending(version, keys.seal_version(&secret.version(version), term, created.expose())?, now);
+            s.rotation_step(rotation, Step::Test, Some(version), None, now);
             events.push(step_event("rotation.created", actor, secret, version).with("value_digest", digest));
             Ok((version, events))
         })?;
@@ -225,10 +243,11 @@ impl Vault {
             return Err(self.rotation_failed(actor, secret, rotation, "test", Some(version), e.to_string(), trigger));
         }
         let keep = self.rotation.keep_versions;
-        let promoted = self.write(|txn| {
-            let (id, _, _) = txn.secret_ids(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
-            let promoted = txn.promote(id, version, keep)?;
-            txn.rotation_step(rotation, "done", None, None)?;
+        let promoted = self.write(|c| {
+            let now = now_unix();
+            let s = c.secret(secret)?;
+            let promoted = s.promote(version, keep, now);
+            s.rotation_step(rotation, Step::Done, None, None, now);
             let events = vec![
                 step_event("rotation.tested", actor, secret, version),
                 promoted_event(actor, secret, version, promoted),
@@ -252,16 +271,17 @@ impl Vault {
         reason: String,
         trigger: Trigger,
     ) -> VaultError {
-        let recorded = self.write(|txn| {
-            if let Some((id, _, _)) = txn.secret_ids(secret.env, secret.name)? {
+        let recorded = self.write(|c| {
+            let now = now_unix();
+            if let Some(s) = c.state.secret_mut(secret.env, secret.name)? {
                 if let Some(version) = pending {
-                    txn.abandon_pending(id, version, true)?;
+                    s.abandon_pending(version, true);
                 }
                 if trigger == Trigger::Schedule {
-                    txn.postpone_rotation(id, RETRY_SECS)?;
+                    s.postpone_rotation(RETRY_SECS, now);
                 }
+                s.rotation_step(rotation, Step::Failed, None, Some(&reason), now);
             }
-            txn.rotation_step(rotation, "failed", None, Some(&reason))?;
             let event = Event::new("rotation.failed", Outcome::Failed, actor)
                 .secret(secret.env, secret.name)
                 .with("step", step)
@@ -276,28 +296,34 @@ impl Vault {
         }
     }
 
-    /// Any stored version's value (for the hook's stdin), whatever its state.
-    pub(super) fn read_version_any(&self, secret: SecretRef<'_>, version: u64) -> Result<SecretBytes, VaultError> {
-        let keys = self.keys()?;
-        let (_, _, ciphertext) =
-            self.store.version(secret.env, secret.name, version)?.ok_or_else(|| secret.not_found())?;
-        let ciphertext = ciphertext.ok_or_else(|| secret.not_found())?;
-        Ok(keys.open_version(&secret.version(version), &ciphertext)?)
-    }
-
     /// Secrets with a schedule (every environment), or only those due now, or
     /// (`compromised`) those whose current version revoke-all marked compromised.
     pub fn rotations(&self, due_only: bool, compromised: bool) -> Result<Vec<SecretRow>, VaultError> {
         self.keys()?;
+        let now = now_unix();
+        let image = self.image();
+        let mut found: Vec<&Arc<Secret>> = image
+            .secrets()
+            .filter(|s| match compromised {
+                true => s.is_compromised(),
+                false => s.next_rotation_unix.is_some_and(|due| !due_only || due <= now),
+            })
+            .collect();
+        found.sort_by(|a, b| (a.next_rotation_unix, &a.env, &a.name).cmp(&(b.next_rotation_unix, &b.env, &b.name)));
         if compromised {
-            return Ok(self.store.compromised()?);
+            found.sort_by(|a, b| (&a.env, &a.name).cmp(&(&b.env, &b.name)));
         }
-        Ok(self.store.scheduled(due_only.then(now_unix))?)
+        Ok(found.into_iter().map(|s| s.row()).collect())
     }
 
     pub fn last_rotation(&self, secret: SecretRef<'_>) -> Result<Option<RotationRow>, VaultError> {
-        self.keys()?;
-        Ok(self.store.last_rotation(secret.env, secret.name)?)
+        let s = self.secret(secret)?;
+        Ok(s.last_rotation().map(|(id, r)| RotationRow {
+            id,
+            env: s.env.clone(),
+            name: s.name.clone(),
+            rotation: r.clone(),
+        }))
     }
 
     /// One pass of the scheduler: resumes or rolls back interrupted rotations,
@@ -309,7 +335,9 @@ impl Vault {
             return Ok(());
         }
         let vaultd = Actor::vaultd();
-        for rotation in self.store.rotations_in_progress()? {
+        let now = now_unix();
+        let (in_progress, due, grace_ended, revocations) = self.rotation_work(now);
+        for rotation in in_progress {
             if self.rotating().contains(&(rotation.env.clone(), rotation.name.clone())) {
                 continue;
             }
@@ -320,77 +348,116 @@ impl Vault {
                 }
             });
         }
-        let now = now_unix();
-        for due in self.store.rotations_due(now)? {
-            let secret = SecretRef { env: &due.env, name: &due.name };
-            if due.rotator == "manual" {
-                if !due.alerted {
-                    self.write(|txn| {
-                        txn.rotation_alerted(secret.env, secret.name)?;
+        for (env, name, rotator, due_unix, alerted) in due {
+            let secret = SecretRef { env: &env, name: &name };
+            if rotator == "manual" {
+                if !alerted {
+                    self.write(|c| {
+                        c.secret(secret)?.due_alerted_unix = Some(now);
                         let event = Event::new("rotation.due", Outcome::Ok, &vaultd)
                             .secret(secret.env, secret.name)
-                            .with("due_unix", due.due_unix)
+                            .with("due_unix", due_unix)
                             .with("reason", "manual rotation due: run `vaultctl rotate NAME`");
                         Ok(((), vec![event]))
                     })?;
                 }
                 continue;
             }
-            if self.rotating().contains(&(due.env.clone(), due.name.clone())) {
+            if self.rotating().contains(&(env.clone(), name.clone())) {
                 continue;
             }
             let vault = self.clone();
             tokio::spawn(async move {
-                let secret = SecretRef { env: &due.env, name: &due.name };
+                let secret = SecretRef { env: &env, name: &name };
                 if let Err(e) = vault.rotate(&Actor::vaultd(), secret, None, Trigger::Schedule).await {
-                    tracing::warn!(secret = %format!("{}/{}", due.env, due.name), error = %e, "scheduled rotation");
+                    tracing::warn!(secret = %format!("{env}/{name}"), error = %e, "scheduled rotation");
                 }
             });
         }
-        for old in self.store.grace_ended(now)? {
+        for old in grace_ended {
             let hook = old.rotator.starts_with("exec:");
-            self.write(|txn| {
-                if !txn.retire(&old.env, &old.name, old.version, hook)? {
+            let secret = SecretRef { env: &old.env, name: &old.name };
+            self.write(|c| {
+                let Some(s) = c.state.secret_mut(secret.env, secret.name)? else { return Ok(((), vec![])) };
+                if !s.retire(old.version, hook) {
                     return Ok(((), vec![]));
                 }
                 let event =
-                    step_event("rotation.retired", &vaultd, SecretRef { env: &old.env, name: &old.name }, old.version)
-                        .with("reason", "grace period over");
+                    step_event("rotation.retired", &vaultd, secret, old.version).with("reason", "grace period over");
                 Ok(((), vec![event]))
             })?;
         }
-        for old in self.store.revocations_due(now)? {
+        for old in revocations {
             self.revoke_old(&old).await?;
         }
         Ok(())
     }
 
+    /// What a scheduler pass has to do at `now`, from the verified state:
+    /// rotations in progress, due schedules (env, name, rotator, due, alerted),
+    /// previous versions whose grace ended, and revoke-old runs due.
+    #[allow(clippy::type_complexity)]
+    fn rotation_work(
+        &self,
+        now: i64,
+    ) -> (Vec<RotationRow>, Vec<(String, String, String, i64, bool)>, Vec<OldVersion>, Vec<OldVersion>) {
+        let image = self.image();
+        let (mut in_progress, mut due, mut grace_ended, mut revocations) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for s in image.secrets() {
+            if let Some((id, r)) = s.rotation_in_progress() {
+                in_progress.push(RotationRow { id, env: s.env.clone(), name: s.name.clone(), rotation: r.clone() });
+            }
+            if let Some(at) = s.next_rotation_unix.filter(|at| *at <= now) {
+                let alerted = s.due_alerted_unix.is_some_and(|a| a >= at);
+                due.push((s.env.clone(), s.name.clone(), s.rotator.clone(), at, alerted));
+            }
+            for (n, v) in &s.versions {
+                if v.state == VersionState::Previous && v.expires_unix.unwrap_or(0) <= now {
+                    grace_ended.push(OldVersion::of(s, *n));
+                }
+                if v.revoke_pending && v.revoke_after_unix.unwrap_or(0) <= now {
+                    revocations.push(OldVersion::of(s, *n));
+                }
+            }
+        }
+        in_progress.sort_by_key(|r| r.id);
+        due.sort_by(|a, b| (a.3, &a.0, &a.1).cmp(&(b.3, &b.0, &b.1)));
+        (in_progress, due, grace_ended, revocations)
+    }
+
     /// Picks up a rotation that a crash interrupted: one that never stored its
     /// new value is rolled back (marked failed); one that did is tested again and
     /// promoted, so a value the provider created is never dropped.
-    async fn resume(&self, rotation: &RotationRow) -> Result<(), VaultError> {
-        let secret = SecretRef { env: &rotation.env, name: &rotation.name };
+    async fn resume(&self, found: &RotationRow) -> Result<(), VaultError> {
+        let secret = SecretRef { env: &found.env, name: &found.name };
         let _claim = self.claim(secret)?;
         let vaultd = Actor::vaultd();
-        let trigger = if rotation.trigger == "schedule" { Trigger::Schedule } else { Trigger::Operator };
-        let (Some(version), "test", Ok(Rotator::Exec(path))) =
-            (rotation.new_version, rotation.step.as_str(), rotation.rotator.parse::<Rotator>())
+        let rotation = &found.rotation;
+        let trigger = rotation.trigger;
+        let (Some(version), Step::Test, Ok(Rotator::Exec(path))) =
+            (rotation.new_version, rotation.step, rotation.rotator.parse::<Rotator>())
         else {
             let reason = format!(
                 "interrupted in its {} step by a vaultd restart before the new value was stored; run it again",
                 rotation.step
             );
-            return Err(self.rotation_failed(&vaultd, secret, rotation.id, &rotation.step, None, reason, trigger));
+            return Err(self.rotation_failed(&vaultd, secret, found.id, rotation.step.as_str(), None, reason, trigger));
         };
         let keys = self.keys()?;
-        let (row, pending) = self.write(|txn| {
-            let (id, _, provider) = txn.secret_ids(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
-            let ciphertext = txn.pending(id, version)?.ok_or_else(|| secret.not_found())?;
+        let (row, pending) = self.write(|c| {
+            let s = c.secret(secret)?;
+            let ciphertext = s
+                .versions
+                .get(&version)
+                .filter(|v| v.state == VersionState::Pending)
+                .and_then(|v| v.ciphertext.clone())
+                .ok_or_else(|| secret.not_found())?;
             let event = step_event("rotation.resumed", &vaultd, secret, version).with("step", "test");
-            Ok(((provider, ciphertext), vec![event]))
+            Ok(((s.provider.clone(), ciphertext), vec![event]))
         })?;
         let pending = keys.open_version(&secret.version(version), &pending)?;
-        self.test_and_promote(&vaultd, secret, rotation.id, &path, &row, version, &pending, trigger).await?;
+        self.test_and_promote(&vaultd, secret, found.id, &path, &row, version, &pending, trigger).await?;
         Ok(())
     }
 
@@ -414,14 +481,15 @@ impl Vault {
             _ => Ok("skipped: the rotator is no longer a hook"),
         };
         let now = now_unix();
-        self.write(|txn| {
+        self.write(|c| {
+            let Some(s) = c.state.secret_mut(secret.env, secret.name)? else { return Ok(((), vec![])) };
             let event = match &outcome {
                 Ok(what) => {
-                    txn.revoke_done(secret.env, secret.name, old.version, None)?;
+                    s.revoke_done(old.version, None);
                     step_event("rotation.revoked_old", &vaultd, secret, old.version).with("result", *what)
                 }
                 Err(reason) => {
-                    txn.revoke_done(secret.env, secret.name, old.version, Some(now.saturating_add(RETRY_SECS)))?;
+                    s.revoke_done(old.version, Some(now.saturating_add(RETRY_SECS)));
                     Event::new("rotation.failed", Outcome::Failed, &vaultd)
                         .secret(secret.env, secret.name)
                         .with("step", "revoke-old")

@@ -11,6 +11,7 @@ use super::{Reader, SecretRef, Vault, VaultError};
 use crate::audit::{Actor, Event, Outcome};
 use crate::crypto::SecretBytes;
 use crate::identity::Peer;
+use crate::policy::Decision;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -88,28 +89,32 @@ impl Vault {
             if self.incident_epoch.load(Ordering::SeqCst) != watcher.epoch {
                 return Err(VaultError::AccessEnded("every watched secret (revoke-all)".into()));
             }
-            self.recheck(watcher)?;
             // Sealed: the watch ends (FAILED_PRECONDITION), as a read would.
             let keys = self.keys()?;
-            let clients = self.candidate_clients(&watcher.reader)?;
             let mut updates = Vec::new();
             let mut events = Vec::new();
             for (env, name, sent) in &watcher.secrets {
                 let secret = SecretRef { env, name };
                 let ended = || VaultError::AccessEnded(format!("{env}/{name}"));
-                let Some(client) = self.access(&watcher.reader, &clients, secret) else {
-                    return Err(self.watch_ended(watcher, secret, "not granted any more", ended()));
+                // The one decision, as for a read: a token revoked or expired, a
+                // client disabled, a grant removed all end the watch here.
+                let client = match self.decide(&watcher.reader, secret) {
+                    Decision::Allowed { client } => client,
+                    Decision::Denied(why) => return Err(self.watch_ended(watcher, secret, why, ended())),
                 };
                 // Most wake-ups concern other secrets: compare the version before
                 // decrypting anything.
-                let current = self.store.current(env, name)?;
-                let mut who = watcher.actor.clone();
-                who.client = client.map(str::to_owned);
+                let current = match self.image().secret(env, name) {
+                    Ok(found) => found.and_then(|s| s.current().map(|(v, c)| (v, c.clone()))),
+                    Err(e) => return Err(self.watch_ended(watcher, secret, "quarantined", e.into())),
+                };
                 match current {
                     Some((version, _)) if version == *sent => {}
                     Some((version, ciphertext)) => {
                         let value = keys.open_version(&secret.version(version), &ciphertext)?;
                         if self.audit_reads {
+                            let mut who = watcher.actor.clone();
+                            who.client = client;
                             events.push(
                                 Event::new("secret.read", Outcome::Ok, &who)
                                     .secret(env, name)
@@ -137,31 +142,6 @@ impl Vault {
         }
     }
 
-    /// A token-identified watch holds its token for as long as it runs: it ends
-    /// when the token is revoked or expires, or its client is disabled.
-    fn recheck(&self, watcher: &mut Watcher) -> Result<(), VaultError> {
-        let Reader::Token(client) = &watcher.reader else { return Ok(()) };
-        let accessor = watcher.actor.token.clone().unwrap_or_default();
-        let now = crate::store::now_unix();
-        let token_ok = self
-            .store
-            .token(&accessor)?
-            .is_some_and(|t| t.revoked_unix.is_none() && t.expires_unix.is_none_or(|e| now < e));
-        let fresh = self.store.client(&client.name)?.filter(|c| c.enabled);
-        match (token_ok, fresh) {
-            (true, Some(fresh)) => {
-                watcher.reader = Reader::Token(fresh);
-                Ok(())
-            }
-            _ => {
-                let event = Event::new("secret.watch", Outcome::Denied, &watcher.actor)
-                    .with("reason", "token revoked or expired, or client disabled");
-                self.record_detached(event);
-                Err(VaultError::AccessEnded("every watched secret".into()))
-            }
-        }
-    }
-
     fn watch_ended(&self, watcher: &Watcher, secret: SecretRef<'_>, reason: &str, error: VaultError) -> VaultError {
         let event = Event::new("secret.watch", Outcome::Denied, &watcher.actor)
             .secret(secret.env, secret.name)
@@ -178,7 +158,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::config::Config;
-    use crate::store::{PolicyChange, SecretLabels};
+    use crate::state::{PolicyChange, SecretLabels};
     use std::time::Duration;
 
     #[tokio::test]
