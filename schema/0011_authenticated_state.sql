@@ -36,3 +36,11 @@ CREATE INDEX audit_integrity ON audit (seq)
 -- chains them): an unlock finds any at or before the head, which only an edit
 -- can make, without a scan.
 CREATE INDEX audit_unsigned ON audit (seq) WHERE mac IS NULL;
+
+-- What a grant allows: 'read' (the value, and its use through the broker) or
+-- 'use' (through the broker only: the agent never holds the value).
+ALTER TABLE client_grant ADD COLUMN kind TEXT NOT NULL DEFAULT 'read' CHECK (kind IN ('read', 'use'));
+
+-- A client matched by its token only: once a uid has one, a request from that
+-- uid without a token matches none of its clients.
+ALTER TABLE client ADD COLUMN token_only INTEGER NOT NULL DEFAULT 0 CHECK (token_only IN (0, 1));

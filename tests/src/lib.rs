@@ -20,6 +20,44 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+/// Every RPC of `vault.v1.Admin`, in admin.proto's order.
+pub const ADMIN_RPCS: [&str; 34] = [
+    "Init",
+    "Unlock",
+    "Seal",
+    "Status",
+    "PutSecret",
+    "ShowSecret",
+    "ListSecrets",
+    "ListVersions",
+    "DeleteSecret",
+    "SetRotation",
+    "RotateSecret",
+    "ListRotations",
+    "RevokeAll",
+    "ListIncidents",
+    "ShowIncident",
+    "QueryAudit",
+    "ExportAudit",
+    "TailAudit",
+    "VerifyAudit",
+    "AcknowledgeIntegrity",
+    "HashValue",
+    "AddClient",
+    "RemoveClient",
+    "SetClientEnabled",
+    "Grant",
+    "Ungrant",
+    "ListClients",
+    "CreateToken",
+    "ListTokens",
+    "RevokeTokens",
+    "Rekey",
+    "RotateKey",
+    "RewrapKeys",
+    "Backup",
+];
+
 /// The passphrase [`Daemon::init`] sets and [`Daemon::unlock`] uses.
 pub const PASSPHRASE: &[u8] = b"e2e correct horse battery staple";
 

@@ -47,7 +47,7 @@ fn create_token(d: &Daemon, args: &[&str]) -> (String, String) {
 #[test]
 fn tokens_are_bound_counted_expire_revoke_and_survive_a_restart() {
     if !is_root() {
-        eprintln!("skipped: needs root (run as root, as CI does)");
+        vault_tests::skip_unless_ci("needs root (run as root, as CI does)");
         return;
     }
     let (mut d, _bin, vaultctl) = shared_daemon("");
@@ -122,7 +122,7 @@ fn tokens_are_bound_counted_expire_revoke_and_survive_a_restart() {
 #[test]
 fn a_burst_over_the_limit_is_refused_and_others_are_unaffected() {
     if !is_root() {
-        eprintln!("skipped: needs root (run as root, as CI does)");
+        vault_tests::skip_unless_ci("needs root (run as root, as CI does)");
         return;
     }
     let (d, _bin, vaultctl) = shared_daemon("[limits]\nclient_rate = 1.0\nclient_burst = 3.0\n");
@@ -183,4 +183,42 @@ fn a_token_expires_when_the_clock_passes_its_ttl() {
     get_as(&d, &vaultctl, A, Some(&token), "telegram").error(3);
     let refused = d.audit_query(&["--type", "token.refused"]);
     assert_eq!(refused.last().unwrap()["detail"]["reason"], "expired", "{refused:?}");
+}
+
+/// Two containers on one uid (issue 19): A without its token reads nothing of
+/// B's (nor of its own); with its token, only its own.
+#[test]
+fn token_only_clients_separate_agents_that_share_a_uid() {
+    if !is_root() {
+        vault_tests::skip_unless_ci("needs root to read as another uid");
+        return;
+    }
+    let (d, _bin, vaultctl) = shared_daemon("");
+    d.ctl(&["--env", "prod", "put", "alpha"], b"ALPHA").ok();
+    d.ctl(&["--env", "prod", "put", "beta"], b"BETA").ok();
+    let uid = A.to_string();
+    d.ctl(&["client", "add", "cont-a", "--uid", &uid, "--token-only", "--allow", "prod/alpha"], b"").ok();
+    // B's client is not token-only: the uid alone would match it, were it not
+    // for A's being so.
+    d.ctl(&["client", "add", "cont-b", "--uid", &uid, "--allow", "prod/beta"], b"").ok();
+    let token = |client: &str| {
+        let created = d.ctl(&["--json", "token", "create", "--client", client], b"").ok().json();
+        created["token"].as_str().unwrap().to_owned()
+    };
+    let (a, b) = (token("cont-a"), token("cont-b"));
+    for name in ["alpha", "beta"] {
+        get_as(&d, &vaultctl, A, None, name).error(3);
+    }
+    assert_eq!(get_as(&d, &vaultctl, A, Some(&a), "alpha").ok().stdout, b"ALPHA");
+    get_as(&d, &vaultctl, A, Some(&a), "beta").error(3);
+    assert_eq!(get_as(&d, &vaultctl, A, Some(&b), "beta").ok().stdout, b"BETA");
+    get_as(&d, &vaultctl, A, Some(&b), "alpha").error(3);
+    let denied = d.audit_query(&["--type", "secret.read", "--secret", "prod/beta"]);
+    assert!(
+        denied.iter().any(|e| e["detail"]["reason"] == "this uid's clients need a token"),
+        "the refusal says why: {denied:?}"
+    );
+    // The listing says so too.
+    let listed = d.ctl(&["--json", "client", "list"], b"").ok().json();
+    assert!(listed.as_array().unwrap().iter().any(|c| c["name"] == "cont-a" && c["token_only"] == true), "{listed}");
 }

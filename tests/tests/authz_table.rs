@@ -37,41 +37,7 @@ const MARK: &str = "authz-result ";
 /// order, except that Seal and Unlock go last (in that order) so that a seal,
 /// whoever manages it, is undone before the next row.
 const AGENT_CALLS: [&str; 5] = ["GetSecret", "GetSecrets", "WatchSecrets", "GetSecret missing", "ListGranted"];
-const ADMIN_CALLS: [&str; 33] = [
-    "Init",
-    "Unlock",
-    "Seal",
-    "Status",
-    "PutSecret",
-    "ShowSecret",
-    "ListSecrets",
-    "ListVersions",
-    "DeleteSecret",
-    "SetRotation",
-    "RotateSecret",
-    "ListRotations",
-    "RevokeAll",
-    "ListIncidents",
-    "ShowIncident",
-    "QueryAudit",
-    "ExportAudit",
-    "TailAudit",
-    "VerifyAudit",
-    "HashValue",
-    "AddClient",
-    "RemoveClient",
-    "SetClientEnabled",
-    "Grant",
-    "Ungrant",
-    "ListClients",
-    "CreateToken",
-    "ListTokens",
-    "RevokeTokens",
-    "Rekey",
-    "RotateKey",
-    "RewrapKeys",
-    "Backup",
-];
+const ADMIN_CALLS: [&str; 34] = vault_tests::ADMIN_RPCS;
 /// How long one call (or a stream's first message) may take in the child.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,10 +53,12 @@ enum Kind {
     TokenExpired,
     TokenRevoked,
     TokenWrongUid,
+    TokenOnlyBare,
+    TokenOnlyToken,
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 12] = [
         Kind::Owner,
         Kind::Granted,
         Kind::NoGrant,
@@ -101,6 +69,8 @@ impl Kind {
         Kind::TokenExpired,
         Kind::TokenRevoked,
         Kind::TokenWrongUid,
+        Kind::TokenOnlyBare,
+        Kind::TokenOnlyToken,
     ];
 
     /// (label, tag naming its throwaway objects, uid; `None`: the owner, root)
@@ -117,6 +87,10 @@ impl Kind {
             Kind::TokenRevoked => ("revoked token", "tokrevoked", Some(65526)),
             // The valid token (bound to 65529), presented by 65528.
             Kind::TokenWrongUid => ("token from the wrong uid", "tokwronguid", Some(65528)),
+            // A uid two containers share: one's client is token-only, the other's
+            // is not; without a token the uid matches neither.
+            Kind::TokenOnlyBare => ("shared uid, no token", "tokonlybare", Some(65525)),
+            Kind::TokenOnlyToken => ("shared uid, its token", "tokonlytok", Some(65525)),
         }
     }
 
@@ -134,7 +108,7 @@ impl Kind {
 
     /// The expected status of `call` by this kind of caller.
     fn want(self, call: &str) -> Code {
-        let reads = matches!(self, Kind::Owner | Kind::Granted | Kind::TokenValid);
+        let reads = matches!(self, Kind::Owner | Kind::Granted | Kind::TokenValid | Kind::TokenOnlyToken);
         match call {
             // A uid that presented a bad token four times in a row is paused: its
             // fifth agent call (this one) is refused before the token is looked at.
@@ -338,6 +312,9 @@ impl Caller {
                 first_message(admin.tail_audit(request(t, v1::TailAuditRequest { filter: filter(1) })).await).await
             }
             "VerifyAudit" => done(admin.verify_audit(request(t, v1::VerifyAuditRequest {})).await),
+            "AcknowledgeIntegrity" => {
+                done(admin.acknowledge_integrity(request(t, v1::AcknowledgeIntegrityRequest {})).await)
+            }
             "HashValue" => done(
                 admin
                     .hash_value(request(
@@ -357,6 +334,7 @@ impl Caller {
                     exe: String::new(),
                     allow: vec!["scratch/*".into()],
                     exe_sha256: String::new(),
+                    ..Default::default()
                 };
                 done(admin.add_client(request(t, add)).await)
             }
@@ -365,8 +343,14 @@ impl Caller {
                 let disable = v1::SetClientEnabledRequest { name: scratch, enabled: false };
                 done(admin.set_client_enabled(request(t, disable)).await)
             }
-            "Grant" => done(admin.grant(request(t, v1::GrantRequest { name: scratch, patterns: pattern })).await),
-            "Ungrant" => done(admin.ungrant(request(t, v1::GrantRequest { name: scratch, patterns: pattern })).await),
+            "Grant" => {
+                let grant = v1::GrantRequest { name: scratch, patterns: pattern, ..Default::default() };
+                done(admin.grant(request(t, grant)).await)
+            }
+            "Ungrant" => {
+                let ungrant = v1::GrantRequest { name: scratch, patterns: pattern, ..Default::default() };
+                done(admin.ungrant(request(t, ungrant)).await)
+            }
             "ListClients" => done(admin.list_clients(request(t, v1::ListClientsRequest {})).await),
             "CreateToken" => {
                 let create = v1::CreateTokenRequest { client: scratch, ttl_secs: 600, ..Default::default() };
@@ -478,7 +462,7 @@ fn now_unix() -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_by_every_kind_of_caller() {
     if !is_root() {
-        eprintln!("skipped: needs root (run as root, as CI does)");
+        vault_tests::skip_unless_ci("needs root to call as other uids (run as root, as CI does)");
         return;
     }
     let started = Instant::now();
@@ -511,6 +495,19 @@ async fn every_rpc_by_every_kind_of_caller() {
     let (revoked, revoked_accessor, _) = create_token(&mut admin, "tok-revoked", 0).await;
     let revoke = v1::RevokeTokensRequest { accessor: revoked_accessor, all: false };
     assert_eq!(admin.revoke_tokens(revoke).await.unwrap().into_inner().revoked, 1);
+    // Two containers on one uid: A's client is token-only, B's is not, and both
+    // are granted the secret; B's uid-matched grant must not answer A's bare uid.
+    let shared = uid(Kind::TokenOnlyBare);
+    let add = v1::AddClientRequest {
+        name: "cont-a".into(),
+        uid: shared,
+        allow: vec!["prod/telegram".into()],
+        token_only: true,
+        ..Default::default()
+    };
+    admin.add_client(add).await.unwrap();
+    add_client(&mut admin, "cont-b", shared, "", &["prod/telegram"]).await;
+    let (container_token, _, _) = create_token(&mut admin, "cont-a", 0).await;
     // Each row's throwaway objects: a secret to delete, a client to remove, a client
     // to disable, grant, ungrant and make a token for, and a token to revoke.
     let mut accessors = BTreeMap::new();
@@ -533,6 +530,7 @@ async fn every_rpc_by_every_kind_of_caller() {
                 Some(expired.as_str())
             }
             Kind::TokenRevoked => Some(revoked.as_str()),
+            Kind::TokenOnlyToken => Some(container_token.as_str()),
             _ => None,
         };
         results.insert(kind.tag(), run_row(&d, &child_exe, kind, token, &accessors[kind.tag()]));
@@ -558,7 +556,7 @@ async fn every_rpc_by_every_kind_of_caller() {
     }
     // Not granted looks exactly like not there: same code, same message but the name.
     let message = |kind: Kind, call: &str| results[kind.tag()][call].1.clone();
-    for kind in [Kind::NoGrant, Kind::Disabled, Kind::OtherUid, Kind::WrongExe] {
+    for kind in [Kind::NoGrant, Kind::Disabled, Kind::OtherUid, Kind::WrongExe, Kind::TokenOnlyBare] {
         let denied = message(kind, "GetSecret").replace("telegram", "NAME");
         let missing = message(kind, "GetSecret missing").replace("nosuch", "NAME");
         let batch = message(kind, "GetSecrets").replace("telegram", "NAME");

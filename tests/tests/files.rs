@@ -125,7 +125,7 @@ fn refuses_a_database_written_by_a_newer_vaultd() {
 #[test]
 fn refuses_a_data_dir_owned_by_another_user() {
     if !is_root() {
-        eprintln!("skipped: needs root (run as root, as CI does)");
+        vault_tests::skip_unless_ci("needs root (run as root, as CI does)");
         return;
     }
     let mut d = Daemon::new(Options::default());

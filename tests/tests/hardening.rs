@@ -137,7 +137,7 @@ fn memory_is_locked_when_the_limit_allows() {
     } else if has_ipc_lock() {
         None
     } else {
-        eprintln!("skipped: RLIMIT_MEMLOCK cannot be made unlimited here and there is no CAP_IPC_LOCK");
+        vault_tests::skip_unless_ci("RLIMIT_MEMLOCK cannot be made unlimited here and there is no CAP_IPC_LOCK");
         return;
     };
     let d = Daemon::start_with(Options { sh_prelude: prelude, ..Options::default() });

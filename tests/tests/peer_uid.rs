@@ -29,7 +29,7 @@ fn vaultctl_for_everyone() -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn other_uids_are_refused_on_both_sockets() {
     if !is_root() {
-        eprintln!("skipped: needs root (run as root, as CI does)");
+        vault_tests::skip_unless_ci("needs root (run as root, as CI does)");
         return;
     }
     let config = "agent_socket_mode = \"0666\"\n".to_owned();
@@ -79,7 +79,7 @@ fn other_uids_are_refused_on_both_sockets() {
 #[test]
 fn a_granted_uid_reads_another_is_denied_and_disable_takes_effect_at_once() {
     if !is_root() {
-        eprintln!("skipped: needs root (run as root, as CI does)");
+        vault_tests::skip_unless_ci("needs root (run as root, as CI does)");
         return;
     }
     const A: u32 = 65534;
@@ -140,7 +140,7 @@ fn a_granted_uid_reads_another_is_denied_and_disable_takes_effect_at_once() {
 #[test]
 fn executable_path_and_hash_selectors() {
     if !is_root() {
-        eprintln!("skipped: needs root (run as root, as CI does)");
+        vault_tests::skip_unless_ci("needs root (run as root, as CI does)");
         return;
     }
     const A: u32 = 65534;

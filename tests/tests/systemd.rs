@@ -86,6 +86,7 @@ fn the_unit_keeps_its_sandbox() {
         "PrivateTmp=yes",
         "MemoryDenyWriteExecute=yes",
         "LimitCORE=0",
+        "LimitNOFILE=",
         "CapabilityBoundingSet=\n",
         "SystemCallFilter=@system-service\n",
     ] {

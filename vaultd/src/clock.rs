@@ -10,11 +10,15 @@
 //!   milliseconds, a decimal number) from PATH at start and whenever [`follow`]
 //!   sees it change, polling every 50 ms.
 
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 /// Added to the system clock (debug builds' tests only; always 0 in release).
 static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Counts the times a test moved the clock, waking [`sleep_until_unix`].
+static MOVED: LazyLock<tokio::sync::watch::Sender<u64>> = LazyLock::new(|| tokio::sync::watch::Sender::new(0));
 
 /// The environment variable naming the offset file (debug builds only).
 pub const TEST_CLOCK_ENV: &str = "VAULTD_TEST_CLOCK_FILE";
@@ -38,6 +42,27 @@ pub fn now_unix() -> i64 {
 pub fn advance(by: Duration) {
     let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
     OFFSET_MS.fetch_add(ms, Ordering::Relaxed);
+    MOVED.send_modify(|moves| *moves += 1);
+}
+
+fn set_offset(ms: i64) {
+    if OFFSET_MS.swap(ms, Ordering::Relaxed) != ms {
+        MOVED.send_modify(|moves| *moves += 1);
+    }
+}
+
+/// Resolves once the clock reads `unix` (seconds since the epoch) or later,
+/// also when a test moves the clock there.
+pub async fn sleep_until_unix(unix: i64) {
+    let mut moved = MOVED.subscribe();
+    loop {
+        let left = unix.saturating_mul(1000).saturating_sub(now_ms());
+        let Ok(left @ 1..) = u64::try_from(left) else { return };
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(left)) => {}
+            _ = moved.changed() => {}
+        }
+    }
 }
 
 /// In a debug build with [`TEST_CLOCK_ENV`] set, keeps the offset equal to the
@@ -49,7 +74,7 @@ pub fn follow() {
     let Some(path) = std::env::var_os(TEST_CLOCK_ENV) else { return };
     let read = move || std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<i64>().ok());
     if let Some(ms) = read() {
-        OFFSET_MS.store(ms, Ordering::Relaxed);
+        set_offset(ms);
     }
     tracing::warn!("{TEST_CLOCK_ENV} is set: the clock follows a test's file (debug builds only)");
     tokio::spawn(async move {
@@ -57,7 +82,7 @@ pub fn follow() {
         loop {
             tick.tick().await;
             if let Some(ms) = read() {
-                OFFSET_MS.store(ms, Ordering::Relaxed);
+                set_offset(ms);
             }
         }
     });

@@ -19,7 +19,8 @@ pub struct Config {
     pub agent_socket_gid: Option<u32>,
     #[serde(default)]
     pub audit: AuditConfig,
-    /// `[limits]`: client_rate, client_burst, global_rate, global_burst (reads per second).
+    /// `[limits]`: rates (secrets read per second), what one uid may hold open
+    /// (connections, watches, reads in flight) and connection timeouts.
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
     /// `[rotation]`: versions kept, scheduler period, hook limits.

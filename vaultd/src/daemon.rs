@@ -1,7 +1,7 @@
 //! Starting and stopping the daemon: open the vault, maybe unlock it, bind both
 //! sockets, serve until told to stop, then remove the sockets and wipe the keys.
 
-use crate::audit::{Actor, Event, Outcome, forward, journal};
+use crate::audit::{Actor, Event, Outcome, forward, journal, refusals};
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::crypto::{self, SecretBytes};
 use crate::notify;
@@ -39,8 +39,6 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error("{what} {}: {source}", path.display())]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("server error: {0}")]
-    Server(#[from] tonic::transport::Error),
     #[error("{0}")]
     Startup(String),
 }
@@ -133,6 +131,7 @@ async fn serve(
     let scheduler = tokio::spawn(schedule(vault.clone(), opts.config.rotation.check_every));
     let incidents = tokio::spawn(honour_incidents(vault.clone()));
     let importer = tokio::spawn(import_journal(vault.clone()));
+    let refusals = tokio::spawn(record_refusals(vault.clone()));
     tracing::info!(agent = %opts.agent_socket.display(), admin = %opts.admin_socket.display(), "listening");
     ready();
     // Both sockets are bound and listening (connections queue until the server
@@ -144,24 +143,25 @@ async fn serve(
     let shutdown = async move {
         shutdown.await;
         notify::notify(notify::STOPPING);
+        let counted = v.record_refusals();
         let stop = v.record_durable(Event::new("daemon.stop", Outcome::Ok, &Actor::vaultd()));
         let sealed = v.seal(&Actor::vaultd());
-        for e in [stop.err(), sealed.err()].into_iter().flatten() {
+        for e in [counted.err(), stop.err(), sealed.err()].into_iter().flatten() {
             tracing::error!(error = %e, "recording the shutdown failed");
         }
     };
-    let result = server::serve(vault.clone(), agent, admin, shutdown).await;
+    server::serve(vault.clone(), agent, admin, &opts.config.limits, shutdown).await;
     maintenance.abort();
     scheduler.abort();
     incidents.abort();
     importer.abort();
+    refusals.abort();
     for path in [&opts.agent_socket, &opts.admin_socket] {
         let _ = std::fs::remove_file(path);
     }
-    // Already sealed unless serving ended on an error.
+    // Sealed already by the shutdown; this wipes nothing more.
     let sealed = vault.seal(&Actor::vaultd());
     tracing::info!("stopped; keys wiped");
-    result?;
     Ok(sealed?)
 }
 
@@ -241,6 +241,20 @@ async fn import_journal(vault: Arc<Vault>) {
                 tracing::error!(error = %e, "importing the audit journal failed; reads are refused until it works")
             }
             Err(_) => tracing::error!("the audit journal import panicked"),
+        }
+    }
+}
+
+/// Every interval, the refusals counted past their callers' budgets, a record
+/// per caller (see `audit::refusals`).
+async fn record_refusals(vault: Arc<Vault>) {
+    let mut tick = tokio::time::interval(refusals::INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = vault.record_refusals() {
+            tracing::error!(error = %e, "recording the refusals counted failed");
         }
     }
 }

@@ -3,13 +3,8 @@
 //! later reads of `/proc/PID` can tell if the pid now names another process.
 //! Never anything the caller says about itself (argv, comm, environment).
 
-use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
-use tonic::transport::server::Connected;
 
 /// A connected peer's kernel-attested credentials.
 #[derive(Debug, Clone)]
@@ -25,7 +20,7 @@ pub struct Peer {
 }
 
 impl Peer {
-    fn of_stream(stream: &UnixStream) -> Option<Peer> {
+    pub(crate) fn of_stream(stream: &UnixStream) -> Option<Peer> {
         let cred = stream.peer_cred().ok()?;
         let pid = cred.pid();
         let pidfd = crate::sys::peer_pidfd(std::os::fd::AsFd::as_fd(stream)).ok().map(std::sync::Arc::new);
@@ -142,54 +137,9 @@ fn start_time(pid: i32) -> Option<u64> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// What accept learned about a connection; tonic hands it to every request.
+/// What accept learned about a connection; the server hands it to every request.
 #[derive(Debug, Clone)]
 pub struct Attestation(pub Option<Peer>);
-
-/// An accepted unix stream that attests its peer at accept. The second field,
-/// when set, keeps the connection's revoke-all cutoff armed while it is open.
-#[derive(Debug)]
-pub struct AttestedStream(pub UnixStream, pub Option<tokio::sync::oneshot::Sender<()>>);
-
-impl Connected for AttestedStream {
-    type ConnectInfo = Attestation;
-
-    fn connect_info(&self) -> Attestation {
-        Attestation(Peer::of_stream(&self.0))
-    }
-}
-
-impl AsyncRead for AttestedStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AttestedStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -52,6 +52,10 @@ fn main() -> ExitCode {
     for failure in vaultd::process::harden() {
         tracing::warn!(%failure, "process hardening step failed");
     }
+    match vaultd::limits::raise_file_limit() {
+        Ok(nofile) => tracing::debug!(nofile, "file limit"),
+        Err(why) => tracing::warn!("cannot raise the file limit to its hard limit: {why}"),
+    }
     if let Err(why) = vaultd::process::lock_memory() {
         tracing::warn!("memory not locked, so keys and secrets may be written to swap: {why}");
     }

@@ -6,7 +6,7 @@
 //! holds a grant for the secret, and for nobody else.
 
 use crate::identity::{Caller, Peer};
-use crate::state::{Client, Image, Token};
+use crate::state::{Client, GrantKind, Image, Token};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,6 +54,15 @@ pub enum Reader {
     Nobody,
 }
 
+/// What a caller wants to do with a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Receive its value.
+    Read,
+    /// Have it used on its behalf (the credential broker), never receiving it.
+    Use,
+}
+
 /// A read allowed (by the owner, or by a client's grant) or denied, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -61,17 +70,24 @@ pub enum Decision {
     Denied(&'static str),
 }
 
-/// The one access decision: whether `reader` may read `env/name` at `now`,
-/// given the verified state. Every read, every watch update and every token
-/// use asks this; nothing else decides.
-pub fn decide(reader: &Reader, state: &Image, env: &str, name: &str, now: i64) -> Decision {
+/// The one access decision: whether `reader` may do `action` with `env/name`
+/// at `now`, given the verified state. Every read, every watch update, every
+/// token use and every brokered use asks this; nothing else decides.
+pub fn decide(reader: &Reader, state: &Image, env: &str, name: &str, action: Action, now: i64) -> Decision {
     match reader {
         Reader::Owner => Decision::Allowed { client: None },
         Reader::Nobody => Decision::Denied("no credentials"),
-        Reader::Kernel(caller) => match granting_client(caller, state.clients().map(|c| &**c), env, name) {
-            Some(client) => Decision::Allowed { client: Some(client.into()) },
-            None => Decision::Denied("not granted"),
-        },
+        Reader::Kernel(caller) => {
+            // Tokens exist to tell apart agents that share a uid: once a uid has
+            // a client that needs one, the uid alone matches none of its clients.
+            if state.clients().any(|c| c.uid == caller.uid() && c.token_only) {
+                return Decision::Denied("this uid's clients need a token");
+            }
+            match granting_client(caller, state.clients().map(|c| &**c), env, name, action) {
+                Some(client) => Decision::Allowed { client: Some(client.into()) },
+                None => Decision::Denied("not granted"),
+            }
+        }
         Reader::Token { accessor, uid, .. } => {
             let Some(token) = state.token(accessor) else { return Decision::Denied("token removed") };
             // Uses were counted when the token was presented, not per secret.
@@ -81,7 +97,7 @@ pub fn decide(reader: &Reader, state: &Image, env: &str, name: &str, now: i64) -
             let Some(client) = state.client(&token.client).filter(|c| c.enabled) else {
                 return Decision::Denied("client disabled or removed");
             };
-            if grants(client, env, name) {
+            if grants(client, env, name, action) {
                 Decision::Allowed { client: Some(client.name.clone()) }
             } else {
                 Decision::Denied("not granted")
@@ -124,9 +140,12 @@ pub trait Process {
     fn exe_sha256(&self) -> Option<String>;
 }
 
-/// Whether one of `client`'s grant patterns covers `env/name`.
-fn grants(client: &Client, env: &str, name: &str) -> bool {
-    client.grants.keys().any(|p| vault_proto::names::pattern_matches(p, env, name))
+/// Whether one of `client`'s grants covers `action` on `env/name`: a read
+/// grant covers both, a use grant only use.
+fn grants(client: &Client, env: &str, name: &str, action: Action) -> bool {
+    client.grants.iter().any(|(p, g)| {
+        (g.kind == GrantKind::Read || action == Action::Use) && vault_proto::names::pattern_matches(p, env, name)
+    })
 }
 
 /// The first enabled client that `caller` matches (every selector) and that holds
@@ -136,10 +155,11 @@ fn granting_client<'c>(
     clients: impl Iterator<Item = &'c Client>,
     env: &str,
     name: &str,
+    action: Action,
 ) -> Option<&'c str> {
     clients
-        .filter(|c| c.enabled && c.uid == caller.uid() && c.gid.is_none_or(|gid| gid == caller.gid()))
-        .filter(|c| grants(c, env, name))
+        .filter(|c| c.enabled && !c.token_only && c.uid == caller.uid() && c.gid.is_none_or(|gid| gid == caller.gid()))
+        .filter(|c| grants(c, env, name, action))
         .find(|c| {
             c.exe.as_ref().is_none_or(|want| caller.exe().as_deref() == Some(Path::new(want)))
                 && c.exe_sha256.as_ref().is_none_or(|want| caller.exe_sha256().as_deref() == Some(want.as_str()))
@@ -179,7 +199,11 @@ mod tests {
             exe: exe.map(Into::into),
             exe_sha256: None,
             enabled,
-            grants: grants.iter().map(|g| ((*g).into(), 0)).collect(),
+            token_only: false,
+            grants: grants
+                .iter()
+                .map(|g| ((*g).into(), crate::state::Grant { kind: GrantKind::Read, created_unix: 0 }))
+                .collect(),
             created_unix: 0,
         }
     }
@@ -231,10 +255,10 @@ mod tests {
             ("pinned hash unreadable", caller(6000, 1, None, None), "telegram", None),
         ];
         for (who, c, name, want) in cases {
-            assert_eq!(granting_client(&c, clients.iter(), "prod", name), want, "{who}");
+            assert_eq!(granting_client(&c, clients.iter(), "prod", name, Action::Read), want, "{who}");
         }
         assert_eq!(
-            granting_client(&caller(3000, 1, None, None), clients.iter(), "staging", "openai"),
+            granting_client(&caller(3000, 1, None, None), clients.iter(), "staging", "openai", Action::Read),
             None,
             "other env"
         );

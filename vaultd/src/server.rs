@@ -1,24 +1,37 @@
 //! Sockets, listeners and shutdown. The server takes bound listeners and a shutdown
 //! future, so a test can bind sockets in a temp dir and run it.
+//!
+//! Each socket has its own accept loop, and each connection a task of its own,
+//! which owns the connection: it closes it at once on revoke-all (the cutoff), when
+//! the peer has not sent the HTTP/2 preface in time, and gracefully after an idle
+//! spell with no open stream or at shutdown. Agent connections are capped per uid
+//! and in all, from the file limit, so agents cannot take the descriptors the
+//! admin socket (and the vault itself) needs.
 
-use crate::api::{AdminApi, AgentApi};
+use crate::api::{AdminApi, AgentApi, FAULT_HEADER};
 use crate::audit::{Actor, Event, Outcome};
-use crate::identity::{AttestedStream, Peer};
+use crate::identity::{Attestation, Peer};
+use crate::limits::{ConnectionCaps, LimitsConfig, OWNER_CONNECTIONS, Slot, Slots};
 use crate::policy::{self, Socket};
 use crate::vault::Vault;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{oneshot, watch};
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tonic::codegen::http::{self, HeaderValue};
 use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
@@ -33,6 +46,27 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long shutdown waits for open requests before closing their connections.
 const DRAIN: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on a connection, and how long an answer may take: a peer that
+/// stopped reading is dropped.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Request headers vaultd reads (HPACK-decoded, as HTTP/2 counts them), and the
+/// most it answers with a gRPC status: a bearer token is under 100 bytes. Past
+/// the first the peer gets HTTP 431; between the two, RESOURCE_EXHAUSTED.
+const MAX_HEADER_LIST: u32 = 64 << 10;
+const MAX_REQUEST_HEADERS: usize = 8 << 10;
+/// The client's HTTP/2 preface (RFC 9113 §3.4) and the header of the SETTINGS
+/// frame that follows it: a connection has introduced itself once it sent these.
+const PREFACE_LEN: usize = 24 + 9;
+/// Backing off the accept loop after an error (out of descriptors, memory).
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+/// Repeated warnings (refused connections, accept errors) at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Which connection a request came on (each accepted connection has its own), for
+/// what is kept per connection (the bad-token pause).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionId(pub u64);
 
 /// Binds a unix socket at `path` with `mode`. A stale socket file left by a crash
 /// is replaced; a live one (another vaultd answering) or a non-socket is refused.
@@ -99,47 +133,6 @@ fn guard(
     }
 }
 
-/// Accepted connections, each attesting its peer at accept. With `cutoff`, each
-/// is closed when it changes (revoke-all).
-fn attested(
-    listener: UnixListener,
-    cutoff: Option<watch::Receiver<u64>>,
-) -> impl tokio_stream::Stream<Item = io::Result<AttestedStream>> {
-    use tokio_stream::StreamExt as _;
-    UnixListenerStream::new(listener).map(move |conn| {
-        let conn = conn?;
-        let link = cutoff.as_ref().and_then(|cutoff| match cut_on_incident(&conn, cutoff.clone()) {
-            Ok(link) => Some(link),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot arm the revoke-all cutoff for a connection");
-                None
-            }
-        });
-        Ok(AttestedStream(conn, link))
-    })
-}
-
-/// Shuts `conn` down both ways when `cutoff` changes, which makes the server drop
-/// the connection and every stream on it. The task holds a duplicate of the
-/// descriptor only while the connection is open: dropping the returned sender
-/// (with the connection) ends it.
-fn cut_on_incident(conn: &UnixStream, mut cutoff: watch::Receiver<u64>) -> io::Result<oneshot::Sender<()>> {
-    let fd = rustix::io::dup(conn)?;
-    let (open, closed) = oneshot::channel::<()>();
-    cutoff.borrow_and_update();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = closed => {}
-            changed = cutoff.changed() => {
-                if changed.is_ok() {
-                    let _ = rustix::net::shutdown(&fd, rustix::net::Shutdown::Both);
-                }
-            }
-        }
-    });
-    Ok(open)
-}
-
 /// gRPC health and reflection for one socket, naming only the API it serves.
 async fn discovery(
     service: &str,
@@ -180,52 +173,432 @@ pub async fn serve(
     vault: Arc<Vault>,
     agent: UnixListener,
     admin: UnixListener,
+    limits: &LimitsConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
+) {
     let owner = rustix::process::geteuid().as_raw();
-    let builder = || Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION).timeout(REQUEST_TIMEOUT);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-    let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
-        let _ = rx.changed().await;
-    };
+    let caps = ConnectionCaps::derive(limits, crate::limits::file_limit());
+    tracing::info!(connections = caps.total, per_uid = caps.per_uid, "agent connections capped");
+    let (stop_tx, stop_rx) = watch::channel(());
 
-    let agent_api = AgentServer::new(AgentApi::new(vault.clone()))
+    let agent_api = AgentServer::new(AgentApi::new(vault.clone(), owner, limits))
         .max_decoding_message_size(MAX_MESSAGE_LEN)
         .max_encoding_message_size(MAX_MESSAGE_LEN);
     let (reporter, health, reflection) = discovery(AgentServer::<AgentApi>::NAME).await;
     let agent_health = follow_seal(vault.clone(), reporter, AgentServer::<AgentApi>::NAME);
-    let agent_server = builder()
-        .add_service(health)
+    let agent_routes = Routes::new(health)
         .add_service(reflection)
         .add_service(InterceptedService::new(agent_api, guard(Socket::Agent, owner, vault.clone())))
-        .serve_with_incoming_shutdown(attested(agent, Some(vault.cutoffs())), stopped(stop_rx.clone()));
+        .prepare();
+    let agent_loop = Listener {
+        listener: agent,
+        socket: Socket::Agent,
+        routes: agent_routes,
+        owner,
+        caps: Some(Slots::new(caps.total, caps.per_uid, OWNER_CONNECTIONS)),
+        cutoff: Some(vault.cutoffs()),
+        timeouts: (limits.handshake_timeout, limits.idle_timeout),
+    }
+    .run(stop_rx.clone());
 
     let admin_api = AdminServer::new(AdminApi::new(vault.clone()))
         .max_decoding_message_size(MAX_MESSAGE_LEN)
         .max_encoding_message_size(MAX_ADMIN_REPLY_LEN);
     let (_, health, reflection) = discovery(AdminServer::<AdminApi>::NAME).await;
-    let admin_server = builder()
-        .add_service(health)
+    let admin_routes = Routes::new(health)
         .add_service(reflection)
         .add_service(InterceptedService::new(admin_api, guard(Socket::Admin, owner, vault)))
-        .serve_with_incoming_shutdown(attested(admin, None), stopped(stop_rx));
+        .prepare();
+    // Owner-only (mode 0600): not capped, and served from the descriptors the
+    // agent caps leave.
+    let admin_loop = Listener {
+        listener: admin,
+        socket: Socket::Admin,
+        routes: admin_routes,
+        owner,
+        caps: None,
+        cutoff: None,
+        timeouts: (limits.handshake_timeout, limits.idle_timeout),
+    }
+    .run(stop_rx);
 
-    let servers = async {
-        let served = tokio::try_join!(agent_server, admin_server).map(|_| ());
+    let loops = async {
+        tokio::join!(agent_loop, admin_loop);
         agent_health.abort();
-        served
     };
-    tokio::pin!(servers);
+    tokio::pin!(loops);
     tokio::select! {
-        result = &mut servers => return result,
+        () = &mut loops => return,
         () = shutdown => {}
     }
     let _ = stop_tx.send(());
-    match tokio::time::timeout(DRAIN, servers).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!("connections still open {DRAIN:?} after shutdown began; closing them");
-            Ok(())
+    loops.await;
+}
+
+/// One socket's accept loop and what its connections are served with.
+struct Listener {
+    listener: UnixListener,
+    socket: Socket,
+    routes: Routes,
+    owner: u32,
+    /// Agent connections held, per uid and in all.
+    caps: Option<Arc<Slots>>,
+    /// Changes on revoke-all: every connection closes at once.
+    cutoff: Option<watch::Receiver<u64>>,
+    /// (handshake, idle).
+    timeouts: (Duration, Duration),
+}
+
+/// A warning that may repeat fast, logged at most once per [`WARN_EVERY`] with
+/// how many went unlogged since.
+#[derive(Default)]
+struct Throttled {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Throttled {
+    /// `Some(unlogged since the last)` when this one is to be logged.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < WARN_EVERY) {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+impl Listener {
+    /// Accepts until `stop` changes, then drains: each connection is asked to
+    /// close and given [`DRAIN`] to do so, then dropped.
+    async fn run(self, mut stop: watch::Receiver<()>) {
+        let http2 = http2_builder();
+        let mut connections = JoinSet::new();
+        let (mut refused, mut failed) = (Throttled::default(), Throttled::default());
+        let mut backoff = Duration::ZERO;
+        let mut next_id = 0;
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.changed() => break,
+                Some(_) = connections.join_next() => continue,
+                accepted = self.listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOMEM, ECONNABORTED: pending connections stay
+                    // queued, and retrying at once would only spin.
+                    backoff = (backoff * 2).clamp(ACCEPT_BACKOFF.0, ACCEPT_BACKOFF.1);
+                    if let Some(unlogged) = failed.due() {
+                        tracing::warn!(socket = %self.socket, error = %e, unlogged, "accepting a connection failed; backing off");
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        () = tokio::time::sleep(backoff) => continue,
+                    }
+                }
+            };
+            backoff = Duration::ZERO;
+            let Some(slot) = self.admit(&stream, &mut refused) else { continue };
+            next_id += 1;
+            let conn = Connection {
+                attestation: Attestation(Peer::of_stream(&stream)),
+                id: ConnectionId(next_id),
+                routes: self.routes.clone(),
+                timeouts: self.timeouts,
+                _slot: slot,
+            };
+            // Cut by the next revoke-all, not by one before it was accepted.
+            let cutoff = self.cutoff.clone().map(|mut cutoff| {
+                cutoff.mark_unchanged();
+                cutoff
+            });
+            connections.spawn(conn.serve(stream, http2.clone(), stop.clone(), cutoff));
+        }
+        let drained = tokio::time::timeout(DRAIN, async { while connections.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(socket = %self.socket, "connections still open {DRAIN:?} after shutdown began; closing them");
         }
     }
+
+    /// The slot an agent connection takes (`Some(None)` on the admin socket), or
+    /// `None` when its uid, or everyone, holds all there are: it is closed at once.
+    fn admit(&self, stream: &UnixStream, refused: &mut Throttled) -> Option<Option<Slot>> {
+        let Some(caps) = &self.caps else { return Some(None) };
+        // No credentials: one unknown caller, capped like a uid.
+        let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
+        match caps.take((uid != self.owner).then_some(uid)) {
+            Ok(slot) => Some(Some(slot)),
+            Err(full) => {
+                if let Some(unlogged) = refused.due() {
+                    tracing::warn!(uid, ?full, unlogged, "agent connection refused: over its cap");
+                }
+                None
+            }
+        }
+    }
+}
+
+fn http2_builder() -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .max_header_list_size(MAX_HEADER_LIST);
+    builder
+}
+
+/// One accepted connection and what it is served with.
+struct Connection {
+    attestation: Attestation,
+    id: ConnectionId,
+    routes: Routes,
+    /// (handshake, idle).
+    timeouts: (Duration, Duration),
+    /// Given back when the connection ends.
+    _slot: Option<Slot>,
+}
+
+impl Connection {
+    /// Serves the connection until the peer closes it, or vaultd does: at once on
+    /// revoke-all (every stream with it) or when the peer has not introduced
+    /// itself in time; gracefully (open streams finish) after an idle spell or
+    /// at shutdown. Dropping the connection closes its socket: no descriptor of
+    /// it is kept anywhere else.
+    async fn serve(
+        self,
+        stream: UnixStream,
+        http2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+        mut stop: watch::Receiver<()>,
+        mut cutoff: Option<watch::Receiver<u64>>,
+    ) {
+        let (handshake, idle) = self.timeouts;
+        let streams = Arc::new(Streams::default());
+        let read = Arc::new(AtomicUsize::new(0));
+        let io = Introduced { stream, read: read.clone() };
+        let service =
+            ConnService { routes: self.routes, attestation: self.attestation, id: self.id, streams: streams.clone() };
+        let conn = http2.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let introduction = tokio::time::sleep(handshake);
+        tokio::pin!(introduction);
+        // Once asked to close, a peer has as long as a handshake to let go (it
+        // may never answer the closing ping); then the connection is dropped.
+        let goodbye = tokio::time::sleep(handshake);
+        tokio::pin!(goodbye);
+        let (mut introduced, mut closing) = (false, false);
+        loop {
+            let close = tokio::select! {
+                served = conn.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                    return;
+                }
+                Some(Ok(())) = async { Some(cutoff.as_mut()?.changed().await) } => return,
+                () = &mut introduction, if !introduced => {
+                    introduced = read.load(Ordering::Relaxed) >= PREFACE_LEN;
+                    if !introduced {
+                        tracing::debug!("connection closed: no HTTP/2 preface within {handshake:?}");
+                        return;
+                    }
+                    false
+                }
+                () = streams.idle_for(idle), if !closing => true,
+                Ok(()) = stop.changed(), if !closing => true,
+                () = &mut goodbye, if closing => return,
+            };
+            if close {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                goodbye.as_mut().reset(tokio::time::Instant::now() + handshake);
+            }
+        }
+    }
+}
+
+/// A connection's stream, counting the bytes the peer sent until it has sent
+/// its HTTP/2 preface.
+struct Introduced {
+    stream: UnixStream,
+    read: Arc<AtomicUsize>,
+}
+
+impl AsyncRead for Introduced {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 && self.read.load(Ordering::Relaxed) < PREFACE_LEN {
+            self.read.fetch_add(n, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Introduced {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The streams open on a connection: a request is open from the moment it
+/// arrives until its response body is done with (a watch, as long as it runs).
+#[derive(Default)]
+struct Streams {
+    open: AtomicUsize,
+    changed: Notify,
+}
+
+/// One open stream; closed when dropped.
+struct Open(Arc<Streams>);
+
+impl Streams {
+    fn open(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        Open(self.clone())
+    }
+
+    /// Resolves once no stream has been open for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.open.load(Ordering::SeqCst) > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(idle) => return,
+                () = changed => {}
+            }
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is dropped.
+struct Counted<B> {
+    body: B,
+    _open: Open,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let mut polled = Pin::new(&mut self.body).poll_frame(cx);
+        // A stream that fails midway has its status in the trailers.
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            trailers.remove(FAULT_HEADER);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection's requests: each gets the connection's attestation and id,
+/// counts as an open stream, and is cancelled after [`REQUEST_TIMEOUT`].
+#[derive(Clone)]
+struct ConnService {
+    routes: Routes,
+    attestation: Attestation,
+    id: ConnectionId,
+    streams: Arc<Streams>,
+}
+
+type Reply = http::Response<Counted<tonic::body::Body>>;
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnService {
+    type Response = Reply;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Reply, Self::Error>> + Send>>;
+
+    fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let open = self.streams.open();
+        let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
+        if headers > MAX_REQUEST_HEADERS {
+            let status = Status::resource_exhausted(format!(
+                "the request's headers are {headers} bytes; at most {MAX_REQUEST_HEADERS} are read"
+            ));
+            let reply = status.into_http::<tonic::body::Body>().map(|body| Counted { body, _open: open });
+            return Box::pin(std::future::ready(Ok(reply)));
+        }
+        req.extensions_mut().insert(self.attestation.clone());
+        req.extensions_mut().insert(self.id);
+        let mut routes = self.routes.clone();
+        Box::pin(async move {
+            use tonic::codegen::Service as _;
+            type Incoming = http::Request<hyper::body::Incoming>;
+            let served = async {
+                std::future::poll_fn(|cx| tonic::codegen::Service::<Incoming>::poll_ready(&mut routes, cx)).await?;
+                routes.call(req).await
+            };
+            let response = match tokio::time::timeout(REQUEST_TIMEOUT, served).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => Status::deadline_exceeded("the request took too long").into_http(),
+            };
+            Ok(blame_the_sender(response).map(|body| Counted { body, _open: open }))
+        })
+    }
+}
+
+/// An INTERNAL status vaultd did not make (its own carry [`FAULT_HEADER`]) is
+/// tonic's: a request that did not decode (malformed protobuf, a string that is
+/// not UTF-8, a cut-off or compressed frame, no message at all). That is the
+/// sender's bad input: INVALID_ARGUMENT.
+fn blame_the_sender<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let ours = headers.remove(FAULT_HEADER).is_some();
+    let internal = HeaderValue::from(Code::Internal as i32);
+    if !ours && headers.get("grpc-status") == Some(&internal) {
+        headers.insert("grpc-status", HeaderValue::from(Code::InvalidArgument as i32));
+    }
+    response
 }

@@ -18,7 +18,7 @@ use vaultd::audit::Actor;
 use vaultd::config::Config;
 use vaultd::crypto::{KdfParams, SecretBytes};
 use vaultd::identity::Peer;
-use vaultd::state::{PolicyChange, SecretLabels};
+use vaultd::state::{Grant, GrantKind, PolicyChange, SecretLabels};
 use vaultd::store::DB_FILE;
 use vaultd::vault::{SecretRef, Trigger, Vault};
 
@@ -26,7 +26,7 @@ const PASSPHRASE: &[u8] = b"state tamper passphrase";
 /// The cheapest parameters a vault accepts: the KDF is not under test here.
 const KDF: KdfParams = KdfParams { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 };
 const SECRETS: [(&str, &str); 4] = [("prod", "alpha"), ("prod", "beta"), ("staging", "gamma"), ("prod", "delta")];
-const UIDS: [u32; 4] = [2000, 3000, 4000, 5000];
+const UIDS: [u32; 5] = [2000, 3000, 4000, 5000, 6000];
 
 struct Rng(u64);
 
@@ -73,12 +73,15 @@ async fn build(dir: &Path, older: &Path) -> Vec<SecretBytes> {
         exe: None,
         exe_sha256: None,
         enabled: true,
-        grants: grants.iter().map(|g| ((*g).into(), 0)).collect(),
+        token_only: false,
+        grants: grants.iter().map(|g| ((*g).into(), Grant { kind: GrantKind::Read, created_unix: 0 })).collect(),
         created_unix: 0,
     };
     vault.client_add(&me, client("bot", 2000, &["prod/alpha"])).unwrap();
     vault.client_add(&me, client("ops", 3000, &["prod/*"])).unwrap();
     vault.client_add(&me, client("off", 4000, &["*/*"])).unwrap();
+    // A token-only client: its uid alone reads nothing.
+    vault.client_add(&me, vaultd::state::Client { token_only: true, ..client("box", 6000, &["*/*"]) }).unwrap();
     vault.client_set_enabled(&me, "off", false).unwrap();
     vault.revoke_all(&me, "drill", false, false).await.unwrap();
     for name in ["bot", "ops"] {
@@ -97,16 +100,19 @@ async fn build(dir: &Path, older: &Path) -> Vec<SecretBytes> {
     put(&vault, "prod", "alpha", "prod/alpha-v3");
     let manual = SecretRef::parse("prod", "beta").unwrap();
     vault.rotate(&me, manual, Some(SecretBytes::new(b"prod/beta-rotated".to_vec())), Trigger::Operator).await.unwrap();
-    vault.client_grants(&me, "bot", &["staging/gamma".into()], true).unwrap();
+    vault.client_grants(&me, "bot", &["staging/gamma".into()], Some(GrantKind::Read)).unwrap();
+    // Use through the broker only: never read.
+    vault.client_grants(&me, "ops", &["staging/*".into()], Some(GrantKind::Use)).unwrap();
     let token = |client: &str, uses: Option<u32>| vault.token_create(&me, client, None, None, uses, false).unwrap();
     let (bot, _) = token("bot", Some(1000));
     let (ops, _) = token("ops", None);
     let (spent, _) = token("ops", Some(1));
+    let (boxed, _) = token("box", None);
     let (revoked, revoked_row) = token("bot", None);
     vault.token_revoke(&me, Some(&revoked_row.accessor)).unwrap();
     vault.get(&me, Some(&peer(3000)), Some(&spent), SecretRef::parse("prod", "beta").unwrap(), 0).await.unwrap();
     vault.seal(&me).unwrap();
-    vec![bot, ops, spent, revoked]
+    vec![bot, ops, spent, revoked, boxed]
 }
 
 fn peer(uid: u32) -> Peer {
@@ -138,7 +144,7 @@ async fn probe(dir: &Path, tokens: &[SecretBytes]) -> Vec<Option<Vec<u8>>> {
             }
         }
         for token in tokens {
-            for uid in [2000, 3000] {
+            for uid in [2000, 3000, 6000] {
                 out.push(value(vault.get(&me, Some(&peer(uid)), Some(token), secret, 0).await));
             }
         }

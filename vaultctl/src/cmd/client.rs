@@ -19,7 +19,7 @@ pub(crate) enum Command {
     /// Let a client read secrets matching ENV/NAME patterns (`prod/telegram`, `prod/*`).
     Grant(GrantArgs),
     /// Take grants away.
-    Ungrant(GrantArgs),
+    Ungrant(UngrantArgs),
     /// List clients and their grants.
     List,
     /// Remove a client and its grants.
@@ -48,10 +48,29 @@ pub(crate) struct AddArgs {
     /// A pattern the client may read (repeatable).
     #[arg(long = "allow", value_name = "PATTERN")]
     allow: Vec<String>,
+    /// The --allow patterns allow use through the credential broker only: the
+    /// agent never receives the value.
+    #[arg(long = "use")]
+    use_only: bool,
+    /// Match this client by its tokens only, never by its uid: once a uid has
+    /// such a client, a request from it without a token reads nothing. For
+    /// agents that share a uid (containers): give each its own client and token.
+    #[arg(long)]
+    token_only: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct GrantArgs {
+    name: String,
+    #[arg(required = true, value_name = "PATTERN")]
+    patterns: Vec<String>,
+    /// Allow use through the credential broker only, never the value itself.
+    #[arg(long = "use")]
+    use_only: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct UngrantArgs {
     name: String,
     #[arg(required = true, value_name = "PATTERN")]
     patterns: Vec<String>,
@@ -62,7 +81,8 @@ pub(crate) struct NameArg {
     name: String,
 }
 
-/// `{"name","uid","gid","exe","exe_sha256","enabled","grants","created_unix"}`.
+/// `{"name","uid","gid","exe","exe_sha256","enabled","token_only","grants","use_only","created_unix"}`
+/// (`use_only`: the grants that allow use through the broker only).
 #[derive(Serialize)]
 struct ClientJson<'a> {
     name: &'a str,
@@ -71,7 +91,9 @@ struct ClientJson<'a> {
     exe: Option<&'a str>,
     exe_sha256: Option<&'a str>,
     enabled: bool,
+    token_only: bool,
     grants: &'a [String],
+    use_only: &'a [String],
     created_unix: i64,
 }
 
@@ -84,7 +106,9 @@ impl<'a> From<&'a ClientInfo> for ClientJson<'a> {
             exe: (!c.exe.is_empty()).then_some(c.exe.as_str()),
             exe_sha256: (!c.exe_sha256.is_empty()).then_some(c.exe_sha256.as_str()),
             enabled: c.enabled,
+            token_only: c.token_only,
             grants: &c.grants,
+            use_only: &c.use_only,
             created_unix: c.created_unix,
         }
     }
@@ -144,15 +168,25 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
                 exe,
                 allow: checked_patterns(&a.allow)?,
                 exe_sha256: a.exe_sha256.unwrap_or_default().to_ascii_lowercase(),
+                token_only: a.token_only,
+                use_only: a.use_only,
             };
             daemon::admin(global).await?.add_client(request).await.reply()?
         }
         Command::Grant(g) => {
-            let request = v1::GrantRequest { name: checked_name(&g.name)?, patterns: checked_patterns(&g.patterns)? };
+            let request = v1::GrantRequest {
+                name: checked_name(&g.name)?,
+                patterns: checked_patterns(&g.patterns)?,
+                use_only: g.use_only,
+            };
             daemon::admin(global).await?.grant(request).await.reply()?
         }
         Command::Ungrant(g) => {
-            let request = v1::GrantRequest { name: checked_name(&g.name)?, patterns: checked_patterns(&g.patterns)? };
+            let request = v1::GrantRequest {
+                name: checked_name(&g.name)?,
+                patterns: checked_patterns(&g.patterns)?,
+                use_only: false,
+            };
             daemon::admin(global).await?.ungrant(request).await.reply()?
         }
         Command::Enable(n) => set_enabled(global, &n.name, true).await?,
@@ -191,8 +225,22 @@ fn row(c: &ClientInfo) -> Vec<String> {
         c.uid.to_string(),
         c.gid.map_or_else(|| "-".into(), |g| g.to_string()),
         or_dash(&c.exe).to_owned(),
-        if c.enabled { "yes" } else { "no" }.into(),
-        if c.grants.is_empty() { "-".into() } else { c.grants.join(",") },
+        match (c.enabled, c.token_only) {
+            (true, false) => "yes",
+            (true, true) => "yes, token only",
+            (false, _) => "no",
+        }
+        .into(),
+        if c.grants.is_empty() {
+            "-".into()
+        } else {
+            let shown: Vec<String> = c
+                .grants
+                .iter()
+                .map(|g| if c.use_only.contains(g) { format!("{g} (use)") } else { g.clone() })
+                .collect();
+            shown.join(",")
+        },
         timestamp(c.created_unix),
     ]
 }

@@ -1,10 +1,10 @@
 //! The admin service: init, unlock, seal, status and secret management, for the
 //! vault's owner (the accept-time policy admits nobody else).
 
-use super::{actor, blocking, policy_change, rotation_info, secret_meta, version_meta};
+use super::{actor, blocking, existing_version, policy_change, rotation_info, secret_meta, version_meta};
 use crate::audit::{Event, Outcome, Verdict, entry_json};
 use crate::crypto::{KdfParams, SecretBytes};
-use crate::state::{Client, SecretLabels, Token};
+use crate::state::{Client, Grant, GrantKind, SecretLabels, Token};
 use crate::store::{AuditFilter, AuditRow};
 use crate::vault::{SecretRef, Trigger, Vault};
 use std::pin::Pin;
@@ -138,7 +138,7 @@ impl Admin for AdminApi {
         let mut meta = secret_meta(self.vault.describe(secret)?);
         meta.last_rotation = last_rotation;
         let value = if req.reveal {
-            let (version, value) = self.vault.reveal(&actor, secret, req.version)?;
+            let (version, value) = self.vault.reveal(&actor, secret, existing_version(secret, req.version)?)?;
             tracing::info!(env = secret.env, name = secret.name, version, "secret revealed to the owner");
             value.expose().to_vec()
         } else if req.version != 0 {
@@ -400,7 +400,8 @@ impl Admin for AdminApi {
             exe: (!r.exe.is_empty()).then_some(r.exe),
             exe_sha256: (!r.exe_sha256.is_empty()).then_some(r.exe_sha256),
             enabled: true,
-            grants: r.allow.into_iter().map(|p| (p, 0)).collect(),
+            token_only: r.token_only,
+            grants: r.allow.into_iter().map(|p| (p, Grant { kind: grant_kind(r.use_only), created_unix: 0 })).collect(),
             created_unix: 0,
         };
         let vault = self.vault.clone();
@@ -549,7 +550,7 @@ impl Admin for AdminApi {
             for chunk in writer {
                 let item = chunk
                     .map(|data| v1::BackupChunk { data, total })
-                    .map_err(|e| Status::internal(format!("reading the snapshot: {e}")));
+                    .map_err(|e| super::internal(format!("reading the snapshot: {e}")));
                 let failed = item.is_err();
                 if tx.blocking_send(item).is_err() || failed {
                     return;
@@ -579,9 +580,14 @@ impl AdminApi {
         let actor = actor("admin", &req);
         let r = req.into_inner();
         let vault = self.vault.clone();
-        let row = blocking(move || vault.client_grants(&actor, &r.name, &r.patterns, grant)).await?;
+        let change = if grant { Some(grant_kind(r.use_only)) } else { None };
+        let row = blocking(move || vault.client_grants(&actor, &r.name, &r.patterns, change)).await?;
         Ok(Response::new(client_info(row)))
     }
+}
+
+fn grant_kind(use_only: bool) -> GrantKind {
+    if use_only { GrantKind::Use } else { GrantKind::Read }
 }
 
 fn token_info(t: Token) -> v1::TokenInfo {
@@ -606,6 +612,8 @@ fn client_info(c: Client) -> v1::ClientInfo {
         exe: c.exe.unwrap_or_default(),
         exe_sha256: c.exe_sha256.unwrap_or_default(),
         enabled: c.enabled,
+        token_only: c.token_only,
+        use_only: c.grants.iter().filter(|(_, g)| g.kind == GrantKind::Use).map(|(p, _)| p.clone()).collect(),
         grants: c.grants.into_keys().collect(),
         created_unix: c.created_unix,
     }

@@ -11,8 +11,7 @@ use crate::audit::Actor;
 use crate::crypto::CryptoError;
 use crate::identity::Peer;
 use crate::state::{PolicyChange, SecretRow, VersionRow};
-use crate::vault::RotationRow;
-use crate::vault::VaultError;
+use crate::vault::{RotationRow, SecretRef, VaultError};
 use tonic::Status;
 use vault_proto::v1;
 
@@ -56,10 +55,22 @@ impl From<VaultError> for Status {
             VaultError::Crypto(_) | VaultError::Store(_) | VaultError::Audit(_) | VaultError::TermsExhausted => {
                 // Storage and RNG errors never carry a value; log the detail for the operator.
                 tracing::error!(error = %msg, "internal error");
-                Status::internal(msg)
+                internal(msg)
             }
         }
     }
+}
+
+/// Marks an INTERNAL status as vaultd's own fault. The server answers INTERNAL
+/// only with it (and drops it): any other INTERNAL is tonic's, about a request
+/// that did not decode, which is INVALID_ARGUMENT (see `server`).
+pub const FAULT_HEADER: &str = "x-vaultd-fault";
+
+/// An INTERNAL status: vaultd's fault, not the caller's.
+pub(crate) fn internal(message: String) -> Status {
+    let mut status = Status::internal(message);
+    status.metadata_mut().insert(FAULT_HEADER, tonic::metadata::MetadataValue::from_static("internal"));
+    status
 }
 
 /// Who sent `req`, as the kernel attested it at accept.
@@ -67,11 +78,20 @@ fn actor<T>(socket: &'static str, req: &tonic::Request<T>) -> Actor {
     Actor::peer(socket, Peer::of_request(req).as_ref())
 }
 
+/// `version` when a secret can have it: past `i64::MAX` (what the store holds)
+/// it names no version, so it is not found like any missing one.
+fn existing_version(secret: SecretRef<'_>, version: u64) -> Result<u64, Status> {
+    match i64::try_from(version) {
+        Ok(_) => Ok(version),
+        Err(_) => Err(VaultError::NotFound { env: secret.env.into(), name: secret.name.into() }.into()),
+    }
+}
+
 /// Runs blocking work (Argon2, fsync) off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, VaultError> + Send + 'static) -> Result<T, Status> {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result.map_err(Status::from),
-        Err(_) => Err(Status::internal("internal error: a worker task failed")),
+        Err(_) => Err(internal("internal error: a worker task failed".into())),
     }
 }
 

@@ -3,6 +3,7 @@
 //! digest (`hmac-sha256:…`) stands in.
 
 use super::chain;
+use super::refusals::{Refused, SUMMARY};
 use crate::identity::Peer;
 use crate::store::AuditRow;
 use serde::Serialize;
@@ -180,6 +181,8 @@ pub trait Record {
     fn encode(&self, out: &mut Vec<u8>, seq: u64, time_unix_ms: i64);
     /// The event, for when it is stored without the journal (while sealed).
     fn into_event(self) -> Event;
+    /// What it says of a caller refused, if it is a refusal (see `refusals`).
+    fn refused(&self) -> Option<Refused<'_>>;
 }
 
 impl Record for Event {
@@ -191,6 +194,15 @@ impl Record for Event {
 
     fn into_event(self) -> Event {
         self
+    }
+
+    fn refused(&self) -> Option<Refused<'_>> {
+        let caller = self.outcome == Outcome::Denied && self.actor.socket.is_some() && self.kind != SUMMARY;
+        caller.then(|| Refused {
+            kind: self.kind,
+            actor: &self.actor,
+            secret: self.secret.as_deref().and_then(|s| s.split_once('/')),
+        })
     }
 }
 
@@ -233,6 +245,11 @@ impl Record for Read<'_> {
             ReadDetail::Version(version) => event.with("version", version),
             ReadDetail::Reason(reason) => event.with("reason", reason.into_owned()),
         }
+    }
+
+    fn refused(&self) -> Option<Refused<'_>> {
+        let secret = Some((self.env, self.name));
+        (self.outcome == Outcome::Denied).then_some(Refused { kind: self.kind, actor: self.actor, secret })
     }
 }
 

@@ -44,9 +44,15 @@ use std::time::Duration;
 pub const IMPORT_EVERY: Duration = Duration::from_millis(100);
 /// Records waiting that wake the importer before its time.
 const IMPORT_AT: usize = 1024;
-/// Records waiting beyond which requests are refused: the import is not keeping
-/// up (or failing), and the memory they hold is bounded.
-const MAX_WAITING: usize = 16 * 1024;
+/// Records waiting beyond which a read waits for the import ([`Journal::room`])
+/// before its records go in: the import is not keeping up, and the readers are
+/// slowed down to its pace rather than refused.
+const EASY_WAITING: usize = 16 * 1024;
+/// How long a read waits for room, at most.
+const MAX_WAIT: Duration = Duration::from_secs(2);
+/// Records waiting beyond which requests are refused: the import is failing (or
+/// hopelessly behind), and the memory they hold is bounded.
+const MAX_WAITING: usize = 4 * EASY_WAITING;
 /// The most bytes of records waiting. A batch holds at most twice that (what
 /// an import that failed gives back, and what came meanwhile): a batch stating
 /// more is damage, never allocated.
@@ -164,7 +170,10 @@ pub enum Appended {
 pub struct Journal {
     dir: PathBuf,
     writer: Mutex<Option<Writer>>,
+    /// Wakes the importer early.
     wake: tokio::sync::Notify,
+    /// Wakes the reads waiting for room, after an import.
+    drained: tokio::sync::Notify,
 }
 
 /// The open journal, while unlocked.
@@ -221,7 +230,12 @@ pub struct Recovered {
 
 impl Journal {
     pub fn new(data_dir: &Path) -> Journal {
-        Journal { dir: data_dir.join(DIR), writer: Mutex::default(), wake: tokio::sync::Notify::new() }
+        Journal {
+            dir: data_dir.join(DIR),
+            writer: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            drained: tokio::sync::Notify::new(),
+        }
     }
 
     fn writer(&self) -> MutexGuard<'_, Option<Writer>> {
@@ -233,6 +247,28 @@ impl Journal {
     /// Resolves when records are waiting in numbers worth importing at once.
     pub async fn wanted(&self) {
         self.wake.notified().await;
+    }
+
+    /// Waits (at most [`MAX_WAIT`]) while more records wait to be imported than
+    /// the import takes in easily: a read's records then go in once there is
+    /// room, and readers go at the import's pace instead of being refused. No
+    /// wait while the import is failing: that refuses the read at once.
+    pub async fn room(&self) {
+        let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            let crowded =
+                self.writer().as_ref().is_some_and(|w| w.stalled.is_none() && w.waiting.len() >= EASY_WAITING);
+            if !crowded {
+                return;
+            }
+            self.wake.notify_one();
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Appends `records` and returns once they are in the file.
@@ -327,6 +363,7 @@ impl Journal {
             let mut writer = self.writer();
             let Some(w) = writer.as_mut() else { return };
             w.stalled = None;
+            self.drained.notify_waiters();
             if taken.is_empty() {
                 return;
             }
@@ -358,6 +395,7 @@ impl Journal {
         if let Some(w) = self.writer().as_mut() {
             w.stalled = Some(why);
         }
+        self.drained.notify_waiters();
     }
 
     /// Starts a new file after the last record imported (`position`), with `keys`.
@@ -387,7 +425,9 @@ impl Journal {
 
     /// Stops journaling (at seal, or before an unlock reopens it).
     pub fn close(&self) -> Closed {
-        match self.writer().take() {
+        let writer = self.writer().take();
+        self.drained.notify_waiters();
+        match writer {
             Some(w) => {
                 let earlier = w.full.into_iter().map(|(path, ..)| path).chain(w.spare.map(|(path, _)| path));
                 Closed { waiting: w.waiting, files: earlier.chain([w.path]).collect() }
@@ -943,6 +983,41 @@ mod tests {
         let mut writer = journal.writer();
         let w = writer.as_mut().unwrap();
         w.size = w.len;
+    }
+
+    #[tokio::test]
+    async fn a_read_finding_the_import_behind_waits_for_it_and_is_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(open_journal(dir.path()));
+        let batch: Vec<Event> = (0..1024).map(read_event).collect();
+        // More than the import takes in easily, and no import yet.
+        for _ in 0..EASY_WAITING / batch.len() {
+            journal.append(&batch).unwrap();
+        }
+        let (room, reader) = tokio::sync::oneshot::channel();
+        let j = journal.clone();
+        tokio::spawn(async move {
+            j.room().await;
+            let _ = room.send(j.append(&[read_event(0)]).is_ok());
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(reader.is_empty(), "the read did not wait for the import");
+        journal.imported(&journal.take());
+        assert_eq!(tokio::time::timeout(Duration::from_secs(1), reader).await.unwrap(), Ok(true));
+
+        // The wait is bounded; only far behind is a read refused.
+        for _ in 0..EASY_WAITING / batch.len() {
+            journal.append(&batch).unwrap();
+        }
+        let started = std::time::Instant::now();
+        journal.room().await;
+        assert!((MAX_WAIT..MAX_WAIT * 2).contains(&started.elapsed()), "{:?}", started.elapsed());
+        while journal.append(&batch).is_ok() {}
+        assert!(journal.writer().as_ref().unwrap().waiting.len() > MAX_WAITING - batch.len());
+        // An import that failed refuses at once: no read waits on it.
+        journal.stalled("disk full".into());
+        tokio::time::timeout(Duration::from_millis(100), journal.room()).await.unwrap();
+        assert!(journal.append(&[read_event(0)]).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod chain;
 mod event;
 pub mod forward;
 pub mod journal;
+pub mod refusals;
 
 pub use chain::Verdict;
 pub use event::{Actor, Event, Outcome, Read, ReadDetail, Record, entry_json};

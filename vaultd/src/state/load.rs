@@ -5,7 +5,7 @@
 //! in a [`Violation`] and its scope is quarantined.
 
 use super::mac::{self, Root, SUMMED, Sums, Table};
-use super::model::{Client, Incident, KeyTerm, Secret, Token, VersionState};
+use super::model::{Client, Grant, Incident, KeyTerm, Secret, Token, VersionState};
 use super::{Image, Scope, Violation};
 use crate::crypto::{MAC_LEN, Mac, Unlocked};
 use crate::store::{Child, Found, StoreError, StoredState, Txn};
@@ -107,7 +107,7 @@ fn assemble(stored: StoredState) -> Assembled {
             macs.into_iter().map(move |(t, key, _)| (t, format!("secret row {parent}: {key}")))
         })
         .collect();
-    let mut by_client: HashMap<i64, Vec<Child<String, i64>>> = HashMap::new();
+    let mut by_client: HashMap<i64, Vec<Child<String, Grant>>> = HashMap::new();
     for g in grants {
         by_client.entry(g.parent).or_default().push(g);
     }

@@ -18,7 +18,7 @@
 //!
 //! Encodings are length-prefixed so that no two different rows encode alike.
 
-use super::model::{Client, Incident, KeyTerm, Rotation, Secret, Token, Version};
+use super::model::{Client, Grant, Incident, KeyTerm, Rotation, Secret, Token, Version};
 use crate::crypto::{Mac, Unlocked};
 use std::collections::BTreeMap;
 
@@ -187,8 +187,8 @@ pub fn secret(keys: &Unlocked, s: &Secret) -> SecretMacs {
     SecretMacs { row: secret_row(keys, s, &versions, &rotations), versions, rotations }
 }
 
-pub fn grant(keys: &Unlocked, client: &str, pattern: &str, created_unix: i64) -> Mac {
-    Enc::new(Table::Grant).str(client).str(pattern).int(created_unix).mac(keys)
+pub fn grant(keys: &Unlocked, client: &str, pattern: &str, g: &Grant) -> Mac {
+    Enc::new(Table::Grant).str(client).str(pattern).str(g.kind.as_str()).int(g.created_unix).mac(keys)
 }
 
 pub fn client_row(keys: &Unlocked, c: &Client, grants: &BTreeMap<String, Mac>) -> Mac {
@@ -199,6 +199,7 @@ pub fn client_row(keys: &Unlocked, c: &Client, grants: &BTreeMap<String, Mac>) -
         .opt(c.exe.as_deref(), Enc::str)
         .opt(c.exe_sha256.as_deref(), Enc::str)
         .flag(c.enabled)
+        .flag(c.token_only)
         .int(c.created_unix);
     e.uint(grants.len() as u64);
     for (pattern, mac) in grants {
@@ -208,8 +209,7 @@ pub fn client_row(keys: &Unlocked, c: &Client, grants: &BTreeMap<String, Mac>) -
 }
 
 pub fn client(keys: &Unlocked, c: &Client) -> ClientMacs {
-    let grants: BTreeMap<String, Mac> =
-        c.grants.iter().map(|(p, created)| (p.clone(), grant(keys, &c.name, p, *created))).collect();
+    let grants: BTreeMap<String, Mac> = c.grants.iter().map(|(p, g)| (p.clone(), grant(keys, &c.name, p, g))).collect();
     ClientMacs { row: client_row(keys, c, &grants), grants }
 }
 

@@ -20,8 +20,8 @@ pub mod model;
 
 pub use change::{PolicyChange, Promoted, SecretLabels};
 pub use model::{
-    Client, Incident, IncidentMode, KeyTerm, Rotation, Secret, SecretRow, Step, Token, Trigger, Version, VersionRow,
-    VersionState,
+    Client, Grant, GrantKind, Incident, IncidentMode, KeyTerm, Rotation, Secret, SecretRow, Step, Token, Trigger,
+    Version, VersionRow, VersionState,
 };
 
 use crate::crypto::Unlocked;

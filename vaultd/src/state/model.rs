@@ -77,6 +77,16 @@ spelled! {
 }
 
 spelled! {
+    /// What a grant allows.
+    pub enum GrantKind {
+        /// The value itself (and its use through the broker).
+        Read = "read",
+        /// Its use through the broker only: the agent never holds the value.
+        Use = "use",
+    }
+}
+
+spelled! {
     /// How a revoke-all was made: through vaultd, or straight on the data
     /// directory by `vaultctl revoke-all --offline` (applied by vaultd later).
     pub enum IncidentMode {
@@ -152,9 +162,19 @@ pub struct Client {
     pub exe: Option<String>,
     pub exe_sha256: Option<String>,
     pub enabled: bool,
+    /// Matched by its tokens only, never by the kernel's identity alone (and a
+    /// uid with such a client matches none of its clients without a token).
+    pub token_only: bool,
     pub created_unix: i64,
-    /// Grant patterns, with when each was given.
-    pub grants: BTreeMap<String, i64>,
+    /// Grant patterns.
+    pub grants: BTreeMap<String, Grant>,
+}
+
+/// One grant of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub kind: GrantKind,
+    pub created_unix: i64,
 }
 
 /// A bearer token (its keyed hash; never the token).

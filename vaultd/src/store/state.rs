@@ -5,7 +5,7 @@
 
 use super::{StoreError, Txn};
 use crate::state::mac::{ClientMacs, Root, SecretMacs, Table};
-use crate::state::model::{Client, Incident, KeyTerm, Rotation, Secret, Token, Version};
+use crate::state::model::{Client, Grant, Incident, KeyTerm, Rotation, Secret, Token, Version};
 use rusqlite::{OptionalExtension, params};
 use std::sync::Arc;
 
@@ -34,8 +34,7 @@ pub struct StoredState {
     pub rotations: Vec<Child<i64, Rotation>>,
     /// Clients without their grants.
     pub clients: Vec<Found<Client>>,
-    /// (pattern, created)
-    pub grants: Vec<Child<String, i64>>,
+    pub grants: Vec<Child<String, Grant>>,
     pub tokens: Vec<Found<Token>>,
     pub incidents: Vec<Found<Incident>>,
     pub terms: Vec<Found<KeyTerm>>,
@@ -154,8 +153,9 @@ impl Txn<'_> {
                 Ok(())
             },
         )?;
-        let mut stmt =
-            tx.prepare("SELECT id, name, uid, gid, exe, exe_sha256, enabled, created_unix, mac FROM client")?;
+        let mut stmt = tx.prepare(
+            "SELECT id, name, uid, gid, exe, exe_sha256, enabled, created_unix, mac, token_only FROM client",
+        )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let row = Client {
@@ -166,13 +166,19 @@ impl Txn<'_> {
                 exe: r.get(4)?,
                 exe_sha256: r.get(5)?,
                 enabled: r.get(6)?,
+                token_only: r.get(9)?,
                 created_unix: r.get(7)?,
                 grants: Default::default(),
             };
             s.clients.push(Found { row, mac: r.get(8)? });
         }
-        each_row(tx, "SELECT client_id, pattern, created_unix, mac FROM client_grant", |r| {
-            s.grants.push(Child { parent: r.get(0)?, key: r.get(1)?, row: r.get(2)?, mac: r.get(3)? });
+        each_row(tx, "SELECT rowid, client_id, pattern, created_unix, mac, kind FROM client_grant", |r| {
+            let Some(kind) = spelled(r, 5)? else {
+                s.unreadable.push((Table::Grant, r.get(0)?));
+                return Ok(());
+            };
+            let row = Grant { kind, created_unix: r.get(3)? };
+            s.grants.push(Child { parent: r.get(1)?, key: r.get(2)?, row, mac: r.get(4)? });
             Ok(())
         })?;
         // A token's client is named by its row id; one that names no client reads
@@ -383,15 +389,25 @@ impl Txn<'_> {
         let tx = &self.tx;
         if new.id == 0 {
             tx.execute(
-                "INSERT INTO client (name, uid, gid, exe, exe_sha256, enabled, created_unix, mac)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                params![new.name, new.uid, new.gid, new.exe, new.exe_sha256, new.enabled, new.created_unix, macs.row],
+                "INSERT INTO client (name, uid, gid, exe, exe_sha256, enabled, token_only, created_unix, mac)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                params![
+                    new.name,
+                    new.uid,
+                    new.gid,
+                    new.exe,
+                    new.exe_sha256,
+                    new.enabled,
+                    new.token_only,
+                    new.created_unix,
+                    macs.row
+                ],
             )?;
             new.id = tx.last_insert_rowid();
         } else {
             tx.prepare_cached(
-                "UPDATE client SET name = ?, uid = ?, gid = ?, exe = ?, exe_sha256 = ?, enabled = ?, created_unix = ?,
-                   mac = ? WHERE id = ?",
+                "UPDATE client SET name = ?, uid = ?, gid = ?, exe = ?, exe_sha256 = ?, enabled = ?, token_only = ?,
+                   created_unix = ?, mac = ? WHERE id = ?",
             )?
             .execute(params![
                 new.name,
@@ -400,6 +416,7 @@ impl Txn<'_> {
                 new.exe,
                 new.exe_sha256,
                 new.enabled,
+                new.token_only,
                 new.created_unix,
                 macs.row,
                 new.id
@@ -410,15 +427,21 @@ impl Txn<'_> {
             "DELETE FROM client_grant WHERE client_id = ?1 AND pattern NOT IN (SELECT value FROM json_each(?2))",
         )?
         .execute(params![new.id, serde_json::to_string(&patterns).unwrap_or_default()])?;
-        for (pattern, created) in &new.grants {
-            if old.and_then(|o| o.grants.get(pattern)) == Some(created) {
+        for (pattern, g) in &new.grants {
+            if old.and_then(|o| o.grants.get(pattern)) == Some(g) {
                 continue;
             }
             tx.prepare_cached(
-                "INSERT INTO client_grant (client_id, pattern, created_unix, mac) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (client_id, pattern) DO UPDATE SET created_unix = ?3, mac = ?4",
+                "INSERT INTO client_grant (client_id, pattern, kind, created_unix, mac) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (client_id, pattern) DO UPDATE SET kind = ?3, created_unix = ?4, mac = ?5",
             )?
-            .execute(params![new.id, pattern, created, macs.grants.get(pattern).map(|m| &m[..])])?;
+            .execute(params![
+                new.id,
+                pattern,
+                g.kind.as_str(),
+                g.created_unix,
+                macs.grants.get(pattern).map(|m| &m[..])
+            ])?;
         }
         Ok(())
     }

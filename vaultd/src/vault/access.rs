@@ -3,7 +3,7 @@
 use super::{Vault, VaultError};
 use crate::audit::{Actor, Event, Outcome};
 use crate::crypto::{self, SecretBytes};
-use crate::state::{Client, Draft, Token};
+use crate::state::{Client, Draft, Grant, GrantKind, Token};
 use std::time::Duration;
 use vault_proto::names;
 
@@ -37,14 +37,16 @@ impl Vault {
             .with("gid", client.gid)
             .with("exe", client.exe.clone())
             .with("exe_sha256", client.exe_sha256.clone())
-            .with("grants", patterns);
+            .with("token_only", client.token_only)
+            .with("grants", patterns)
+            .with("use_only", client.grants.values().any(|g| g.kind == GrantKind::Use));
         let name = client.name.clone();
         let now = crate::clock::now_unix();
         self.client_change(&name, event, |state| {
             if state.client(&client.name)?.is_some() {
                 return Err(VaultError::ClientExists(client.name.clone()));
             }
-            let grants = client.grants.keys().map(|p| (p.clone(), now)).collect();
+            let grants = client.grants.iter().map(|(p, g)| (p.clone(), Grant { created_unix: now, ..*g })).collect();
             state.insert_client(Client { id: 0, enabled: true, created_unix: now, grants, ..client })?;
             Ok(())
         })
@@ -79,26 +81,33 @@ impl Vault {
         })
     }
 
-    /// Adds (`grant`) or removes grant patterns.
+    /// Adds grant patterns of `kind` (`None`: removes them). A pattern granted
+    /// again takes the new kind.
     pub fn client_grants(
         &self,
         actor: &Actor,
         name: &str,
         patterns: &[String],
-        grant: bool,
+        kind: Option<GrantKind>,
     ) -> Result<Client, VaultError> {
         check_patterns(patterns)?;
         self.keys()?;
-        let kind = if grant { "client.grant" } else { "client.ungrant" };
-        let event = Event::new(kind, Outcome::Ok, actor).with("client", name).with("patterns", patterns.to_vec());
+        let mut event = match kind {
+            Some(kind) => Event::new("client.grant", Outcome::Ok, actor).with("kind", kind.as_str()),
+            None => Event::new("client.ungrant", Outcome::Ok, actor),
+        };
+        event = event.with("client", name).with("patterns", patterns.to_vec());
         let now = crate::clock::now_unix();
         self.client_change(name, event, |state| {
             let client = found(state, name)?;
             for p in patterns {
-                if grant {
-                    client.grants.entry(p.clone()).or_insert(now);
-                } else {
-                    client.grants.remove(p);
+                match kind {
+                    Some(kind) => {
+                        client.grants.insert(p.clone(), Grant { kind, created_unix: now });
+                    }
+                    None => {
+                        client.grants.remove(p);
+                    }
                 }
             }
             Ok(())

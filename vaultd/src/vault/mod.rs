@@ -19,11 +19,13 @@ mod watch;
 use crate::policy::Reader;
 pub use access::MAX_TOKENS_PER_CLIENT;
 pub use keys::{KeyRotated, MAX_REWRAP_BATCH, Rewrapped};
+pub use read::Usage;
 pub use rotate::{Rotated, RotationRow, Trigger};
 pub use watch::{Update, Watcher};
 
 use crate::audit::chain::{self, Resumed, Tip};
 use crate::audit::journal::{self, Appended, Journal, JournalFailed};
+use crate::audit::refusals::Refusals;
 use crate::audit::{Actor, Event, Outcome, Record, Verdict, batch, forward};
 use crate::config::Config;
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
@@ -191,6 +193,8 @@ pub struct Vault {
     kdf_gate: Mutex<()>,
     /// Where the records of reads and refusals go first (see `audit::journal`).
     journal: Journal,
+    /// A caller's refusals past its budget, counted (see `audit::refusals`).
+    refusals: Refusals,
     /// Whether successful agent reads are recorded (denials always are).
     audit_reads: bool,
     /// The vault's owner (vaultd's uid): reads everything on the agent socket.
@@ -235,6 +239,7 @@ impl Vault {
             chain: Mutex::new(None),
             kdf_gate: Mutex::new(()),
             journal: Journal::new(data_dir),
+            refusals: Refusals::new(rustix::process::geteuid().as_raw()),
             audit_reads: config.audit.reads,
             rotation: config.rotation.clone(),
             rotating: Mutex::default(),
@@ -563,6 +568,7 @@ impl Vault {
     /// returns once they are recorded: journaled, or while sealed (no key to
     /// chain with) committed in a transaction.
     pub(super) fn record_all<R: Record>(&self, records: Vec<R>) -> Result<(), VaultError> {
+        let records = self.refusals.sift(records);
         match self.journal.append(&records)? {
             Appended::Yes => Ok(()),
             Appended::Closed => self.append(records.into_iter().map(Record::into_event).collect(), false),
@@ -580,6 +586,12 @@ impl Vault {
         if let Err(e) = self.record(event) {
             tracing::error!(error = %e, "recording a refusal failed");
         }
+    }
+
+    /// Records the refusals counted since the last call, a record per caller
+    /// (the daemon's, every `audit::refusals::INTERVAL`, and at shutdown).
+    pub fn record_refusals(&self) -> Result<(), VaultError> {
+        self.record_all(self.refusals.summaries())
     }
 
     /// Records an event now, durably (startup and shutdown records).

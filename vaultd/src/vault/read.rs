@@ -6,7 +6,7 @@ use super::{SecretRef, Vault, VaultError};
 use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Record};
 use crate::crypto::SecretBytes;
 use crate::identity::{Caller, Peer};
-use crate::policy::{self, Decision, Reader};
+use crate::policy::{self, Action, Decision, Reader};
 use std::sync::Arc;
 
 /// The record of a read by `actor` as `client`, which ended as `outcome` says.
@@ -86,9 +86,52 @@ impl Vault {
     ) -> Result<(u64, SecretBytes), VaultError> {
         let mut actor = actor.clone();
         let reader = self.identify(&mut actor, peer, token).await?;
-        self.admit(&actor, &reader)?;
+        self.admit(&actor, &reader, 1)?;
         let mut values = self.read_as(&actor, &reader, &[(secret, version)]).await?;
         values.pop().ok_or_else(|| secret.not_found())
+    }
+
+    /// The credential broker's question for one request: may this caller (the
+    /// kernel's identity, or a token) have `secret` used on its behalf (a `use`
+    /// or `read` grant, `policy::decide`)? If so, its current value, for the
+    /// broker to put on the wire, never for the caller. Rate-limited and
+    /// audited as `secret.use` (allowed or denied), like a read. Not granted and
+    /// not found are the same answer.
+    pub async fn authorize_use(
+        &self,
+        actor: &Actor,
+        peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
+        secret: SecretRef<'_>,
+    ) -> Result<Usage, VaultError> {
+        let mut actor = actor.clone();
+        let reader = self.identify(&mut actor, peer, token).await?;
+        self.admit(&actor, &reader, 1)?;
+        let epoch = self.incident_epoch.load(std::sync::atomic::Ordering::SeqCst);
+        let decision = self.decide(&reader, secret, Action::Use);
+        let result = match &decision {
+            Decision::Allowed { .. } => self.read_for_agent(secret, 0),
+            Decision::Denied(_) => Err(secret.not_found()),
+        };
+        let (client, detail) = match (&decision, &result) {
+            (Decision::Denied(why), _) => (None, (Outcome::Denied, ReadDetail::Reason((*why).into()))),
+            (Decision::Allowed { client }, r) => (client.as_deref(), outcome(r)),
+        };
+        self.journal.room().await;
+        self.record_all(vec![read_record("secret.use", &actor, client, secret, detail)])?;
+        let (version, value) = result?;
+        let client = client.map(str::to_owned);
+        Ok(Usage { actor, reader, env: secret.env.into(), name: secret.name.into(), version, value, client, epoch })
+    }
+
+    /// Whether a use allowed by [`Vault::authorize_use`] may go on (a stream in
+    /// flight): no revoke-all since, the vault unsealed, and the caller still
+    /// allowed (a client disabled, a grant or token revoked end it).
+    pub fn may_still_use(&self, usage: &Usage) -> bool {
+        let secret = SecretRef { env: &usage.env, name: &usage.name };
+        self.incident_epoch.load(std::sync::atomic::Ordering::SeqCst) == usage.epoch
+            && !self.is_sealed()
+            && matches!(self.decide(&usage.reader, secret, Action::Use), Decision::Allowed { .. })
     }
 
     /// An agent's read of current values, all or nothing, for `peer` as the kernel
@@ -104,7 +147,7 @@ impl Vault {
     ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
         let mut actor = actor.clone();
         let reader = self.identify(&mut actor, peer, token).await?;
-        self.admit(&actor, &reader)?;
+        self.admit(&actor, &reader, secrets.len())?;
         let wanted: Vec<_> = secrets.iter().map(|s| (*s, 0)).collect();
         self.read_as(&actor, &reader, &wanted).await
     }
@@ -121,26 +164,29 @@ impl Vault {
     ) -> Result<Vec<String>, VaultError> {
         let mut actor = actor.clone();
         let reader = self.identify(&mut actor, peer, token).await?;
-        self.admit(&actor, &reader)?;
+        self.admit(&actor, &reader, 1)?;
         let names: Vec<String> = self
             .list(env)?
             .into_iter()
-            .filter(|s| matches!(self.decide(&reader, SecretRef { env, name: &s.name }), Decision::Allowed { .. }))
+            .filter(|s| {
+                matches!(self.decide(&reader, SecretRef { env, name: &s.name }, Action::Read), Decision::Allowed { .. })
+            })
             .map(|s| s.name)
             .collect();
         self.record(Event::new("secret.list", Outcome::Ok, &actor).with("env", env).with("names", names.len()))?;
         Ok(names)
     }
 
-    /// The rate limit, per client (or uid) and global; the owner is exempt.
-    pub(super) fn admit(&self, actor: &Actor, reader: &Reader) -> Result<(), VaultError> {
+    /// The rate limit for a read of `cost` secrets, per client (or uid) and
+    /// global; the owner is exempt.
+    pub(super) fn admit(&self, actor: &Actor, reader: &Reader, cost: usize) -> Result<(), VaultError> {
         let limit_key = match reader {
             Reader::Owner => None,
             Reader::Token { client, .. } => Some(client.name.clone()),
             Reader::Kernel(c) => Some(format!("uid:{}", c.peer.uid)),
             Reader::Nobody => Some("nobody".into()),
         };
-        if let Err(wait) = self.limits.admit(limit_key.as_deref()) {
+        if let Err(wait) = self.limits.admit(limit_key.as_deref(), cost) {
             let event = Event::new("request.rate_limited", Outcome::Denied, actor)
                 .with("retry_after_ms", wait.as_millis() as u64);
             self.record_detached(event);
@@ -151,9 +197,9 @@ impl Vault {
 
     /// Whether `reader` may read `secret` now, by the one rule (`policy::decide`),
     /// against the verified state.
-    pub(super) fn decide(&self, reader: &Reader, secret: SecretRef<'_>) -> Decision {
+    pub(super) fn decide(&self, reader: &Reader, secret: SecretRef<'_>, action: Action) -> Decision {
         let image = self.image();
-        policy::decide(reader, &image, secret.env, secret.name, crate::clock::now_unix())
+        policy::decide(reader, &image, secret.env, secret.name, action, crate::clock::now_unix())
     }
 
     /// Reads `secrets` (each with its version, 0 for current) for an identified
@@ -166,7 +212,7 @@ impl Vault {
     ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
         let mut results = Vec::with_capacity(secrets.len());
         let mut records = Vec::with_capacity(secrets.len());
-        let decisions: Vec<Decision> = secrets.iter().map(|(s, _)| self.decide(reader, *s)).collect();
+        let decisions: Vec<Decision> = secrets.iter().map(|(s, _)| self.decide(reader, *s, Action::Read)).collect();
         for ((secret, version), decision) in secrets.iter().zip(&decisions) {
             let client = match decision {
                 Decision::Allowed { client } => client.as_deref(),
@@ -188,6 +234,7 @@ impl Vault {
             }
             results.push(result);
         }
+        self.journal.room().await;
         self.record_all(records)?;
         results.into_iter().collect()
     }
@@ -204,12 +251,6 @@ impl Vault {
         let Some(token) = token else {
             return Ok(if peer.uid == self.owner { Reader::Owner } else { Reader::Kernel(Caller::new(peer.clone())) });
         };
-        if let Err(wait) = self.limits.auth_allowed(peer.uid) {
-            self.record_detached(
-                Event::new("token.refused", Outcome::Denied, actor).with("reason", "paused after failed attempts"),
-            );
-            return Err(VaultError::RateLimited(wait));
-        }
         let keys = self.keys()?;
         let hash = keys.token_hash(token.expose());
         let now = crate::clock::now_unix();
@@ -234,12 +275,10 @@ impl Vault {
         })?;
         match checked {
             Ok((accessor, client)) => {
-                self.limits.auth_succeeded(peer.uid);
                 actor.token = Some(accessor.clone());
                 Ok(Reader::Token { client, accessor, uid: peer.uid })
             }
             Err((reason, accessor)) => {
-                self.limits.auth_failed(peer.uid);
                 let mut event = Event::new("token.refused", Outcome::Denied, actor).with("reason", reason);
                 if let Some(accessor) = accessor {
                     event = event.with("accessor", accessor);
@@ -262,4 +301,19 @@ impl Vault {
         self.append(vec![read_record("secret.reveal", actor, None, secret, outcome(&result)).into_event()], false)?;
         result
     }
+}
+
+/// A use of a secret the broker was allowed (see [`Vault::authorize_use`]).
+pub struct Usage {
+    /// Who asked (with the token's accessor, if any), for the request's record.
+    pub actor: Actor,
+    reader: Reader,
+    pub env: String,
+    pub name: String,
+    pub version: u64,
+    /// The value to put on the wire. Never returned to the caller.
+    pub value: SecretBytes,
+    /// The client whose grant allowed it (`None`: the owner).
+    pub client: Option<String>,
+    epoch: u64,
 }

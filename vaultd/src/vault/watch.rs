@@ -11,7 +11,7 @@ use super::{Reader, SecretRef, Vault, VaultError};
 use crate::audit::{Actor, Event, Outcome};
 use crate::crypto::SecretBytes;
 use crate::identity::Peer;
-use crate::policy::Decision;
+use crate::policy::{Action, Decision};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,6 +24,8 @@ pub struct Watcher {
     changes: tokio::sync::watch::Receiver<u64>,
     /// The incident epoch at open: a later incident ends the watch.
     epoch: u64,
+    /// When its token expires or goes idle (see `policy::token_ends`).
+    token_ends: Option<i64>,
     _open: Open,
 }
 
@@ -65,7 +67,7 @@ impl Vault {
         let epoch = self.incident_epoch.load(Ordering::SeqCst);
         let mut actor = actor.clone();
         let reader = self.identify(&mut actor, peer, token).await?;
-        self.admit(&actor, &reader)?;
+        self.admit(&actor, &reader, secrets.len())?;
         let wanted: Vec<_> = secrets.iter().map(|s| (*s, 0)).collect();
         let values = self.read_as(&actor, &reader, &wanted).await?;
         let first = secrets
@@ -75,7 +77,8 @@ impl Vault {
             .collect::<Vec<_>>();
         let secrets = first.iter().map(|u| (u.env.clone(), u.name.clone(), u.version)).collect();
         let open = Open::new(&self.watching);
-        Ok((Watcher { actor, reader, secrets, changes, epoch, _open: open }, first))
+        let token_ends = self.token_ends(&reader);
+        Ok((Watcher { actor, reader, secrets, changes, epoch, token_ends, _open: open }, first))
     }
 
     /// Waits until some watched secret has a new current version and returns
@@ -83,8 +86,11 @@ impl Vault {
     /// longer read one of them, or with the error a read gives (sealed).
     pub async fn watch_next(&self, watcher: &mut Watcher) -> Result<Vec<Update>, VaultError> {
         loop {
-            if watcher.changes.changed().await.is_err() {
-                return Err(VaultError::Sealed);
+            let ends = watcher.token_ends.unwrap_or(i64::MAX);
+            tokio::select! {
+                changed = watcher.changes.changed() => changed.map_err(|_| VaultError::Sealed)?,
+                // Its token's time is up: the recheck ends it.
+                () = crate::clock::sleep_until_unix(ends), if watcher.token_ends.is_some() => {}
             }
             if self.incident_epoch.load(Ordering::SeqCst) != watcher.epoch {
                 return Err(VaultError::AccessEnded("every watched secret (revoke-all)".into()));
@@ -98,7 +104,7 @@ impl Vault {
                 let ended = || VaultError::AccessEnded(format!("{env}/{name}"));
                 // The one decision, as for a read: a token revoked or expired, a
                 // client disabled, a grant removed all end the watch here.
-                let client = match self.decide(&watcher.reader, secret) {
+                let client = match self.decide(&watcher.reader, secret, Action::Read) {
                     Decision::Allowed { client } => client,
                     Decision::Denied(why) => return Err(self.watch_ended(watcher, secret, why, ended())),
                 };
@@ -129,6 +135,9 @@ impl Vault {
                     }
                 }
             }
+            // Its token may have been used meanwhile, which moves its idle end.
+            watcher.token_ends = self.token_ends(&watcher.reader);
+            self.journal.room().await;
             self.record_all(events)?;
             for update in &updates {
                 if let Some(entry) = watcher.secrets.iter_mut().find(|(e, n, _)| *e == update.env && *n == update.name)
@@ -140,6 +149,12 @@ impl Vault {
                 return Ok(updates);
             }
         }
+    }
+
+    /// When a token-identified watch's token expires or goes idle, as it stands now.
+    fn token_ends(&self, reader: &Reader) -> Option<i64> {
+        let Reader::Token { accessor, .. } = reader else { return None };
+        self.image().token(accessor).and_then(|t| t.ends_at())
     }
 
     fn watch_ended(&self, watcher: &Watcher, secret: SecretRef<'_>, reason: &str, error: VaultError) -> VaultError {
