@@ -246,7 +246,8 @@ async fn import_journal(vault: Arc<Vault>) {
 }
 
 /// Every interval, the refusals counted past their callers' budgets, a record
-/// per caller (see `audit::refusals`).
+/// per caller (see `audit::refusals`), and the token uses noted since they were
+/// last written (see `Vault::flush_token_uses`).
 async fn record_refusals(vault: Arc<Vault>) {
     let mut tick = tokio::time::interval(refusals::INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -255,6 +256,10 @@ async fn record_refusals(vault: Arc<Vault>) {
         tick.tick().await;
         if let Err(e) = vault.record_refusals() {
             tracing::error!(error = %e, "recording the refusals counted failed");
+        }
+        let v = vault.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || v.flush_token_uses()).await {
+            tracing::error!(error = %e, "writing the token uses back failed");
         }
     }
 }

@@ -3,7 +3,7 @@
 //! daemon or the passphrase (`vaultctl revoke-all --offline`).
 
 use crate::audit::{Actor, Event, Outcome, chain};
-use crate::state::{Draft, Incident, IncidentMode, StateError};
+use crate::state::{Draft, Incident, IncidentMode, Persist as _, StateError};
 use crate::store::{Store, StoreError, now_unix};
 use std::path::Path;
 

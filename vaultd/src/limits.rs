@@ -16,49 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// `[limits]` in the config.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Secrets per second each client may read, sustained, and in a burst (a
-    /// `GetSecrets` of N names counts N).
-    pub client_rate: f64,
-    pub client_burst: f64,
-    /// Secrets per second for all callers but the owner together.
-    pub global_rate: f64,
-    pub global_burst: f64,
-    /// Agent connections open at once, in all and per uid (the owner exempt).
-    /// Unset: derived from the file limit (see [`ConnectionCaps`]).
-    pub connections: Option<usize>,
-    pub connections_per_uid: Option<usize>,
-    /// Watch streams open at once per uid (the owner has slots of its own).
-    pub watches_per_uid: usize,
-    /// Reads in flight at once per uid (watch streams are counted apart).
-    pub requests_per_uid: usize,
-    /// A connection that has not sent the HTTP/2 preface within this is closed.
-    #[serde(deserialize_with = "crate::config::duration_value")]
-    pub handshake_timeout: Duration,
-    /// A connection with no open stream for this long is closed (gracefully).
-    #[serde(deserialize_with = "crate::config::duration_value")]
-    pub idle_timeout: Duration,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            client_rate: 100.0,
-            client_burst: 200.0,
-            global_rate: 100_000.0,
-            global_burst: 100_000.0,
-            connections: None,
-            connections_per_uid: None,
-            watches_per_uid: 256,
-            requests_per_uid: 64,
-            handshake_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(300),
-        }
-    }
-}
+pub use crate::config::LimitsConfig;
 
 /// Watch streams open at once, all callers together.
 pub const MAX_WATCHES: usize = 4096;

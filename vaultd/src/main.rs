@@ -62,6 +62,11 @@ fn main() -> ExitCode {
     if rustix::process::geteuid().is_root() {
         tracing::warn!("running as root: run vaultd as a dedicated user (see SECURITY.md)");
     }
+    if !vaultd::identity::exe_attestation() {
+        tracing::info!(
+            "exe attestation unavailable (no CAP_SYS_PTRACE): --exe and --exe-sha256 match no agent of another uid; see README \"Executable selectors\""
+        );
+    }
     if kdf::insecure_test_profile_enabled() {
         eprintln!(
             "vaultd: WARNING: {}=1 — new vaults use a trivially cheap KDF. FOR TESTS ONLY; never store real secrets.",

@@ -116,7 +116,7 @@ async fn build(dir: &Path, older: &Path) -> Vec<SecretBytes> {
 }
 
 fn peer(uid: u32) -> Peer {
-    Peer { uid, gid: uid, pid: None, start_time: None, pidfd: None }
+    Peer { uid, gid: uid, pid: None, accepted: None }
 }
 
 /// Every read an agent could try, in a fixed order: its outcome (the value, or

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
+use tonic::transport::Channel;
 use vault_proto::names;
+use vault_proto::v1::admin_client::AdminClient;
 use vault_proto::v1::{self, ClientInfo};
 
 use crate::Global;
@@ -171,7 +173,13 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
                 token_only: a.token_only,
                 use_only: a.use_only,
             };
-            daemon::admin(global).await?.add_client(request).await.reply()?
+            let pins_exe = !request.exe.is_empty() || !request.exe_sha256.is_empty();
+            let mut admin = daemon::admin(global).await?;
+            let added = admin.add_client(request).await.reply()?;
+            if pins_exe {
+                warn_without_exe_attestation(&mut admin).await?;
+            }
+            added
         }
         Command::Grant(g) => {
             let request = v1::GrantRequest {
@@ -243,4 +251,17 @@ fn row(c: &ClientInfo) -> Vec<String> {
         },
         timestamp(c.created_unix),
     ]
+}
+
+/// A client that pins an executable matches no agent of another uid while
+/// vaultd cannot read their executables: say so (the client is added anyway).
+async fn warn_without_exe_attestation(admin: &mut AdminClient<Channel>) -> anyhow::Result<()> {
+    let status = admin.status(v1::StatusRequest {}).await.reply()?;
+    if !status.exe_attestation {
+        eprintln!(
+            "vaultctl: warning: exe attestation {}; until then this client matches no agent of another uid",
+            super::status::exe_attestation(&status)
+        );
+    }
+    Ok(())
 }

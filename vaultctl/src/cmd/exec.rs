@@ -5,8 +5,9 @@
 //! the program's status, and on a rotation (pushed by `WatchSecrets`) restarts or
 //! signals it, as `--on-rotate` says.
 //!
-//! The program sees only the secrets named here: vaultctl's own `VAULT_TOKEN` is
-//! removed from its environment.
+//! The program sees only the secrets named here: vaultctl took its own
+//! `VAULT_TOKEN` out of its environment at start, and, being non-dumpable, its
+//! memory and `/proc/PID/environ` are closed to the program (root aside).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -38,8 +39,9 @@ pub(crate) struct Args {
 pub(crate) struct Launch {
     /// Write each secret to DIR/VAR (mode 0400; DIR made 0700 if missing, ideally
     /// on a tmpfs such as $XDG_RUNTIME_DIR) and set VAR_FILE to its path instead
-    /// of VAR: environment variables can be read by other processes of the same
-    /// user, files in a private directory cannot.
+    /// of VAR: out of the environment, which children inherit and tools print.
+    /// Files and environment alike are private from other users, not from other
+    /// processes of the same user: for that, run the program as a uid of its own.
     #[arg(long, value_name = "DIR")]
     files: Option<PathBuf>,
     /// On a rotation: restart the program with the new values (default), send it a
@@ -194,7 +196,7 @@ fn apply(values: &mut Values, bindings: &[(String, String)], mut reply: GetSecre
 
 fn spawn(args: &Launch, values: &Values, files: Option<&Files>) -> anyhow::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&args.command[0]);
-    cmd.args(&args.command[1..]).env_remove("VAULT_TOKEN");
+    cmd.args(&args.command[1..]);
     for (var, value) in values {
         match files {
             Some(files) => cmd.env(format!("{var}_FILE"), files.path(var)),

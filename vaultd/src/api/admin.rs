@@ -51,6 +51,7 @@ impl AdminApi {
             rotations_failed: s.rotations_failed,
             compromised: s.compromised,
             integrity: s.integrity,
+            exe_attestation: crate::identity::exe_attestation(),
         })
     }
 }

@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn actor_json_has_only_what_is_known() {
-        let p = Peer { uid: 1000, gid: 100, pid: Some(42), start_time: None, pidfd: None };
+        let p = Peer { uid: 1000, gid: 100, pid: Some(42), accepted: None };
         let text = serde_json::to_string(&Actor::peer("agent", Some(&p))).unwrap_or_default();
         assert_eq!(text, r#"{"socket":"agent","uid":1000,"gid":100,"pid":42}"#);
         assert_eq!(serde_json::to_string(&Actor::vaultd()).unwrap_or_default(), r#"{"vaultd":true}"#);

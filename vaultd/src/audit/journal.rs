@@ -725,7 +725,7 @@ mod tests {
 
         // What the journal writes straight from an event or a read is what the
         // table's MAC covers, and a read encodes as its event does.
-        let peer = Peer { uid: 1000, gid: 100, pid: Some(42), start_time: None, pidfd: None };
+        let peer = Peer { uid: 1000, gid: 100, pid: Some(42), accepted: None };
         let actor = Actor { token: Some("tok-1".into()), ..Actor::peer("agent", Some(&peer)) };
         let reads = [
             (Outcome::Denied, Some("bot ✓"), ReadDetail::Reason("sealed".into())),
@@ -771,7 +771,7 @@ mod tests {
         let secret = SecretRef::parse("", "telegram").unwrap();
         let value = SecretBytes::new(b"a value".to_vec());
         vault.put(&actor, secret, &SecretLabels::default(), &PolicyChange::default(), &value).unwrap();
-        let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, start_time: None, pidfd: None };
+        let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, accepted: None };
         for _ in 0..reads {
             vault.get(&actor, Some(&owner), None, secret, 0).await.unwrap();
         }
@@ -828,7 +828,7 @@ mod tests {
         let secret = SecretRef::parse("", "telegram").unwrap();
         let value = SecretBytes::new(b"a value".to_vec());
         vault.put(&actor, secret, &SecretLabels::default(), &PolicyChange::default(), &value).unwrap();
-        let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, start_time: None, pidfd: None };
+        let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, accepted: None };
         let read = || vault.get(&actor, Some(&owner), None, secret, 0);
         for _ in 0..5 {
             read().await.unwrap();
@@ -943,8 +943,7 @@ mod tests {
             }
             assert!(file.with_extension("damaged").exists(), "{what}: the evidence is gone");
             // Journaling starts afresh after the damage.
-            let owner =
-                Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, start_time: None, pidfd: None };
+            let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, accepted: None };
             let secret = SecretRef::parse("", "telegram").unwrap();
             vault.get(&Actor::vaultd(), Some(&owner), None, secret, 0).await.unwrap();
             drop(vault);

@@ -9,7 +9,7 @@ use crate::audit::chain;
 use crate::audit::{Actor, Event, Outcome};
 use crate::incident::{self, HookOutcome, Report};
 use crate::rotation::{Rotator, hook};
-use crate::state::{Incident, IncidentMode};
+use crate::state::{Incident, IncidentMode, Persist as _};
 use crate::store::{AuditFilter, AuditRow};
 use futures_util::StreamExt as _;
 use std::sync::atomic::Ordering;

@@ -111,10 +111,7 @@ pub enum VaultError {
 
 impl From<StateError> for VaultError {
     fn from(e: StateError) -> Self {
-        match e {
-            StateError::Quarantined(_) => VaultError::Integrity(e.to_string()),
-            StateError::Store(e) => e.into(),
-        }
+        VaultError::Integrity(e.to_string())
     }
 }
 
@@ -710,6 +707,10 @@ impl Vault {
     /// effect; its record (with a checkpoint of the log head) is written with the
     /// outgoing keys, and an error reports a record that could not be written.
     pub fn seal(&self, actor: &Actor) -> Result<(), VaultError> {
+        // The token uses noted in memory go with the image: written back first.
+        if let Err(e) = self.flush_token_uses() {
+            tracing::error!(error = %e, "writing the token uses back before sealing failed");
+        }
         let mut chain = self.chain();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = None;
         *self.image.write().unwrap_or_else(|p| p.into_inner()) = Image::default();
@@ -957,6 +958,18 @@ fn checkpoint(tip: &Tip) -> Event {
     Event::new("audit.checkpoint", Outcome::Ok, &Actor::vaultd())
         .with("seq", tip.seq)
         .with("mac", crypto::hex(&tip.mac))
+}
+
+/// Runs blocking work (an fsync, a hook's wait) from an async request without
+/// holding up the worker it runs on: on a multi-threaded runtime the worker
+/// hands its other tasks to another thread for the duration. The one place that
+/// decides this (a current-thread runtime, as in some unit tests, or no runtime
+/// at all, runs `f` in place).
+pub(crate) fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// A change in the making: the transaction it is written in, and the state as

@@ -2,7 +2,7 @@
 //! (the one decision is `policy::decide`), and the read itself, served from the
 //! verified state in memory and recorded before the value is released.
 
-use super::{SecretRef, Vault, VaultError};
+use super::{SecretRef, Vault, VaultError, off_worker};
 use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Record};
 use crate::crypto::SecretBytes;
 use crate::identity::{Caller, Peer};
@@ -117,6 +117,9 @@ impl Vault {
             (Decision::Denied(why), _) => (None, (Outcome::Denied, ReadDetail::Reason((*why).into()))),
             (Decision::Allowed { client }, r) => (client.as_deref(), outcome(r)),
         };
+        if result.is_ok() {
+            self.spend(&actor, &reader)?;
+        }
         self.journal.room().await;
         self.record_all(vec![read_record("secret.use", &actor, client, secret, detail)])?;
         let (version, value) = result?;
@@ -234,13 +237,53 @@ impl Vault {
             }
             results.push(result);
         }
+        if results.iter().any(Result::is_ok) {
+            self.spend(actor, reader)?;
+        }
         self.journal.room().await;
         self.record_all(records)?;
         results.into_iter().collect()
     }
 
-    /// Names the reader: a token (checked and used up by one), else the kernel's
-    /// identity. A refused token is recorded and never falls back to the uid.
+    /// Spends one use of the token a served request came with. A token with a
+    /// use limit is counted exactly, in a durable commit (off the async worker):
+    /// a use is never spent twice, even across a crash, and the last one is
+    /// refused to a concurrent request. One without a limit only notes the time
+    /// (see `state::Image::note_use`): no commit per read.
+    pub(super) fn spend(&self, actor: &Actor, reader: &Reader) -> Result<(), VaultError> {
+        let Reader::Token { accessor, .. } = reader else { return Ok(()) };
+        let now = crate::clock::now_unix();
+        {
+            let image = self.image();
+            let Some(token) = image.token(accessor) else { return Err(VaultError::TokenRefused) };
+            if token.uses_left.is_none() {
+                image.note_use(accessor, now);
+                return Ok(());
+            }
+        }
+        let spent = off_worker(|| {
+            self.write(|c| {
+                let Some(token) = c.state.token_mut(accessor)? else { return Ok((false, vec![])) };
+                if token.uses_left.is_some_and(|n| n <= 0) {
+                    return Ok((false, vec![]));
+                }
+                token.spend(now);
+                Ok((true, vec![]))
+            })
+        })?;
+        if !spent {
+            let event = Event::new("token.refused", Outcome::Denied, actor)
+                .with("reason", "no uses left")
+                .with("accessor", accessor.clone());
+            self.record(event)?;
+            return Err(VaultError::TokenRefused);
+        }
+        Ok(())
+    }
+
+    /// Names the reader: a token (checked; spent by [`Vault::spend`] once the
+    /// request is served), else the kernel's identity. A refused token is
+    /// recorded and never falls back to the uid.
     pub(super) async fn identify(
         &self,
         actor: &mut Actor,
@@ -254,25 +297,23 @@ impl Vault {
         let keys = self.keys()?;
         let hash = keys.token_hash(token.expose());
         let now = crate::clock::now_unix();
-        // The check and the use in one durable transaction: a use-limited token
-        // cannot be spent twice, even across a crash.
-        let checked = self.write(|c| {
-            let Some(found) = c.state.image().token_by_hash(&hash).cloned() else {
-                return Ok((Err(("unknown", None)), vec![]));
-            };
-            let accessor = found.accessor.clone();
-            if let Some(reason) = policy::token_refusal(&found, peer.uid, now) {
-                return Ok((Err((reason, Some(accessor))), vec![]));
+        // Checked here, spent only once the request is served (see `spend`).
+        let checked = {
+            let image = self.image();
+            match image.token_by_hash(&hash) {
+                None => Err(("unknown", None)),
+                Some(found) => {
+                    let accessor = found.accessor.clone();
+                    if let Some(reason) = policy::token_refusal(found, image.last_use(found), peer.uid, now) {
+                        Err((reason, Some(accessor)))
+                    } else if let Some(client) = image.client(&found.client).filter(|c| c.enabled).cloned() {
+                        Ok((accessor, client))
+                    } else {
+                        Err(("client disabled or removed", Some(accessor)))
+                    }
+                }
             }
-            // A refused token spends nothing: the client is checked before the use is.
-            let Some(client) = c.state.image().client(&found.client).filter(|c| c.enabled).cloned() else {
-                return Ok((Err(("client disabled or removed", Some(accessor))), vec![]));
-            };
-            if let Some(t) = c.state.token_mut(&accessor)? {
-                t.spend(now);
-            }
-            Ok((Ok((accessor, client)), vec![]))
-        })?;
+        };
         match checked {
             Ok((accessor, client)) => {
                 actor.token = Some(accessor.clone());

@@ -188,7 +188,7 @@ mod tests {
             vault.put(&actor, secret, &SecretLabels::default(), &PolicyChange::default(), &value).unwrap()
         };
         put("v1");
-        let owner = Peer { uid: vault.owner, gid: 0, pid: None, start_time: None, pidfd: None };
+        let owner = Peer { uid: vault.owner, gid: 0, pid: None, accepted: None };
         let (mut watcher, first) = vault.watch(&actor, Some(&owner), None, &[secret]).await.unwrap();
         assert_eq!((first.len(), first[0].version, first[0].value.expose()), (1, 1, &b"v1"[..]));
         // Five rotations while the watcher is not looking: it gets the last one only.
