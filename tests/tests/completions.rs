@@ -103,7 +103,7 @@ fn the_man_page_documents_the_real_commands() {
     assert!(!page.contains("vaultctl\\-man(1)") && !page.contains("vaultctl\\-help(1)"), "hidden or help pages listed");
     assert!(page.contains("\\-\\-admin\\-socket"), "the global options are documented");
     let name = page.split(".SH NAME\n").nth(1).and_then(|rest| rest.lines().next()).unwrap();
-    assert_eq!(name, "vaultctl \\- Manage a vaultd secrets vault", "the NAME line says it once");
+    assert_eq!(name, "vaultctl \\- manage a vaultd secrets vault", "the NAME line says it once");
     assert!(page.contains("vaultd is unreachable"), "the exit codes are documented");
 
     // --out-dir writes every page the main one refers to.

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Manage a vaultd secrets vault.
+/// manage a vaultd secrets vault.
 ///
 /// Secret values and passphrases are never taken from the command line: they come
 /// from a file, from stdin, or from a prompt that does not echo.
