@@ -211,9 +211,12 @@ fn every_shell_block_runs_in_order_as_written() {
     // `set -e` does not stop at a failure before `&&` (`a && b` with `a` failing
     // goes on): one command a line, so that every failure fails the test.
     for block in &run {
-        for line in block.text.lines().filter(|l| l.contains("&&") && !l.contains("sh -c")) {
-            panic!("a README command joined with && would hide a failure ({}): {line}", block.section);
-        }
+        let joined = block.text.lines().find(|l| l.contains("&&") && !l.contains("sh -c"));
+        assert!(
+            joined.is_none(),
+            "a README command joined with && would hide a failure ({}): {joined:?}",
+            block.section
+        );
     }
     for section in ["Install", "A first session", "A real vault", "From a `.env` file", "For agents"] {
         assert!(run.iter().any(|b| b.section == section), "no block in {section}");
