@@ -212,6 +212,12 @@ impl Admin for AdminApi {
             version: rotated.version,
             previous_version: rotated.promoted.previous.unwrap_or(0),
             grace_until_unix: rotated.promoted.grace_until,
+            revoked_compromised: rotated.compromised.iter().filter(|(_, r)| r.is_ok()).map(|(v, _)| *v).collect(),
+            not_revoked: rotated
+                .compromised
+                .iter()
+                .filter_map(|(v, r)| r.as_ref().err().map(|why| format!("version {v}: {why}")))
+                .collect(),
         }))
     }
 

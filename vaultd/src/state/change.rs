@@ -249,7 +249,11 @@ impl Secret {
                     v.state = VersionState::Destroyed;
                     v.ciphertext = None;
                 }
-                Some(at) => v.revoke_after_unix = Some(at),
+                Some(at) => {
+                    v.revoke_after_unix = Some(at);
+                    // Owed until it succeeds (a compromised version too).
+                    v.revoke_pending = true;
+                }
             }
         }
     }

@@ -249,22 +249,6 @@ impl Token {
     }
 }
 
-/// A secret's metadata as shown (never its value).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRow {
-    pub env: String,
-    pub name: String,
-    pub provider: String,
-    pub description: String,
-    pub current_version: u64,
-    pub created_unix: i64,
-    pub updated_unix: i64,
-    pub rotator: String,
-    pub rotate_every_secs: Option<i64>,
-    pub grace_secs: i64,
-    pub next_rotation_unix: Option<i64>,
-}
-
 /// One version's metadata as shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionRow {
@@ -275,22 +259,6 @@ pub struct VersionRow {
 }
 
 impl Secret {
-    pub fn row(&self) -> SecretRow {
-        SecretRow {
-            env: self.env.clone(),
-            name: self.name.clone(),
-            provider: self.provider.clone(),
-            description: self.description.clone(),
-            current_version: self.current_version,
-            created_unix: self.created_unix,
-            updated_unix: self.updated_unix,
-            rotator: self.rotator.clone(),
-            rotate_every_secs: self.rotate_every_secs,
-            grace_secs: self.grace_secs,
-            next_rotation_unix: self.next_rotation_unix,
-        }
-    }
-
     /// Every version, newest first.
     pub fn version_rows(&self) -> Vec<VersionRow> {
         self.versions

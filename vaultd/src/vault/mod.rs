@@ -32,8 +32,7 @@ use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, Version
 use crate::limits::Limits;
 use crate::rotation::RotationConfig;
 use crate::state::{
-    self, Draft, Image, PolicyChange, Promoted, Secret, SecretLabels, SecretRow, StateError, VersionRow, Violation,
-    anchor,
+    self, Draft, Image, PolicyChange, Promoted, Secret, SecretLabels, StateError, VersionRow, Violation, anchor,
 };
 use crate::store::{AuditFilter, AuditRow, Store, StoreError, Txn};
 use std::collections::HashSet;
@@ -203,6 +202,9 @@ pub struct Vault {
     rotation: RotationConfig,
     /// Secrets being rotated by this process (see `rotate::Claim`).
     rotating: Mutex<HashSet<(String, String)>>,
+    /// When the vault was last unlocked: a rotation in progress that started
+    /// before was interrupted by a crash (see `rotate::finish_interrupted`).
+    unlocked_at: std::sync::atomic::AtomicI64,
     /// Bumped after every change an agent's watch may care about (a new current
     /// version, a grant, a client or token change, a seal). A watch channel keeps
     /// only the latest value: a slow watcher skips to the newest state.
@@ -240,6 +242,7 @@ impl Vault {
             audit_reads: config.audit.reads,
             rotation: config.rotation.clone(),
             rotating: Mutex::default(),
+            unlocked_at: Default::default(),
             changes: tokio::sync::watch::Sender::new(0),
             incident_seen: latest_incident.into(),
             incident_epoch: Default::default(),
@@ -407,6 +410,7 @@ impl Vault {
             let mut change = Change { txn, state: image.draft() };
             prepare(&mut change)?;
             events.extend(incident::apply_pending(&mut change)?);
+            events.extend(rotate::roll_back_interrupted(&mut change)?);
             let changes = change.state.persist(txn, &keys)?;
             image.apply(changes);
             tip.generation = image.generation();
@@ -427,6 +431,7 @@ impl Vault {
         self.write_anchor(&keys, anchor::Mark { generation: image.generation(), seq: tip.seq });
         *self.image.write().unwrap_or_else(|p| p.into_inner()) = image;
         *chain = Some(Chain { keys: keys.clone(), tip });
+        self.unlocked_at.store(crate::clock::now_unix(), std::sync::atomic::Ordering::SeqCst);
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
         drop(chain);
         self.notify();
@@ -601,6 +606,10 @@ impl Vault {
     /// after one failed, requests that would be journaled are refused.
     pub fn import_journal(&self) -> Result<(), VaultError> {
         if !self.journal.is_waiting() {
+            // An import may be under way (its records taken, not yet committed):
+            // what reads the table next must see them, so wait for it. Every
+            // import holds the chain's lock until its transaction committed.
+            drop(self.chain());
             return Ok(());
         }
         self.append(Vec::new(), false).inspect_err(|e| self.journal.stalled(e.to_string()))
@@ -810,15 +819,16 @@ impl Vault {
         self.image().secret(secret.env, secret.name)?.cloned().ok_or_else(|| secret.not_found())
     }
 
-    pub fn describe(&self, secret: SecretRef<'_>) -> Result<SecretRow, VaultError> {
-        Ok(self.secret(secret)?.row())
+    /// A secret's metadata (never its value).
+    pub fn describe(&self, secret: SecretRef<'_>) -> Result<Arc<Secret>, VaultError> {
+        self.secret(secret)
     }
 
-    pub fn list(&self, env: &str) -> Result<Vec<SecretRow>, VaultError> {
+    pub fn list(&self, env: &str) -> Result<Vec<Arc<Secret>>, VaultError> {
         let env = names::env_or_default(env);
         names::validate(env).map_err(|why| VaultError::InvalidName { what: "environment", why })?;
         self.keys()?;
-        let mut rows: Vec<SecretRow> = self.image().secrets_in(env).map(|s| s.row()).collect();
+        let mut rows: Vec<Arc<Secret>> = self.image().secrets_in(env).cloned().collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(rows)
     }

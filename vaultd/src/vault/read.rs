@@ -174,7 +174,7 @@ impl Vault {
             .filter(|s| {
                 matches!(self.decide(&reader, SecretRef { env, name: &s.name }, Action::Read), Decision::Allowed { .. })
             })
-            .map(|s| s.name)
+            .map(|s| s.name.clone())
             .collect();
         self.record(Event::new("secret.list", Outcome::Ok, &actor).with("env", env).with("names", names.len()))?;
         Ok(names)

@@ -17,7 +17,7 @@ use crate::audit::{Actor, Event, Outcome};
 use crate::crypto::SecretBytes;
 use crate::rotation::{Rotator, hook};
 pub use crate::state::Trigger;
-use crate::state::{PolicyChange, Promoted, Rotation, Secret, SecretRow, Step, VersionState};
+use crate::state::{PolicyChange, Promoted, Rotation, Secret, Step, VersionState};
 use crate::store::now_unix;
 use std::sync::Arc;
 
@@ -55,10 +55,13 @@ pub struct RotationRow {
 }
 
 /// The outcome of a rotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotated {
     pub version: u64,
     pub promoted: Promoted,
+    /// A compromised secret rotated with a hook: its compromised versions'
+    /// revoke-old step, each revoked at the provider or why not.
+    pub compromised: Vec<(u64, Result<(), String>)>,
 }
 
 /// A failed scheduled rotation is retried after this (or its period, if shorter).
@@ -97,7 +100,7 @@ impl Vault {
         actor: &Actor,
         secret: SecretRef<'_>,
         change: &PolicyChange,
-    ) -> Result<SecretRow, VaultError> {
+    ) -> Result<Arc<Secret>, VaultError> {
         check_policy(change)?;
         self.keys()?;
         self.write(|c| {
@@ -139,11 +142,18 @@ impl Vault {
                 )));
             }
         };
-        let _claim = self.claim(secret)?;
+        self.finish_interrupted(secret).await?;
+        let compromised = self.secret(secret)?.is_compromised();
+        let claim = self.claim(secret)?;
         let rotator_name = rotator.to_string();
         let Some(value) = value else {
             let Rotator::Exec(path) = &rotator else { unreachable_rotator()? };
-            return self.rotate_with_hook(actor, secret, &row, path, trigger).await;
+            let mut rotated = self.rotate_with_hook(actor, secret, &row, path, trigger).await?;
+            drop(claim);
+            if compromised {
+                rotated.compromised = self.revoke_compromised(secret).await;
+            }
+            return Ok(rotated);
         };
         super::check_value(&value)?;
         let digest = keys.value_digest(value.expose());
@@ -165,10 +175,70 @@ impl Vault {
             events.insert(0, start_event(actor, secret, &rotator_name, trigger, from));
             events.push(step_event("rotation.created", actor, secret, version).with("value_digest", digest));
             events.push(promoted_event(actor, secret, version, promoted));
-            Ok((Rotated { version, promoted }, events))
+            Ok((Rotated { version, promoted, compromised: Vec::new() }, events))
         })?;
+        drop(claim);
         self.notify();
         Ok(rotated)
+    }
+
+    /// An interrupted rotation of `secret` (one in progress that this process
+    /// did not start: a crash ended the vaultd that did) is finished before
+    /// another starts: resumed if its new value was stored, else rolled back. So
+    /// `rotate` is never refused for one. A rotation running here is left alone
+    /// (the next claim refuses).
+    async fn finish_interrupted(&self, secret: SecretRef<'_>) -> Result<(), VaultError> {
+        let key = (secret.env.to_owned(), secret.name.to_owned());
+        let unlocked_at = self.unlocked_at.load(std::sync::atomic::Ordering::SeqCst);
+        let patience = self.rotation.hook_timeout * 3 + std::time::Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let found = self.secret(secret)?;
+            let Some((id, rotation)) = found.rotation_in_progress() else { return Ok(()) };
+            // Started since this unlock: a live one, and the claim refuses the new one.
+            if rotation.started_unix > unlocked_at {
+                return Ok(());
+            }
+            if !self.rotating().contains(&key) {
+                let row =
+                    RotationRow { id, env: found.env.clone(), name: found.name.clone(), rotation: rotation.clone() };
+                // A resumed rotation that fails is over (recorded as failed): the new one goes on.
+                return match self.resume(&row).await {
+                    Ok(()) | Err(VaultError::RotationFailed(_) | VaultError::RotationInProgress(_)) => Ok(()),
+                    Err(e) => Err(e),
+                };
+            }
+            // The scheduler is resuming it: wait for that to end.
+            if tokio::time::Instant::now() > deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// After a compromised secret was rotated with its hook: the revoke-old step
+    /// for each version revoke-all marked compromised, so the provider forgets
+    /// them too. Each outcome is recorded; one that fails is retried by the
+    /// scheduler with back-off.
+    async fn revoke_compromised(&self, secret: SecretRef<'_>) -> Vec<(u64, Result<(), String>)> {
+        let Ok(found) = self.secret(secret) else { return Vec::new() };
+        let compromised: Vec<u64> = found
+            .versions
+            .iter()
+            .filter(|(_, v)| v.state == VersionState::Compromised && v.ciphertext.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        let mut outcomes = Vec::new();
+        for version in compromised {
+            let old = OldVersion::of(&found, version);
+            let outcome = match self.revoke_old(&old).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(why)) => Err(why),
+                Err(e) => Err(e.to_string()),
+            };
+            outcomes.push((version, outcome));
+        }
+        outcomes
     }
 
     /// create → store pending → test → promote, each step persisted before the
@@ -177,7 +247,7 @@ impl Vault {
         &self,
         actor: &Actor,
         secret: SecretRef<'_>,
-        row: &SecretRow,
+        row: &Secret,
         path: &std::path::Path,
         trigger: Trigger,
     ) -> Result<Rotated, VaultError> {
@@ -255,7 +325,7 @@ impl Vault {
             Ok((promoted, events))
         })?;
         self.notify();
-        Ok(Rotated { version, promoted })
+        Ok(Rotated { version, promoted, compromised: Vec::new() })
     }
 
     /// Marks a rotation failed (a stored pending version owes a revoke-old run)
@@ -298,7 +368,7 @@ impl Vault {
 
     /// Secrets with a schedule (every environment), or only those due now, or
     /// (`compromised`) those whose current version revoke-all marked compromised.
-    pub fn rotations(&self, due_only: bool, compromised: bool) -> Result<Vec<SecretRow>, VaultError> {
+    pub fn rotations(&self, due_only: bool, compromised: bool) -> Result<Vec<Arc<Secret>>, VaultError> {
         self.keys()?;
         let now = now_unix();
         let image = self.image();
@@ -313,7 +383,7 @@ impl Vault {
         if compromised {
             found.sort_by(|a, b| (&a.env, &a.name).cmp(&(&b.env, &b.name)));
         }
-        Ok(found.into_iter().map(|s| s.row()).collect())
+        Ok(found.into_iter().cloned().collect())
     }
 
     pub fn last_rotation(&self, secret: SecretRef<'_>) -> Result<Option<RotationRow>, VaultError> {
@@ -388,7 +458,8 @@ impl Vault {
             })?;
         }
         for old in revocations {
-            self.revoke_old(&old).await?;
+            // A failure is recorded and retried with back-off by revoke_old itself.
+            let _outcome = self.revoke_old(&old).await?;
         }
         Ok(())
     }
@@ -462,8 +533,9 @@ impl Vault {
     }
 
     /// Runs the revoke-old hook for a version the provider should forget; a
-    /// failure is recorded and retried later with back-off.
-    async fn revoke_old(&self, old: &OldVersion) -> Result<(), VaultError> {
+    /// failure is recorded and retried later with back-off. Returns what the
+    /// hook did, or why it failed.
+    async fn revoke_old(&self, old: &OldVersion) -> Result<Result<&'static str, String>, VaultError> {
         let secret = SecretRef { env: &old.env, name: &old.name };
         let vaultd = Actor::vaultd();
         let outcome = match (old.rotator.parse::<Rotator>(), &old.ciphertext) {
@@ -498,7 +570,8 @@ impl Vault {
                 }
             };
             Ok(((), vec![event]))
-        })
+        })?;
+        Ok(outcome)
     }
 }
 
@@ -552,4 +625,34 @@ pub(super) fn policy_event(actor: &Actor, secret: SecretRef<'_>, change: &Policy
         event = event.with("grace_secs", grace);
     }
     event
+}
+
+/// At unlock, in its transaction: a rotation a crash interrupted before its new
+/// value was stored (step `create`) is rolled back now, so nothing waits on it
+/// (`rotate` is not refused for it). One whose value was stored (step `test`)
+/// is resumed by the scheduler, or by the next `rotate` of that secret.
+pub(super) fn roll_back_interrupted(c: &mut super::Change<'_, '_>) -> Result<Vec<Event>, VaultError> {
+    let interrupted: Vec<(String, String, i64)> = c
+        .state
+        .image()
+        .secrets()
+        .filter_map(|s| {
+            let (id, r) = s.rotation_in_progress()?;
+            (r.step == Step::Create).then(|| (s.env.clone(), s.name.clone(), id))
+        })
+        .collect();
+    let reason = "interrupted by a vaultd restart before the new value was stored; rolled back at unlock";
+    let mut events = Vec::new();
+    for (env, name, id) in interrupted {
+        if let Some(s) = c.state.secret_mut(&env, &name)? {
+            s.rotation_step(id, Step::Failed, None, Some(reason), now_unix());
+            events.push(
+                Event::new("rotation.failed", Outcome::Failed, &Actor::vaultd())
+                    .secret(&env, &name)
+                    .with("step", "create")
+                    .with("reason", reason),
+            );
+        }
+    }
+    Ok(events)
 }
