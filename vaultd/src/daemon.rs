@@ -8,7 +8,7 @@ use crate::notify;
 use crate::server;
 use crate::vault::{Vault, VaultError};
 use std::future::Future;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,19 +56,18 @@ pub async fn run(mut opts: Options, shutdown: impl Future<Output = ()>) -> Resul
         (None, Some(passphrase)) => Some((passphrase, PASSPHRASE_ENV)),
         (None, None) => None,
     };
-    if let Some((passphrase, source)) = passphrase {
+    // What to do next is said once the sockets listen: a bind error comes first.
+    let next = if let Some((passphrase, source)) = passphrase {
         let v = vault.clone();
         blocking(move || v.unlock(&Actor::vaultd(), &passphrase)).await?;
         tracing::info!("vault unlocked from {source}");
+        None
+    } else if !vault.status()?.initialized {
+        Some("vault not initialized; run `vaultctl init`")
     } else {
-        let status = vault.status()?;
-        if !status.initialized {
-            tracing::info!("vault not initialized; run `vaultctl init`");
-        } else {
-            tracing::info!("vault sealed; run `vaultctl unlock`");
-        }
-    }
-    serve(vault, &opts, || {}, shutdown).await
+        Some("vault sealed; run `vaultctl unlock`")
+    };
+    serve(vault, &opts, || next.into_iter().for_each(|n| tracing::info!("{n}")), shutdown).await
 }
 
 /// `--dev`: a throwaway vault in a fresh temp dir, initialized and unlocked with a
@@ -79,13 +78,21 @@ pub async fn run_dev(shutdown: impl Future<Output = ()>) -> Result<(), DaemonErr
         path: std::env::temp_dir(),
         source,
     })?;
+    // Agents of other users can reach the agent socket (the directory is searchable,
+    // not listable), so a first session can show one reading; each read is still
+    // checked against its grants. The data dir inside stays 0700.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).map_err(|source| DaemonError::Io {
+        what: "setting the mode of",
+        path: dir.path().to_owned(),
+        source,
+    })?;
     let opts = Options {
         data_dir: dir.path().join("data"),
         agent_socket: dir.path().join("agent.sock"),
         admin_socket: dir.path().join("admin.sock"),
         passphrase_file: None,
         passphrase_env: None,
-        config: Config::default(),
+        config: Config { agent_socket_mode: 0o666, ..Config::default() },
     };
     crate::store::prepare_data_dir(&opts.data_dir).map_err(VaultError::from)?;
     let _lock = crate::store::lock_data_dir(&opts.data_dir).map_err(VaultError::from)?;

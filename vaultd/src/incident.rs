@@ -1,4 +1,4 @@
-//! Incident response (DESIGN §7): what revoke-all changes, its report, and the
+//! Incident response (ARCHITECTURE §7): what revoke-all changes, its report, and the
 //! break-glass path that works straight on the data directory, without the
 //! daemon or the passphrase (`vaultctl revoke-all --offline`).
 

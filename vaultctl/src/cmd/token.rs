@@ -85,6 +85,21 @@ impl<'a> From<&'a TokenInfo> for TokenJson<'a> {
     }
 }
 
+/// An accessor is 16 lowercase hex digits. Anything else is refused before
+/// dialing and never quoted back: the likeliest mistake is the token itself.
+fn check_accessor(accessor: &str) -> anyhow::Result<()> {
+    if accessor.starts_with("vt_") {
+        return Err(usage(
+            "that is a token, not its accessor: `vaultctl token list` shows accessors; revoke this token \
+             soon, since it was typed on a command line",
+        ));
+    }
+    if accessor.len() != 16 || !accessor.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(usage("an accessor is 16 hex digits, as `vaultctl token list` shows"));
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Create(a) => {
@@ -139,6 +154,9 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
             output::table(&["ACCESSOR", "CLIENT", "UID", "EXPIRES", "LAST USED", "USES LEFT", "STATE"], &rows)
         }
         Command::Revoke(r) => {
+            if let Some(accessor) = &r.accessor {
+                check_accessor(accessor)?;
+            }
             let request = v1::RevokeTokensRequest { accessor: r.accessor.unwrap_or_default(), all: r.all };
             let revoked = daemon::admin(global).await?.revoke_tokens(request).await.reply()?.revoked;
             if global.json {

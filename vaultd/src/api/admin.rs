@@ -387,8 +387,13 @@ impl Admin for AdminApi {
     }
 
     async fn hash_value(&self, req: Request<v1::HashValueRequest>) -> Result<Response<v1::HashValueResponse>, Status> {
-        let value = take_secret(&mut req.into_inner().value);
-        Ok(Response::new(v1::HashValueResponse { digest: self.vault.value_digest(&value)? }))
+        let mut req = req.into_inner();
+        let value = take_secret(&mut req.value);
+        let current_digest = match &req.current_of {
+            Some(_) => self.vault.current_digest(secret_ref(&req.current_of)?)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok(Response::new(v1::HashValueResponse { digest: self.vault.value_digest(&value)?, current_digest }))
     }
 
     async fn add_client(&self, req: Request<v1::AddClientRequest>) -> Result<Response<v1::ClientInfo>, Status> {

@@ -111,6 +111,19 @@ impl Agent for AgentApi {
         Ok(Response::new(v1::GetSecretsResponse { secrets }))
     }
 
+    async fn list_granted(
+        &self,
+        req: Request<v1::ListGrantedRequest>,
+    ) -> Result<Response<v1::ListGrantedResponse>, Status> {
+        let caller = Caller::of(&req, self.owner)?;
+        let _reading = self.slot(&self.reads, &caller, "reads in flight")?;
+        let env = vault_proto::names::env_or_default(&req.get_ref().env).to_owned();
+        vault_proto::names::validate(&env).map_err(|why| VaultError::InvalidName { what: "environment", why })?;
+        let list = self.vault.granted(&caller.actor, caller.peer.as_ref(), caller.token.as_ref(), &env);
+        let names = self.with_token(&caller, list).await?;
+        Ok(Response::new(v1::ListGrantedResponse { names }))
+    }
+
     type WatchSecretsStream = WatchStream;
 
     async fn watch_secrets(&self, req: Request<v1::GetSecretsRequest>) -> Result<Response<WatchStream>, Status> {

@@ -167,7 +167,7 @@ pub(super) fn class(kind: &str, outcome: Outcome) -> &'static str {
         _ if kind == "rotation.due" => "security",
         "vault" | "request" | "client" | "token" | "incident" => "security",
         "rotation" => "change",
-        "secret" if kind == "secret.read" || kind == "secret.reveal" => "access",
+        "secret" if matches!(kind, "secret.read" | "secret.reveal" | "secret.list") => "access",
         "secret" => "change",
         "audit" => "audit",
         _ => "system",
@@ -285,6 +285,7 @@ mod tests {
         assert_eq!(Event::new("secret.read", Outcome::Ok, &a).class(), "access");
         assert_eq!(Event::new("secret.read", Outcome::Denied, &a).class(), "security");
         assert_eq!(Event::new("secret.write", Outcome::Ok, &a).class(), "change");
+        assert_eq!(Event::new("secret.list", Outcome::Ok, &a).class(), "access");
         assert_eq!(Event::new("vault.unlock", Outcome::Ok, &a).class(), "security");
         assert_eq!(Event::new("audit.pruned", Outcome::Ok, &a).class(), "audit");
         assert_eq!(Event::new("daemon.start", Outcome::Ok, &a).class(), "system");

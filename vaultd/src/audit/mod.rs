@@ -1,4 +1,4 @@
-//! The tamper-evident audit log (DESIGN §8).
+//! The tamper-evident audit log (ARCHITECTURE §8).
 //!
 //! Every security-relevant action appends an [`Event`] in the same transaction as
 //! the change it records ([`chain::append`]); if the append fails, so does the

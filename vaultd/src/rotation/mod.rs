@@ -1,5 +1,5 @@
 //! Rotation policy: who makes a secret's next value, how often, and how long the
-//! old one stays readable (DESIGN §6). The state machine that applies it lives in
+//! old one stays readable (ARCHITECTURE §6). The state machine that applies it lives in
 //! `vault::rotate`; the hook protocol in [`hook`].
 
 pub mod hook;

@@ -1,4 +1,4 @@
-//! revoke-all through the running daemon (DESIGN §7): the changes in one
+//! revoke-all through the running daemon (ARCHITECTURE §7): the changes in one
 //! transaction, then every watch stream ended with PERMISSION_DENIED and every
 //! agent connection closed; optionally the secrets' hooks revoke them at the
 //! provider, and the vault is sealed. A revoke-all made offline by another

@@ -921,6 +921,17 @@ impl Vault {
     pub fn value_digest(&self, value: &SecretBytes) -> Result<String, VaultError> {
         Ok(self.keys()?.value_digest(value.expose()))
     }
+
+    /// The keyed digest of `secret`'s current value (`None`: no such secret), so
+    /// the owner can tell whether a write would change it without reading it.
+    pub fn current_digest(&self, secret: SecretRef<'_>) -> Result<Option<String>, VaultError> {
+        let keys = self.keys()?;
+        match self.read_current(secret) {
+            Ok((_, value)) => Ok(Some(keys.value_digest(value.expose()))),
+            Err(VaultError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// A value's size rules, for every way one enters the vault.

@@ -155,6 +155,31 @@ impl Vault {
         self.read_as(&actor, &reader, &wanted).await
     }
 
+    /// The names in `env` that the caller may read now (names only: what
+    /// `vaultctl run` injects), sorted. Not granted and not found look alike: the
+    /// name is simply absent. Recorded as `secret.list`.
+    pub async fn granted(
+        &self,
+        actor: &Actor,
+        peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
+        env: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        let mut actor = actor.clone();
+        let reader = self.identify(&mut actor, peer, token).await?;
+        self.admit(&actor, &reader, 1)?;
+        let names: Vec<String> = self
+            .list(env)?
+            .into_iter()
+            .filter(|s| {
+                matches!(self.decide(&reader, SecretRef { env, name: &s.name }, Action::Read), Decision::Allowed { .. })
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        self.record(Event::new("secret.list", Outcome::Ok, &actor).with("env", env).with("names", names.len()))?;
+        Ok(names)
+    }
+
     /// The rate limit for a read of `cost` secrets, per client (or uid) and
     /// global; the owner is exempt.
     pub(super) fn admit(&self, actor: &Actor, reader: &Reader, cost: usize) -> Result<(), VaultError> {

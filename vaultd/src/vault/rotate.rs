@@ -1,4 +1,4 @@
-//! Rotation's state machine (DESIGN §6), persisted in the `rotation` table:
+//! Rotation's state machine (ARCHITECTURE §6), persisted in the `rotation` table:
 //!
 //! ```text
 //! begin (step create) ─ hook create ─▶ pending stored (step test) ─ hook test ─▶ promoted (done)
