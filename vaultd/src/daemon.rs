@@ -1,7 +1,7 @@
 //! Starting and stopping the daemon: open the vault, maybe unlock it, bind both
 //! sockets, serve until told to stop, then remove the sockets and wipe the keys.
 
-use crate::audit::{Actor, Event, Outcome, forward, journal, refusals};
+use crate::audit::{Actor, Event, Kind, Outcome, forward, journal, refusals};
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::crypto::{self, SecretBytes};
 use crate::notify;
@@ -144,7 +144,7 @@ async fn serve(
         shutdown.await;
         notify::notify(notify::STOPPING);
         let counted = v.record_refusals();
-        let stop = v.record_durable(Event::new("daemon.stop", Outcome::Ok, &Actor::vaultd()));
+        let stop = v.record_durable(Event::new(Kind::DaemonStop, Outcome::Ok, &Actor::vaultd()));
         let sealed = v.seal(&Actor::vaultd());
         for e in [counted.err(), stop.err(), sealed.err()].into_iter().flatten() {
             tracing::error!(error = %e, "recording the shutdown failed");
@@ -176,7 +176,7 @@ fn start_event(config: &Config) -> Event {
             SinkConfig::Syslog { socket } => format!("syslog:{}", socket.display()),
         })
         .collect();
-    Event::new("daemon.start", Outcome::Ok, &Actor::vaultd())
+    Event::new(Kind::DaemonStart, Outcome::Ok, &Actor::vaultd())
         .with("version", env!("CARGO_PKG_VERSION"))
         .with("agent_socket_mode", format!("{:04o}", config.agent_socket_mode))
         .with("audit_reads", config.audit.reads)

@@ -9,7 +9,7 @@
 //! admin socket (and the vault itself) needs.
 
 use crate::api::{AdminApi, AgentApi, FAULT_HEADER};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::identity::{Attestation, Peer};
 use crate::limits::{ConnectionCaps, LimitsConfig, OWNER_CONNECTIONS, Slot, Slots};
 use crate::policy::{self, Socket};
@@ -128,7 +128,7 @@ fn guard(
         }
         tracing::warn!(%socket, uid = peer.as_ref().map(|p| p.uid), pid = peer.as_ref().and_then(|p| p.pid), "request refused");
         let actor = Actor::peer(socket.name(), peer.as_ref());
-        vault.record_detached(Event::new("request.refused", Outcome::Denied, &actor));
+        vault.record_detached(Event::new(Kind::RequestRefused, Outcome::Denied, &actor));
         Err(Status::permission_denied(format!("permission denied: this user may not use the {socket} socket")))
     }
 }

@@ -2,7 +2,7 @@
 //! vault's owner (the accept-time policy admits nobody else).
 
 use super::{actor, blocking, existing_version, policy_change, rotation_info, secret_meta, version_meta};
-use crate::audit::{Event, Outcome, Verdict, entry_json};
+use crate::audit::{Event, Kind, Outcome, Verdict, entry_json};
 use crate::crypto::{KdfParams, SecretBytes};
 use crate::state::{Client, Grant, GrantKind, SecretLabels, Token};
 use crate::store::{AuditFilter, AuditRow};
@@ -285,7 +285,7 @@ impl Admin for AdminApi {
     type ExportAuditStream = EntryStream;
 
     async fn export_audit(&self, req: Request<v1::ExportAuditRequest>) -> Result<Response<EntryStream>, Status> {
-        self.vault.record(Event::new("audit.export", Outcome::Ok, &actor("admin", &req)))?;
+        self.vault.record(Event::new(Kind::AuditExport, Outcome::Ok, &actor("admin", &req)))?;
         let first = self.vault.audit_page(0, EXPORT_PAGE)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let vault = self.vault.clone();
@@ -352,7 +352,7 @@ impl Admin for AdminApi {
         let verdict = blocking(move || vault.audit_verify()).await?;
         let (event, reply) = match verdict {
             Verdict::Intact { entries, first_seq, last_seq, acknowledged } => (
-                Event::new("audit.verify", Outcome::Ok, &actor).with("entries", entries),
+                Event::new(Kind::AuditVerify, Outcome::Ok, &actor).with("entries", entries),
                 v1::VerifyAuditResponse {
                     intact: true,
                     entries,
@@ -365,7 +365,7 @@ impl Admin for AdminApi {
             Verdict::Broken { seq, problem } => {
                 tracing::error!(seq, %problem, "audit chain broken");
                 (
-                    Event::new("audit.verify", Outcome::Failed, &actor)
+                    Event::new(Kind::AuditVerify, Outcome::Failed, &actor)
                         .with("broken_seq", seq)
                         .with("problem", problem.clone()),
                     v1::VerifyAuditResponse { intact: false, broken_seq: seq, problem, ..Default::default() },

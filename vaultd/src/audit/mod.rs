@@ -13,7 +13,9 @@ pub mod chain;
 mod event;
 pub mod forward;
 pub mod journal;
+mod kind;
 pub mod refusals;
 
 pub use chain::Verdict;
 pub use event::{Actor, Event, Outcome, Read, ReadDetail, Record, entry_json};
+pub use kind::{Class, Kind};

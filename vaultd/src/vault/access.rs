@@ -1,7 +1,7 @@
 //! Clients (agent identities), their grants, and their bearer tokens.
 
 use super::{Vault, VaultError};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::{self, SecretBytes};
 use crate::state::{Client, Draft, Grant, GrantKind, Token};
 use std::time::Duration;
@@ -44,7 +44,7 @@ impl Vault {
             return Err(VaultError::InvalidExeSha256);
         }
         self.keys()?;
-        let event = Event::new("client.add", Outcome::Ok, actor)
+        let event = Event::new(Kind::ClientAdd, Outcome::Ok, actor)
             .with("client", client.name.clone())
             .with("uid", client.uid)
             .with("gid", client.gid)
@@ -78,7 +78,7 @@ impl Vault {
                     c.state.remove_token(&accessor);
                 }
             }
-            Ok(((), vec![Event::new("client.remove", Outcome::Ok, actor).with("client", name)]))
+            Ok(((), vec![Event::new(Kind::ClientRemove, Outcome::Ok, actor).with("client", name)]))
         })?;
         self.notify();
         Ok(())
@@ -86,7 +86,7 @@ impl Vault {
 
     pub fn client_set_enabled(&self, actor: &Actor, name: &str, enabled: bool) -> Result<Client, VaultError> {
         self.keys()?;
-        let kind = if enabled { "client.enable" } else { "client.disable" };
+        let kind = if enabled { Kind::ClientEnable } else { Kind::ClientDisable };
         let event = Event::new(kind, Outcome::Ok, actor).with("client", name);
         self.client_change(name, event, |state| {
             found(state, name)?.enabled = enabled;
@@ -106,8 +106,8 @@ impl Vault {
         check_patterns(patterns)?;
         self.keys()?;
         let mut event = match kind {
-            Some(kind) => Event::new("client.grant", Outcome::Ok, actor).with("kind", kind.as_str()),
-            None => Event::new("client.ungrant", Outcome::Ok, actor),
+            Some(kind) => Event::new(Kind::ClientGrant, Outcome::Ok, actor).with("kind", kind.as_str()),
+            None => Event::new(Kind::ClientUngrant, Outcome::Ok, actor),
         };
         event = event.with("client", name).with("patterns", patterns.to_vec());
         let now = crate::clock::now_unix();
@@ -196,7 +196,7 @@ impl Vault {
                 revoked_unix: None,
             };
             c.state.insert_token(row.clone())?;
-            let event = Event::new("token.create", Outcome::Ok, actor)
+            let event = Event::new(Kind::TokenCreate, Outcome::Ok, actor)
                 .with("accessor", accessor.clone())
                 .with("client", client)
                 .with("bind_uid", row.bind_uid)
@@ -256,7 +256,7 @@ impl Vault {
                     revoked += 1;
                 }
             }
-            let event = Event::new("token.revoke", Outcome::Ok, actor)
+            let event = Event::new(Kind::TokenRevoke, Outcome::Ok, actor)
                 .with("accessor", accessor.unwrap_or("*"))
                 .with("revoked", revoked);
             Ok((revoked, vec![event]))

@@ -3,7 +3,7 @@
 //! verified state in memory and recorded before the value is released.
 
 use super::{SecretRef, Vault, VaultError, off_worker};
-use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Record};
+use crate::audit::{Actor, Event, Kind, Outcome, Read, ReadDetail, Record};
 use crate::crypto::SecretBytes;
 use crate::identity::{Caller, Peer, Process as _};
 use crate::policy::{self, Action, Decision, Reader};
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// The record of a read by `actor` as `client`, which ended as `outcome` says.
 pub(super) fn read_record<'a>(
-    kind: &'static str,
+    kind: Kind,
     actor: &'a Actor,
     client: Option<&'a str>,
     secret: SecretRef<'a>,
@@ -121,7 +121,7 @@ impl Vault {
             self.spend(&actor, &reader)?;
         }
         self.journal.room().await;
-        self.record_all(vec![read_record("secret.use", &actor, client, secret, detail)])?;
+        self.record_all(vec![read_record(Kind::SecretUse, &actor, client, secret, detail)])?;
         let (version, value) = result?;
         let client = client.map(str::to_owned);
         Ok(Usage { actor, reader, env: secret.env.into(), name: secret.name.into(), version, value, client, epoch })
@@ -176,7 +176,7 @@ impl Vault {
             })
             .map(|s| s.name.clone())
             .collect();
-        self.record(Event::new("secret.list", Outcome::Ok, &actor).with("env", env).with("names", names.len()))?;
+        self.record(Event::new(Kind::SecretList, Outcome::Ok, &actor).with("env", env).with("names", names.len()))?;
         Ok(names)
     }
 
@@ -190,7 +190,7 @@ impl Vault {
             Reader::Nobody => Some("nobody".into()),
         };
         if let Err(wait) = self.limits.admit(limit_key.as_deref(), cost) {
-            let event = Event::new("request.rate_limited", Outcome::Denied, actor)
+            let event = Event::new(Kind::RequestRateLimited, Outcome::Denied, actor)
                 .with("retry_after_ms", wait.as_millis() as u64);
             self.record_detached(event);
             return Err(VaultError::RateLimited(wait));
@@ -221,7 +221,7 @@ impl Vault {
                 Decision::Allowed { client } => client.as_deref(),
                 Decision::Denied(why) => {
                     records.push(read_record(
-                        "secret.read",
+                        Kind::SecretRead,
                         actor,
                         None,
                         *secret,
@@ -233,7 +233,7 @@ impl Vault {
             };
             let result = self.read_for_agent(*secret, *version);
             if self.audit_reads || result.is_err() {
-                records.push(read_record("secret.read", actor, client, *secret, outcome(&result)));
+                records.push(read_record(Kind::SecretRead, actor, client, *secret, outcome(&result)));
             }
             results.push(result);
         }
@@ -272,7 +272,7 @@ impl Vault {
             })
         })?;
         if !spent {
-            let event = Event::new("token.refused", Outcome::Denied, actor)
+            let event = Event::new(Kind::TokenRefused, Outcome::Denied, actor)
                 .with("reason", "no uses left")
                 .with("accessor", accessor.clone());
             self.record(event)?;
@@ -330,7 +330,7 @@ impl Vault {
                 Ok(Reader::Token { client, accessor, uid: peer.uid })
             }
             Err((reason, accessor)) => {
-                let mut event = Event::new("token.refused", Outcome::Denied, actor).with("reason", reason);
+                let mut event = Event::new(Kind::TokenRefused, Outcome::Denied, actor).with("reason", reason);
                 if let Some(accessor) = accessor {
                     event = event.with("accessor", accessor);
                 }
@@ -349,7 +349,7 @@ impl Vault {
         } else {
             self.read_version_any(secret, version).map(|value| (version, value))
         };
-        self.append(vec![read_record("secret.reveal", actor, None, secret, outcome(&result)).into_event()], false)?;
+        self.append(vec![read_record(Kind::SecretReveal, actor, None, secret, outcome(&result)).into_event()], false)?;
         result
     }
 }
