@@ -8,8 +8,8 @@
 //! - Slots ([`Slots`]): things a caller holds open (agent connections, watch
 //!   streams, requests in flight), capped per uid and in all; the owner is exempt
 //!   from the per-uid caps, and some slots are kept for it alone.
-//! - A pause for bad tokens ([`Pauses`]), per connection and per token prefix:
-//!   a caller presenting bad tokens slows itself down, never a valid token that
+//! - A pause for unknown tokens ([`Pauses`]), per connection and per token prefix:
+//!   a caller guessing tokens slows itself down, never a valid token that
 //!   another connection of the same uid presents.
 
 use std::collections::HashMap;

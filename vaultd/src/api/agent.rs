@@ -66,7 +66,11 @@ impl AgentApi {
         }
         let result = read.await;
         match &result {
-            Err(VaultError::TokenRefused) => self.pauses.failed(presenters),
+            // Guessing is what the pause slows; a token vaultd knows but no
+            // longer honours is refused each time and pauses nothing, so an agent
+            // that showed its revoked token a few times is served with its new one.
+            Err(VaultError::TokenUnknown) => self.pauses.failed(presenters),
+            Err(VaultError::TokenRefused) => {}
             // Sealed: the token was not looked at.
             Err(VaultError::Sealed | VaultError::Uninitialized) => {}
             _ => self.pauses.succeeded(presenters),

@@ -25,7 +25,7 @@ impl From<VaultError> for Status {
             // Stored data changed behind vaultd's back: not served, reported.
             VaultError::Integrity(_) => Status::data_loss(msg),
             VaultError::AlreadyInitialized | VaultError::ClientExists(_) => Status::already_exists(msg),
-            VaultError::TokenRefused => Status::unauthenticated(msg),
+            VaultError::TokenRefused | VaultError::TokenUnknown => Status::unauthenticated(msg),
             VaultError::TooManyTokens(_) => Status::resource_exhausted(msg),
             VaultError::RateLimited(wait) => {
                 let mut status = Status::resource_exhausted(msg);

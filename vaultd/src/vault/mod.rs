@@ -64,8 +64,14 @@ pub enum VaultError {
     InvalidPattern(NameError),
     #[error("invalid executable hash: expected 64 lowercase hex digits (sha256sum's output)")]
     InvalidExeSha256,
+    /// A token vaultd knows but does not honour (revoked, expired, idle, used
+    /// up, shown by another uid or executable, its client disabled).
     #[error("invalid, expired or revoked token")]
     TokenRefused,
+    /// A token vaultd does not know: a guess, or garbage. Only these pause their
+    /// presenter (`limits::Pauses`); the caller cannot tell the two apart.
+    #[error("invalid, expired or revoked token")]
+    TokenUnknown,
     #[error("token {0} not found")]
     TokenNotFound(String),
     #[error("client {0} has {max} live tokens already; revoke some first", max = MAX_TOKENS_PER_CLIENT)]

@@ -330,12 +330,13 @@ impl Vault {
                 Ok(Reader::Token { client, accessor, uid: peer.uid })
             }
             Err((reason, accessor)) => {
+                let accessor_known = accessor.is_some();
                 let mut event = Event::new(Kind::TokenRefused, Outcome::Denied, actor).with("reason", reason);
                 if let Some(accessor) = accessor {
                     event = event.with("accessor", accessor);
                 }
                 self.record(event)?;
-                Err(VaultError::TokenRefused)
+                Err(if accessor_known { VaultError::TokenRefused } else { VaultError::TokenUnknown })
             }
         }
     }
