@@ -12,6 +12,9 @@
 //! more, `VAULT_STATE_SEED` replays a run.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::Rng;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use vaultd::audit::Actor;
@@ -27,21 +30,6 @@ const PASSPHRASE: &[u8] = b"state tamper passphrase";
 const KDF: KdfParams = KdfParams { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 };
 const SECRETS: [(&str, &str); 4] = [("prod", "alpha"), ("prod", "beta"), ("staging", "gamma"), ("prod", "delta")];
 const UIDS: [u32; 5] = [2000, 3000, 4000, 5000, 6000];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-}
 
 fn pass() -> SecretBytes {
     SecretBytes::new(PASSPHRASE.to_vec())
@@ -296,21 +284,11 @@ fn compare(got: &[Option<Vec<u8>>], baseline: &[Option<Vec<u8>>], what: &str) ->
     refused + baseline[got.len()..].iter().filter(|o| o.is_some()).count() as u64
 }
 
-fn seed() -> u64 {
-    std::env::var("VAULT_STATE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    })
-}
-
-fn trials() -> u64 {
-    std::env::var("VAULT_STATE_TRIALS").ok().and_then(|s| s.parse().ok()).unwrap_or(200)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_bytes_never_yield_a_wrong_value() {
-    let (trials, seed) = (trials(), seed());
+    let (trials, seed) = (common::trials("VAULT_STATE", 200), common::seed("VAULT_STATE"));
     eprintln!("flipped bytes: seed {seed} (replay: VAULT_STATE_SEED={seed})");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let Built { work, original, tokens, baseline, .. } = built().await;
     let mut refused_reads = 0;
     for trial in 0..trials {
@@ -332,9 +310,9 @@ async fn flipped_bytes_never_yield_a_wrong_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_rows_never_serve_or_allow_what_the_untouched_state_would_not() {
-    let (trials, seed) = (trials(), seed());
+    let (trials, seed) = (common::trials("VAULT_STATE", 200), common::seed("VAULT_STATE"));
     eprintln!("state tamper: seed {seed} (replay: VAULT_STATE_SEED={seed})");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let Built { work, original, older, tokens, baseline } = built().await;
 
     // Trials in which SQLite took at least one change.

@@ -237,7 +237,8 @@ impl Vault {
             }
             results.push(result);
         }
-        if results.iter().any(Result::is_ok) {
+        // All or nothing: a request refused for one name was not served, and spends nothing.
+        if !results.is_empty() && results.iter().all(Result::is_ok) {
             self.spend(actor, reader)?;
         }
         self.journal.room().await;
