@@ -290,4 +290,13 @@ fn only_a_served_request_spends_a_tokens_use() {
     get_as(&d2, &vaultctl2, A, Some(token2), "other").error(3);
     let listed = d2.ctl(&["--json", "token", "list"], b"").ok().json();
     assert_eq!(listed[0]["uses_left"], 5, "a read of a secret not granted spent a use: {listed}");
+    // GetSecrets is all or nothing, and so is what it spends: one name not
+    // granted refuses the whole request, and no use goes.
+    d2.ctl(&["--env", "prod", "put", "telegram"], b"123:tg").ok();
+    let mut exec = std::process::Command::new(&vaultctl2);
+    exec.args(["--env", "prod", "exec", "--secret", "T=telegram", "--secret", "O=other", "--", "true"]);
+    exec.env("VAULT_SOCKET", &d2.agent_socket).env("VAULT_TOKEN", token2).uid(A).gid(A).current_dir("/");
+    run(exec, b"").error(3);
+    let listed = d2.ctl(&["--json", "token", "list"], b"").ok().json();
+    assert_eq!(listed[0]["uses_left"], 5, "a GetSecrets refused as a whole spent a use: {listed}");
 }
