@@ -62,6 +62,10 @@ const PREFACE_LEN: usize = 24 + 9;
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 /// Repeated warnings (refused connections, accept errors) at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// The headers every response is checked for, as names made once: looking one
+/// up by its text parses the text first, a few hundred instructions per response.
+static FAULT: http::HeaderName = http::HeaderName::from_static(FAULT_HEADER);
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// Which connection a request came on (each accepted connection has its own), for
 /// what is kept per connection (the bad-token pause).
@@ -522,7 +526,7 @@ impl<B: http_body::Body + Unpin> http_body::Body for Counted<B> {
         if let Poll::Ready(Some(Ok(frame))) = &mut polled
             && let Some(trailers) = frame.trailers_mut()
         {
-            trailers.remove(FAULT_HEADER);
+            trailers.remove(&FAULT);
         }
         polled
     }
@@ -589,10 +593,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnServi
 /// sender's bad input: INVALID_ARGUMENT.
 fn blame_the_sender<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
-    let ours = headers.remove(FAULT_HEADER).is_some();
+    let ours = headers.remove(&FAULT).is_some();
     let internal = HeaderValue::from(Code::Internal as i32);
-    if !ours && headers.get("grpc-status") == Some(&internal) {
-        headers.insert("grpc-status", HeaderValue::from(Code::InvalidArgument as i32));
+    if !ours && headers.get(&GRPC_STATUS) == Some(&internal) {
+        headers.insert(GRPC_STATUS.clone(), HeaderValue::from(Code::InvalidArgument as i32));
     }
     response
 }
