@@ -73,7 +73,10 @@ fn term_aad(term: u32) -> Vec<u8> {
 }
 
 fn version_aad(id: &VersionId<'_>, term: u32) -> Vec<u8> {
-    let mut aad = b"vaultd/v1/secret-version\0".to_vec();
+    const LABEL: &[u8] = b"vaultd/v1/secret-version\0";
+    // Made at its final size: growing it twice cost more than the rest (every read).
+    let mut aad = Vec::with_capacity(LABEL.len() + 1 + 2 + id.env.len() + 2 + id.name.len() + 8 + 4);
+    aad.extend_from_slice(LABEL);
     aad.push(FORMAT_V1);
     for part in [id.env, id.name] {
         // Names are at most 128 bytes; the length prefix keeps ("ab","c") ≠ ("a","bc").
