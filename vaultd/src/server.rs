@@ -30,8 +30,7 @@ use tokio::task::JoinSet;
 use tonic::codegen::http::{self, HeaderValue};
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic::service::interceptor::InterceptedService;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
@@ -101,24 +100,62 @@ pub async fn bind(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixLi
     Ok(listener)
 }
 
-/// Admits a request when the socket's policy admits its caller (as the kernel
-/// reported it at accept). A refusal is an answer, PERMISSION_DENIED, not a
-/// closed connection, so the caller can tell "denied" from "vaultd is down".
-/// Every refusal is recorded.
-fn guard(
+/// A socket's API behind its policy: a request is admitted when the policy
+/// admits its caller (as the kernel reported it at accept). A refusal is an
+/// answer, PERMISSION_DENIED, not a closed connection, so the caller can tell
+/// "denied" from "vaultd is down". Every refusal is recorded.
+///
+/// A plain service over the HTTP request, not a tonic interceptor: that one
+/// turns every request into a tonic request and back, and wraps the reply's
+/// body in one more layer, for a check that reads one extension.
+#[derive(Clone)]
+struct Guarded<S> {
+    api: S,
     socket: Socket,
     owner: u32,
     vault: Arc<Vault>,
-) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |req: Request<()>| {
-        let peer = Peer::of_request(&req);
-        if policy::may_use(socket, peer.as_ref(), owner) {
-            return Ok(req);
+}
+
+impl<S> Guarded<S> {
+    fn new(api: S, socket: Socket, owner: u32, vault: Arc<Vault>) -> Guarded<S> {
+        Guarded { api, socket, owner, vault }
+    }
+
+    /// `None` when the caller may use this socket, else the refusal to answer with.
+    fn refusal(&self, peer: Option<&Peer>) -> Option<Status> {
+        if policy::may_use(self.socket, peer, self.owner) {
+            return None;
         }
-        tracing::warn!(%socket, uid = peer.as_ref().map(|p| p.uid), pid = peer.as_ref().and_then(|p| p.pid), "request refused");
-        let actor = Actor::peer(socket.name(), peer.as_ref());
-        vault.record_detached(Event::new("request.refused", Outcome::Denied, &actor));
-        Err(Status::permission_denied(format!("permission denied: this user may not use the {socket} socket")))
+        let socket = self.socket;
+        tracing::warn!(%socket, uid = peer.map(|p| p.uid), pid = peer.and_then(|p| p.pid), "request refused");
+        let actor = Actor::peer(socket.name(), peer);
+        self.vault.record_detached(Event::new("request.refused", Outcome::Denied, &actor));
+        Some(Status::permission_denied(format!("permission denied: this user may not use the {socket} socket")))
+    }
+}
+
+impl<S: NamedService> NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for Guarded<S>
+where
+    S: tonic::codegen::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<S::Future, std::future::Ready<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.api.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let peer = req.extensions().get::<Attestation>().and_then(|a| a.0.as_ref());
+        match self.refusal(peer) {
+            None => futures_util::future::Either::Left(self.api.call(req)),
+            Some(status) => futures_util::future::Either::Right(std::future::ready(Ok(status.into_http()))),
+        }
     }
 }
 
@@ -177,7 +214,7 @@ pub async fn serve(
     let agent_health = follow_seal(vault.clone(), reporter, AgentServer::<AgentApi>::NAME);
     let agent_routes = Routes::new(health)
         .add_service(reflection)
-        .add_service(InterceptedService::new(agent_api, guard(Socket::Agent, owner, vault.clone())))
+        .add_service(Guarded::new(agent_api, Socket::Agent, owner, vault.clone()))
         .prepare();
     let agent_loop = Listener {
         listener: agent,
@@ -196,7 +233,7 @@ pub async fn serve(
     let (_, health, reflection) = discovery(AdminServer::<AdminApi>::NAME).await;
     let admin_routes = Routes::new(health)
         .add_service(reflection)
-        .add_service(InterceptedService::new(admin_api, guard(Socket::Admin, owner, vault)))
+        .add_service(Guarded::new(admin_api, Socket::Admin, owner, vault))
         .prepare();
     // Owner-only (mode 0600): not capped, and served from the descriptors the
     // agent caps leave.
@@ -594,8 +631,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnServi
 fn blame_the_sender<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
     let ours = headers.remove(&FAULT).is_some();
-    let internal = HeaderValue::from(Code::Internal as i32);
-    if !ours && headers.get(&GRPC_STATUS) == Some(&internal) {
+    let internal = || HeaderValue::from(Code::Internal as i32);
+    if !ours && headers.get(&GRPC_STATUS).is_some_and(|status| *status == internal()) {
         headers.insert(GRPC_STATUS.clone(), HeaderValue::from(Code::InvalidArgument as i32));
     }
     response
