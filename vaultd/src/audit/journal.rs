@@ -313,12 +313,13 @@ impl Journal {
             w.start_file(&self.dir, frame_len as u64)?;
         }
         let mut mac = w.mac;
+        let chain = w.keys.journal_chain();
         w.frame.clear();
         w.lengths.clear();
         for (span, number) in spans.into_iter().zip(w.next..) {
             let content = &mut encoded[span];
             content[..8].copy_from_slice(&number.to_be_bytes());
-            mac = w.keys.journal_mac(&mac, content);
+            mac = chain.mac(&mac, content);
             w.lengths.push((w.frame.len(), (content.len() as u32).to_be_bytes()));
             w.frame.extend_from_slice(&[0; 4]);
             w.frame.extend_from_slice(content);
