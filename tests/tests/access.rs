@@ -223,6 +223,40 @@ fn token_only_clients_separate_agents_that_share_a_uid() {
     assert!(listed.as_array().unwrap().iter().any(|c| c["name"] == "cont-a" && c["token_only"] == true), "{listed}");
 }
 
+/// A token bound to an executable (issue 19): a same-uid process that got hold
+/// of it (a leaked environment, a core dump) but runs another program, even a
+/// byte-identical copy, is refused, and the audit log says why.
+#[test]
+fn a_token_bound_to_an_executable_serves_only_that_file() {
+    if !is_root() {
+        vault_tests::skip_unless_ci("needs root to read as another uid");
+        return;
+    }
+    let (d, bin, vaultctl) = shared_daemon("");
+    let other = bin.path().join("other");
+    fs::copy(&vaultctl, &other).unwrap();
+    d.ctl(&["--env", "prod", "put", "telegram"], b"123:tg").ok();
+    d.ctl(&["client", "add", "bot", "--uid", &A.to_string(), "--token-only", "--allow", "prod/telegram"], b"").ok();
+    let exe = vaultctl.to_str().unwrap();
+    let (token, accessor) = create_token(&d, &["--exe", exe]);
+
+    assert_eq!(get_as(&d, &vaultctl, A, Some(&token), "telegram").ok().stdout, b"123:tg");
+    get_as(&d, &other, A, Some(&token), "telegram").error(3);
+    // Polled: a query can miss a batch the journal importer is committing.
+    let refused = vault_tests::wait_for("the refused token in the audit log", || {
+        d.audit_query(&["--type", "token.refused"]).pop()
+    });
+    assert_eq!(refused["detail"]["reason"], "used from another executable", "{refused}");
+    assert_eq!(refused["detail"]["accessor"], accessor.as_str(), "{refused}");
+
+    let listed = d.ctl(&["--json", "token", "list"], b"").ok().json();
+    assert_eq!(listed[0]["bind_exe"], exe, "{listed}");
+    // A path that cannot be checked is refused when the token is made, not at every use.
+    d.ctl(&["token", "create", "--client", "bot", "--exe", "vaultctl"], b"").error(2);
+    let missing = d.ctl(&["token", "create", "--client", "bot", "--exe", "/nonexistent/agent"], b"");
+    assert!(missing.error(2).contains("not a file vaultd can see"), "{missing:?}");
+}
+
 /// A token's use is spent only by a request that is served (issue 18, 20): not
 /// by one the rate limit refuses, nor by one for a secret it was not granted.
 #[test]

@@ -1,4 +1,4 @@
-//! Rotation end to end through vaultctl against a real daemon (DESIGN §6): the
+//! Rotation end to end through vaultctl against a real daemon (ARCHITECTURE §6): the
 //! three rotators, grace periods, the scheduler, failing hooks, and crashes in
 //! the middle of a rotation.
 #![allow(clippy::unwrap_used)]

@@ -91,7 +91,16 @@ impl RpcError {
 
 impl From<tonic::Status> for RpcError {
     fn from(status: tonic::Status) -> Self {
-        RpcError { code: status.code(), message: status.message().to_owned() }
+        // Each socket serves one service: a call the socket does not know means
+        // the two were given the other way round.
+        let message = if status.code() == tonic::Code::Unimplemented {
+            "this socket does not serve that call: are the agent and admin sockets swapped? \
+             (--socket/VAULT_SOCKET is the agent socket, --admin-socket/VAULT_ADMIN_SOCKET the admin one)"
+                .to_owned()
+        } else {
+            status.message().to_owned()
+        };
+        RpcError { code: status.code(), message }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `vaultctl`: the operator's command-line client for vaultd (DESIGN §9).
+//! `vaultctl`: the operator's command-line client for vaultd (ARCHITECTURE §9).
 //!
 //! Each subcommand lives in its own file under `cmd/`. Errors flow back here as
 //! `anyhow::Error` and leave through one exit point, [`exit::report`], which prints
@@ -6,6 +6,7 @@
 
 mod cmd;
 mod daemon;
+mod dotenv;
 mod exit;
 mod input;
 mod output;
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// vaultctl: manage a vaultd secrets vault.
+/// manage a vaultd secrets vault.
 ///
 /// Secret values and passphrases are never taken from the command line: they come
 /// from a file, from stdin, or from a prompt that does not echo.

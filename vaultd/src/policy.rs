@@ -291,6 +291,7 @@ mod tests {
             hash: vec![],
             client: "bot".into(),
             bind_uid: Some(2000),
+            bind_exe: None,
             created_unix: 100,
             expires_unix: Some(200),
             idle_secs: Some(50),

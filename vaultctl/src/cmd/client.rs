@@ -35,11 +35,11 @@ pub(crate) enum Command {
 #[derive(Debug, clap::Args)]
 pub(crate) struct AddArgs {
     name: String,
-    /// The caller's user id (from the kernel, SO_PEERCRED).
-    #[arg(long)]
+    /// The caller's user: a uid, or a user name (from the kernel, SO_PEERCRED).
+    #[arg(long, value_name = "USER", value_parser = uid)]
     uid: u32,
-    /// Also require this group id.
-    #[arg(long)]
+    /// Also require this group: a gid, or a group name.
+    #[arg(long, value_name = "GROUP", value_parser = gid)]
     gid: Option<u32>,
     /// Also require this executable (absolute path, as /proc/PID/exe names it).
     #[arg(long, value_name = "PATH")]
@@ -114,6 +114,31 @@ impl<'a> From<&'a ClientInfo> for ClientJson<'a> {
             created_unix: c.created_unix,
         }
     }
+}
+
+fn uid(text: &str) -> Result<u32, String> {
+    id(text, "passwd", "user")
+}
+
+fn gid(text: &str) -> Result<u32, String> {
+    id(text, "group", "group")
+}
+
+/// A number as it is, else a name as `getent DB` resolves it (so users from
+/// LDAP or systemd's dynamic users count, not only /etc/passwd). The id is stored:
+/// a renamed user keeps its grants, a deleted one's uid reused would inherit them.
+fn id(text: &str, db: &str, what: &str) -> Result<u32, String> {
+    if let Ok(number) = text.parse() {
+        return Ok(number);
+    }
+    let out = std::process::Command::new("getent")
+        .args([db, "--", text])
+        .output()
+        .map_err(|e| format!("cannot look up {what} names (getent: {e}); give the number"))?;
+    // NAME:x:ID:…
+    let entry = String::from_utf8_lossy(&out.stdout);
+    let id = entry.lines().next().and_then(|l| l.split(':').nth(2)).and_then(|n| n.parse().ok());
+    id.ok_or_else(|| format!("no such {what}"))
 }
 
 fn checked_name(name: &str) -> anyhow::Result<String> {

@@ -30,6 +30,13 @@ pub(crate) struct Args {
     /// An environment variable and the secret it gets: VAR=NAME. Repeat for more.
     #[arg(long = "secret", value_name = "VAR=NAME", required = true, value_parser = binding)]
     secrets: Vec<(String, String)>,
+    #[command(flatten)]
+    launch: Launch,
+}
+
+/// How the program is run and kept: what `exec` and `run` share.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Launch {
     /// Write each secret to DIR/VAR (mode 0400; DIR made 0700 if missing, ideally
     /// on a tmpfs such as $XDG_RUNTIME_DIR) and set VAR_FILE to its path instead
     /// of VAR: out of the environment, which children inherit and tools print.
@@ -55,10 +62,9 @@ enum OnRotate {
 
 fn binding(text: &str) -> Result<(String, String), String> {
     let (var, name) = text.split_once('=').ok_or("expected VAR=NAME")?;
-    let valid_var = var.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid_var {
-        return Err(format!("{var:?} is not an environment variable name"));
+    // Not quoted back: a value pasted here by mistake must not be echoed.
+    if !vault_proto::names::is_env_var(var) {
+        return Err("VAR is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)".into());
     }
     vault_proto::names::validate(name).map_err(|e| format!("invalid secret name: {e}"))?;
     Ok((var.to_owned(), name.to_owned()))
@@ -99,7 +105,17 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         secret_ref(global, name)?;
     }
     let env = checked_env(global)?.to_owned();
-    let names: Vec<String> = args.secrets.iter().map(|(_, n)| n.clone()).collect();
+    launch(global, env, &args.secrets, &args.launch).await
+}
+
+/// Runs `launch.command` with `bindings` (VAR, secret name) from `env`, until it exits.
+pub(crate) async fn launch(
+    global: &Global,
+    env: String,
+    bindings: &[(String, String)],
+    args: &Launch,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = bindings.iter().map(|(_, n)| n.clone()).collect();
     let request =
         || daemon::with_token(tonic::Request::new(GetSecretsRequest { env: env.clone(), names: names.clone() }));
     let mut agent = daemon::agent(global).await?;
@@ -112,13 +128,13 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         (first, Some(stream))
     };
     let mut values = Values::new();
-    apply(&mut values, &args.secrets, first);
-    let vars = args.secrets.iter().map(|(var, _)| var.clone()).collect();
+    apply(&mut values, bindings, first);
+    let vars = bindings.iter().map(|(var, _)| var.clone()).collect();
     let files = args.files.as_deref().map(|dir| Files::create(dir, vars)).transpose()?;
     if let Some(files) = &files {
         files.write(&values)?;
     }
-    let mut child = spawn(&args, &values, files.as_ref())?;
+    let mut child = spawn(args, &values, files.as_ref())?;
     let mut forwarded = Forwarded::new()?;
     loop {
         tokio::select! {
@@ -132,14 +148,14 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
             }
             update = next_update(&mut updates) => match update {
                 Ok(Some(update)) => {
-                    apply(&mut values, &args.secrets, update);
+                    apply(&mut values, bindings, update);
                     if let Some(files) = &files {
                         files.write(&values)?;
                     }
                     match args.on_rotate {
                         OnRotate::Restart => {
                             stop(&mut child).await?;
-                            child = spawn(&args, &values, files.as_ref())?;
+                            child = spawn(args, &values, files.as_ref())?;
                         }
                         OnRotate::Signal(sig) => send(&child, sig),
                         OnRotate::Ignore => {}
@@ -178,7 +194,7 @@ fn apply(values: &mut Values, bindings: &[(String, String)], mut reply: GetSecre
     }
 }
 
-fn spawn(args: &Args, values: &Values, files: Option<&Files>) -> anyhow::Result<tokio::process::Child> {
+fn spawn(args: &Launch, values: &Values, files: Option<&Files>) -> anyhow::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
     for (var, value) in values {

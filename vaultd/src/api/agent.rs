@@ -5,7 +5,7 @@
 //! pause, per connection and token prefix.
 
 use super::{actor, existing_version};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::SecretBytes;
 use crate::identity::Peer;
 use crate::limits::{self, Full, LimitsConfig, Pauses, Presenter, Slot, Slots};
@@ -59,7 +59,7 @@ impl AgentApi {
     ) -> Result<T, Status> {
         let Some(presenters) = &caller.presenters else { return Ok(read.await?) };
         if let Err(wait) = self.pauses.allowed(presenters) {
-            let event = Event::new("token.refused", Outcome::Denied, &caller.actor)
+            let event = Event::new(Kind::TokenRefused, Outcome::Denied, &caller.actor)
                 .with("reason", "paused after failed attempts");
             self.vault.record_detached(event);
             return Err(VaultError::RateLimited(wait).into());
@@ -109,6 +109,19 @@ impl Agent for AgentApi {
         let values = self.with_token(&caller, read).await?;
         let secrets = secrets.iter().zip(&values).map(|(s, (version, value))| reply(*s, *version, value)).collect();
         Ok(Response::new(v1::GetSecretsResponse { secrets }))
+    }
+
+    async fn list_granted(
+        &self,
+        req: Request<v1::ListGrantedRequest>,
+    ) -> Result<Response<v1::ListGrantedResponse>, Status> {
+        let caller = Caller::of(&req, self.owner)?;
+        let _reading = self.slot(&self.reads, &caller, "reads in flight")?;
+        let env = vault_proto::names::env_or_default(&req.get_ref().env).to_owned();
+        vault_proto::names::validate(&env).map_err(|why| VaultError::InvalidName { what: "environment", why })?;
+        let list = self.vault.granted(&caller.actor, caller.peer.as_ref(), caller.token.as_ref(), &env);
+        let names = self.with_token(&caller, list).await?;
+        Ok(Response::new(v1::ListGrantedResponse { names }))
     }
 
     type WatchSecretsStream = WatchStream;

@@ -10,7 +10,7 @@ pub use agent::AgentApi;
 use crate::audit::Actor;
 use crate::crypto::CryptoError;
 use crate::identity::Peer;
-use crate::state::{PolicyChange, SecretRow, VersionRow};
+use crate::state::{PolicyChange, Secret, VersionRow};
 use crate::vault::{RotationRow, SecretRef, VaultError};
 use tonic::Status;
 use vault_proto::v1;
@@ -47,7 +47,8 @@ impl From<VaultError> for Status {
             | VaultError::InvalidExeSha256
             | VaultError::EmptyValue
             | VaultError::KdfRefused(_)
-            | VaultError::ValueTooLarge(_) => Status::invalid_argument(msg),
+            | VaultError::ValueTooLarge(_)
+            | VaultError::InvalidArgument(_) => Status::invalid_argument(msg),
             VaultError::Crypto(CryptoError::DecryptionFailed) | VaultError::RewrapFailed { .. } => {
                 Status::data_loss(msg)
             }
@@ -95,16 +96,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, VaultError> +
     }
 }
 
-fn secret_meta(row: SecretRow) -> v1::SecretMeta {
+fn secret_meta(row: impl std::ops::Deref<Target = Secret>) -> v1::SecretMeta {
     v1::SecretMeta {
-        env: row.env,
-        name: row.name,
-        provider: row.provider,
-        description: row.description,
+        env: row.env.clone(),
+        name: row.name.clone(),
+        provider: row.provider.clone(),
+        description: row.description.clone(),
         current_version: row.current_version,
         created_unix: row.created_unix,
         updated_unix: row.updated_unix,
-        rotator: row.rotator,
+        rotator: row.rotator.clone(),
         rotate_every_secs: row.rotate_every_secs.unwrap_or(0).max(0) as u64,
         grace_secs: row.grace_secs.max(0) as u64,
         next_rotation_unix: row.next_rotation_unix.unwrap_or(0),

@@ -709,7 +709,7 @@ fn file_number(path: &Path) -> Option<u64> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Verdict};
+    use crate::audit::{Actor, Event, Kind, Outcome, Read, ReadDetail, Verdict};
     use crate::config::Config;
     use crate::crypto::{KdfParams, SecretBytes};
     use crate::identity::Peer;
@@ -720,7 +720,7 @@ mod tests {
     const PASSPHRASE: &[u8] = b"a journal passphrase";
 
     fn read_event(n: u64) -> Event {
-        Event::new("secret.read", Outcome::Ok, &Actor::vaultd()).secret("default", "telegram").with("version", n)
+        Event::new(Kind::SecretRead, Outcome::Ok, &Actor::vaultd()).secret("default", "telegram").with("version", n)
     }
 
     #[test]
@@ -744,7 +744,7 @@ mod tests {
             (Outcome::Failed, Some("b\"ot"), ReadDetail::Reason("a \"quoted\" reason".to_string().into())),
         ];
         for (outcome, client, detail) in reads {
-            let read = Read { kind: "secret.read", outcome, actor: &actor, client, env: "prod", name: "x", detail };
+            let read = Read { kind: Kind::SecretRead, outcome, actor: &actor, client, env: "prod", name: "x", detail };
             let mut from_read = Vec::new();
             read.encode(&mut from_read, 41, 1_700_000_000_123);
             let event = read.into_event();
@@ -757,7 +757,7 @@ mod tests {
         let row = chain::decode(&{
             let mut out = Vec::new();
             Read {
-                kind: "secret.read",
+                kind: Kind::SecretRead,
                 outcome: Outcome::Ok,
                 actor: &actor,
                 client: Some("bot"),

@@ -1,5 +1,5 @@
 //! Rotation policy: who makes a secret's next value, how often, and how long the
-//! old one stays readable (DESIGN §6). The state machine that applies it lives in
+//! old one stays readable (ARCHITECTURE §6). The state machine that applies it lives in
 //! `vault::rotate`; the hook protocol in [`hook`].
 
 pub mod hook;
@@ -97,6 +97,20 @@ pub enum RotatorError {
     Charset,
     #[error("the hook path must be absolute")]
     RelativeHook,
+}
+
+impl Rotator {
+    /// Whether the stored spelling `rotator` names a hook (whose steps the
+    /// provider takes part in, so old values owe a revoke-old run).
+    pub fn is_hook(rotator: &str) -> bool {
+        matches!(rotator.parse(), Ok(Rotator::Exec(_)))
+    }
+
+    /// Whether the stored spelling `rotator` is the manual one (the operator
+    /// supplies each new value).
+    pub fn is_manual(rotator: &str) -> bool {
+        matches!(rotator.parse(), Ok(Rotator::Manual))
+    }
 }
 
 impl FromStr for Rotator {

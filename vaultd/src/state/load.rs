@@ -4,12 +4,13 @@
 //! [`Image`] vaultd serves from; what does not is never acted on: it is named
 //! in a [`Violation`] and its scope is quarantined.
 
+use super::SmallMap;
 use super::mac::{self, Root, SUMMED, Sums, Table};
 use super::model::{Client, Grant, Incident, KeyTerm, Secret, Token, VersionState};
 use super::{Child, Found, Persist, StoredState};
 use super::{Image, Scope, Violation};
 use crate::crypto::{MAC_LEN, Mac, Unlocked};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 /// What unlock found.
 pub struct Loaded {
@@ -98,6 +99,8 @@ fn assemble(stored: StoredState) -> Assembled {
             let (children, macs) = kids.remove(&secret.id).unwrap_or_else(|| (Secret::empty(), Vec::new()));
             secret.versions = children.versions;
             secret.rotations = children.rotations;
+            secret.versions.shrink();
+            secret.rotations.shrink();
             Stored { entry: secret, mac, children: macs }
         })
         .collect();
@@ -315,8 +318,8 @@ impl Secret {
             grace_secs: 0,
             next_rotation_unix: None,
             due_alerted_unix: None,
-            versions: BTreeMap::new(),
-            rotations: BTreeMap::new(),
+            versions: SmallMap::new(),
+            rotations: SmallMap::new(),
         }
     }
 }

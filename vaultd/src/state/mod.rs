@@ -17,14 +17,16 @@ pub mod change;
 pub mod load;
 pub mod mac;
 pub mod model;
+mod small_map;
 mod stored;
 
 pub use change::{PolicyChange, Promoted, SecretLabels};
 pub use model::{
-    Client, Grant, GrantKind, Incident, IncidentMode, KeyTerm, Rotation, Secret, SecretRow, Step, Token, Trigger,
-    Version, VersionRow, VersionState,
+    Client, Grant, GrantKind, Incident, IncidentMode, KeyTerm, Rotation, Secret, Step, Token, Trigger, Version,
+    VersionRow, VersionState,
 };
 
+pub use small_map::SmallMap;
 pub use stored::{Child, Found, StoredState};
 
 use crate::crypto::Unlocked;
@@ -314,13 +316,6 @@ impl Image {
         self.sums = changes.sums;
         self.generation = changes.generation;
         self.carried_written = true;
-    }
-
-    /// A pending (offline) incident that an unlock found, known while running.
-    pub fn note_pending_incident(&mut self, incident: Incident) {
-        if !self.incidents.contains_key(&incident.id) {
-            self.pending_incidents.insert(incident.id, incident);
-        }
     }
 }
 

@@ -138,7 +138,7 @@ impl Txn<'_> {
         each_row(
             tx,
             "SELECT t.accessor, t.hash, COALESCE(c.name, ''), t.bind_uid, t.created_unix, t.expires_unix,
-                    t.idle_secs, t.uses_left, t.last_used_unix, t.revoked_unix, t.mac
+                    t.idle_secs, t.uses_left, t.last_used_unix, t.revoked_unix, t.mac, t.bind_exe
              FROM token t LEFT JOIN client c ON c.id = t.client_id",
             |r| {
                 let row = Token {
@@ -146,6 +146,7 @@ impl Txn<'_> {
                     hash: r.get(1)?,
                     client: r.get(2)?,
                     bind_uid: r.get(3)?,
+                    bind_exe: r.get(11)?,
                     created_unix: r.get(4)?,
                     expires_unix: r.get(5)?,
                     idle_secs: r.get(6)?,
@@ -415,11 +416,11 @@ impl Persist for Txn<'_> {
         self.tx
             .prepare_cached(
                 "INSERT INTO token (accessor, hash, client_id, bind_uid, created_unix, expires_unix, idle_secs,
-                                    uses_left, last_used_unix, revoked_unix, mac)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                    uses_left, last_used_unix, revoked_unix, mac, bind_exe)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT (accessor) DO UPDATE SET hash = ?2, client_id = ?3, bind_uid = ?4, created_unix = ?5,
                    expires_unix = ?6, idle_secs = ?7, uses_left = ?8, last_used_unix = ?9, revoked_unix = ?10,
-                   mac = ?11",
+                   mac = ?11, bind_exe = ?12",
             )?
             .execute(params![
                 t.accessor,
@@ -432,7 +433,8 @@ impl Persist for Txn<'_> {
                 t.uses_left,
                 t.last_used_unix,
                 t.revoked_unix,
-                mac
+                mac,
+                t.bind_exe
             ])?;
         Ok(())
     }

@@ -17,7 +17,7 @@ mod rotate;
 mod watch;
 
 use crate::policy::Reader;
-pub use access::MAX_TOKENS_PER_CLIENT;
+pub use access::{MAX_TOKENS_PER_CLIENT, TokenSpec};
 pub use keys::{KeyRotated, MAX_REWRAP_BATCH, Rewrapped};
 pub use read::Usage;
 pub use rotate::{Rotated, RotationRow, Trigger};
@@ -26,14 +26,13 @@ pub use watch::{Update, Watcher};
 use crate::audit::chain::{self, Resumed, Tip};
 use crate::audit::journal::{self, Appended, Journal, JournalFailed};
 use crate::audit::refusals::Refusals;
-use crate::audit::{Actor, Event, Outcome, Record, Verdict, batch, forward};
+use crate::audit::{Actor, Event, Kind, Outcome, Record, Verdict, batch, forward};
 use crate::config::Config;
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
 use crate::limits::Limits;
 use crate::rotation::RotationConfig;
 use crate::state::{
-    self, Draft, Image, PolicyChange, Promoted, Secret, SecretLabels, SecretRow, StateError, VersionRow, Violation,
-    anchor,
+    self, Draft, Image, PolicyChange, Promoted, Secret, SecretLabels, StateError, VersionRow, Violation, anchor,
 };
 use crate::store::{AuditFilter, AuditRow, Store, StoreError, Txn};
 use std::collections::HashSet;
@@ -87,6 +86,9 @@ pub enum VaultError {
     RotationFailed(String),
     #[error("{0}")]
     Rotator(String),
+    /// A request's argument is malformed (the text says which and why).
+    #[error("{0}")]
+    InvalidArgument(&'static str),
     #[error("access to {0} ended (revoked, disabled, or the secret is gone)")]
     AccessEnded(String),
     #[error("Argon2 parameters refused: {0}")]
@@ -400,7 +402,7 @@ impl Vault {
             events.extend(violations.iter().take(MAX_VIOLATION_EVENTS).map(violation_event));
             if violations.len() > MAX_VIOLATION_EVENTS {
                 events.push(
-                    Event::new("integrity.violation", Outcome::Failed, &Actor::vaultd())
+                    Event::new(Kind::IntegrityViolation, Outcome::Failed, &Actor::vaultd())
                         .with("table", "*")
                         .with("row", "*")
                         .with("problem", format!("{} more rows", violations.len() - MAX_VIOLATION_EVENTS)),
@@ -437,6 +439,8 @@ impl Vault {
         drop(chain);
         self.notify();
         self.publish(rows);
+        // The rows read to check the state are gone: so is their memory.
+        crate::sys::release_free_memory();
         Ok(())
     }
 
@@ -463,7 +467,7 @@ impl Vault {
             let generation = self.image().generation();
             let image = state::load::resign(txn, &c.keys, txn.load_state()?, generation, &quarantined, false)?;
             tip.generation = image.generation();
-            let event = Event::new("integrity.acknowledged", Outcome::Ok, actor)
+            let event = Event::new(Kind::IntegrityAcknowledged, Outcome::Ok, actor)
                 .with("problems", acknowledged.clone())
                 .with("quarantined", quarantined.len());
             let rows = chain::append(txn, Some((&c.keys, &mut tip)), &[event])?;
@@ -669,7 +673,7 @@ impl Vault {
         }
         let kdf = KdfParams::for_new_vault();
         let (header, term, unlocked) = crypto::create(passphrase, kdf)?;
-        let event = Event::new("vault.init", Outcome::Ok, actor)
+        let event = Event::new(Kind::VaultInit, Outcome::Ok, actor)
             .with("kdf", format!("argon2id m={} t={} p={}", kdf.memory_kib, kdf.iterations, kdf.parallelism));
         let now = crate::clock::now_unix();
         let first = state::KeyTerm {
@@ -700,13 +704,13 @@ impl Vault {
         let (header, terms) = self.store.header()?.ok_or(VaultError::Uninitialized)?;
         match Unlocked::open(passphrase, &header, &terms) {
             // Also chains what was recorded while sealed.
-            Ok(unlocked) => self.open_with(unlocked, |_| Ok(()), Event::new("vault.unlock", Outcome::Ok, actor)),
+            Ok(unlocked) => self.open_with(unlocked, |_| Ok(()), Event::new(Kind::VaultUnlock, Outcome::Ok, actor)),
             Err(e) => {
                 let (outcome, error) = match e {
                     CryptoError::WrongPassphrase => (Outcome::Denied, VaultError::WrongPassphrase),
                     other => (Outcome::Failed, VaultError::Crypto(other)),
                 };
-                let event = Event::new("vault.unlock", outcome, actor).with("reason", error.to_string());
+                let event = Event::new(Kind::VaultUnlock, outcome, actor).with("reason", error.to_string());
                 self.append(vec![event], true)?;
                 Err(error)
             }
@@ -728,7 +732,7 @@ impl Vault {
         let Some(Chain { keys, mut tip }) = chain.take() else { return Ok(()) };
         let rows = self.store.write(|txn| {
             let mut rows = journal::import(txn, &keys, &mut tip, &journaled.waiting)?.rows(&journaled.waiting);
-            let events = [checkpoint(&tip), Event::new("vault.seal", Outcome::Ok, actor)];
+            let events = [checkpoint(&tip), Event::new(Kind::VaultSeal, Outcome::Ok, actor)];
             rows.extend(chain::append(txn, Some((&keys, &mut tip)), &events)?);
             Ok::<_, VaultError>((rows, tip))
         });
@@ -795,7 +799,7 @@ impl Vault {
                     (1, None)
                 }
             };
-            let mut event = Event::new("secret.write", Outcome::Ok, actor)
+            let mut event = Event::new(Kind::SecretWrite, Outcome::Ok, actor)
                 .secret(secret.env, secret.name)
                 .with("version", version)
                 .with("value_digest", digest);
@@ -820,15 +824,16 @@ impl Vault {
         self.image().secret(secret.env, secret.name)?.cloned().ok_or_else(|| secret.not_found())
     }
 
-    pub fn describe(&self, secret: SecretRef<'_>) -> Result<SecretRow, VaultError> {
-        Ok(self.secret(secret)?.row())
+    /// A secret's metadata (never its value).
+    pub fn describe(&self, secret: SecretRef<'_>) -> Result<Arc<Secret>, VaultError> {
+        self.secret(secret)
     }
 
-    pub fn list(&self, env: &str) -> Result<Vec<SecretRow>, VaultError> {
+    pub fn list(&self, env: &str) -> Result<Vec<Arc<Secret>>, VaultError> {
         let env = names::env_or_default(env);
         names::validate(env).map_err(|why| VaultError::InvalidName { what: "environment", why })?;
         self.keys()?;
-        let mut rows: Vec<SecretRow> = self.image().secrets_in(env).map(|s| s.row()).collect();
+        let mut rows: Vec<Arc<Secret>> = self.image().secrets_in(env).cloned().collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(rows)
     }
@@ -844,7 +849,7 @@ impl Vault {
         let destroyed = self.write(|c| {
             let gone = c.state.remove_secret(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
             let destroyed = gone.versions.len() as u64;
-            let event = Event::new("secret.delete", Outcome::Ok, actor)
+            let event = Event::new(Kind::SecretDelete, Outcome::Ok, actor)
                 .secret(secret.env, secret.name)
                 .with("versions_destroyed", destroyed);
             Ok((destroyed, vec![event]))
@@ -903,7 +908,7 @@ impl Vault {
         self.write(|c| match c.txn.audit_prune(cutoff)? {
             None => Ok((0, vec![])),
             Some((upto, count)) => {
-                let event = Event::new("audit.pruned", Outcome::Ok, &Actor::vaultd())
+                let event = Event::new(Kind::AuditPruned, Outcome::Ok, &Actor::vaultd())
                     .with("upto", upto)
                     .with("count", count)
                     .with("retention", humantime::format_duration(retention).to_string());
@@ -915,6 +920,17 @@ impl Vault {
     /// The keyed digest of a candidate value, to find it in the audit log.
     pub fn value_digest(&self, value: &SecretBytes) -> Result<String, VaultError> {
         Ok(self.keys()?.value_digest(value.expose()))
+    }
+
+    /// The keyed digest of `secret`'s current value (`None`: no such secret), so
+    /// the owner can tell whether a write would change it without reading it.
+    pub fn current_digest(&self, secret: SecretRef<'_>) -> Result<Option<String>, VaultError> {
+        let keys = self.keys()?;
+        match self.read_current(secret) {
+            Ok((_, value)) => Ok(Some(keys.value_digest(value.expose()))),
+            Err(VaultError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -936,7 +952,7 @@ fn recovery_events(recovered: &journal::Recovered) -> Vec<Event> {
     let mut events = Vec::new();
     if recovered.imported > 0 || !recovered.torn.is_empty() {
         events.push(
-            Event::new("audit.journal_recovered", Outcome::Ok, &vaultd)
+            Event::new(Kind::AuditJournalRecovered, Outcome::Ok, &vaultd)
                 .with("imported", recovered.imported)
                 .with("incomplete", recovered.torn.clone()),
         );
@@ -944,7 +960,7 @@ fn recovery_events(recovered: &journal::Recovered) -> Vec<Event> {
     if let Some(problem) = &recovered.problem {
         tracing::error!(%problem, "the audit journal was altered; its files are kept as *.damaged");
         events.push(
-            Event::new("audit.journal_damaged", Outcome::Failed, &vaultd)
+            Event::new(Kind::AuditJournalDamaged, Outcome::Failed, &vaultd)
                 .with("problem", problem.clone())
                 .with("kept", "DATA_DIR/journal/*.damaged"),
         );
@@ -954,7 +970,7 @@ fn recovery_events(recovered: &journal::Recovered) -> Vec<Event> {
 
 /// A checkpoint event naming the current tip of the log.
 fn checkpoint(tip: &Tip) -> Event {
-    Event::new("audit.checkpoint", Outcome::Ok, &Actor::vaultd())
+    Event::new(Kind::AuditCheckpoint, Outcome::Ok, &Actor::vaultd())
         .with("seq", tip.seq)
         .with("mac", crypto::hex(&tip.mac))
 }
@@ -989,7 +1005,7 @@ impl Change<'_, '_> {
 const MAX_VIOLATION_EVENTS: usize = 100;
 
 fn violation_event(v: &Violation) -> Event {
-    Event::new("integrity.violation", Outcome::Failed, &Actor::vaultd())
+    Event::new(Kind::IntegrityViolation, Outcome::Failed, &Actor::vaultd())
         .with("table", v.table.sql())
         .with("row", v.row.clone())
         .with("problem", v.problem.clone())
@@ -1002,8 +1018,8 @@ fn open_problems(txn: &Txn<'_>) -> Result<Vec<String>, StoreError> {
         .into_iter()
         .map(|(seq, kind, detail)| {
             let d: serde_json::Value = serde_json::from_str(&detail).unwrap_or_default();
-            let what = match kind.as_str() {
-                "audit.tampered" => format!("audit log: {}", d["problem"].as_str().unwrap_or("altered")),
+            let what = match Kind::parse(&kind) {
+                Some(Kind::AuditTampered) => format!("audit log: {}", d["problem"].as_str().unwrap_or("altered")),
                 _ => format!(
                     "{} {}: {}",
                     d["table"].as_str().unwrap_or("?"),

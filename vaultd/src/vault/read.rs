@@ -3,16 +3,16 @@
 //! verified state in memory and recorded before the value is released.
 
 use super::{SecretRef, Vault, VaultError, off_worker};
-use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Record};
+use crate::audit::{Actor, Event, Kind, Outcome, Read, ReadDetail, Record};
 use crate::crypto::{SecretBytes, Unlocked};
-use crate::identity::{Caller, Peer};
+use crate::identity::{Caller, Peer, Process as _};
 use crate::policy::{self, Action, Decision, Reader};
 use crate::state::Image;
 use std::sync::Arc;
 
 /// The record of a read by `actor` as `client`, which ended as `outcome` says.
 pub(super) fn read_record<'a>(
-    kind: &'static str,
+    kind: Kind,
     actor: &'a Actor,
     client: Option<&'a str>,
     secret: SecretRef<'a>,
@@ -131,7 +131,7 @@ impl Vault {
             self.spend(&actor, &reader)?;
         }
         self.journal.room().await;
-        self.record_all(vec![read_record("secret.use", &actor, client, secret, detail)])?;
+        self.record_all(vec![read_record(Kind::SecretUse, &actor, client, secret, detail)])?;
         let (version, value) = result?;
         let client = client.map(str::to_owned);
         Ok(Usage { actor, reader, env: secret.env.into(), name: secret.name.into(), version, value, client, epoch })
@@ -165,6 +165,31 @@ impl Vault {
         self.read_as(&actor, &reader, &wanted).await
     }
 
+    /// The names in `env` that the caller may read now (names only: what
+    /// `vaultctl run` injects), sorted. Not granted and not found look alike: the
+    /// name is simply absent. Recorded as `secret.list`.
+    pub async fn granted(
+        &self,
+        actor: &Actor,
+        peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
+        env: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        let mut actor = actor.clone();
+        let reader = self.identify(&mut actor, peer, token).await?;
+        self.admit(&actor, &reader, 1)?;
+        let names: Vec<String> = self
+            .list(env)?
+            .into_iter()
+            .filter(|s| {
+                matches!(self.decide(&reader, SecretRef { env, name: &s.name }, Action::Read), Decision::Allowed { .. })
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        self.record(Event::new(Kind::SecretList, Outcome::Ok, &actor).with("env", env).with("names", names.len()))?;
+        Ok(names)
+    }
+
     /// The rate limit for a read of `cost` secrets, per client (or uid) and
     /// global; the owner is exempt.
     pub(super) fn admit(&self, actor: &Actor, reader: &Reader, cost: usize) -> Result<(), VaultError> {
@@ -175,7 +200,7 @@ impl Vault {
             Reader::Nobody => Some("nobody".into()),
         };
         if let Err(wait) = self.limits.admit(limit_key.as_deref(), cost) {
-            let event = Event::new("request.rate_limited", Outcome::Denied, actor)
+            let event = Event::new(Kind::RequestRateLimited, Outcome::Denied, actor)
                 .with("retry_after_ms", wait.as_millis() as u64);
             self.record_detached(event);
             return Err(VaultError::RateLimited(wait));
@@ -243,14 +268,14 @@ impl Vault {
         for (((secret, _), decision), result) in secrets.iter().zip(&decisions).zip(&results) {
             match decision {
                 Decision::Denied(why) => records.push(read_record(
-                    "secret.read",
+                    Kind::SecretRead,
                     actor,
                     None,
                     *secret,
                     (Outcome::Denied, ReadDetail::Reason((*why).into())),
                 )),
                 Decision::Allowed { client } if self.audit_reads || result.is_err() => {
-                    records.push(read_record("secret.read", actor, client.as_deref(), *secret, outcome(result)));
+                    records.push(read_record(Kind::SecretRead, actor, client.as_deref(), *secret, outcome(result)));
                 }
                 Decision::Allowed { .. } => {}
             }
@@ -290,7 +315,7 @@ impl Vault {
             })
         })?;
         if !spent {
-            let event = Event::new("token.refused", Outcome::Denied, actor)
+            let event = Event::new(Kind::TokenRefused, Outcome::Denied, actor)
                 .with("reason", "no uses left")
                 .with("accessor", accessor.clone());
             self.record(event)?;
@@ -325,20 +350,30 @@ impl Vault {
                     if let Some(reason) = policy::token_refusal(found, image.last_use(found), peer.uid, now) {
                         Err((reason, Some(accessor)))
                     } else if let Some(client) = image.client(&found.client).filter(|c| c.enabled).cloned() {
-                        Ok((accessor, client))
+                        Ok((accessor, client, found.bind_exe.clone()))
                     } else {
                         Err(("client disabled or removed", Some(accessor)))
                     }
                 }
             }
         };
+        // A token bound to an executable: the caller must run that file, as its
+        // identity was attested at accept (outside the state's lock: /proc reads).
+        let checked = checked.and_then(|(accessor, client, bind_exe)| match bind_exe {
+            None => Ok((accessor, client)),
+            Some(exe) => match Caller::new(peer.clone()).runs(std::path::Path::new(&exe)) {
+                Ok(true) => Ok((accessor, client)),
+                Ok(false) => Err(("used from another executable", Some(accessor))),
+                Err(why) => Err((why.reason(), Some(accessor))),
+            },
+        });
         match checked {
             Ok((accessor, client)) => {
                 actor.token = Some(accessor.clone());
                 Ok(Reader::Token { client, accessor, uid: peer.uid })
             }
             Err((reason, accessor)) => {
-                let mut event = Event::new("token.refused", Outcome::Denied, actor).with("reason", reason);
+                let mut event = Event::new(Kind::TokenRefused, Outcome::Denied, actor).with("reason", reason);
                 if let Some(accessor) = accessor {
                     event = event.with("accessor", accessor);
                 }
@@ -357,7 +392,7 @@ impl Vault {
         } else {
             self.read_version_any(secret, version).map(|value| (version, value))
         };
-        self.append(vec![read_record("secret.reveal", actor, None, secret, outcome(&result)).into_event()], false)?;
+        self.append(vec![read_record(Kind::SecretReveal, actor, None, secret, outcome(&result)).into_event()], false)?;
         result
     }
 }

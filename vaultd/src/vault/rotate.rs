@@ -1,4 +1,4 @@
-//! Rotation's state machine (DESIGN §6), persisted in the `rotation` table:
+//! Rotation's state machine (ARCHITECTURE §6), persisted in the `rotation` table:
 //!
 //! ```text
 //! begin (step create) ─ hook create ─▶ pending stored (step test) ─ hook test ─▶ promoted (done)
@@ -13,11 +13,11 @@
 //! and the current version is never touched before the promotion.
 
 use super::{SecretRef, Vault, VaultError};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::SecretBytes;
 use crate::rotation::{Rotator, hook};
 pub use crate::state::Trigger;
-use crate::state::{PolicyChange, Promoted, Rotation, Secret, SecretRow, Step, VersionState};
+use crate::state::{PolicyChange, Promoted, Rotation, Secret, Step, VersionState};
 use crate::store::now_unix;
 use std::sync::Arc;
 
@@ -100,7 +100,7 @@ impl Vault {
         actor: &Actor,
         secret: SecretRef<'_>,
         change: &PolicyChange,
-    ) -> Result<SecretRow, VaultError> {
+    ) -> Result<Arc<Secret>, VaultError> {
         check_policy(change)?;
         self.keys()?;
         self.write(|c| {
@@ -173,7 +173,7 @@ impl Vault {
             let promoted = s.promote(version, keep, now);
             s.rotation_step(rotation, Step::Done, Some(version), None, now);
             events.insert(0, start_event(actor, secret, &rotator_name, trigger, from));
-            events.push(step_event("rotation.created", actor, secret, version).with("value_digest", digest));
+            events.push(step_event(Kind::RotationCreated, actor, secret, version).with("value_digest", digest));
             events.push(promoted_event(actor, secret, version, promoted));
             Ok((Rotated { version, promoted, compromised: Vec::new() }, events))
         })?;
@@ -247,7 +247,7 @@ impl Vault {
         &self,
         actor: &Actor,
         secret: SecretRef<'_>,
-        row: &SecretRow,
+        row: &Secret,
         path: &std::path::Path,
         trigger: Trigger,
     ) -> Result<Rotated, VaultError> {
@@ -288,7 +288,7 @@ impl Vault {
             let version = s.next_version();
             s.add_pending(version, keys.seal_version(&secret.version(version), term, created.expose())?, now);
             s.rotation_step(rotation, Step::Test, Some(version), None, now);
-            events.push(step_event("rotation.created", actor, secret, version).with("value_digest", digest));
+            events.push(step_event(Kind::RotationCreated, actor, secret, version).with("value_digest", digest));
             Ok((version, events))
         })?;
         self.test_and_promote(actor, secret, rotation, path, &row.provider, version, &created, trigger).await
@@ -319,7 +319,7 @@ impl Vault {
             let promoted = s.promote(version, keep, now);
             s.rotation_step(rotation, Step::Done, None, None, now);
             let events = vec![
-                step_event("rotation.tested", actor, secret, version),
+                step_event(Kind::RotationTested, actor, secret, version),
                 promoted_event(actor, secret, version, promoted),
             ];
             Ok((promoted, events))
@@ -352,7 +352,7 @@ impl Vault {
                 }
                 s.rotation_step(rotation, Step::Failed, None, Some(&reason), now);
             }
-            let event = Event::new("rotation.failed", Outcome::Failed, actor)
+            let event = Event::new(Kind::RotationFailed, Outcome::Failed, actor)
                 .secret(secret.env, secret.name)
                 .with("step", step)
                 .with("reason", reason.clone());
@@ -368,7 +368,7 @@ impl Vault {
 
     /// Secrets with a schedule (every environment), or only those due now, or
     /// (`compromised`) those whose current version revoke-all marked compromised.
-    pub fn rotations(&self, due_only: bool, compromised: bool) -> Result<Vec<SecretRow>, VaultError> {
+    pub fn rotations(&self, due_only: bool, compromised: bool) -> Result<Vec<Arc<Secret>>, VaultError> {
         self.keys()?;
         let now = now_unix();
         let image = self.image();
@@ -383,7 +383,7 @@ impl Vault {
         if compromised {
             found.sort_by(|a, b| (&a.env, &a.name).cmp(&(&b.env, &b.name)));
         }
-        Ok(found.into_iter().map(|s| s.row()).collect())
+        Ok(found.into_iter().cloned().collect())
     }
 
     pub fn last_rotation(&self, secret: SecretRef<'_>) -> Result<Option<RotationRow>, VaultError> {
@@ -420,11 +420,11 @@ impl Vault {
         }
         for (env, name, rotator, due_unix, alerted) in due {
             let secret = SecretRef { env: &env, name: &name };
-            if rotator == "manual" {
+            if Rotator::is_manual(&rotator) {
                 if !alerted {
                     self.write(|c| {
                         c.secret(secret)?.due_alerted_unix = Some(now);
-                        let event = Event::new("rotation.due", Outcome::Ok, &vaultd)
+                        let event = Event::new(Kind::RotationDue, Outcome::Ok, &vaultd)
                             .secret(secret.env, secret.name)
                             .with("due_unix", due_unix)
                             .with("reason", "manual rotation due: run `vaultctl rotate NAME`");
@@ -445,7 +445,7 @@ impl Vault {
             });
         }
         for old in grace_ended {
-            let hook = old.rotator.starts_with("exec:");
+            let hook = Rotator::is_hook(&old.rotator);
             let secret = SecretRef { env: &old.env, name: &old.name };
             self.write(|c| {
                 let Some(s) = c.state.secret_mut(secret.env, secret.name)? else { return Ok(((), vec![])) };
@@ -453,7 +453,7 @@ impl Vault {
                     return Ok(((), vec![]));
                 }
                 let event =
-                    step_event("rotation.retired", &vaultd, secret, old.version).with("reason", "grace period over");
+                    step_event(Kind::RotationRetired, &vaultd, secret, old.version).with("reason", "grace period over");
                 Ok(((), vec![event]))
             })?;
         }
@@ -524,7 +524,7 @@ impl Vault {
                 .filter(|v| v.state == VersionState::Pending)
                 .and_then(|v| v.ciphertext.clone())
                 .ok_or_else(|| secret.not_found())?;
-            let event = step_event("rotation.resumed", &vaultd, secret, version).with("step", "test");
+            let event = step_event(Kind::RotationResumed, &vaultd, secret, version).with("step", "test");
             Ok(((s.provider.clone(), ciphertext), vec![event]))
         })?;
         let pending = keys.open_version(&secret.version(version), &pending)?;
@@ -558,11 +558,11 @@ impl Vault {
             let event = match &outcome {
                 Ok(what) => {
                     s.revoke_done(old.version, None);
-                    step_event("rotation.revoked_old", &vaultd, secret, old.version).with("result", *what)
+                    step_event(Kind::RotationRevokedOld, &vaultd, secret, old.version).with("result", *what)
                 }
                 Err(reason) => {
                     s.revoke_done(old.version, Some(now.saturating_add(RETRY_SECS)));
-                    Event::new("rotation.failed", Outcome::Failed, &vaultd)
+                    Event::new(Kind::RotationFailed, Outcome::Failed, &vaultd)
                         .secret(secret.env, secret.name)
                         .with("step", "revoke-old")
                         .with("version", old.version)
@@ -580,19 +580,19 @@ fn unreachable_rotator<T>() -> Result<T, VaultError> {
 }
 
 fn start_event(actor: &Actor, secret: SecretRef<'_>, rotator: &str, trigger: Trigger, from: u64) -> Event {
-    Event::new("rotation.start", Outcome::Ok, actor)
+    Event::new(Kind::RotationStart, Outcome::Ok, actor)
         .secret(secret.env, secret.name)
         .with("rotator", rotator)
         .with("trigger", trigger.as_str())
         .with("from_version", from)
 }
 
-fn step_event(kind: &'static str, actor: &Actor, secret: SecretRef<'_>, version: u64) -> Event {
+fn step_event(kind: Kind, actor: &Actor, secret: SecretRef<'_>, version: u64) -> Event {
     Event::new(kind, Outcome::Ok, actor).secret(secret.env, secret.name).with("version", version)
 }
 
 fn promoted_event(actor: &Actor, secret: SecretRef<'_>, version: u64, promoted: Promoted) -> Event {
-    step_event("rotation.promoted", actor, secret, version)
+    step_event(Kind::RotationPromoted, actor, secret, version)
         .with("previous_version", promoted.previous)
         .with("grace_until_unix", promoted.grace_until)
 }
@@ -614,7 +614,7 @@ pub(super) fn check_policy(change: &PolicyChange) -> Result<(), VaultError> {
 }
 
 pub(super) fn policy_event(actor: &Actor, secret: SecretRef<'_>, change: &PolicyChange) -> Event {
-    let mut event = Event::new("rotation.policy", Outcome::Ok, actor).secret(secret.env, secret.name);
+    let mut event = Event::new(Kind::RotationPolicy, Outcome::Ok, actor).secret(secret.env, secret.name);
     if let Some(rotator) = &change.rotator {
         event = event.with("rotator", rotator.clone());
     }
@@ -647,7 +647,7 @@ pub(super) fn roll_back_interrupted(c: &mut super::Change<'_, '_>) -> Result<Vec
         if let Some(s) = c.state.secret_mut(&env, &name)? {
             s.rotation_step(id, Step::Failed, None, Some(reason), now_unix());
             events.push(
-                Event::new("rotation.failed", Outcome::Failed, &Actor::vaultd())
+                Event::new(Kind::RotationFailed, Outcome::Failed, &Actor::vaultd())
                     .secret(&env, &name)
                     .with("step", "create")
                     .with("reason", reason),
