@@ -21,9 +21,12 @@ pub(super) fn read_record<'a>(
     Read { kind, outcome, actor, client, env: secret.env, name: secret.name, detail }
 }
 
+/// A read of one secret: the version read and its value.
+type Opened = Result<(u64, SecretBytes), VaultError>;
+
 /// How a read ended: allowed (with the version), denied (unknown, sealed) or
 /// failed (did not decrypt, quarantined).
-fn outcome(result: &Result<(u64, SecretBytes), VaultError>) -> (Outcome, ReadDetail) {
+fn outcome(result: &Opened) -> (Outcome, ReadDetail) {
     let denied = |reason: &'static str| (Outcome::Denied, ReadDetail::Reason(reason.into()));
     match result {
         Ok((version, _)) => (Outcome::Ok, ReadDetail::Version(*version)),
@@ -219,11 +222,7 @@ impl Vault {
     /// decision and ciphertext from one look at the verified state at one time,
     /// then each opened, a key term's cipher made once for the batch. The keys
     /// (and the ciphers) are dropped on return, before any wait for the journal.
-    fn open_all(
-        &self,
-        reader: &Reader,
-        secrets: &[(SecretRef<'_>, u64)],
-    ) -> (Vec<Decision>, Vec<Result<(u64, SecretBytes), VaultError>>) {
+    fn open_all(&self, reader: &Reader, secrets: &[(SecretRef<'_>, u64)]) -> (Vec<Decision>, Vec<Opened>) {
         let now = crate::clock::now_unix();
         let (decisions, ciphertexts): (Vec<_>, Vec<_>) = {
             let image = self.image();
