@@ -14,24 +14,24 @@ use crate::identity::{Attestation, Peer};
 use crate::limits::{ConnectionCaps, LimitsConfig, OWNER_CONNECTIONS, Slot, Slots};
 use crate::policy::{self, Socket};
 use crate::vault::Vault;
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::codegen::http::{self, HeaderValue};
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic::service::interceptor::InterceptedService;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
@@ -62,6 +62,10 @@ const PREFACE_LEN: usize = 24 + 9;
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 /// Repeated warnings (refused connections, accept errors) at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// The headers every response is checked for, as names made once: looking one
+/// up by its text parses the text first, a few hundred instructions per response.
+static FAULT: http::HeaderName = http::HeaderName::from_static(FAULT_HEADER);
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// Which connection a request came on (each accepted connection has its own), for
 /// what is kept per connection (the bad-token pause).
@@ -112,24 +116,62 @@ fn create_dir_for(socket: &Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Admits a request when the socket's policy admits its caller (as the kernel
-/// reported it at accept). A refusal is an answer, PERMISSION_DENIED, not a
-/// closed connection, so the caller can tell "denied" from "vaultd is down".
-/// Every refusal is recorded.
-fn guard(
+/// A socket's API behind its policy: a request is admitted when the policy
+/// admits its caller (as the kernel reported it at accept). A refusal is an
+/// answer, PERMISSION_DENIED, not a closed connection, so the caller can tell
+/// "denied" from "vaultd is down". Every refusal is recorded.
+///
+/// A plain service over the HTTP request, not a tonic interceptor: that one
+/// turns every request into a tonic request and back, and wraps the reply's
+/// body in one more layer, for a check that reads one extension.
+#[derive(Clone)]
+struct Guarded<S> {
+    api: S,
     socket: Socket,
     owner: u32,
     vault: Arc<Vault>,
-) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |req: Request<()>| {
-        let peer = Peer::of_request(&req);
-        if policy::may_use(socket, peer.as_ref(), owner) {
-            return Ok(req);
+}
+
+impl<S> Guarded<S> {
+    fn new(api: S, socket: Socket, owner: u32, vault: Arc<Vault>) -> Guarded<S> {
+        Guarded { api, socket, owner, vault }
+    }
+
+    /// `None` when the caller may use this socket, else the refusal to answer with.
+    fn refusal(&self, peer: Option<&Peer>) -> Option<Status> {
+        if policy::may_use(self.socket, peer, self.owner) {
+            return None;
         }
-        tracing::warn!(%socket, uid = peer.as_ref().map(|p| p.uid), pid = peer.as_ref().and_then(|p| p.pid), "request refused");
-        let actor = Actor::peer(socket.name(), peer.as_ref());
-        vault.record_detached(Event::new(Kind::RequestRefused, Outcome::Denied, &actor));
-        Err(Status::permission_denied(format!("permission denied: this user may not use the {socket} socket")))
+        let socket = self.socket;
+        tracing::warn!(%socket, uid = peer.map(|p| p.uid), pid = peer.and_then(|p| p.pid), "request refused");
+        let actor = Actor::peer(socket.name(), peer);
+        self.vault.record_detached(Event::new(Kind::RequestRefused, Outcome::Denied, &actor));
+        Some(Status::permission_denied(format!("permission denied: this user may not use the {socket} socket")))
+    }
+}
+
+impl<S: NamedService> NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for Guarded<S>
+where
+    S: tonic::codegen::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<S::Future, std::future::Ready<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.api.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let peer = req.extensions().get::<Attestation>().and_then(|a| a.0.as_ref());
+        match self.refusal(peer) {
+            None => futures_util::future::Either::Left(self.api.call(req)),
+            Some(status) => futures_util::future::Either::Right(std::future::ready(Ok(status.into_http()))),
+        }
     }
 }
 
@@ -186,14 +228,11 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_LEN);
     let (reporter, health, reflection) = discovery(AgentServer::<AgentApi>::NAME).await;
     let agent_health = follow_seal(vault.clone(), reporter, AgentServer::<AgentApi>::NAME);
-    let agent_routes = Routes::new(health)
-        .add_service(reflection)
-        .add_service(InterceptedService::new(agent_api, guard(Socket::Agent, owner, vault.clone())))
-        .prepare();
     let agent_loop = Listener {
         listener: agent,
         socket: Socket::Agent,
-        routes: agent_routes,
+        api: Guarded::new(agent_api, Socket::Agent, owner, vault.clone()),
+        routes: Routes::new(health).add_service(reflection).prepare(),
         owner,
         caps: Some(Slots::new(caps.total, caps.per_uid, OWNER_CONNECTIONS)),
         cutoff: Some(vault.cutoffs()),
@@ -205,16 +244,13 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_LEN)
         .max_encoding_message_size(MAX_ADMIN_REPLY_LEN);
     let (_, health, reflection) = discovery(AdminServer::<AdminApi>::NAME).await;
-    let admin_routes = Routes::new(health)
-        .add_service(reflection)
-        .add_service(InterceptedService::new(admin_api, guard(Socket::Admin, owner, vault)))
-        .prepare();
     // Owner-only (mode 0600): not capped, and served from the descriptors the
     // agent caps leave.
     let admin_loop = Listener {
         listener: admin,
         socket: Socket::Admin,
-        routes: admin_routes,
+        api: Guarded::new(admin_api, Socket::Admin, owner, vault),
+        routes: Routes::new(health).add_service(reflection).prepare(),
         owner,
         caps: None,
         cutoff: None,
@@ -235,10 +271,26 @@ pub async fn serve(
     loops.await;
 }
 
+/// A request as hyper hands it over, and the answer vaultd's services give.
+type Incoming = http::Request<hyper::body::Incoming>;
+type Answer = http::Response<tonic::body::Body>;
+
+/// A socket's own API (agent or admin), behind its policy.
+trait Api: Served + NamedService + Clone + Send + 'static {}
+
+impl<S: Served + NamedService + Clone + Send + 'static> Api for S {}
+
+/// What serves a request (an API, the router).
+trait Served: tonic::codegen::Service<Incoming, Response = Answer, Error = Infallible, Future: Send> {}
+
+impl<S: tonic::codegen::Service<Incoming, Response = Answer, Error = Infallible, Future: Send>> Served for S {}
+
 /// One socket's accept loop and what its connections are served with.
-struct Listener {
+struct Listener<A> {
     listener: UnixListener,
     socket: Socket,
+    api: A,
+    /// Health and reflection.
     routes: Routes,
     owner: u32,
     /// Agent connections held, per uid and in all.
@@ -270,7 +322,7 @@ impl Throttled {
     }
 }
 
-impl Listener {
+impl<A: Api> Listener<A> {
     /// Accepts until `stop` changes, then drains: each connection is asked to
     /// close and given [`DRAIN`] to do so, then dropped.
     async fn run(self, mut stop: watch::Receiver<()>) {
@@ -306,6 +358,7 @@ impl Listener {
             let conn = Connection {
                 attestation: Attestation(Peer::of_stream(&stream)),
                 id: ConnectionId(next_id),
+                api: self.api.clone(),
                 routes: self.routes.clone(),
                 timeouts: self.timeouts,
                 _slot: slot,
@@ -353,9 +406,10 @@ fn http2_builder() -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioE
 }
 
 /// One accepted connection and what it is served with.
-struct Connection {
+struct Connection<A> {
     attestation: Attestation,
     id: ConnectionId,
+    api: A,
     routes: Routes,
     /// (handshake, idle).
     timeouts: (Duration, Duration),
@@ -363,7 +417,7 @@ struct Connection {
     _slot: Option<Slot>,
 }
 
-impl Connection {
+impl<A: Api> Connection<A> {
     /// Serves the connection until the peer closes it, or vaultd does: at once on
     /// revoke-all (every stream with it) or when the peer has not introduced
     /// itself in time; gracefully (open streams finish) after an idle spell or
@@ -377,11 +431,16 @@ impl Connection {
         mut cutoff: Option<watch::Receiver<u64>>,
     ) {
         let (handshake, idle) = self.timeouts;
-        let streams = Arc::new(Streams::default());
+        let streams = Arc::new(Streams::new());
         let read = Arc::new(AtomicUsize::new(0));
         let io = Introduced { stream, read: read.clone() };
-        let service =
-            ConnService { routes: self.routes, attestation: self.attestation, id: self.id, streams: streams.clone() };
+        let service = ConnService {
+            api: self.api,
+            routes: self.routes,
+            attestation: self.attestation,
+            id: self.id,
+            streams: streams.clone(),
+        };
         let conn = http2.serve_connection(hyper_util::rt::TokioIo::new(io), service);
         tokio::pin!(conn);
         let introduction = tokio::time::sleep(handshake);
@@ -468,44 +527,53 @@ impl AsyncWrite for Introduced {
 
 /// The streams open on a connection: a request is open from the moment it
 /// arrives until its response body is done with (a watch, as long as it runs).
-#[derive(Default)]
+/// Kept in atomics alone: opening and closing a stream (every request) wakes no
+/// task; the idle check reads them when its timer fires. (A `Notify` here woke
+/// the connection's task twice per request, and with it another worker: about
+/// one futex call and two context switches per read.)
 struct Streams {
     open: AtomicUsize,
-    changed: Notify,
+    /// When the last stream closed (or the connection started), as nanoseconds
+    /// since `start`.
+    closed_at: AtomicU64,
+    start: tokio::time::Instant,
 }
 
 /// One open stream; closed when dropped.
 struct Open(Arc<Streams>);
 
 impl Streams {
+    fn new() -> Streams {
+        Streams { open: AtomicUsize::new(0), closed_at: AtomicU64::new(0), start: tokio::time::Instant::now() }
+    }
+
     fn open(self: &Arc<Self>) -> Open {
         self.open.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
         Open(self.clone())
     }
 
     /// Resolves once no stream has been open for `idle`.
     async fn idle_for(&self, idle: Duration) {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.open.load(Ordering::SeqCst) > 0 {
-                changed.await;
-                continue;
+            // `open` first: a close stores its time before it counts down, so
+            // once none is open, the time read is the last close's.
+            let busy = self.open.load(Ordering::SeqCst) > 0;
+            let quiet_since = self.start + Duration::from_nanos(self.closed_at.load(Ordering::SeqCst));
+            let now = tokio::time::Instant::now();
+            if !busy && now >= quiet_since + idle {
+                return;
             }
-            tokio::select! {
-                () = tokio::time::sleep(idle) => return,
-                () = changed => {}
-            }
+            tokio::time::sleep_until(if busy { now + idle } else { quiet_since + idle }).await;
         }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
-        self.0.changed.notify_waiters();
+        let streams = &self.0;
+        let since_start = u64::try_from(streams.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        streams.closed_at.fetch_max(since_start, Ordering::SeqCst);
+        streams.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -528,7 +596,7 @@ impl<B: http_body::Body + Unpin> http_body::Body for Counted<B> {
         if let Poll::Ready(Some(Ok(frame))) = &mut polled
             && let Some(trailers) = frame.trailers_mut()
         {
-            trailers.remove(FAULT_HEADER);
+            trailers.remove(&FAULT);
         }
         polled
     }
@@ -544,8 +612,14 @@ impl<B: http_body::Body + Unpin> http_body::Body for Counted<B> {
 
 /// A connection's requests: each gets the connection's attestation and id,
 /// counts as an open stream, and is cancelled after [`REQUEST_TIMEOUT`].
+///
+/// A call to the socket's API goes to it directly; the router serves the rest
+/// (health, reflection, unknown services). Through the router, every request
+/// was matched and given path parameters, and each body frame went through two
+/// more boxed layers each way: a few thousand instructions per read.
 #[derive(Clone)]
-struct ConnService {
+struct ConnService<A> {
+    api: A,
     routes: Routes,
     attestation: Attestation,
     id: ConnectionId,
@@ -554,12 +628,12 @@ struct ConnService {
 
 type Reply = http::Response<Counted<tonic::body::Body>>;
 
-impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnService {
+impl<A: Api> hyper::service::Service<Incoming> for ConnService<A> {
     type Response = Reply;
-    type Error = std::convert::Infallible;
+    type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Reply, Self::Error>> + Send>>;
 
-    fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, mut req: Incoming) -> Self::Future {
         let open = self.streams.open();
         let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
         if headers > MAX_REQUEST_HEADERS {
@@ -571,14 +645,12 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnServi
         }
         req.extensions_mut().insert(self.attestation.clone());
         req.extensions_mut().insert(self.id);
-        let mut routes = self.routes.clone();
+        let served = if is_method_of(req.uri().path(), A::NAME) {
+            futures_util::future::Either::Left(call(self.api.clone(), req))
+        } else {
+            futures_util::future::Either::Right(call(self.routes.clone(), req))
+        };
         Box::pin(async move {
-            use tonic::codegen::Service as _;
-            type Incoming = http::Request<hyper::body::Incoming>;
-            let served = async {
-                std::future::poll_fn(|cx| tonic::codegen::Service::<Incoming>::poll_ready(&mut routes, cx)).await?;
-                routes.call(req).await
-            };
             let response = match tokio::time::timeout(REQUEST_TIMEOUT, served).await {
                 Ok(Ok(response)) => response,
                 Ok(Err(never)) => match never {},
@@ -589,16 +661,27 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnServi
     }
 }
 
+/// Whether `path` names a method of the service `name` (`/NAME/Method`).
+fn is_method_of(path: &str, name: &str) -> bool {
+    path.strip_prefix('/').and_then(|p| p.strip_prefix(name)).is_some_and(|method| method.starts_with('/'))
+}
+
+/// Serves `req` with `service` once it is ready.
+async fn call(mut service: impl Served, req: Incoming) -> Result<Answer, Infallible> {
+    std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+    service.call(req).await
+}
+
 /// An INTERNAL status vaultd did not make (its own carry [`FAULT_HEADER`]) is
 /// tonic's: a request that did not decode (malformed protobuf, a string that is
 /// not UTF-8, a cut-off or compressed frame, no message at all). That is the
 /// sender's bad input: INVALID_ARGUMENT.
 fn blame_the_sender<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
-    let ours = headers.remove(FAULT_HEADER).is_some();
-    let internal = HeaderValue::from(Code::Internal as i32);
-    if !ours && headers.get("grpc-status") == Some(&internal) {
-        headers.insert("grpc-status", HeaderValue::from(Code::InvalidArgument as i32));
+    let ours = headers.remove(&FAULT).is_some();
+    let internal = || HeaderValue::from(Code::Internal as i32);
+    if !ours && headers.get(&GRPC_STATUS).is_some_and(|status| *status == internal()) {
+        headers.insert(GRPC_STATUS.clone(), HeaderValue::from(Code::InvalidArgument as i32));
     }
     response
 }

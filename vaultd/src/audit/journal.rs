@@ -254,14 +254,19 @@ impl Journal {
     /// room, and readers go at the import's pace instead of being refused. No
     /// wait while the import is failing: that refuses the read at once.
     pub async fn room(&self) {
+        // The usual case, room to spare, takes only the writer's lock: a waiter
+        // is registered (a lock on the Notify's list) only once crowded.
+        if !self.crowded() {
+            return;
+        }
         let deadline = tokio::time::Instant::now() + MAX_WAIT;
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            let crowded =
-                self.writer().as_ref().is_some_and(|w| w.stalled.is_none() && w.waiting.len() >= EASY_WAITING);
-            if !crowded {
+            // Checked again once registered: an import that ended in between
+            // has notified no one.
+            if !self.crowded() {
                 return;
             }
             self.wake.notify_one();
@@ -269,6 +274,11 @@ impl Journal {
                 return;
             }
         }
+    }
+
+    /// More records wait than the import takes in easily, and it is not failing.
+    fn crowded(&self) -> bool {
+        self.writer().as_ref().is_some_and(|w| w.stalled.is_none() && w.waiting.len() >= EASY_WAITING)
     }
 
     /// Appends `records` and returns once they are in the file.
@@ -303,12 +313,13 @@ impl Journal {
             w.start_file(&self.dir, frame_len as u64)?;
         }
         let mut mac = w.mac;
+        let chain = w.keys.journal_chain();
         w.frame.clear();
         w.lengths.clear();
         for (span, number) in spans.into_iter().zip(w.next..) {
             let content = &mut encoded[span];
             content[..8].copy_from_slice(&number.to_be_bytes());
-            mac = w.keys.journal_mac(&mac, content);
+            mac = chain.mac(&mac, content);
             w.lengths.push((w.frame.len(), (content.len() as u32).to_be_bytes()));
             w.frame.extend_from_slice(&[0; 4]);
             w.frame.extend_from_slice(content);

@@ -4,8 +4,9 @@
 //! byte and key term in front and bind both through the associated data.
 //!
 //! ring's expanded key schedule cannot be wiped from outside, so it is built per
-//! call and dropped at once; the long-lived copy of every key is the zeroizing
-//! [`Key`]. Building it costs well under a microsecond.
+//! call (or per request, for a batch of values: [`Cipher`]) and dropped at once;
+//! the long-lived copy of every key is the zeroizing [`Key`]. Building it costs
+//! well under a microsecond.
 
 use super::{CryptoError, Key, SecretBytes, fill_random};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -31,19 +32,31 @@ pub(super) fn seal(key: &Key, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, C
 }
 
 pub(super) fn open(key: &Key, aad: &[u8], sealed: &[u8]) -> Result<SecretBytes, CryptoError> {
-    if sealed.len() < OVERHEAD {
-        return Err(CryptoError::DecryptionFailed);
+    Cipher::new(key).open(aad, sealed)
+}
+
+/// A key's expanded schedule, for opening several values in a row (one
+/// request's batch); dropped with it.
+pub(super) struct Cipher(LessSafeKey);
+
+impl Cipher {
+    pub(super) fn new(key: &Key) -> Cipher {
+        Cipher(ring_key(key))
     }
-    let (nonce, body) = sealed.split_at(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::DecryptionFailed)?;
-    // Decrypt inside a zeroizing buffer so a failed or finished open leaves no plaintext.
-    let mut buf = SecretBytes::new(body.to_vec());
-    let len = ring_key(key)
-        .open_in_place(nonce, Aad::from(aad), &mut buf.0)
-        .map_err(|_| CryptoError::DecryptionFailed)?
-        .len();
-    buf.0.truncate(len);
-    Ok(buf)
+
+    pub(super) fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<SecretBytes, CryptoError> {
+        if sealed.len() < OVERHEAD {
+            return Err(CryptoError::DecryptionFailed);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::DecryptionFailed)?;
+        // Decrypt inside a zeroizing buffer so a failed or finished open leaves no plaintext.
+        let mut buf = SecretBytes::new(body.to_vec());
+        let len =
+            self.0.open_in_place(nonce, Aad::from(aad), &mut buf.0).map_err(|_| CryptoError::DecryptionFailed)?.len();
+        buf.0.truncate(len);
+        Ok(buf)
+    }
 }
 
 #[cfg(test)]

@@ -35,13 +35,29 @@ pub(super) fn derive(root: &Key, label: &[u8]) -> Key {
 
 /// HMAC over the concatenation of `parts`.
 pub(super) fn sign(key: &Key, parts: &[&[u8]]) -> Mac {
-    let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, &key.0[..]));
-    for part in parts {
-        ctx.update(part);
+    Signer::new(key).sign(parts)
+}
+
+/// A key made ready to sign several messages in a row (ring's inner and outer
+/// hash states, two SHA-256 blocks to make). Like every ring key it cannot be
+/// wiped, so it is made for one batch of MACs and dropped with it.
+pub(super) struct Signer(hmac::Key);
+
+impl Signer {
+    pub(super) fn new(key: &Key) -> Signer {
+        Signer(hmac::Key::new(hmac::HMAC_SHA256, &key.0[..]))
     }
-    let mut out = [0u8; MAC_LEN];
-    out.copy_from_slice(ctx.sign().as_ref());
-    out
+
+    /// HMAC over the concatenation of `parts`.
+    pub(super) fn sign(&self, parts: &[&[u8]]) -> Mac {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        for part in parts {
+            ctx.update(part);
+        }
+        let mut out = [0u8; MAC_LEN];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
 }
 
 /// Constant-time check of a MAC over `parts`.

@@ -11,7 +11,7 @@ mod keyring;
 mod mac;
 
 pub use kdf::KdfParams;
-pub use keyring::{Header, Unlocked, VersionId, WrappedTerm, ciphertext_term, create, rekey};
+pub use keyring::{Header, JournalChain, Opener, Unlocked, VersionId, WrappedTerm, ciphertext_term, create, rekey};
 pub use mac::{MAC_LEN, Mac, StreamMac};
 
 use zeroize::Zeroizing;

@@ -126,8 +126,11 @@ impl Image {
         self.generation
     }
 
-    fn quarantined(&self, scope: &Scope, table: Table) -> bool {
-        self.quarantine.contains(scope) || self.quarantine.contains(&Scope::Table(table))
+    /// Whether `scope` (made only if anything is quarantined: it copies the
+    /// names, and every read asks) or its whole `table` is quarantined.
+    fn quarantined(&self, scope: impl FnOnce() -> Scope, table: Table) -> bool {
+        !self.quarantine.is_empty()
+            && (self.quarantine.contains(&scope()) || self.quarantine.contains(&Scope::Table(table)))
     }
 
     pub fn quarantine_list(&self) -> impl Iterator<Item = &Scope> {
@@ -136,7 +139,7 @@ impl Image {
 
     /// A secret as served: `Err` with its name when it is quarantined.
     pub fn secret(&self, env: &str, name: &str) -> Result<Option<&Arc<Secret>>, StateError> {
-        if self.quarantined(&Scope::Secret(env.into(), name.into()), Table::Secret) {
+        if self.quarantined(|| Scope::Secret(env.into(), name.into()), Table::Secret) {
             return Err(StateError::Quarantined(format!("secret {env}/{name}")));
         }
         Ok(self.secrets.get(env).and_then(|names| names.get(name)))
@@ -423,7 +426,7 @@ impl<'i> Draft<'i> {
     }
 
     fn check_client(&self, name: &str) -> Result<(), StateError> {
-        if self.base.quarantined(&Scope::Client(name.into()), Table::Client) {
+        if self.base.quarantined(|| Scope::Client(name.into()), Table::Client) {
             return Err(StateError::Quarantined(format!("client {name}")));
         }
         Ok(())
@@ -464,7 +467,7 @@ impl<'i> Draft<'i> {
     // ---- tokens
 
     fn check_token(&self, accessor: &str) -> Result<(), StateError> {
-        if self.base.quarantined(&Scope::Token(accessor.into()), Table::Token) {
+        if self.base.quarantined(|| Scope::Token(accessor.into()), Table::Token) {
             return Err(StateError::Quarantined(format!("token {accessor}")));
         }
         Ok(())

@@ -4,9 +4,10 @@
 
 use super::{SecretRef, Vault, VaultError, off_worker};
 use crate::audit::{Actor, Event, Kind, Outcome, Read, ReadDetail, Record};
-use crate::crypto::SecretBytes;
+use crate::crypto::{SecretBytes, Unlocked};
 use crate::identity::{Caller, Peer, Process as _};
 use crate::policy::{self, Action, Decision, Reader};
+use crate::state::Image;
 use std::sync::Arc;
 
 /// The record of a read by `actor` as `client`, which ended as `outcome` says.
@@ -20,9 +21,12 @@ pub(super) fn read_record<'a>(
     Read { kind, outcome, actor, client, env: secret.env, name: secret.name, detail }
 }
 
+/// A read of one secret: the version read and its value.
+type Opened = Result<(u64, SecretBytes), VaultError>;
+
 /// How a read ended: allowed (with the version), denied (unknown, sealed) or
 /// failed (did not decrypt, quarantined).
-fn outcome(result: &Result<(u64, SecretBytes), VaultError>) -> (Outcome, ReadDetail) {
+fn outcome(result: &Opened) -> (Outcome, ReadDetail) {
     let denied = |reason: &'static str| (Outcome::Denied, ReadDetail::Reason(reason.into()));
     match result {
         Ok((version, _)) => (Outcome::Ok, ReadDetail::Version(*version)),
@@ -33,22 +37,31 @@ fn outcome(result: &Result<(u64, SecretBytes), VaultError>) -> (Outcome, ReadDet
     }
 }
 
-impl Vault {
-    /// The ciphertext of a version an agent may read: the current one (`version`
-    /// 0 or its number), or the previous one until its grace ends. Anything else
-    /// is "not found", like a secret that does not exist.
-    fn agent_ciphertext(&self, secret: SecretRef<'_>, version: u64) -> Result<(u64, Arc<[u8]>), VaultError> {
-        let image = self.image();
-        let found = image.secret(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
-        let version = if version == 0 { found.current_version } else { version };
-        let ciphertext = found.readable(version, crate::clock::now_unix()).ok_or_else(|| secret.not_found())?;
-        Ok((version, ciphertext.clone()))
-    }
+/// The ciphertext of a version an agent may read at `now`: the current one
+/// (`version` 0 or its number), or the previous one until its grace ends.
+/// Anything else is "not found", like a secret that does not exist.
+fn agent_ciphertext(
+    image: &Image,
+    secret: SecretRef<'_>,
+    version: u64,
+    now: i64,
+) -> Result<(u64, Arc<[u8]>), VaultError> {
+    let found = image.secret(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
+    let version = if version == 0 { found.current_version } else { version };
+    let ciphertext = found.readable(version, now).ok_or_else(|| secret.not_found())?;
+    Ok((version, ciphertext.clone()))
+}
 
+impl Vault {
     pub(super) fn read_for_agent(&self, secret: SecretRef<'_>, version: u64) -> Result<(u64, SecretBytes), VaultError> {
         let keys = self.keys()?;
-        let (version, ciphertext) = self.agent_ciphertext(secret, version)?;
+        let (version, ciphertext) = agent_ciphertext(&self.image(), secret, version, crate::clock::now_unix())?;
         Ok((version, keys.open_version(&secret.version(version), &ciphertext)?))
+    }
+
+    /// Why there are no keys to read with (sealed, or not initialized).
+    fn locked(&self) -> VaultError {
+        self.keys().err().unwrap_or(VaultError::Sealed)
     }
 
     /// The current version's value (the owner's reveal, hooks).
@@ -205,37 +218,66 @@ impl Vault {
         policy::decide(reader, &image, secret.env, secret.name, action, crate::clock::now_unix())
     }
 
+    /// The decision on each of `secrets` and, where allowed, its value: every
+    /// decision and ciphertext from one look at the verified state at one time,
+    /// then each opened, a key term's cipher made once for the batch. The keys
+    /// (and the ciphers) are dropped on return, before any wait for the journal.
+    fn open_all(&self, reader: &Reader, secrets: &[(SecretRef<'_>, u64)]) -> (Vec<Decision>, Vec<Opened>) {
+        let now = crate::clock::now_unix();
+        let (decisions, ciphertexts): (Vec<_>, Vec<_>) = {
+            let image = self.image();
+            secrets
+                .iter()
+                .map(|&(secret, version)| {
+                    let decision = policy::decide(reader, &image, secret.env, secret.name, Action::Read, now);
+                    let allowed = matches!(decision, Decision::Allowed { .. });
+                    let ciphertext = allowed.then(|| agent_ciphertext(&image, secret, version, now));
+                    (decision, ciphertext)
+                })
+                .unzip()
+        };
+        let keys = self.current_keys();
+        let mut opener = keys.as_deref().map(Unlocked::opener);
+        let results = secrets
+            .iter()
+            .zip(ciphertexts)
+            .map(|((secret, _), ciphertext)| match (ciphertext, opener.as_mut()) {
+                (None, _) => Err(secret.not_found()),
+                (Some(_), None) => Err(self.locked()),
+                (Some(ciphertext), Some(opener)) => {
+                    let (version, ciphertext) = ciphertext?;
+                    Ok((version, opener.open(&secret.version(version), &ciphertext)?))
+                }
+            })
+            .collect();
+        (decisions, results)
+    }
+
     /// Reads `secrets` (each with its version, 0 for current) for an identified
-    /// reader: all or nothing, each read and each denial recorded first.
+    /// reader: all or nothing, each read and each denial recorded first, in one
+    /// journal append for the batch.
     pub(super) async fn read_as(
         &self,
         actor: &Actor,
         reader: &Reader,
         secrets: &[(SecretRef<'_>, u64)],
     ) -> Result<Vec<(u64, SecretBytes)>, VaultError> {
-        let mut results = Vec::with_capacity(secrets.len());
+        let (decisions, results) = self.open_all(reader, secrets);
         let mut records = Vec::with_capacity(secrets.len());
-        let decisions: Vec<Decision> = secrets.iter().map(|(s, _)| self.decide(reader, *s, Action::Read)).collect();
-        for ((secret, version), decision) in secrets.iter().zip(&decisions) {
-            let client = match decision {
-                Decision::Allowed { client } => client.as_deref(),
-                Decision::Denied(why) => {
-                    records.push(read_record(
-                        Kind::SecretRead,
-                        actor,
-                        None,
-                        *secret,
-                        (Outcome::Denied, ReadDetail::Reason((*why).into())),
-                    ));
-                    results.push(Err(secret.not_found()));
-                    continue;
+        for (((secret, _), decision), result) in secrets.iter().zip(&decisions).zip(&results) {
+            match decision {
+                Decision::Denied(why) => records.push(read_record(
+                    Kind::SecretRead,
+                    actor,
+                    None,
+                    *secret,
+                    (Outcome::Denied, ReadDetail::Reason((*why).into())),
+                )),
+                Decision::Allowed { client } if self.audit_reads || result.is_err() => {
+                    records.push(read_record(Kind::SecretRead, actor, client.as_deref(), *secret, outcome(result)));
                 }
-            };
-            let result = self.read_for_agent(*secret, *version);
-            if self.audit_reads || result.is_err() {
-                records.push(read_record(Kind::SecretRead, actor, client, *secret, outcome(&result)));
+                Decision::Allowed { .. } => {}
             }
-            results.push(result);
         }
         // All or nothing: a request refused for one name was not served, and spends nothing.
         if !results.is_empty() && results.iter().all(Result::is_ok) {
