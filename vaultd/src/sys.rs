@@ -151,11 +151,6 @@ impl Exec {
     }
 }
 
-/// Takes the variable `name` out of this process's environment and returns its
-/// value: the bytes the kernel put there at exec (what `/proc/PID/environ`
-/// shows, even after an unsetenv) are overwritten with zeros, then the variable
-/// is removed. Refused unless this process has a single thread: changing the
-/// environment races with any other thread reading it.
 /// Gives the heap's free memory back to the kernel (glibc's `malloc_trim`):
 /// after an unlock, the rows read to check the state are freed, but glibc keeps
 /// the pages, and the resident size would stay at the load's peak.
@@ -168,6 +163,11 @@ pub(crate) fn release_free_memory() {
     }
 }
 
+/// Takes the variable `name` out of this process's environment and returns its
+/// value: the bytes the kernel put there at exec (what `/proc/PID/environ`
+/// shows, even after an unsetenv) are overwritten with zeros, then the variable
+/// is removed. Refused unless this process has a single thread: changing the
+/// environment races with any other thread reading it.
 pub(crate) fn take_env(name: &str) -> io::Result<Option<std::ffi::OsString>> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     if !status.lines().any(|l| l.strip_prefix("Threads:").is_some_and(|n| n.trim() == "1")) {
