@@ -168,6 +168,7 @@ pub(super) fn class(kind: &str, outcome: Outcome) -> &'static str {
         "vault" | "request" | "client" | "token" | "incident" => "security",
         "rotation" => "change",
         "secret" if kind == "secret.read" || kind == "secret.reveal" => "access",
+        "broker" if kind == "broker.request" => "access",
         "secret" => "change",
         "audit" => "audit",
         _ => "system",

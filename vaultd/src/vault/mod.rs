@@ -10,6 +10,7 @@
 //! `incident`, the key lifecycle and backups in `keys`.
 
 mod access;
+mod broker;
 mod incident;
 mod keys;
 mod read;

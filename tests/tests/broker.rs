@@ -1,0 +1,367 @@
+//! The credential broker against a real vaultd and local HTTPS upstreams that
+//! behave like the providers (a CA made at test time): the key is attached on
+//! the way out and never reaches the agent; `use` grants; streaming; rotation
+//! and revoke-all during a stream; bad input; the audit of every request.
+#![allow(clippy::unwrap_used)]
+
+mod upstream;
+
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use upstream::{Agent, Broker, Next, Upstream};
+use vault_tests::{Daemon, Options, contains, is_root, path_str, unique_tag};
+
+/// A vaultd with a broker whose routes all point at one local upstream.
+pub struct Setup {
+    pub d: Daemon,
+    pub up: Upstream,
+    pub socket: PathBuf,
+    pub port: u16,
+    /// The real keys, by route.
+    pub keys: Keys,
+}
+
+pub struct Keys {
+    pub anthropic: String,
+    pub openai: String,
+    pub telegram: String,
+    pub slack: String,
+    pub discord: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Setup {
+    /// `extra` is appended to the config (more `[broker]` settings go in `broker_extra`).
+    pub fn new(broker_extra: &str, extra: &str) -> Setup {
+        let tag = unique_tag();
+        let keys = Keys {
+            anthropic: format!("sk-ant-real-{tag}"),
+            openai: format!("sk-openai-real-{tag}"),
+            telegram: format!("123456:tg-real-{tag}"),
+            slack: format!("xoxb-real-{tag}"),
+            discord: format!("discord-real-{tag}"),
+        };
+        let mut d = Daemon::new(Options::default());
+        let up =
+            Upstream::start(d.dir.path(), &[&keys.anthropic, &keys.openai, &keys.telegram, &keys.slack, &keys.discord]);
+        let socket = d.dir.path().join("broker.sock");
+        let port = free_port();
+        let route = |name: &str, provider: &str| {
+            format!(
+                "[[broker.route]]\nname = \"{name}\"\nprovider = \"{provider}\"\nupstream = \"{}\"\nsecret = \"prod/{name}\"\nca_file = \"{}\"\n",
+                up.url,
+                path_str(&up.ca_file)
+            )
+        };
+        let config = format!(
+            "[broker]\nsocket = \"{}\"\nsocket_mode = \"0666\"\nlisten = \"127.0.0.1:{port}\"\n{broker_extra}\n{}{}{}{}{}{extra}",
+            path_str(&socket),
+            route("anthropic", "anthropic"),
+            route("openai", "openai"),
+            route("telegram", "telegram"),
+            route("slack", "slack"),
+            route("discord", "discord"),
+        );
+        d.opts.config = Some(config);
+        d.launch();
+        d.init();
+        for (name, value) in [
+            ("anthropic", &keys.anthropic),
+            ("openai", &keys.openai),
+            ("telegram", &keys.telegram),
+            ("slack", &keys.slack),
+            ("discord", &keys.discord),
+        ] {
+            d.ctl(&["--env", "prod", "put", name], value.as_bytes()).ok();
+        }
+        Setup { d, up, socket, port, keys }
+    }
+
+    /// A client of uid 0 (the tests' own) with `grants`, and a token for it.
+    pub fn client(&self, name: &str, args: &[&str]) -> String {
+        let mut all = vec!["client", "add", name, "--uid", "0"];
+        all.extend_from_slice(args);
+        self.d.ctl(&all, b"").ok();
+        let out = self.d.ctl(&["--json", "token", "create", "--client", name], b"").ok();
+        out.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    pub fn unix(&self) -> Agent {
+        Agent::new(Broker::Unix(self.socket.clone()))
+    }
+
+    pub fn tcp(&self) -> Agent {
+        Agent::new(Broker::Tcp(format!("127.0.0.1:{}", self.port).parse().unwrap()))
+    }
+
+    /// The audit entries of brokered requests.
+    pub fn requests(&self) -> Vec<Value> {
+        self.d.audit_query(&["--type", "broker.request"])
+    }
+
+    /// Every audit entry, as text.
+    pub fn audit_text(&self) -> String {
+        serde_json::to_string(&self.d.audit_query(&[])).unwrap()
+    }
+}
+
+fn message(stream: bool) -> Value {
+    json!({"model": "claude-test", "max_tokens": 64, "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[test]
+fn every_provider_gets_the_real_key_and_the_agent_never_holds_it() {
+    let s = Setup::new("", "");
+    let token = s.client("bot", &["--use", "--allow", "prod/*"]);
+    let k = &s.keys;
+    let ant = [("x-api-key", token.as_str()), ("anthropic-version", "2023-06-01")];
+    let bearer = format!("Bearer {token}");
+    for agent in [s.unix(), s.tcp()] {
+        // Anthropic, whole and streamed.
+        let reply = agent.post_json("/anthropic/v1/messages", &ant, &message(false));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["content"][0]["text"], "hello from the upstream");
+        let mut stream = agent.stream("/anthropic/v1/messages", &ant, &message(true));
+        assert_eq!(stream.status, 200);
+        let events = String::from_utf8(stream.rest().unwrap()).unwrap();
+        assert!(events.contains("event: message_start") && events.contains("part1 "), "{events}");
+        // OpenAI chat completions with usage.
+        let chat = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]});
+        let reply = agent.post_json("/openai/v1/chat/completions", &[("authorization", &bearer)], &chat);
+        assert_eq!((reply.status, reply.json()["usage"]["total_tokens"].clone()), (200, json!(21)));
+        // Telegram, the token in the path.
+        let reply = agent.send("GET", &format!("/telegram/bot{token}/getMe"), &[], b"");
+        assert_eq!(reply.json()["result"]["username"], "test_bot", "{}", reply.text());
+        let send = json!({"chat_id": 42, "text": "hello"});
+        let reply = agent.post_json(&format!("/telegram/bot{token}/sendMessage?chat_id=42"), &[], &send);
+        assert_eq!(reply.json()["result"]["text"], "hello");
+        // Slack and Discord, their header forms.
+        let reply = agent.send("POST", "/slack/api/auth.test", &[("authorization", &bearer)], b"");
+        assert_eq!(reply.json()["ok"], true, "{}", reply.text());
+        let reply = agent.send("GET", "/discord/api/v10/users/@me", &[("authorization", &format!("Bot {token}"))], b"");
+        assert_eq!(reply.json()["username"], "bot", "{}", reply.text());
+        for real in [&k.anthropic, &k.openai, &k.telegram, &k.slack, &k.discord] {
+            assert!(!contains(&reply.body, real.as_bytes()));
+        }
+    }
+    // The upstream saw each real key in its place, and never the stand-in.
+    let seen = s.up.seen();
+    assert!(seen.iter().any(|r| r.header("x-api-key").as_deref() == Some(&k.anthropic)));
+    assert!(seen.iter().any(|r| r.header("authorization") == Some(format!("Bearer {}", k.openai))));
+    assert!(seen.iter().any(|r| r.path == format!("/bot{}/getMe", k.telegram)));
+    assert!(seen.iter().any(|r| r.header("authorization") == Some(format!("Bearer {}", k.slack))));
+    assert!(seen.iter().any(|r| r.header("authorization") == Some(format!("Bot {}", k.discord))));
+    assert!(!s.up.saw(token.as_bytes()), "the vaultd token reached the upstream");
+    assert!(seen.iter().all(|r| r.header("accept-encoding").as_deref() == Some("identity")));
+
+    // Each request recorded: route, method, path without query values, status, bytes, tokens.
+    let records = s.requests();
+    assert_eq!(records.len(), 14, "{records:#?}");
+    let streamed = records.iter().find(|r| r["detail"]["path"] == "/v1/messages" && r["detail"]["output_tokens"] == 25);
+    let streamed = streamed.unwrap();
+    assert_eq!(streamed["actor"]["client"], "bot");
+    assert_eq!(streamed["detail"]["input_tokens"], 10);
+    assert_eq!(streamed["detail"]["status"], 200);
+    assert!(streamed["detail"]["bytes"].as_u64().unwrap() > 100);
+    assert_eq!(streamed["secret"], "prod/anthropic");
+    let telegram: Vec<_> = records.iter().filter(|r| r["detail"]["route"] == "telegram").collect();
+    assert!(telegram.iter().any(|r| r["detail"]["path"] == "/bot…/sendMessage?chat_id="), "{telegram:#?}");
+    let audit = s.audit_text();
+    for secret in [&token, &k.anthropic, &k.openai, &k.telegram, &k.slack, &k.discord] {
+        assert!(!audit.contains(secret.as_str()), "the audit log holds a secret");
+    }
+    assert!(!s.d.log().contains(&k.anthropic) && !s.d.log().contains(&token));
+}
+
+#[test]
+fn use_without_read_is_brokered_but_not_readable_and_neither_looks_like_no_route() {
+    let s = Setup::new("", "");
+    let user = s.client("user", &["--use", "--allow", "prod/anthropic"]);
+    let reader = s.client("reader", &["--allow", "prod/anthropic"]);
+    let neither = s.client("neither", &["--allow", "prod/openai"]);
+    let get = |token: &str| {
+        let mut cmd = s.d.ctl_command(&["--env", "prod", "get", "anthropic"]);
+        cmd.env("VAULT_TOKEN", token);
+        vault_tests::run(cmd, b"")
+    };
+    assert!(get(&user).error(3).contains("not found"));
+    assert_eq!(get(&reader).ok().stdout, s.keys.anthropic.as_bytes(), "a read grant reads");
+    let agent = s.tcp();
+    let call = |token: &str, path: &str| agent.post_json(path, &[("x-api-key", token)], &message(false));
+    assert_eq!(call(&user, "/anthropic/v1/messages").status, 200);
+    assert_eq!(call(&reader, "/anthropic/v1/messages").status, 200, "a read grant allows use too");
+    let denied = call(&neither, "/anthropic/v1/messages");
+    let missing = call(&neither, "/no-such-route/v1/messages");
+    assert_eq!(denied.status, 404);
+    assert_eq!((denied.status, denied.text()), (missing.status, missing.text().replace("no-such-route", "anthropic")));
+    let header = |r: &upstream::Reply| r.headers.iter().find(|(k, _)| k == "content-type").cloned();
+    assert_eq!(header(&denied), header(&missing));
+    assert_eq!(s.up.seen().len(), 2, "a refused use never reaches the upstream");
+    // The uses are audited like reads, allowed and denied.
+    let uses = s.d.audit_query(&["--type", "secret.use"]);
+    assert_eq!(uses.iter().filter(|u| u["outcome"] == "ok").count(), 2);
+    assert_eq!(uses.iter().filter(|u| u["outcome"] == "denied").count(), 1);
+}
+
+#[test]
+fn a_rotation_lets_a_stream_finish_and_the_next_request_carries_the_new_value() {
+    let s = Setup::new("", "");
+    let token = s.client("bot", &["--use", "--allow", "prod/anthropic"]);
+    let new_key = format!("{}-v2", s.keys.anthropic);
+    s.up.set_keys(&[&s.keys.anthropic, &new_key]);
+    let agent = s.tcp();
+    let slow = json!({"model": "claude-test", "max_tokens": 64, "stream": true, "slow": 10, "messages": []});
+    let mut stream = agent.stream("/anthropic/v1/messages", &[("x-api-key", &token)], &slow);
+    assert!(matches!(stream.next(Duration::from_secs(5)), Next::Data(_)));
+    s.d.ctl(&["--env", "prod", "put", "anthropic"], new_key.as_bytes()).ok();
+    let rest = String::from_utf8(stream.rest().expect("the stream finishes after a rotation")).unwrap();
+    assert!(rest.contains("part9 ") && rest.contains("message_stop"), "{rest}");
+    let reply = agent.post_json("/anthropic/v1/messages", &[("x-api-key", &token)], &message(false));
+    assert_eq!(reply.status, 200);
+    let keys: Vec<_> = s.up.seen().iter().filter_map(|r| r.header("x-api-key")).collect();
+    assert_eq!(keys, [s.keys.anthropic.clone(), new_key], "no agent restart: the next request has the new value");
+}
+
+/// A slow stream in flight, cut by `action`: it must break off within 1 s.
+fn cut_by(action: &[&str], owner_too: bool) {
+    let s = Setup::new("", "");
+    let token = s.client("bot", &["--use", "--allow", "prod/anthropic"]);
+    let agent = s.tcp();
+    let slow = json!({"model": "claude-test", "max_tokens": 64, "stream": true, "slow": 100, "messages": []});
+    let mut stream = agent.stream("/anthropic/v1/messages", &[("x-api-key", &token)], &slow);
+    assert!(matches!(stream.next(Duration::from_secs(5)), Next::Data(_)));
+    let owner_agent = s.unix();
+    let mut owners = owner_too.then(|| owner_agent.stream("/anthropic/v1/messages", &[], &slow));
+    if let Some(o) = owners.as_mut() {
+        assert!(matches!(o.next(Duration::from_secs(5)), Next::Data(_)));
+    }
+    let started = Instant::now();
+    s.d.ctl(action, b"").ok();
+    let ended = started.elapsed();
+    let cut = loop {
+        match stream.next(Duration::from_secs(5)) {
+            Next::Data(_) => continue,
+            Next::End => panic!("the stream ended normally; it should have been cut"),
+            Next::Broken => break started.elapsed(),
+        }
+    };
+    assert!(cut < Duration::from_secs(1), "cut {cut:?} after {action:?} (the command took {ended:?})");
+    if let Some(o) = owners.as_mut() {
+        assert!(o.rest().is_err(), "revoke-all cuts the owner's streams too");
+    }
+    let reply = agent.post_json("/anthropic/v1/messages", &[("x-api-key", &token)], &message(false));
+    assert_eq!(reply.status, 401, "the token is revoked or its client disabled: {}", reply.text());
+    let records = s.requests();
+    assert!(records.iter().any(|r| r["detail"]["end"] == "cut: access ended"), "{records:#?}");
+}
+
+#[test]
+fn revoke_all_cuts_a_stream_within_a_second() {
+    cut_by(&["revoke-all", "--reason", "test", "--yes"], true);
+}
+
+#[test]
+fn disabling_the_client_cuts_its_stream() {
+    cut_by(&["client", "disable", "bot"], false);
+}
+
+#[test]
+fn a_key_the_upstream_echoes_back_is_redacted() {
+    let s = Setup::new("", "");
+    let token = s.client("bot", &["--use", "--allow", "prod/anthropic"]);
+    s.up.set_keys(&[]);
+    let reply = s.tcp().post_json("/anthropic/v1/messages", &[("x-api-key", &token)], &message(false));
+    assert_eq!(reply.status, 401);
+    assert!(!contains(&reply.body, s.keys.anthropic.as_bytes()), "{}", reply.text());
+    let masked = "*".repeat(s.keys.anthropic.len());
+    assert_eq!(reply.json()["error"]["message"], format!("invalid x-api-key {masked}"));
+}
+
+#[test]
+fn bad_input_gets_clear_http_errors() {
+    let s = Setup::new("", "");
+    let token = s.client("bot", &["--use", "--allow", "prod/*"]);
+    let tcp = s.tcp();
+    let anthropic =
+        |agent: &Agent, headers: &[(&str, &str)]| agent.post_json("/anthropic/v1/messages", headers, &message(false));
+    // No token on the port; a bad token; a token not shaped like one.
+    let r = anthropic(&tcp, &[]);
+    assert_eq!((r.status, r.json()["error"]["type"].clone()), (401, json!("authentication_error")));
+    let r = anthropic(&tcp, &[("x-api-key", "vt_0000")]);
+    assert_eq!((r.status, r.json()["type"].clone()), (401, json!("error")), "{}", r.text());
+    let r = anthropic(&tcp, &[("x-api-key", "sk-placeholder")]);
+    assert_eq!(r.status, 401, "a stand-in that is no token, on the port");
+    // Two different tokens.
+    let r = anthropic(&tcp, &[("x-api-key", &token), ("x-vault-token", "vt_other")]);
+    assert_eq!(r.status, 400);
+    // A compressed body cannot be inspected.
+    let r =
+        tcp.send("POST", "/anthropic/v1/messages", &[("x-api-key", &token), ("content-encoding", "gzip")], b"\x1f\x8b");
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Unknown routes, odd paths, Telegram without its path form.
+    for path in ["/", "/x", "/%00/../..", "/telegram/getMe", "/telegram/bot"] {
+        let r = tcp.send("GET", path, &[("x-api-key", &token)], b"");
+        assert!(matches!(r.status, 400 | 404), "{path}: {} {}", r.status, r.text());
+        assert!(r.json().is_object());
+    }
+    // An OpenAI refusal in OpenAI's shape.
+    let r = tcp.post_json("/openai/v1/chat/completions", &[("authorization", "Bearer vt_bad")], &json!({}));
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (401, json!("invalid_api_key")));
+    // Telegram's shape.
+    let r = tcp.send("GET", "/telegram/botvt_bad/getMe", &[], b"");
+    assert_eq!((r.status, r.json()["ok"].clone(), r.json()["error_code"].clone()), (401, json!(false), json!(401)));
+    // Headers too large: hyper's 431, no panic.
+    let big = "x".repeat(600_000);
+    let r = std::panic::catch_unwind(|| tcp.send("GET", "/anthropic/v1/models", &[("x-big", &big)], b""));
+    assert!(r.map(|r| r.status == 431).unwrap_or(true));
+    let seen: Vec<_> = s.up.seen().iter().map(|r| r.path.clone()).collect();
+    assert!(seen.is_empty(), "nothing refused reached the upstream: {seen:?}");
+    assert!(!s.d.log().contains("panicked"));
+    let mut s = s;
+    s.d.assert_running();
+}
+
+#[test]
+fn the_kernel_names_a_caller_on_the_socket_with_no_key_at_all() {
+    if !is_root() {
+        vault_tests::skip_unless_ci("needs root to connect as another uid");
+        return;
+    }
+    let s = Setup::new("", "");
+    std::fs::set_permissions(s.d.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    s.d.ctl(&["client", "add", "nobody-bot", "--uid", "65534", "--use", "--allow", "prod/anthropic"], b"").ok();
+    // As uid 65534, a plain HTTP request on the unix socket: no key, no token.
+    let script = r#"
+import http.client, json, socket, sys
+class Conn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(sys.argv[1])
+c = Conn("broker")
+c.request("POST", sys.argv[2], body=json.dumps({"model": "claude-test", "max_tokens": 8, "messages": []}),
+          headers={"content-type": "application/json"})
+r = c.getresponse()
+print(r.status, r.read().decode())
+"#;
+    let call = |path: &str| {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(["-c", script, path_str(&s.socket), path]).current_dir("/");
+        std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+        std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+        let out = vault_tests::run(cmd, b"").ok();
+        out.text()
+    };
+    let out = call("/anthropic/v1/messages");
+    assert!(out.starts_with("200 ") && out.contains("hello from the upstream"), "{out}");
+    assert!(!out.contains(&s.keys.anthropic));
+    let out = call("/openai/v1/chat/completions");
+    assert!(out.starts_with("404 "), "not granted: {out}");
+    let uses = s.d.audit_query(&["--type", "secret.use"]);
+    assert!(
+        uses.iter().any(|u| u["actor"]["uid"] == 65534 && u["actor"]["client"] == "nobody-bot" && u["outcome"] == "ok")
+    );
+}
