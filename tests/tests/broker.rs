@@ -35,8 +35,13 @@ pub fn free_port() -> u16 {
 }
 
 impl Setup {
-    /// `extra` is appended to the config (more `[broker]` settings go in `broker_extra`).
+    /// `extra` is appended to the config (more `[broker]` settings go in
+    /// `broker_extra`, a route's in `route_extra(name)`).
     pub fn new(broker_extra: &str, extra: &str) -> Setup {
+        Setup::with_routes(broker_extra, &|_| String::new(), extra)
+    }
+
+    pub fn with_routes(broker_extra: &str, route_extra: &dyn Fn(&str) -> String, extra: &str) -> Setup {
         let tag = unique_tag();
         let keys = Keys {
             anthropic: format!("sk-ant-real-{tag}"),
@@ -52,9 +57,10 @@ impl Setup {
         let port = free_port();
         let route = |name: &str, provider: &str| {
             format!(
-                "[[broker.route]]\nname = \"{name}\"\nprovider = \"{provider}\"\nupstream = \"{}\"\nsecret = \"prod/{name}\"\nca_file = \"{}\"\n",
+                "[[broker.route]]\nname = \"{name}\"\nprovider = \"{provider}\"\nupstream = \"{}\"\nsecret = \"prod/{name}\"\nca_file = \"{}\"\n{}\n",
                 up.url,
-                path_str(&up.ca_file)
+                path_str(&up.ca_file),
+                route_extra(name),
             )
         };
         let config = format!(
@@ -364,4 +370,77 @@ print(r.status, r.read().decode())
     assert!(
         uses.iter().any(|u| u["actor"]["uid"] == 65534 && u["actor"]["client"] == "nobody-bot" && u["outcome"] == "ok")
     );
+}
+
+#[test]
+fn budgets_refuse_with_429_in_the_providers_shape_and_reset_each_day() {
+    let routes = |name: &str| match name {
+        "anthropic" => "[broker.route.budget]\ntokens_per_day = 50\n".to_owned(),
+        "openai" => concat!(
+            "[broker.route.clients.a]\nrequests_per_minute = 1\n",
+            "[broker.route.clients.b]\ncost_per_day = 2.0\n",
+            "[broker.route.prices.gpt-test]\ninput = 100000.0\noutput = 100000.0\n",
+        )
+        .to_owned(),
+        _ => String::new(),
+    };
+    let s = Setup::with_routes("", &routes, "");
+    let a = s.client("a", &["--use", "--allow", "prod/*"]);
+    let b = s.client("b", &["--use", "--allow", "prod/*"]);
+    let agent = s.tcp();
+    let anthropic = |token: &str| agent.post_json("/anthropic/v1/messages", &[("x-api-key", token)], &message(false));
+    // 35 tokens a message (10 in, 25 out): the second passes the 50, the third is refused.
+    assert_eq!(anthropic(&a).status, 200);
+    let mut stream = agent.stream("/anthropic/v1/messages", &[("x-api-key", &a)], &message(true));
+    assert!(stream.rest().is_ok(), "streamed usage counts too");
+    let seen = s.up.seen().len();
+    let refused = anthropic(&a);
+    assert_eq!(refused.status, 429);
+    let body = refused.json();
+    assert_eq!((body["type"].clone(), body["error"]["type"].clone()), (json!("error"), json!("rate_limit_error")));
+    let message_text = body["error"]["message"].as_str().unwrap();
+    assert!(message_text.contains("over budget") && message_text.contains("70 of 50 tokens today"), "{message_text}");
+    assert_eq!(s.up.seen().len(), seen, "the upstream sees no further request");
+    assert_eq!(anthropic(&b).status, 200, "another client is unaffected");
+
+    // OpenAI: a's requests per minute, b's cost per day (21 tokens at 0.1 a token: 2.1 of 2.0).
+    let chat = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]});
+    let openai = |token: &str| {
+        agent.post_json("/openai/v1/chat/completions", &[("authorization", &format!("Bearer {token}"))], &chat)
+    };
+    assert_eq!(openai(&a).status, 200);
+    let r = openai(&a);
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (429, json!("insufficient_quota")), "{}", r.text());
+    assert_eq!(openai(&b).status, 200);
+    let r = openai(&b);
+    assert_eq!(r.status, 429);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("cost"), "{}", r.text());
+
+    // Visible in `vaultctl budget` and `status`.
+    let budgets = s.d.ctl(&["--json", "budget"], b"").ok().json();
+    let row = |client: &str, route: &str| {
+        budgets.as_array().unwrap().iter().find(|r| r["client"] == client && r["route"] == route).cloned().unwrap()
+    };
+    assert_eq!(
+        (row("a", "anthropic")["tokens_today"].clone(), row("a", "anthropic")["over"].clone()),
+        (json!(70), json!(true))
+    );
+    assert_eq!(row("a", "anthropic")["tokens_per_day"], 50);
+    assert_eq!(
+        (row("b", "anthropic")["tokens_today"].clone(), row("b", "anthropic")["over"].clone()),
+        (json!(35), json!(false))
+    );
+    assert!((row("b", "openai")["cost_today"].as_f64().unwrap() - 2.1).abs() < 1e-9);
+    let table = s.d.ctl(&["budget"], b"").ok().text();
+    assert!(table.contains("70/50") && table.contains("OVER BUDGET"), "{table}");
+    let status = s.d.ctl(&["status"], b"").ok().text();
+    assert!(status.contains("over budget: client a on route anthropic"), "{status}");
+    let refusals: Vec<_> = s.requests().into_iter().filter(|r| r["detail"]["reason"] == "over budget").collect();
+    assert_eq!(refusals.len(), 3);
+
+    // A new day (vaultd's clock moved): every count starts again.
+    s.d.advance_clock(Duration::from_secs(86_400));
+    assert_eq!(anthropic(&a).status, 200);
+    assert_eq!(openai(&a).status, 200);
+    assert_eq!(openai(&b).status, 200);
 }

@@ -157,7 +157,7 @@ async fn serve(
             tracing::error!(error = %e, "recording the shutdown failed");
         }
     };
-    server::serve(vault.clone(), agent, admin, &opts.config.limits, shutdown).await;
+    server::serve(vault.clone(), agent, admin, &opts.config.limits, broker, shutdown).await;
     if let Some(task) = broker_task {
         let _ = task.await;
     }

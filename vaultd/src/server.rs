@@ -8,7 +8,7 @@
 //! and in all, from the file limit, so agents cannot take the descriptors the
 //! admin socket (and the vault itself) needs.
 
-use crate::api::{AdminApi, AgentApi, FAULT_HEADER};
+use crate::api::{AdminApi, AgentApi, BrokerApi, FAULT_HEADER};
 use crate::audit::{Actor, Event, Outcome};
 use crate::identity::{Attestation, Peer};
 use crate::limits::{ConnectionCaps, LimitsConfig, OWNER_CONNECTIONS, Slot, Slots};
@@ -36,7 +36,7 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
-use vault_proto::v1::{admin_server::AdminServer, agent_server::AgentServer};
+use vault_proto::v1::{admin_server::AdminServer, agent_server::AgentServer, broker_admin_server::BrokerAdminServer};
 use vault_proto::{MAX_ADMIN_REPLY_LEN, MAX_MESSAGE_LEN};
 
 /// Concurrent HTTP/2 streams one connection may open.
@@ -159,6 +159,7 @@ pub async fn serve(
     agent: UnixListener,
     admin: UnixListener,
     limits: &LimitsConfig,
+    broker: Option<Arc<crate::broker::Broker>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let owner = rustix::process::geteuid().as_raw();
@@ -190,9 +191,11 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_LEN)
         .max_encoding_message_size(MAX_ADMIN_REPLY_LEN);
     let (_, health, reflection) = discovery(AdminServer::<AdminApi>::NAME).await;
+    let broker_api = BrokerAdminServer::new(BrokerApi::new(broker));
     let admin_routes = Routes::new(health)
         .add_service(reflection)
-        .add_service(InterceptedService::new(admin_api, guard(Socket::Admin, owner, vault)))
+        .add_service(InterceptedService::new(admin_api, guard(Socket::Admin, owner, vault.clone())))
+        .add_service(InterceptedService::new(broker_api, guard(Socket::Admin, owner, vault)))
         .prepare();
     // Owner-only (mode 0600): not capped, and served from the descriptors the
     // agent caps leave.

@@ -4,6 +4,7 @@
 
 mod audit;
 mod backup;
+mod budget;
 mod client;
 mod completions;
 mod exec;
@@ -83,6 +84,8 @@ pub(crate) enum Command {
     /// Create, list and revoke bearer tokens for clients.
     #[command(subcommand)]
     Token(token::Command),
+    /// Each client's use of each broker route today, against its budget.
+    Budget,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the man page (roff), or write all of them with --out-dir: for packaging.
@@ -120,6 +123,7 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Integrity(command) => integrity::run(global, command).await,
         Command::Client(command) => client::run(global, command).await,
         Command::Token(command) => token::run(global, command).await,
+        Command::Budget => budget::run(global).await,
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => completions::man(args),
         Command::Rekey(args) => rekey::run(global, args).await,

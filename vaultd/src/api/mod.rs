@@ -3,9 +3,11 @@
 
 mod admin;
 mod agent;
+mod broker;
 
 pub use admin::AdminApi;
 pub use agent::AgentApi;
+pub use broker::BrokerApi;
 
 use crate::audit::Actor;
 use crate::crypto::CryptoError;

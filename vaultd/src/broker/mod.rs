@@ -10,6 +10,7 @@
 //! reply streamed back as it comes, redacted, metered, cut when the caller's
 //! access ends → one `broker.request` audit record.
 
+mod budget;
 mod config;
 mod proxy;
 mod route;
@@ -18,6 +19,7 @@ mod tcp_peer;
 mod upstream;
 mod usage;
 
+pub use budget::{Row as BudgetRow, Spent};
 pub use config::{BrokerConfig, Budget, Price, Provider, RouteConfig};
 
 use crate::identity::Peer;
@@ -42,6 +44,7 @@ pub struct Broker {
     routes: HashMap<String, Arc<Route>>,
     config: BrokerConfig,
     owner: u32,
+    budgets: Arc<budget::Budgets>,
     /// The stored values the guard looks for, as of a state generation.
     needles: Mutex<(Option<u64>, Arc<Needles>)>,
 }
@@ -78,7 +81,8 @@ impl Broker {
         }
         let owner = rustix::process::geteuid().as_raw();
         let needles = Mutex::new((None, Arc::default()));
-        Ok(Some(Arc::new(Broker { vault, routes, config: config.clone(), owner, needles })))
+        let budgets = Arc::default();
+        Ok(Some(Arc::new(Broker { vault, routes, config: config.clone(), owner, budgets, needles })))
     }
 
     /// Binds the socket (default: `broker.sock` beside `agent_socket`) and the port.
@@ -172,6 +176,13 @@ impl Broker {
             Conn::Unix(s) => serve!(s),
             Conn::Tcp(s) => serve!(s),
         }
+    }
+
+    /// Every client's use of every route today, against its budget.
+    pub fn budgets(&self) -> Vec<budget::Row> {
+        let mut routes: Vec<&Route> = self.routes.values().map(|r| &**r).collect();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        self.budgets.rows(routes.into_iter(), crate::clock::now_unix())
     }
 
     /// The guard's needles for the vault's state now (computed again after a change).

@@ -88,6 +88,10 @@ impl Broker {
         };
         *actor = usage.actor.clone();
         actor.client = usage.client.clone();
+        // The owner has no budget, as it has no rate limit.
+        if let Some(client) = &usage.client {
+            self.budgets.admit(client, &route, crate::clock::now_unix()).map_err(Refusal::OverBudget)?;
+        }
         if let Some(encoding) = parts.headers.get(CONTENT_ENCODING).filter(|e| e.as_bytes() != b"identity") {
             let _ = encoding;
             return Err(Refusal::BadRequest(
@@ -233,7 +237,7 @@ impl Broker {
         let mut meter = Meter::new(content_type);
         let mut scanner = Scanner::new(needles);
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(IN_FLIGHT_FRAMES);
-        let broker_vault = self.vault.clone();
+        let (broker_vault, budgets) = (self.vault.clone(), self.budgets.clone());
         let status = parts.status.as_u16();
         let exchange = Exchange {
             started: exchange.started,
@@ -288,6 +292,9 @@ impl Broker {
                 }
             }
             meter.finish();
+            if let Some(client) = &usage.client {
+                budgets.charge(client, &route, meter.tokens, meter.model.as_deref(), crate::clock::now_unix());
+            }
             let done = Done { status, bytes, tokens: meter.tokens, model: meter.model.take(), end };
             record(&broker_vault, &actor, Some(&usage), &exchange, Ok(&done));
         });

@@ -100,6 +100,11 @@ impl Route {
         Some(header.map_err(|_| format!("the secret of route {} cannot go in a header", self.name)))
     }
 
+    /// `client`'s budget here: its own, else the route's.
+    pub(super) fn budget_of(&self, client: &str) -> super::config::Budget {
+        self.config.clients.get(client).copied().unwrap_or(self.config.budget)
+    }
+
     /// The header an SDK sends its key in, where the caller's token stands in.
     pub(super) fn credential_header(&self) -> Option<&HeaderName> {
         match &self.injection {
@@ -145,6 +150,7 @@ pub(super) enum Refusal {
     TokenRequired,
     /// vaultd's rate limit (ms to wait).
     RateLimited(u64),
+    OverBudget(String),
     Exfiltration,
     BadRequest(String),
     Unavailable(String),
@@ -157,7 +163,7 @@ impl Refusal {
         match self {
             Refusal::NoRoute(_) => StatusCode::NOT_FOUND,
             Refusal::BadToken | Refusal::TokenRequired => StatusCode::UNAUTHORIZED,
-            Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::RateLimited(_) | Refusal::OverBudget(_) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Exfiltration => StatusCode::FORBIDDEN,
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -173,6 +179,7 @@ impl Refusal {
             Refusal::BadToken => "token refused",
             Refusal::TokenRequired => "no token",
             Refusal::RateLimited(_) => "rate limited",
+            Refusal::OverBudget(_) => "over budget",
             Refusal::Exfiltration => "exfiltration",
             Refusal::BadRequest(_) => "bad request",
             Refusal::Unavailable(_) => "unavailable",
@@ -189,6 +196,7 @@ impl Refusal {
                 "vaultd broker: a vaultd token is required here (as the API key, or x-vault-token)".into()
             }
             Refusal::RateLimited(ms) => format!("vaultd broker: rate limit exceeded; retry in {ms} ms"),
+            Refusal::OverBudget(why) => format!("vaultd broker: over budget: {why}"),
             Refusal::Exfiltration => {
                 "vaultd broker: refused: the request carries a value stored in vaultd (alert raised)".into()
             }
@@ -219,6 +227,7 @@ impl Refusal {
             Some(Provider::Openai) => {
                 let (kind, code) = match code {
                     401 => ("invalid_request_error", "invalid_api_key"),
+                    429 if matches!(self, Refusal::OverBudget(_)) => ("insufficient_quota", "insufficient_quota"),
                     429 => ("requests", "rate_limit_exceeded"),
                     404 => ("invalid_request_error", "not_found"),
                     400 | 403 => ("invalid_request_error", "forbidden"),
