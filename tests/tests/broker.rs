@@ -36,7 +36,9 @@ pub fn free_port() -> u16 {
 
 impl Setup {
     /// `extra` is appended to the config (more `[broker]` settings go in
-    /// `broker_extra`, a route's in `route_extra(name)`).
+    /// `broker_extra`, a route's in `route_extra(name)`); in it `{upstream}`,
+    /// `{ca_file}` and `{dir}` stand for the upstream's URL, its CA file and
+    /// the daemon's temp dir.
     pub fn new(broker_extra: &str, extra: &str) -> Setup {
         Setup::with_routes(broker_extra, &|_| String::new(), extra)
     }
@@ -63,6 +65,8 @@ impl Setup {
                 route_extra(name),
             )
         };
+        let extra = extra.replace("{upstream}", &up.url).replace("{ca_file}", path_str(&up.ca_file));
+        let extra = extra.replace("{dir}", path_str(d.dir.path()));
         let config = format!(
             "[broker]\nsocket = \"{}\"\nsocket_mode = \"0666\"\nlisten = \"127.0.0.1:{port}\"\n{broker_extra}\n{}{}{}{}{}{extra}",
             path_str(&socket),
@@ -443,4 +447,86 @@ fn budgets_refuse_with_429_in_the_providers_shape_and_reset_each_day() {
     assert_eq!(anthropic(&a).status, 200);
     assert_eq!(openai(&a).status, 200);
     assert_eq!(openai(&b).status, 200);
+}
+
+#[test]
+fn the_guard_refuses_stored_values_in_headers_and_bodies_and_alerts_arrive() {
+    let alerts = concat!(
+        "[[alert]]\ntype = \"webhook\"\nurl = \"{upstream}/alerts\"\nca_file = \"{ca_file}\"\n",
+        "[[alert]]\ntype = \"telegram\"\nsecret = \"prod/telegram\"\nchat_id = \"-42\"\napi = \"{upstream}\"\nca_file = \"{ca_file}\"\n",
+        "[[alert]]\ntype = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"cat >> {dir}/alerts.jsonl; echo >> {dir}/alerts.jsonl\"]\n",
+    );
+    let s = Setup::new("", alerts);
+    let token = s.client("bot", &["--use", "--allow", "prod/anthropic"]);
+    let old_password = format!("db-password-{}", unique_tag());
+    let password = format!("db-password-{}", unique_tag());
+    s.d.ctl(&["--env", "prod", "put", "db"], old_password.as_bytes()).ok();
+    s.d.ctl(&["--env", "prod", "put", "db"], password.as_bytes()).ok();
+    let agent = s.tcp();
+    let key = [("x-api-key", token.as_str())];
+    // In a header; in a JSON body (another provider's key, and an old version).
+    let r = agent.post_json("/anthropic/v1/messages", &[key[0], ("x-note", &password)], &message(false));
+    assert_eq!((r.status, r.json()["error"]["type"].clone()), (403, json!("permission_error")), "{}", r.text());
+    for value in [&s.keys.openai, &old_password] {
+        let body = json!({"model": "claude-test", "max_tokens": 8, "messages": [{"role": "user", "content": format!("send {value} away")}]});
+        let r = agent.post_json("/anthropic/v1/messages", &key, &body);
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(r.text().contains("alert raised"));
+    }
+    // In a long body streamed through, the value far past the first 64 KiB.
+    let long = format!("{}{password}", "x".repeat(300_000));
+    let r = agent.post_json(
+        "/anthropic/v1/messages",
+        &key,
+        &json!({"model": "claude-test", "messages": [{"role": "user", "content": long}]}),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    for value in [&password, &old_password, &s.keys.openai] {
+        assert!(!s.up.saw(value.as_bytes()), "a stored value reached the upstream");
+    }
+    // An innocent request still goes through.
+    assert_eq!(agent.post_json("/anthropic/v1/messages", &key, &message(false)).status, 200);
+    let refusals = s.d.audit_query(&["--type", "broker.exfiltration"]);
+    assert_eq!(refusals.len(), 4, "{refusals:#?}");
+
+    // The alert: once at each sink (the other three held back), names and numbers only.
+    let posted = vault_tests::wait_for("the webhook alert", || {
+        let seen = s.up.seen();
+        let alerts: Vec<Value> = seen
+            .iter()
+            .filter(|r| r.path == "/alerts")
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .filter(|a: &Value| a["alert"] == "exfiltration_attempt")
+            .collect();
+        (!alerts.is_empty()).then_some(alerts)
+    });
+    assert_eq!(posted[0]["client"], "bot");
+    assert_eq!(posted[0]["secret"], "prod/anthropic");
+    let telegram = vault_tests::wait_for("the Telegram alert", || {
+        s.up.seen().into_iter().find(|r| r.path == format!("/bot{}/sendMessage", s.keys.telegram))
+    });
+    let text: Value = serde_json::from_slice(&telegram.body).unwrap();
+    assert_eq!(text["chat_id"], "-42");
+    assert!(text["text"].as_str().unwrap().starts_with("vaultd alert: exfiltration attempt (bot)"), "{text}");
+    let file = d_path(&s, "alerts.jsonl");
+    let line = vault_tests::wait_for("the command's alert", || {
+        std::fs::read_to_string(&file).ok().filter(|t| t.contains("exfiltration"))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let alerts_seen: Vec<_> = s.up.seen().into_iter().filter(|r| r.path == "/alerts").collect();
+    assert_eq!(alerts_seen.len(), 1, "rate-limited: one alert a minute for the same client");
+    for sent in [String::from_utf8_lossy(&alerts_seen[0].body).into_owned(), text.to_string(), line] {
+        for value in [&password, &old_password, &s.keys.openai, &s.keys.anthropic, &s.keys.telegram, &token] {
+            assert!(!sent.contains(value.as_str()), "an alert carried a secret: {sent}");
+        }
+    }
+    let delivered = vault_tests::wait_for("the alert records", || {
+        let sent = s.d.audit_query(&["--type", "alert.sent"]);
+        (sent.len() >= 3).then_some(sent)
+    });
+    assert!(delivered.iter().all(|a| a["detail"]["alert"] == "exfiltration_attempt"), "{delivered:#?}");
+}
+
+fn d_path(s: &Setup, name: &str) -> PathBuf {
+    s.d.dir.path().join(name)
 }

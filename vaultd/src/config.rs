@@ -33,6 +33,9 @@ pub struct Config {
     /// `[broker]`: the credential broker (see `broker`).
     #[serde(default)]
     pub broker: crate::broker::BrokerConfig,
+    /// `[[alert]]`: where security alerts go (see `broker::alert`).
+    #[serde(default, rename = "alert")]
+    pub alerts: Vec<crate::broker::AlertConfig>,
 }
 
 /// `[integrity]`: what vaultd can check beyond the data directory.
@@ -90,6 +93,7 @@ impl Default for Config {
             keys: KeysConfig::default(),
             integrity: IntegrityConfig::default(),
             broker: Default::default(),
+            alerts: Vec::new(),
         }
     }
 }

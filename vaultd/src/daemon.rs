@@ -132,6 +132,7 @@ async fn serve(
     };
     // Sinks first, so they see the start record; refuse to serve if it cannot be written.
     forward::spawn(&opts.config.audit.sinks, &vault.subscribe_sender(), vault.forward_stats());
+    let alerts = crate::broker::alert::spawn(vault.clone(), &opts.config.alerts).map_err(DaemonError::Startup)?;
     vault.record_durable(start_event(&opts.config))?;
     let maintenance = tokio::spawn(maintain(vault.clone(), opts.config.audit.retention));
     let scheduler = tokio::spawn(schedule(vault.clone(), opts.config.rotation.check_every));
@@ -166,6 +167,9 @@ async fn serve(
     incidents.abort();
     importer.abort();
     refusals.abort();
+    if let Some(alerts) = alerts {
+        alerts.abort();
+    }
     for path in [&opts.agent_socket, &opts.admin_socket] {
         let _ = std::fs::remove_file(path);
     }

@@ -256,6 +256,8 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bod
             Some(_) => json_reply(200, json!({"login": "bot"})),
             None => json_reply(401, json!({"message": "Bad credentials"})),
         },
+        // A webhook sink for alerts.
+        "/alerts" => json_reply(200, json!({"ok": true})),
         _ => json_reply(404, json!({"error": "no such path"})),
     };
     Ok(reply)

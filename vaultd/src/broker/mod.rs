@@ -10,6 +10,7 @@
 //! reply streamed back as it comes, redacted, metered, cut when the caller's
 //! access ends → one `broker.request` audit record.
 
+pub mod alert;
 mod budget;
 mod config;
 mod proxy;
@@ -19,6 +20,7 @@ mod tcp_peer;
 mod upstream;
 mod usage;
 
+pub use alert::AlertConfig;
 pub use budget::{Row as BudgetRow, Spent};
 pub use config::{BrokerConfig, Budget, Price, Provider, RouteConfig};
 

@@ -27,4 +27,26 @@ impl Vault {
             })
             .collect())
     }
+
+    /// vaultd's own use of a secret (an alert's bot token, a provider check):
+    /// its current value, recorded first as `secret.use` by vaultd with the
+    /// purpose. Never for a caller.
+    pub fn use_for_vaultd(
+        &self,
+        secret: super::SecretRef<'_>,
+        purpose: &'static str,
+    ) -> Result<(u64, SecretBytes), VaultError> {
+        use crate::audit::{Actor, Event, Outcome};
+        let result = self.read_current(secret);
+        let event =
+            Event::new("secret.use", if result.is_ok() { Outcome::Ok } else { Outcome::Failed }, &Actor::vaultd())
+                .secret(secret.env, secret.name)
+                .with("purpose", purpose);
+        let event = match &result {
+            Ok((version, _)) => event.with("version", *version),
+            Err(e) => event.with("reason", e.to_string()),
+        };
+        self.record(event)?;
+        result
+    }
 }
