@@ -530,3 +530,76 @@ fn the_guard_refuses_stored_values_in_headers_and_bodies_and_alerts_arrive() {
 fn d_path(s: &Setup, name: &str) -> PathBuf {
     s.d.dir.path().join(name)
 }
+
+#[test]
+fn vaultctl_check_says_ok_for_a_valid_credential_and_why_a_revoked_one_fails() {
+    let alerts = "[[alert]]\ntype = \"webhook\"\nurl = \"{upstream}/alerts\"\nca_file = \"{ca_file}\"\n";
+    let s = Setup::new("", alerts);
+    let all = s.d.ctl(&["check", "--all"], b"").ok().text();
+    for line in [
+        "anthropic (anthropic, prod/anthropic): ok, 1 models listed",
+        "discord (discord, prod/discord): ok, user bot",
+        "openai (openai, prod/openai): ok, 1 models listed",
+        "slack (slack, prod/slack): ok, bot in test",
+        "telegram (telegram, prod/telegram): ok, bot @test_bot",
+    ] {
+        assert!(all.contains(line), "{line:?} not in {all}");
+    }
+    let json = s.d.ctl(&["--json", "check", "telegram"], b"").ok().json();
+    assert_eq!(
+        json,
+        json!([{"route": "telegram", "provider": "telegram", "secret": "prod/telegram", "ok": true, "detail": "bot @test_bot"}])
+    );
+    // The provider revokes the bot token and the Anthropic key (which it names when refusing).
+    let k = &s.keys;
+    s.up.set_keys(&[&k.openai, &k.slack, &k.discord]);
+    let out = s.d.ctl(&["check", "telegram"], b"");
+    assert_eq!(out.error(1), "1 of 1 checks failed: telegram (prod/telegram): HTTP 401: Unauthorized");
+    let out = s.d.ctl(&["check", "--all"], b"");
+    let message = out.error(1).to_owned();
+    assert!(
+        message.starts_with("2 of 5 checks failed: anthropic (prod/anthropic): HTTP 401: invalid x-api-key ***"),
+        "{message}"
+    );
+    for value in [&k.anthropic, &k.telegram, &k.openai] {
+        assert!(!message.contains(value.as_str()) && !out.stderr.contains(value.as_str()));
+    }
+    assert_eq!(s.d.ctl(&["check", "nope"], b"").error(3), "no route named \"nope\" in [broker]");
+    assert_eq!(s.d.ctl(&["check"], b"").code, Some(2), "a route or --all");
+    let checks = s.d.audit_query(&["--type", "provider.check"]);
+    assert_eq!(checks.iter().filter(|c| c["outcome"] == "failed").count(), 3);
+    assert_eq!(checks.iter().filter(|c| c["outcome"] == "ok").count(), 9);
+    assert!(!serde_json::to_string(&checks).unwrap().contains(&k.anthropic));
+    // A failed check raises an alert.
+    let alert = vault_tests::wait_for("the check's alert", || {
+        s.up.seen().into_iter().filter(|r| r.path == "/alerts").find_map(|r| {
+            let a: Value = serde_json::from_slice(&r.body).unwrap();
+            (a["alert"] == "provider_check_failed").then_some(a)
+        })
+    });
+    assert!(alert["secret"] == "prod/telegram" || alert["secret"] == "prod/anthropic", "{alert}");
+}
+
+#[test]
+fn only_the_owner_may_ask_the_brokers_admin_service() {
+    if !is_root() {
+        vault_tests::skip_unless_ci("needs root to call as another uid");
+        return;
+    }
+    let s = Setup::new("", "");
+    std::fs::set_permissions(s.d.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&s.d.admin_socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let bin = tempfile::Builder::new().prefix("vault-e2e-bin-").tempdir().unwrap();
+    std::fs::set_permissions(bin.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let vaultctl = bin.path().join("vaultctl");
+    std::fs::copy(&vault_tests::bins().vaultctl, &vaultctl).unwrap();
+    for args in [&["budget"][..], &["check", "--all"]] {
+        let mut cmd = std::process::Command::new(&vaultctl);
+        cmd.args(args).env("VAULT_ADMIN_SOCKET", &s.d.admin_socket).current_dir("/");
+        std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+        std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+        let out = vault_tests::run(cmd, b"");
+        assert!(out.error(3).contains("permission denied"), "{args:?}: {}", out.stderr);
+    }
+    assert!(s.up.seen().is_empty(), "no check was made");
+}

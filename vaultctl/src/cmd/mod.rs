@@ -13,6 +13,7 @@ mod incident;
 mod init;
 mod integrity;
 mod list;
+mod provider_check;
 mod put;
 mod rekey;
 mod restore;
@@ -86,6 +87,9 @@ pub(crate) enum Command {
     Token(token::Command),
     /// Each client's use of each broker route today, against its budget.
     Budget,
+    /// Check broker routes' credentials live at their providers (vaultd makes
+    /// the call; the value never leaves it).
+    Check(provider_check::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the man page (roff), or write all of them with --out-dir: for packaging.
@@ -124,6 +128,7 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Client(command) => client::run(global, command).await,
         Command::Token(command) => token::run(global, command).await,
         Command::Budget => budget::run(global).await,
+        Command::Check(args) => provider_check::run(global, args).await,
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => completions::man(args),
         Command::Rekey(args) => rekey::run(global, args).await,

@@ -40,4 +40,36 @@ impl BrokerAdmin for BrokerApi {
             .collect();
         Ok(Response::new(v1::BudgetsResponse { budgets }))
     }
+
+    async fn check_providers(
+        &self,
+        req: Request<v1::CheckProvidersRequest>,
+    ) -> Result<Response<v1::CheckProvidersResponse>, Status> {
+        let actor = super::actor("admin", &req);
+        let routes = req.into_inner().routes;
+        let Some(broker) = &self.broker else {
+            return match routes.first() {
+                Some(name) => Err(Status::not_found(format!("no route named {name:?}: [broker] has no routes"))),
+                None => Ok(Response::new(v1::CheckProvidersResponse::default())),
+            };
+        };
+        if routes.iter().any(|r| vault_proto::names::validate(r).is_err()) {
+            return Err(Status::invalid_argument("a route name is not valid"));
+        }
+        if let Some(name) = broker.unknown_route(&routes) {
+            return Err(Status::not_found(format!("no route named {name:?} in [broker]")));
+        }
+        let checks = broker.check(&routes, &actor).await?;
+        let checks = checks
+            .into_iter()
+            .map(|c| v1::ProviderCheck {
+                route: c.route,
+                provider: c.provider.into(),
+                secret: c.secret,
+                ok: c.ok,
+                detail: c.detail,
+            })
+            .collect();
+        Ok(Response::new(v1::CheckProvidersResponse { checks }))
+    }
 }

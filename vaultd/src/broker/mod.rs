@@ -12,6 +12,7 @@
 
 pub mod alert;
 mod budget;
+mod check;
 mod config;
 mod proxy;
 mod route;
@@ -22,6 +23,7 @@ mod usage;
 
 pub use alert::AlertConfig;
 pub use budget::{Row as BudgetRow, Spent};
+pub use check::Checked;
 pub use config::{BrokerConfig, Budget, Price, Provider, RouteConfig};
 
 use crate::identity::Peer;

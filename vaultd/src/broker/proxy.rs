@@ -495,11 +495,8 @@ fn refusal_of(e: VaultError, route: &str) -> Refusal {
 /// What went wrong reaching the upstream, for the caller (never the value:
 /// the error comes from the connection, which never saw it in clear).
 fn upstream_error(e: &hyper_util::client::legacy::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    if e.is_connect() { format!("cannot connect: {cause}") } else { format!("{cause}") }
+    let cause = super::check::root_cause(e);
+    if e.is_connect() { format!("cannot connect: {cause}") } else { cause }
 }
 
 #[cfg(test)]
