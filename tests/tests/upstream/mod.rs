@@ -16,6 +16,7 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vault_tests::{Daemon, Options, path_str, unique_tag};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -434,5 +435,112 @@ impl Stream<'_> {
                 Next::Broken => return Err(all),
             }
         }
+    }
+}
+
+/// A vaultd with a broker whose routes all point at one local upstream.
+pub struct Setup {
+    pub d: Daemon,
+    pub up: Upstream,
+    pub socket: PathBuf,
+    pub port: u16,
+    /// The real keys, by route.
+    pub keys: Keys,
+}
+
+pub struct Keys {
+    pub anthropic: String,
+    pub openai: String,
+    pub telegram: String,
+    pub slack: String,
+    pub discord: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Setup {
+    /// `extra` is appended to the config (more `[broker]` settings go in
+    /// `broker_extra`, a route's in `route_extra(name)`); in it `{upstream}`,
+    /// `{ca_file}` and `{dir}` stand for the upstream's URL, its CA file and
+    /// the daemon's temp dir.
+    pub fn new(broker_extra: &str, extra: &str) -> Setup {
+        Setup::with_routes(broker_extra, &|_| String::new(), extra)
+    }
+
+    pub fn with_routes(broker_extra: &str, route_extra: &dyn Fn(&str) -> String, extra: &str) -> Setup {
+        let tag = unique_tag();
+        let keys = Keys {
+            anthropic: format!("sk-ant-real-{tag}"),
+            openai: format!("sk-openai-real-{tag}"),
+            telegram: format!("123456:tg-real-{tag}"),
+            slack: format!("xoxb-real-{tag}"),
+            discord: format!("discord-real-{tag}"),
+        };
+        let mut d = Daemon::new(Options::default());
+        let up =
+            Upstream::start(d.dir.path(), &[&keys.anthropic, &keys.openai, &keys.telegram, &keys.slack, &keys.discord]);
+        let socket = d.dir.path().join("broker.sock");
+        let port = free_port();
+        let route = |name: &str, provider: &str| {
+            format!(
+                "[[broker.route]]\nname = \"{name}\"\nprovider = \"{provider}\"\nupstream = \"{}\"\nsecret = \"prod/{name}\"\nca_file = \"{}\"\n{}\n",
+                up.url,
+                path_str(&up.ca_file),
+                route_extra(name),
+            )
+        };
+        let extra = extra.replace("{upstream}", &up.url).replace("{ca_file}", path_str(&up.ca_file));
+        let extra = extra.replace("{dir}", path_str(d.dir.path()));
+        let config = format!(
+            "[broker]\nsocket = \"{}\"\nsocket_mode = \"0666\"\nlisten = \"127.0.0.1:{port}\"\n{broker_extra}\n{}{}{}{}{}{extra}",
+            path_str(&socket),
+            route("anthropic", "anthropic"),
+            route("openai", "openai"),
+            route("telegram", "telegram"),
+            route("slack", "slack"),
+            route("discord", "discord"),
+        );
+        d.opts.config = Some(config);
+        d.launch();
+        d.init();
+        for (name, value) in [
+            ("anthropic", &keys.anthropic),
+            ("openai", &keys.openai),
+            ("telegram", &keys.telegram),
+            ("slack", &keys.slack),
+            ("discord", &keys.discord),
+        ] {
+            d.ctl(&["--env", "prod", "put", name], value.as_bytes()).ok();
+        }
+        Setup { d, up, socket, port, keys }
+    }
+
+    /// A client of uid 0 (the tests' own) with `grants`, and a token for it.
+    pub fn client(&self, name: &str, args: &[&str]) -> String {
+        let mut all = vec!["client", "add", name, "--uid", "0"];
+        all.extend_from_slice(args);
+        self.d.ctl(&all, b"").ok();
+        let out = self.d.ctl(&["--json", "token", "create", "--client", name], b"").ok();
+        out.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    pub fn unix(&self) -> Agent {
+        Agent::new(Broker::Unix(self.socket.clone()))
+    }
+
+    pub fn tcp(&self) -> Agent {
+        Agent::new(Broker::Tcp(format!("127.0.0.1:{}", self.port).parse().unwrap()))
+    }
+
+    /// The audit entries of brokered requests.
+    pub fn requests(&self) -> Vec<Value> {
+        self.d.audit_query(&["--type", "broker.request"])
+    }
+
+    /// Every audit entry, as text.
+    pub fn audit_text(&self) -> String {
+        serde_json::to_string(&self.d.audit_query(&[])).unwrap()
     }
 }
