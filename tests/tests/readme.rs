@@ -4,6 +4,8 @@
 //! written, against a real vaultd.
 #![allow(clippy::unwrap_used)]
 
+mod upstream;
+
 use std::path::Path;
 use vault_tests::{Daemon, bins, path_str};
 
@@ -68,4 +70,74 @@ fn the_exec_lines_run_as_written() {
         assert_eq!((out.code, out.text()), (Some(0), "bot ok\n".into()), "{line}: {}", out.stderr);
     }
     assert!(std::fs::read_dir(&runtime).unwrap().next().is_none(), "--files left something behind");
+}
+
+/// The fenced blocks of `lang` in the README's section `title`.
+fn section_blocks(title: &str, lang: &str) -> Vec<String> {
+    let readme = repo("README.md");
+    let section = readme.split(&format!("\n## {title}\n")).nth(1).unwrap().split("\n## ").next().unwrap();
+    section.split(&format!("```{lang}\n")).skip(1).map(|rest| rest.split("```").next().unwrap().to_owned()).collect()
+}
+
+/// "Keys your agents never see": the config as written (but for the
+/// providers' addresses: local upstreams that behave like them, and their
+/// CA), the shell block as written, the SDK examples as written.
+#[test]
+fn the_broker_section_runs_as_written() {
+    if !std::process::Command::new("python3")
+        .args(["-c", "import anthropic, openai"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        vault_tests::skip_unless_ci(
+            "python3 cannot import anthropic and openai: pip install -r tests/python/broker-requirements.txt",
+        );
+        return;
+    }
+    let title = "Keys your agents never see";
+    let (toml, sh, python) =
+        (section_blocks(title, "toml"), section_blocks(title, "sh"), section_blocks(title, "python"));
+    assert_eq!((toml.len(), sh.len(), python.len()), (1, 1, 2));
+    let tag = vault_tests::unique_tag();
+    let (anthropic, openai) = (format!("sk-ant-readme-{tag}"), format!("sk-openai-readme-{tag}"));
+    let mut d = Daemon::new(vault_tests::Options::default());
+    let up = upstream::Upstream::start(d.dir.path(), &[&anthropic, &openai]);
+    let mut config = toml[0].clone();
+    for provider in ["https://api.anthropic.com", "https://api.openai.com"] {
+        let written = format!("upstream = \"{provider}\"\n");
+        assert!(config.contains(&written), "{written}");
+        config =
+            config.replace(&written, &format!("upstream = \"{}\"\nca_file = \"{}\"\n", up.url, path_str(&up.ca_file)));
+    }
+    d.opts.config = Some(config);
+    d.launch();
+    d.init();
+    let work = d.dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("anthropic.key"), &anthropic).unwrap();
+    std::fs::write(work.join("openai.key"), &openai).unwrap();
+    std::fs::write(work.join("claude.py"), &python[0]).unwrap();
+    std::fs::write(work.join("gpt.py"), &python[1]).unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    let path = format!("{}:{}", path_str(bins().vaultctl.parent().unwrap()), std::env::var("PATH").unwrap_or_default());
+    cmd.args(["-e", "-c", &sh[0]])
+        .current_dir(&work)
+        .env("PATH", path)
+        .env("VAULT_SOCKET", &d.agent_socket)
+        .env("VAULT_ADMIN_SOCKET", &d.admin_socket)
+        .env("VAULTD_INSECURE_TEST_KDF", "1")
+        .env_remove("VAULT_ENV")
+        .env_remove("VAULT_TOKEN")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("OPENAI_API_KEY");
+    let out = vault_tests::run(cmd, b"");
+    assert_eq!(out.code, Some(0), "{}\n{}", out.text(), out.stderr);
+    let text = out.text();
+    assert!(text.contains("\nhello from the upstream\nhello from the upstream\nCLIENT  ROUTE "), "{text}");
+    assert!(text.contains("\nbot     anthropic  1/60     1          35/2000000    0.0000         ok\n"), "{text}");
+    assert!(text.contains("\nbot     openai     1        1          21            0.0000/5.0000  ok\n"), "{text}");
+    let seen = up.seen();
+    assert!(seen.iter().any(|r| r.header("x-api-key").as_deref() == Some(anthropic.as_str())));
+    assert!(seen.iter().any(|r| r.header("authorization") == Some(format!("Bearer {openai}"))));
+    assert!(!text.contains(&anthropic) && !text.contains(&openai));
 }
