@@ -421,7 +421,8 @@ fn markdown(r: &Report) -> String {
     let med = |f: fn(&Round) -> f64| median(&r.rounds, f);
     // One figure: direct, then through the port and the socket with what the broker added.
     let row = |label: &str, unit: &str, (d, p, s): (f64, f64, f64), (dp, ds): (String, String), goal: String| {
-        format!("| {label} | {d:.0}{unit} | {p:.0}{unit} ({dp}) | {s:.0}{unit} ({ds}) | {goal} |\n")
+        let added = |a: String| if a.is_empty() { a } else { format!(" ({a})") };
+        format!("| {label} | {d:.0}{unit} | {p:.0}{unit}{} | {s:.0}{unit}{} | {goal} |\n", added(dp), added(ds))
     };
     let mut out = String::from(
         "| credential broker, loopback | direct | broker, port + token | broker, socket + kernel | goal (port; socket) |\n|---|---|---|---|---|\n",
