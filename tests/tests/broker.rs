@@ -496,3 +496,72 @@ fn only_the_owner_may_ask_the_brokers_admin_service() {
     }
     assert!(s.up.seen().is_empty(), "no check was made");
 }
+
+#[test]
+fn a_rotation_tested_by_a_provider_check_promotes_only_a_value_that_works() {
+    let alerts = "[[alert]]\ntype = \"webhook\"\nurl = \"{upstream}/alerts\"\nca_file = \"{ca_file}\"\n";
+    let s = Setup::new("", alerts);
+    let token = s.client("bot", &["--use", "--allow", "prod/telegram"]);
+    let k = &s.keys;
+    let prod = |args: &[&str], stdin: &[u8]| {
+        let mut all = vec!["--env", "prod"];
+        all.extend_from_slice(args);
+        s.d.ctl(&all, stdin)
+    };
+    let set = |args: &[&str]| {
+        let mut all = vec!["rotation", "set", "telegram"];
+        all.extend_from_slice(args);
+        prod(&all, b"")
+    };
+    // Checks that cannot be: no rotator; a route that carries another secret
+    // (the new value would go to another provider); no such route; a value
+    // that no provider issued.
+    assert_eq!(set(&["--check", "telegram"]).code, Some(2), "--check needs --rotator");
+    let message = set(&["--rotator", "manual", "--check", "anthropic"]).error(2).to_owned();
+    assert!(message.contains("route anthropic carries prod/anthropic, not prod/telegram"), "{message}");
+    assert!(set(&["--rotator", "manual", "--check", "nope"]).error(2).contains("no route named \"nope\""));
+    assert!(set(&["--rotator", "generate", "--check", "telegram"]).error(2).contains("known to no provider"));
+    assert!(s.d.audit_query(&["--type", "rotation.policy"]).is_empty(), "nothing refused was stored");
+    set(&["--rotator", "manual", "--check", "telegram"]).ok();
+    let shown = prod(&["--json", "show", "telegram"], b"").ok().json();
+    assert_eq!(shown["rotator"], "manual;check=telegram", "{shown}");
+
+    let getme = || s.tcp().send("GET", &format!("/telegram/bot{token}/getMe"), &[], b"");
+    // A token the provider never issued: the test fails, the current value stays.
+    let unknown = format!("{}-never-issued", k.telegram);
+    let out = prod(&["rotate", "telegram"], unknown.as_bytes());
+    let message = out.error(1).to_owned();
+    assert!(message.contains("the telegram check failed: HTTP 401: Unauthorized"), "{message}");
+    assert!(!message.contains(&unknown) && !out.stderr.contains(&unknown));
+    assert!(s.up.seen().iter().any(|r| r.path == format!("/bot{unknown}/getMe")), "tested at the provider");
+    assert_eq!(getme().status, 200);
+    assert_eq!(s.up.seen().last().unwrap().path, format!("/bot{}/getMe", k.telegram));
+    // The refused value is not kept (no hook's provider owes it a revoke-old run).
+    let versions = prod(&["--json", "versions", "telegram"], b"").ok().json();
+    assert_eq!(versions[0]["state"], "destroyed", "{versions}");
+    // Recorded as a failed check of that version, and alerted.
+    let checks = s.d.audit_query(&["--type", "provider.check"]);
+    assert_eq!(checks.len(), 1, "{checks:#?}");
+    assert_eq!((checks[0]["outcome"].clone(), checks[0]["detail"]["version"].clone()), (json!("failed"), json!(2)));
+    let alert = vault_tests::wait_for("the check's alert", || {
+        s.up.seen().into_iter().filter(|r| r.path == "/alerts").find_map(|r| {
+            let a: Value = serde_json::from_slice(&r.body).unwrap();
+            (a["alert"] == "provider_check_failed").then_some(a)
+        })
+    });
+    assert_eq!(alert["secret"], "prod/telegram");
+    assert!(!alert.to_string().contains(&unknown));
+
+    // One it issued: tested at the provider, promoted, and the next request carries it.
+    let issued = format!("{}-v3", k.telegram);
+    s.up.set_keys(&[&k.telegram, &issued]);
+    prod(&["rotate", "telegram"], issued.as_bytes()).ok();
+    assert_eq!(getme().status, 200);
+    assert_eq!(s.up.seen().last().unwrap().path, format!("/bot{issued}/getMe"));
+    let failed = s.d.audit_query(&["--type", "rotation.failed"]);
+    assert_eq!((failed.len(), failed[0]["detail"]["step"].clone()), (1, json!("test")));
+    let tested = s.d.audit_query(&["--type", "rotation.tested"]);
+    assert_eq!((tested.len(), tested[0]["detail"]["version"].clone()), (1, json!(3)));
+    let audit = s.audit_text();
+    assert!(!audit.contains(&unknown) && !audit.contains(&issued), "the audit log holds a value");
+}

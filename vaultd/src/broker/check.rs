@@ -4,7 +4,8 @@
 //! Telegram `getMe`, Slack `auth.test`, Discord and GitHub the current user.
 //! The answer names the provider's reason, never the value (masked if the
 //! provider echoes it). Every check is recorded (`provider.check`); a failed
-//! one raises an alert.
+//! one raises an alert. A rotation may test its new value with a route's
+//! check instead of a hook's test step ([`RotationChecks`]).
 
 use super::Broker;
 use super::config::Provider;
@@ -13,11 +14,13 @@ use super::scan::{Needles, Scanner};
 use super::upstream::Body;
 use crate::audit::{Actor, Event, Outcome};
 use crate::crypto::SecretBytes;
-use crate::vault::{SecretRef, VaultError};
+use crate::vault::{ProviderCheck, SecretRef, VaultError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use serde_json::Value;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
 
 /// A reply body read for a check's verdict at most.
 const MAX_REPLY: usize = 64 << 10;
@@ -51,26 +54,91 @@ impl Broker {
         let mut results = Vec::with_capacity(routes.len());
         for route in routes {
             let secret = SecretRef { env: &route.env, name: &route.secret };
-            let verdict = match self.vault.use_for_vaultd(secret, "provider check") {
-                Ok((_, value)) => check_value(&route, &value).await,
-                Err(e) => Err(e.to_string()),
-            };
-            let checked = Checked {
-                route: route.name.clone(),
-                provider: route.provider.as_str(),
-                secret: format!("{}/{}", route.env, route.secret),
-                ok: verdict.is_ok(),
-                detail: verdict.unwrap_or_else(|why| why),
-            };
-            let event = Event::new("provider.check", if checked.ok { Outcome::Ok } else { Outcome::Failed }, actor)
-                .secret(&route.env, &route.secret)
-                .with("route", checked.route.clone())
-                .with("provider", checked.provider)
-                .with("detail", checked.detail.clone());
-            self.vault.record(event)?;
-            results.push(checked);
+            let value = self.vault.use_for_vaultd(secret, "provider check").map_err(|e| e.to_string());
+            let value = value.as_ref().map(|(_, value)| value).map_err(String::clone);
+            results.push(self.check_recorded(&route, value, actor, None).await?);
         }
         Ok(results)
+    }
+
+    /// Checks `value` (or says why there is none to check) at `route`'s
+    /// provider, and records how it went (`provider.check`; with the version
+    /// when it tests a rotation's new value).
+    async fn check_recorded(
+        &self,
+        route: &Route,
+        value: Result<&SecretBytes, String>,
+        actor: &Actor,
+        version: Option<u64>,
+    ) -> Result<Checked, VaultError> {
+        let verdict = match value {
+            Ok(value) => check_value(route, value).await,
+            Err(why) => Err(why),
+        };
+        let checked = Checked {
+            route: route.name.clone(),
+            provider: route.provider.as_str(),
+            secret: format!("{}/{}", route.env, route.secret),
+            ok: verdict.is_ok(),
+            detail: verdict.unwrap_or_else(|why| why),
+        };
+        let mut event = Event::new("provider.check", if checked.ok { Outcome::Ok } else { Outcome::Failed }, actor)
+            .secret(&route.env, &route.secret)
+            .with("route", checked.route.clone())
+            .with("provider", checked.provider)
+            .with("detail", checked.detail.clone());
+        if let Some(version) = version {
+            event = event.with("version", version).with("purpose", "rotation test");
+        }
+        self.vault.record(event)?;
+        Ok(checked)
+    }
+}
+
+/// The broker's side of rotations tested by a route's check (`--check
+/// ROUTE`): the vault holds this, and it holds the broker weakly (the broker
+/// holds the vault).
+pub(super) struct RotationChecks(pub(super) Weak<Broker>);
+
+impl RotationChecks {
+    /// The route that may test values of `secret`, or why there is none.
+    fn route(&self, route: &str, secret: SecretRef<'_>) -> Result<(Arc<Broker>, Arc<Route>), String> {
+        let broker = self.0.upgrade().ok_or("the broker has stopped")?;
+        let found = broker.routes.get(route).cloned().ok_or_else(|| format!("no route named {route:?} in [broker]"))?;
+        if (found.env.as_str(), found.secret.as_str()) != (secret.env, secret.name) {
+            return Err(format!(
+                "route {route} carries {}/{}, not {}/{}: a new value is only sent where the old one goes",
+                found.env, found.secret, secret.env, secret.name
+            ));
+        }
+        if found.provider == Provider::Generic {
+            return Err(format!("route {route} is generic: there is no built-in check for it"));
+        }
+        Ok((broker, found))
+    }
+}
+
+impl ProviderCheck for RotationChecks {
+    fn refuses(&self, route: &str, secret: SecretRef<'_>) -> Option<String> {
+        self.route(route, secret).err()
+    }
+
+    fn check<'a>(
+        &'a self,
+        actor: &'a Actor,
+        route: &'a str,
+        secret: SecretRef<'a>,
+        version: u64,
+        value: &'a SecretBytes,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let (broker, route) = self.route(route, secret)?;
+            let checked = broker.check_recorded(&route, Ok(value), actor, Some(version)).await;
+            match checked.map_err(|e| e.to_string())? {
+                Checked { ok: true, .. } => Ok(()),
+                Checked { detail, .. } => Err(detail),
+            }
+        })
     }
 }
 

@@ -86,7 +86,10 @@ impl Broker {
         let owner = rustix::process::geteuid().as_raw();
         let needles = Mutex::new((None, Arc::default()));
         let budgets = Arc::default();
-        Ok(Some(Arc::new(Broker { vault, routes, config: config.clone(), owner, budgets, needles })))
+        let broker = Arc::new(Broker { vault: vault.clone(), routes, config: config.clone(), owner, budgets, needles });
+        // Rotations tested by a route's check (`--check ROUTE`) ask the broker.
+        vault.set_provider_check(Box::new(check::RotationChecks(Arc::downgrade(&broker))));
+        Ok(Some(broker))
     }
 
     /// Binds the socket (default: `broker.sock` beside `agent_socket`) and the port.

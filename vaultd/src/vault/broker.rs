@@ -1,7 +1,32 @@
 //! What the credential broker needs of the vault besides `authorize_use`.
 
-use super::{Vault, VaultError};
+use super::{SecretRef, Vault, VaultError};
+use crate::audit::Actor;
 use crate::crypto::{SecretBytes, VersionId};
+use std::future::Future;
+use std::pin::Pin;
+
+/// The credential broker's provider checks, for rotations whose new values
+/// are tested by one (`--check ROUTE`) instead of a hook's test step. The
+/// vault asks; the broker (which knows the routes) answers.
+pub trait ProviderCheck: Send + Sync {
+    /// Why `route` may not test values of `secret` (`None`: it may). Only a
+    /// route that carries `secret` may: a new value goes nowhere the old one
+    /// did not.
+    fn refuses(&self, route: &str, secret: SecretRef<'_>) -> Option<String>;
+
+    /// Whether `value`, version `version` of `secret`, works at `route`'s
+    /// provider (`Err`: why not, never the value). Recorded and, when it
+    /// fails, alerted like any provider check.
+    fn check<'a>(
+        &'a self,
+        actor: &'a Actor,
+        route: &'a str,
+        secret: SecretRef<'a>,
+        version: u64,
+        value: &'a SecretBytes,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
 
 impl Vault {
     /// Every stored value, every version still held, for the broker's
@@ -48,5 +73,15 @@ impl Vault {
         };
         self.record(event)?;
         result
+    }
+
+    /// The broker's checks, for rotations whose test is one (set once, at start).
+    pub fn set_provider_check(&self, check: Box<dyn ProviderCheck>) {
+        let _ = self.provider_check.set(check);
+    }
+
+    /// The broker's checks, or why there are none.
+    pub(super) fn provider_check(&self) -> Result<&dyn ProviderCheck, String> {
+        self.provider_check.get().map(|c| &**c).ok_or_else(|| "no [broker] is configured to check with".into())
     }
 }
