@@ -69,6 +69,8 @@ fn every_provider_gets_the_real_key_and_the_agent_never_holds_it() {
     assert_eq!(streamed["actor"]["client"], "bot");
     assert_eq!(streamed["detail"]["input_tokens"], 10);
     assert_eq!(streamed["detail"]["status"], 200);
+    assert_eq!(streamed["detail"]["method"], "POST");
+    assert!(streamed["detail"]["latency_ms"].is_u64(), "{streamed}");
     assert!(streamed["detail"]["bytes"].as_u64().unwrap() > 100);
     assert_eq!(streamed["secret"], "prod/anthropic");
     let telegram: Vec<_> = records.iter().filter(|r| r["detail"]["route"] == "telegram").collect();
@@ -426,12 +428,21 @@ fn d_path(s: &Setup, name: &str) -> PathBuf {
 
 #[test]
 fn vaultctl_check_says_ok_for_a_valid_credential_and_why_a_revoked_one_fails() {
-    let alerts = "[[alert]]\ntype = \"webhook\"\nurl = \"{upstream}/alerts\"\nca_file = \"{ca_file}\"\n";
-    let s = Setup::new("", alerts);
+    let extra = concat!(
+        "[[alert]]\ntype = \"webhook\"\nurl = \"{upstream}/alerts\"\nca_file = \"{ca_file}\"\n",
+        "[[broker.route]]\nname = \"github\"\nprovider = \"github\"\nupstream = \"{upstream}\"\n",
+        "secret = \"prod/github\"\nca_file = \"{ca_file}\"\n",
+    );
+    let s = Setup::new("", extra);
+    let github = format!("ghp-real-{}", unique_tag());
+    s.d.ctl(&["--env", "prod", "put", "github"], github.as_bytes()).ok();
+    let k = &s.keys;
+    s.up.set_keys(&[&k.anthropic, &k.openai, &k.telegram, &k.slack, &k.discord, &github]);
     let all = s.d.ctl(&["check", "--all"], b"").ok().text();
     for line in [
         "anthropic (anthropic, prod/anthropic): ok, 1 models listed",
         "discord (discord, prod/discord): ok, user bot",
+        "github (github, prod/github): ok, user bot",
         "openai (openai, prod/openai): ok, 1 models listed",
         "slack (slack, prod/slack): ok, bot in test",
         "telegram (telegram, prod/telegram): ok, bot @test_bot",
@@ -444,14 +455,13 @@ fn vaultctl_check_says_ok_for_a_valid_credential_and_why_a_revoked_one_fails() {
         json!([{"route": "telegram", "provider": "telegram", "secret": "prod/telegram", "ok": true, "detail": "bot @test_bot"}])
     );
     // The provider revokes the bot token and the Anthropic key (which it names when refusing).
-    let k = &s.keys;
-    s.up.set_keys(&[&k.openai, &k.slack, &k.discord]);
+    s.up.set_keys(&[&k.openai, &k.slack, &k.discord, &github]);
     let out = s.d.ctl(&["check", "telegram"], b"");
     assert_eq!(out.error(1), "1 of 1 checks failed: telegram (prod/telegram): HTTP 401: Unauthorized");
     let out = s.d.ctl(&["check", "--all"], b"");
     let message = out.error(1).to_owned();
     assert!(
-        message.starts_with("2 of 5 checks failed: anthropic (prod/anthropic): HTTP 401: invalid x-api-key ***"),
+        message.starts_with("2 of 6 checks failed: anthropic (prod/anthropic): HTTP 401: invalid x-api-key ***"),
         "{message}"
     );
     for value in [&k.anthropic, &k.telegram, &k.openai] {
@@ -461,7 +471,7 @@ fn vaultctl_check_says_ok_for_a_valid_credential_and_why_a_revoked_one_fails() {
     assert_eq!(s.d.ctl(&["check"], b"").code, Some(2), "a route or --all");
     let checks = s.d.audit_query(&["--type", "provider.check"]);
     assert_eq!(checks.iter().filter(|c| c["outcome"] == "failed").count(), 3);
-    assert_eq!(checks.iter().filter(|c| c["outcome"] == "ok").count(), 9);
+    assert_eq!(checks.iter().filter(|c| c["outcome"] == "ok").count(), 11);
     assert!(!serde_json::to_string(&checks).unwrap().contains(&k.anthropic));
     // A failed check raises an alert.
     let alert = vault_tests::wait_for("the check's alert", || {
@@ -564,4 +574,118 @@ fn a_rotation_tested_by_a_provider_check_promotes_only_a_value_that_works() {
     assert_eq!((tested.len(), tested[0]["detail"]["version"].clone()), (1, json!(3)));
     let audit = s.audit_text();
     assert!(!audit.contains(&unknown) && !audit.contains(&issued), "the audit log holds a value");
+}
+
+#[test]
+fn upstream_connections_are_pooled_and_a_silent_upstream_times_out() {
+    let routes = |name: &str| if name == "anthropic" { "timeout = \"500ms\"\n".to_owned() } else { String::new() };
+    let s = Setup::with_routes("", &routes, "");
+    let token = s.client("bot", &["--use", "--allow", "prod/*"]);
+    let chat = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]});
+    let bearer = format!("Bearer {token}");
+    // Five callers, each on a connection of its own: one pooled connection upstream.
+    for _ in 0..5 {
+        let reply = s.tcp().post_json("/openai/v1/chat/completions", &[("authorization", &bearer)], &chat);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(s.up.connections(), 1, "five requests on one pooled upstream connection");
+    // The anthropic route waits 500 ms for the next chunk; this stream's is 3 s away.
+    let agent = s.tcp();
+    let silent =
+        json!({"model": "claude-test", "max_tokens": 8, "stream": true, "slow": 2, "every_ms": 3000, "messages": []});
+    let mut stream = agent.stream("/anthropic/v1/messages", &[("x-api-key", &token)], &silent);
+    assert!(matches!(stream.next(Duration::from_secs(5)), Next::Data(_)));
+    let started = Instant::now();
+    loop {
+        match stream.next(Duration::from_secs(5)) {
+            Next::Data(_) => continue,
+            Next::End => panic!("the stream ended normally; the route's timeout should have cut it"),
+            Next::Broken => break,
+        }
+    }
+    let cut = started.elapsed();
+    assert!(cut < Duration::from_millis(2500), "cut after {cut:?}");
+    let records = s.requests();
+    assert!(records.iter().any(|r| r["detail"]["end"] == "upstream timed out"), "{records:#?}");
+    // Another route keeps its own (default) timeout.
+    let reply = agent.post_json("/openai/v1/chat/completions", &[("authorization", &bearer)], &chat);
+    assert_eq!(reply.status, 200);
+}
+
+#[test]
+fn alerts_arrive_for_bursts_budgets_rate_limits_anomalies_and_revoke_all() {
+    let alerts = concat!(
+        "[limits]\nclient_rate = 1.0\nclient_burst = 40.0\n",
+        "[[alert]]\ntype = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"cat >> {dir}/alerts.jsonl; echo >> {dir}/alerts.jsonl\"]\n",
+    );
+    let routes = |name: &str| match name {
+        "slack" => "[broker.route.budget]\nrequests_per_day = 2\n".to_owned(),
+        _ => String::new(),
+    };
+    let s = Setup::with_routes("", &routes, alerts);
+    let bot = s.client("bot", &["--use", "--allow", "prod/*"]);
+    let nogrant = s.client("nogrant", &["--use", "--allow", "prod/discord"]);
+    let greedy = s.client("greedy", &["--use", "--allow", "prod/*"]);
+    let agent = s.tcp();
+    let anthropic = |token: &str| agent.post_json("/anthropic/v1/messages", &[("x-api-key", token)], &message(false));
+    let slack =
+        |token: &str| agent.send("POST", "/slack/api/auth.test", &[("authorization", &format!("Bearer {token}"))], b"");
+    let file = d_path(&s, "alerts.jsonl");
+    let arrived = |kind: &str| {
+        vault_tests::wait_for(&format!("the {kind} alert"), || {
+            let text = std::fs::read_to_string(&file).ok()?;
+            text.lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .find(|a| a["alert"] == kind)
+        })
+    };
+    assert_eq!(anthropic(&bot).status, 200);
+    // Ten refused tokens in a minute; ten denied uses in a minute.
+    for _ in 0..10 {
+        assert_eq!(anthropic(&format!("vt_{}", "0".repeat(64))).status, 401);
+        assert_eq!(anthropic(&nogrant).status, 404);
+    }
+    arrived("refused_tokens_burst");
+    arrived("denied_reads_burst");
+    // A budget of two requests a day.
+    assert_eq!((slack(&bot).status, slack(&bot).status), (200, 200));
+    let over = slack(&bot);
+    assert_eq!(over.status, 429, "{}", over.text());
+    let body = over.json();
+    assert_eq!((body["ok"].clone(), body["error"].clone()), (json!(false), json!("ratelimited")), "Slack's shape");
+    assert!(body["warning"].as_str().unwrap().contains("2 of 2 requests today"), "{body}");
+    let alert = arrived("budget_exceeded");
+    assert_eq!((alert["client"].clone(), alert["route"].clone()), (json!("bot"), json!("slack")));
+    // Past the rate limit (a burst of 40).
+    let statuses: Vec<u16> = (0..45).map(|_| anthropic(&greedy).status).collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let alert = arrived("rate_limit_exceeded");
+    assert_eq!(alert["client"], "greedy", "{alert}");
+    // A week later, bot's habits are learned: a secret it never used, then ten times its rate.
+    s.d.advance_clock(Duration::from_secs(7 * 86_400 + 60));
+    let bot = s.d.ctl(&["--json", "token", "create", "--client", "bot"], b"").ok().json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let openai = |token: &str| {
+        let chat = json!({"model": "gpt-test", "messages": []});
+        agent.post_json("/openai/v1/chat/completions", &[("authorization", &format!("Bearer {token}"))], &chat)
+    };
+    assert_eq!(openai(&bot).status, 200);
+    let alert = arrived("new_secret_used");
+    assert_eq!((alert["client"].clone(), alert["secret"].clone()), (json!("bot"), json!("prod/openai")));
+    for _ in 0..20 {
+        assert_eq!(openai(&bot).status, 200);
+    }
+    assert_eq!(arrived("unusual_rate")["client"], "bot");
+    s.d.ctl(&["revoke-all", "--reason", "test", "--yes"], b"").ok();
+    arrived("revoke_all");
+    // Names and numbers only; each delivery recorded.
+    let text = std::fs::read_to_string(&file).unwrap();
+    for value in [&bot, &nogrant, &greedy, &s.keys.anthropic, &s.keys.openai, &s.keys.slack] {
+        assert!(!text.contains(value.as_str()), "an alert carried a secret: {text}");
+    }
+    let sent = s.d.audit_query(&["--type", "alert.sent"]);
+    assert!(sent.len() >= 7, "{sent:#?}");
 }

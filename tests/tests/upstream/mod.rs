@@ -52,6 +52,8 @@ impl Seen {
 struct State {
     keys: Mutex<HashSet<String>>,
     seen: Mutex<Vec<Seen>>,
+    /// TCP connections accepted.
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 /// The running upstream: `url` is `https://127.0.0.1:PORT`, `ca_file` the PEM
@@ -97,6 +99,7 @@ impl Upstream {
         runtime.spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { continue };
+                st.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (acceptor, st) = (acceptor.clone(), st.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
@@ -117,6 +120,11 @@ impl Upstream {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
+    }
+
+    /// How many TCP connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether `bytes` appear anywhere in what it received.
@@ -265,10 +273,13 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bod
 }
 
 /// Anthropic's streaming events; `"slow": N` in the request makes N text
-/// deltas 100 ms apart.
+/// deltas 100 ms apart (or `"every_ms"` apart).
 fn anthropic_stream(request: &Value) -> Response<Body> {
     let deltas = request["slow"].as_u64().unwrap_or(2);
-    let every = if request["slow"].is_null() { Duration::from_millis(5) } else { Duration::from_millis(100) };
+    let every = match (request["slow"].is_null(), request["every_ms"].as_u64()) {
+        (true, _) => Duration::from_millis(5),
+        (false, every) => Duration::from_millis(every.unwrap_or(100)),
+    };
     let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     let mut lines = vec![event(
         "message_start",

@@ -443,6 +443,9 @@ mod tests {
         assert_eq!(d.observe(&e, 0).unwrap().kind, "budget_exceeded");
         let e = row("incident.revoke_all", "ok", json!({"uid": 0}), "", json!({}));
         assert_eq!(d.observe(&e, 0).unwrap().kind, "revoke_all");
+        let e = row("integrity.violation", "failed", json!({"vaultd": true}), "", json!({"table": "secret"}));
+        let alert = d.observe(&e, 0).unwrap();
+        assert_eq!((alert.kind, alert.fields["table"].clone()), ("integrity_violation", json!("secret")));
         let e = row("alert.sent", "ok", json!({"vaultd": true}), "", json!({}));
         assert_eq!(d.observe(&e, 0), None, "alerts do not alert");
         // A burst: the tenth refused token in a minute.
