@@ -85,7 +85,8 @@ fn every_provider_gets_the_real_key_and_the_agent_never_holds_it() {
 #[test]
 fn use_without_read_is_brokered_but_not_readable_and_neither_looks_like_no_route() {
     let s = Setup::new("", "");
-    let user = s.client("user", &["--use", "--allow", "prod/anthropic"]);
+    let user = s.client("user", &[]);
+    s.d.ctl(&["client", "grant", "user", "prod/anthropic", "--use"], b"").ok();
     let reader = s.client("reader", &["--allow", "prod/anthropic"]);
     let neither = s.client("neither", &["--allow", "prod/openai"]);
     let get = |token: &str| {
