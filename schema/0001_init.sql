@@ -1,4 +1,4 @@
--- vaultd schema 1: the key hierarchy and secrets (DESIGN §3, §4).
+-- vaultd schema 1: the key hierarchy and secrets (ARCHITECTURE §3, §4).
 -- Released migrations are never edited; add 0002_… instead.
 
 -- The vault header: one row once initialized. Nothing here is secret on its own:

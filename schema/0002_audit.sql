@@ -1,4 +1,4 @@
--- vaultd schema 2: the tamper-evident audit log (DESIGN §8).
+-- vaultd schema 2: the tamper-evident audit log (ARCHITECTURE §8).
 
 -- Append-only. mac = HMAC(audit key, previous mac || this entry's content), so an
 -- edited, inserted, reordered or deleted entry breaks the chain at that point.

@@ -1,4 +1,4 @@
--- vaultd schema 3: clients and grants (DESIGN §5).
+-- vaultd schema 3: clients and grants (ARCHITECTURE §5).
 
 -- A client is a set of selectors; a caller matches when it has all of them.
 CREATE TABLE client (

@@ -1,4 +1,4 @@
--- vaultd schema 4: bearer tokens (DESIGN §5), for callers the kernel cannot tell
+-- vaultd schema 4: bearer tokens (ARCHITECTURE §5), for callers the kernel cannot tell
 -- apart (a shared uid in containers). Only a keyed hash of each token is stored.
 CREATE TABLE token (
     accessor        TEXT PRIMARY KEY,          -- public id: list, revoke, audit

@@ -1,4 +1,4 @@
--- vaultd schema 6: rotation (DESIGN §6).
+-- vaultd schema 6: rotation (ARCHITECTURE §6).
 -- Released migrations are never edited; add the next one instead.
 
 -- A secret's rotation policy. rotator: 'manual', 'generate[:LEN[:CHARSET]]' or

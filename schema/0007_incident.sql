@@ -1,4 +1,4 @@
--- vaultd schema 7: incidents (DESIGN §7).
+-- vaultd schema 7: incidents (ARCHITECTURE §7).
 -- Released migrations are never edited; add the next one instead.
 
 -- One row per revoke-all. `report` is JSON: counts, the secrets that still need

@@ -44,3 +44,7 @@ ALTER TABLE client_grant ADD COLUMN kind TEXT NOT NULL DEFAULT 'read' CHECK (kin
 -- A client matched by its token only: once a uid has one, a request from that
 -- uid without a token matches none of its clients.
 ALTER TABLE client ADD COLUMN token_only INTEGER NOT NULL DEFAULT 0 CHECK (token_only IN (0, 1));
+
+-- A token may be bound to an executable too (as its client's `--exe` is): the
+-- caller must run that file (the same file, as vaultd's identity attests it).
+ALTER TABLE token ADD COLUMN bind_exe TEXT;

@@ -303,7 +303,7 @@ pub(crate) fn bench(args: &BrokerArgs) -> anyhow::Result<()> {
 
 async fn measure(args: &BrokerArgs) -> anyhow::Result<Report> {
     let bins = Bins::locate()?;
-    let loadavg_start = crate::loadavg();
+    let loadavg_start = crate::noise::loadavg();
     let tmp = tempfile::Builder::new().prefix("vault-bench-broker-").tempdir()?;
     let (ca_file, cert, key) = certificates(tmp.path())?;
     let port_file = tmp.path().join("upstream.port");
@@ -388,7 +388,7 @@ async fn measure(args: &BrokerArgs) -> anyhow::Result<Report> {
         socket_first_byte_delay_us: median(&rounds, |r| r.socket_stream.p50_us - r.direct_stream.p50_us),
         rounds,
         loadavg_start,
-        loadavg_end: crate::loadavg(),
+        loadavg_end: crate::noise::loadavg(),
         cpus: std::thread::available_parallelism().map_or(0, usize::from),
     })
 }

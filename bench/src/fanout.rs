@@ -113,7 +113,7 @@ pub(crate) fn client(args: &FanoutArgs) -> anyhow::Result<()> {
 type Delivery = (usize, u64, Vec<u8>, Instant);
 
 async fn measure(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
-    let cpu_before = crate::vaultd::cpu_seconds(std::process::id())?;
+    let cpu_before = crate::noise::cpu_seconds(std::process::id())?;
     let watchers = usize::from(args.watchers);
     let mut channels = Vec::new();
     for _ in 0..args.connections {
@@ -209,6 +209,6 @@ async fn measure(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
         watchers: args.watchers,
         connections: args.connections,
         rounds,
-        client_cpu_s: crate::vaultd::cpu_seconds(std::process::id())? - cpu_before,
+        client_cpu_s: crate::noise::cpu_seconds(std::process::id())? - cpu_before,
     })
 }

@@ -61,6 +61,14 @@ impl Agent for Echo {
     ) -> Result<Response<Self::WatchSecretsStream>, Status> {
         Err(Status::unimplemented("the floor server has no watch"))
     }
+
+    /// Not measured: `vaultctl run`'s listing is once per program start.
+    async fn list_granted(
+        &self,
+        _: Request<v1::ListGrantedRequest>,
+    ) -> Result<Response<v1::ListGrantedResponse>, Status> {
+        Err(Status::unimplemented("the floor server has no listing"))
+    }
 }
 
 /// The hidden `floor-server` subcommand: serve on `socket` until SIGTERM/SIGINT

@@ -8,6 +8,7 @@
 
 use crate::report::{LoadResult, percentile};
 use anyhow::Context as _;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,8 +21,14 @@ pub(crate) enum Op {
     Get,
     /// `Agent.GetSecrets` of the `--batch` secrets `NAME-0`, `NAME-1`, … in one call.
     GetMany,
+    /// `Agent.GetSecret` of `NAME-i`, `i` drawn at random from 0..`--spread` each request.
+    GetSpread,
     /// `Admin.PutSecret` of a new secret `PREFIX-N` per request (vaultd's admin socket).
     Put,
+    /// `Admin.ShowSecret` of `NAME` with its value (vaultd's admin socket): the
+    /// owner's reveal, recorded in a transaction of its own, which first imports
+    /// the reads waiting in the journal.
+    Reveal,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -52,9 +59,65 @@ pub(crate) struct ClientArgs {
     /// `put` stores secrets PREFIX-0, PREFIX-1, …
     #[arg(long, default_value = "put")]
     pub(crate) prefix: String,
+    /// How many secrets `get-spread` draws from.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) spread: u64,
+    /// Read a bearer token from stdin and send it with every request
+    /// (`authorization: Bearer …`); never on the command line.
+    #[arg(long)]
+    pub(crate) token_stdin: bool,
+}
+
+/// A bearer token, held to be sent and never shown.
+#[derive(Clone)]
+pub(crate) struct Bearer(String);
+
+impl Bearer {
+    pub(crate) fn new(token: String) -> Bearer {
+        Bearer(token)
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `message` as a request, with `bearer` (if any) in its `authorization` header.
+pub(crate) fn with_token<T>(message: T, bearer: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(bearer) = bearer
+        && let Ok(value) = format!("Bearer {bearer}").parse()
+    {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 impl ClientArgs {
+    /// `op` on `socket` with `in_flight` connections for `seconds`, no warm-up,
+    /// the defaults otherwise (as the command line has them).
+    pub(crate) fn new(socket: &std::path::Path, op: Op, in_flight: u16, seconds: f64) -> ClientArgs {
+        ClientArgs {
+            socket: socket.to_path_buf(),
+            op,
+            in_flight,
+            warmup: 0.0,
+            seconds,
+            count: None,
+            name: "bench".into(),
+            batch: 20,
+            prefix: "put".into(),
+            spread: 1,
+            token_stdin: false,
+        }
+    }
+
     fn to_args(&self) -> Vec<String> {
         let mut a = vec![
             "client".into(),
@@ -74,7 +137,12 @@ impl ClientArgs {
             self.batch.to_string(),
             "--prefix".into(),
             self.prefix.clone(),
+            "--spread".into(),
+            self.spread.to_string(),
         ];
+        if self.token_stdin {
+            a.push("--token-stdin".into());
+        }
         if let Some(count) = self.count {
             a.extend(["--count".into(), count.to_string()]);
         }
@@ -84,8 +152,14 @@ impl ClientArgs {
 
 /// The bench's side: runs the client as a separate process and returns what it measured.
 pub(crate) async fn run(args: &ClientArgs) -> anyhow::Result<LoadResult> {
+    run_with(args, &crate::child::Launch::default()).await
+}
+
+/// [`run`], the client started as `launch` says (another uid, a token on stdin).
+pub(crate) async fn run_with(args: &ClientArgs, launch: &crate::child::Launch) -> anyhow::Result<LoadResult> {
+    anyhow::ensure!(args.token_stdin == launch.stdin.is_some(), "a token client without a token, or the reverse");
     let limit = Duration::from_secs_f64(args.warmup + args.seconds + 30.0);
-    crate::child::run(args.to_args(), limit, "load").await
+    crate::child::run_with(args.to_args(), limit, "load", launch).await
 }
 
 /// The hidden `client` subcommand.
@@ -98,13 +172,20 @@ pub(crate) fn client(args: &ClientArgs) -> anyhow::Result<()> {
 struct TaskTally {
     latencies_ns: Vec<u64>,
     total: u64,
-    errors: u64,
+    errors: BTreeMap<String, u64>,
     first_error: Option<String>,
     reply_bytes: usize,
 }
 
 async fn load(args: &ClientArgs) -> anyhow::Result<LoadResult> {
-    let cpu_before = crate::vaultd::cpu_seconds(std::process::id())?;
+    let bearer = if args.token_stdin {
+        let mut token = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut token).context("reading the token from stdin")?;
+        Some(Bearer::new(token.trim().to_owned()))
+    } else {
+        None
+    };
+    let cpu_before = crate::noise::cpu_seconds(std::process::id())?;
     let mut channels = Vec::new();
     for _ in 0..args.in_flight {
         channels.push(
@@ -120,9 +201,14 @@ async fn load(args: &ClientArgs) -> anyhow::Result<LoadResult> {
     let count = args.count.unwrap_or(u64::MAX);
     let tasks: Vec<_> = channels
         .into_iter()
-        .map(|channel| {
-            let (args, issued) = (args.clone(), issued.clone());
-            tokio::spawn(async move { task(channel, &args, measure_from, deadline, &issued, count).await })
+        .enumerate()
+        .map(|(i, channel)| {
+            let (args, issued, bearer) = (args.clone(), issued.clone(), bearer.clone());
+            let draw = Draw::seeded(i as u64);
+            tokio::spawn(async move {
+                let call = Call { args: &args, bearer: bearer.as_ref(), draw };
+                call.task(channel, measure_from, deadline, &issued, count).await
+            })
         })
         .collect();
     let mut tally = TaskTally::default();
@@ -130,7 +216,9 @@ async fn load(args: &ClientArgs) -> anyhow::Result<LoadResult> {
         let t = t.await.context("a load task panicked")?;
         tally.latencies_ns.extend(t.latencies_ns);
         tally.total += t.total;
-        tally.errors += t.errors;
+        for (code, n) in t.errors {
+            *tally.errors.entry(code).or_default() += n;
+        }
         tally.first_error = tally.first_error.or(t.first_error);
         tally.reply_bytes = tally.reply_bytes.max(t.reply_bytes);
     }
@@ -142,7 +230,8 @@ async fn load(args: &ClientArgs) -> anyhow::Result<LoadResult> {
         client_pid: std::process::id(),
         requests: lat.len() as u64,
         requests_total: tally.total,
-        errors: tally.errors,
+        errors: tally.errors.values().sum(),
+        errors_by_code: tally.errors,
         first_error: tally.first_error,
         measured_s,
         throughput: lat.len() as f64 / measured_s,
@@ -150,64 +239,107 @@ async fn load(args: &ClientArgs) -> anyhow::Result<LoadResult> {
         p99_us: us(99.0),
         max_us: us(100.0),
         reply_bytes: tally.reply_bytes,
-        client_cpu_s: crate::vaultd::cpu_seconds(std::process::id())? - cpu_before,
+        client_cpu_s: crate::noise::cpu_seconds(std::process::id())? - cpu_before,
     })
 }
 
-/// One connection's loop: a request at a time until `deadline` or until `count`
-/// requests have been issued across all tasks. Latencies of requests started at
-/// or after `measure_from` are kept; a failed request is counted, not timed.
-async fn task(
-    channel: tonic::transport::Channel,
-    args: &ClientArgs,
-    measure_from: Instant,
-    deadline: Instant,
-    issued: &AtomicU64,
-    count: u64,
-) -> TaskTally {
-    let mut agent = vault_proto::agent_client(channel.clone());
-    let mut admin = vault_proto::admin_client(channel);
-    let value = crate::secret_value();
-    let names: Vec<String> = (0..args.batch).map(|i| format!("{}-{i}", args.name)).collect();
-    let mut t = TaskTally::default();
-    loop {
-        let started = Instant::now();
-        if started >= deadline {
-            break;
-        }
-        let n = issued.fetch_add(1, Ordering::Relaxed);
-        if n >= count {
-            break;
-        }
-        let outcome = match args.op {
-            Op::Get => {
-                let req = v1::GetSecretRequest { env: String::new(), name: args.name.clone(), version: 0 };
-                agent.get_secret(req).await.map(|r| prost::Message::encoded_len(r.get_ref()))
+/// Picks secrets for `get-spread`: xorshift64*, enough to spread reads evenly
+/// (not for anything secret), seeded per connection so each draws its own.
+struct Draw(u64);
+
+impl Draw {
+    fn seeded(task: u64) -> Draw {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        Draw((nanos as u64 ^ task.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+/// What one connection's task sends.
+struct Call<'a> {
+    args: &'a ClientArgs,
+    bearer: Option<&'a Bearer>,
+    draw: Draw,
+}
+
+impl Call<'_> {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        with_token(message, self.bearer.map(Bearer::expose))
+    }
+
+    /// One connection's loop: a request at a time until `deadline` or until `count`
+    /// requests have been issued across all tasks. Latencies of requests started at
+    /// or after `measure_from` are kept; a failed request is counted, by its status
+    /// code, not timed.
+    async fn task(
+        mut self,
+        channel: tonic::transport::Channel,
+        measure_from: Instant,
+        deadline: Instant,
+        issued: &AtomicU64,
+        count: u64,
+    ) -> TaskTally {
+        let args = self.args;
+        let mut agent = vault_proto::agent_client(channel.clone());
+        let mut admin = vault_proto::admin_client(channel);
+        let value = crate::secret_value();
+        let names: Vec<String> = (0..args.batch).map(|i| format!("{}-{i}", args.name)).collect();
+        let mut t = TaskTally::default();
+        loop {
+            let started = Instant::now();
+            if started >= deadline {
+                break;
             }
-            Op::GetMany => {
-                let req = v1::GetSecretsRequest { env: String::new(), names: names.clone() };
-                agent.get_secrets(req).await.map(|r| prost::Message::encoded_len(r.get_ref()))
+            let n = issued.fetch_add(1, Ordering::Relaxed);
+            if n >= count {
+                break;
             }
-            Op::Put => {
-                let secret = Some(v1::SecretRef { env: String::new(), name: format!("{}-{n}", args.prefix) });
-                let req = v1::PutSecretRequest { secret, value: value.clone(), ..Default::default() };
-                admin.put_secret(req).await.map(|r| prost::Message::encoded_len(r.get_ref()))
-            }
-        };
-        let took = started.elapsed();
-        t.total += 1;
-        match outcome {
-            Ok(bytes) => {
-                t.reply_bytes = bytes;
-                if started >= measure_from {
-                    t.latencies_ns.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+            let outcome = match args.op {
+                Op::Get => {
+                    let req = v1::GetSecretRequest { env: String::new(), name: args.name.clone(), version: 0 };
+                    agent.get_secret(self.request(req)).await.map(|r| prost::Message::encoded_len(r.get_ref()))
+                }
+                Op::GetSpread => {
+                    let name = format!("{}-{}", args.name, self.draw.below(args.spread));
+                    let req = v1::GetSecretRequest { env: String::new(), name, version: 0 };
+                    agent.get_secret(self.request(req)).await.map(|r| prost::Message::encoded_len(r.get_ref()))
+                }
+                Op::GetMany => {
+                    let req = v1::GetSecretsRequest { env: String::new(), names: names.clone() };
+                    agent.get_secrets(self.request(req)).await.map(|r| prost::Message::encoded_len(r.get_ref()))
+                }
+                Op::Reveal => {
+                    let secret = Some(v1::SecretRef { env: String::new(), name: args.name.clone() });
+                    let req = v1::ShowSecretRequest { secret, reveal: true, version: 0 };
+                    admin.show_secret(req).await.map(|r| prost::Message::encoded_len(r.get_ref()))
+                }
+                Op::Put => {
+                    let secret = Some(v1::SecretRef { env: String::new(), name: format!("{}-{n}", args.prefix) });
+                    let req = v1::PutSecretRequest { secret, value: value.clone(), ..Default::default() };
+                    admin.put_secret(req).await.map(|r| prost::Message::encoded_len(r.get_ref()))
+                }
+            };
+            let took = started.elapsed();
+            t.total += 1;
+            match outcome {
+                Ok(bytes) => {
+                    t.reply_bytes = bytes;
+                    if started >= measure_from {
+                        t.latencies_ns.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+                    }
+                }
+                Err(status) => {
+                    *t.errors.entry(format!("{:?}", status.code())).or_default() += 1;
+                    t.first_error.get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
                 }
             }
-            Err(status) => {
-                t.errors += 1;
-                t.first_error.get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
-            }
         }
+        t
     }
-    t
 }

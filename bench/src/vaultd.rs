@@ -1,6 +1,6 @@
 //! vaultd and vaultctl as the bench runs them: finding (building) the release
 //! binaries, a daemon in its own directory, `vaultctl` calls, and what /proc says
-//! about a process (resident memory, CPU time). Also [`Process`], the guard that
+//! about a process (resident memory). Also [`Process`], the guard that
 //! stops every child the bench starts.
 
 use anyhow::{Context as _, bail, ensure};
@@ -70,6 +70,18 @@ impl Bins {
             );
         }
         Ok(bins)
+    }
+}
+
+impl Bins {
+    /// `vaultd` at `path`, and the `vaultctl` beside it (or `fallback`'s when
+    /// there is none): another build to compare with.
+    pub(crate) fn beside(path: &Path, fallback: &Bins) -> anyhow::Result<Bins> {
+        let vaultd = std::fs::canonicalize(path).with_context(|| format!("finding {}", path.display()))?;
+        ensure!(vaultd.is_file(), "{} is not a file", vaultd.display());
+        let sibling = vaultd.with_file_name("vaultctl");
+        let vaultctl = if sibling.is_file() { sibling } else { fallback.vaultctl.clone() };
+        Ok(Bins { vaultd, vaultctl })
     }
 }
 
@@ -243,6 +255,11 @@ impl Daemon {
         self.process.as_ref().map_or(0, Process::pid)
     }
 
+    /// `DIR`: the sockets, the log and the data dir are in it.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Runs `vaultctl ARGS` against this daemon with `stdin`; fails unless it
     /// succeeds. Returns its wall time (process start to exit).
     pub(crate) async fn ctl(&self, args: &[&str], stdin: &[u8]) -> anyhow::Result<Duration> {
@@ -302,6 +319,11 @@ impl Daemon {
     pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
         rss_kib(self.pid())
     }
+
+    /// "; its log ends: …" with the last lines vaultd wrote, for an error message.
+    pub(crate) fn log_tail(&self) -> String {
+        log_tail(Some(&self.log))
+    }
 }
 
 /// VmRSS of `pid`, from /proc/PID/status, in KiB.
@@ -310,19 +332,4 @@ pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).context("no VmRSS in /proc/PID/status")?;
     let kib = line.trim().strip_suffix("kB").context("VmRSS is not in kB")?;
     Ok(kib.trim().parse()?)
-}
-
-/// User + system CPU time of `pid` (all its threads) so far, from /proc/PID/stat.
-pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/PID/stat")?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 (utime) and 15 (stime), in clock ticks; `rest` starts at field 3.
-    let ticks: u64 = fields
-        .get(11)
-        .zip(fields.get(12))
-        .context("short /proc/PID/stat")
-        .and_then(|(u, s)| Ok(u.parse::<u64>()? + s.parse::<u64>()?))?;
-    Ok(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
 }

@@ -1,4 +1,13 @@
-//! Secret names and environments: `[a-z0-9][a-z0-9_.-]{0,127}` (DESIGN §4).
+//! Secret names, environments and client names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`
+//! (ARCHITECTURE §4) in one case, upper or lower, not both; case-sensitive.
+//!
+//! Upper case is allowed so that the names agents already use (`OPENAI_API_KEY`,
+//! from a `.env` file) are secret names as they are, and `vaultctl run` can hand
+//! a secret to a program under its own name; [`env_var`] is the documented rule
+//! for the names that are not environment-variable names (`telegram-bot-token`).
+//! Mixing cases is refused: names do not (`OPENAI_API_KEY`, `telegram`), keys
+//! mostly do (`sk-proj-3fA9xQ…`), so a key pasted where a name goes is refused as
+//! a name, never stored, listed or quoted back as one.
 //!
 //! Both vaultctl (for an error before dialing) and vaultd (the authority) use this.
 
@@ -15,19 +24,26 @@ pub enum NameError {
     Empty,
     TooLong,
     BadFirstChar,
-    BadChar,
+    /// The 1-based position of the first character not allowed.
+    BadChar(usize),
+    MixedCase,
     NoSlash,
 }
 
 impl std::fmt::Display for NameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            NameError::Empty => "is empty",
-            NameError::TooLong => "is longer than 128 characters",
-            NameError::BadFirstChar => "must start with a-z or 0-9",
-            NameError::BadChar => "may contain only a-z, 0-9, '_', '.' and '-'",
-            NameError::NoSlash => "must be ENV/NAME (with `*` for any characters)",
-        })
+        match self {
+            NameError::Empty => f.write_str("is empty"),
+            NameError::TooLong => f.write_str("is longer than 128 characters"),
+            NameError::BadFirstChar => f.write_str("must start with a letter or a digit (A-Z, a-z, 0-9)"),
+            NameError::BadChar(at) => {
+                write!(f, "has a character not allowed at position {at}: use only A-Z, a-z, 0-9, '_', '.' and '-'")
+            }
+            NameError::MixedCase => {
+                f.write_str("mixes upper and lower case: use one (OPENAI_API_KEY or openai_api_key)")
+            }
+            NameError::NoSlash => f.write_str("must be ENV/NAME (with `*` for any characters)"),
+        }
     }
 }
 
@@ -40,14 +56,26 @@ pub fn validate(name: &str) -> Result<(), NameError> {
     if bytes.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong);
     }
-    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+    if !first.is_ascii_alphanumeric() {
         return Err(NameError::BadFirstChar);
     }
-    let ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-');
-    if !bytes.iter().all(ok) {
-        return Err(NameError::BadChar);
+    first_bad(bytes, |b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))?;
+    one_case(bytes)
+}
+
+/// Refuses upper and lower case letters together.
+fn one_case(bytes: &[u8]) -> Result<(), NameError> {
+    let upper = bytes.iter().any(u8::is_ascii_uppercase);
+    let lower = bytes.iter().any(u8::is_ascii_lowercase);
+    if upper && lower { Err(NameError::MixedCase) } else { Ok(()) }
+}
+
+/// `Err(BadChar(position))` for the first byte `ok` refuses.
+fn first_bad(bytes: &[u8], ok: impl Fn(u8) -> bool) -> Result<(), NameError> {
+    match bytes.iter().position(|&b| !ok(b)) {
+        Some(i) => Err(NameError::BadChar(i + 1)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks a grant pattern: `ENV/NAME`, each part a name in which `*` stands for
@@ -61,10 +89,8 @@ pub fn validate_pattern(pattern: &str) -> Result<(), NameError> {
         if part.len() > MAX_NAME_LEN {
             return Err(NameError::TooLong);
         }
-        let ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-' | b'*');
-        if !part.bytes().all(|b| ok(&b)) {
-            return Err(NameError::BadChar);
-        }
+        first_bad(part.as_bytes(), |b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'*'))?;
+        one_case(part.as_bytes())?;
     }
     Ok(())
 }
@@ -82,6 +108,24 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
         Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
         Some((c, rest)) => text.split_first().is_some_and(|(t, tail)| t == c && glob(rest, tail)),
     }
+}
+
+/// The environment variable a secret is given as by `vaultctl run`: the name
+/// itself when it is one (`OPENAI_API_KEY`, `telegram`), else the name in upper
+/// case with each '.' and '-' made '_' (`telegram-bot-token` → `TELEGRAM_BOT_TOKEN`).
+/// A name starting with a digit has no variable (`None`).
+pub fn env_var(name: &str) -> Option<String> {
+    if is_env_var(name) {
+        return Some(name.to_owned());
+    }
+    let var: String = name.chars().map(|c| if matches!(c, '.' | '-') { '_' } else { c.to_ascii_uppercase() }).collect();
+    is_env_var(&var).then_some(var)
+}
+
+/// Whether `text` is a portable environment-variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_var(text: &str) -> bool {
+    text.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The environment to use: the given one, or [`DEFAULT_ENV`] when empty.
@@ -113,6 +157,8 @@ mod tests {
             assert_eq!(validate_pattern(pattern), Ok(()), "{pattern}");
             assert_eq!(pattern_matches(pattern, env, name), want, "{pattern} vs {env}/{name}");
         }
+        assert!(pattern_matches("prod/OPENAI_*", "prod", "OPENAI_API_KEY"));
+        assert!(!pattern_matches("prod/openai*", "prod", "OPENAI_API_KEY"), "names are case-sensitive");
         for bad in ["telegram", "prod/", "/x", "Prod/x", "prod/a b", "a/b/c"] {
             assert!(validate_pattern(bad).is_err(), "{bad}");
         }
@@ -120,7 +166,7 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_alphabet() {
-        for ok in ["telegram", "prod", "a", "0", "openai.key-2_b", &"a".repeat(128)] {
+        for ok in ["telegram", "prod", "a", "0", "openai.key-2_b", "OPENAI_API_KEY", "PROD", "V2", &"a".repeat(128)] {
             assert_eq!(validate(ok), Ok(()), "{ok}");
         }
     }
@@ -132,14 +178,32 @@ mod tests {
             (&*"a".repeat(129), NameError::TooLong),
             ("-x", NameError::BadFirstChar),
             ("_x", NameError::BadFirstChar),
-            ("Telegram", NameError::BadFirstChar),
-            ("tele gram", NameError::BadChar),
-            ("prod/telegram", NameError::BadChar),
-            ("café", NameError::BadChar),
-            ("a\0b", NameError::BadChar),
+            ("é", NameError::BadFirstChar),
+            ("Telegram", NameError::MixedCase),
+            ("sk-proj-3fA9xQ2mZ7Lw0pRt", NameError::MixedCase),
+            ("tele gram", NameError::BadChar(5)),
+            ("prod/telegram", NameError::BadChar(5)),
+            ("café", NameError::BadChar(4)),
+            ("a\0b", NameError::BadChar(2)),
         ];
         for (name, want) in cases {
             assert_eq!(validate(name), Err(want), "{name:?}");
+        }
+        let message = NameError::BadChar(5).to_string();
+        assert_eq!(message, "has a character not allowed at position 5: use only A-Z, a-z, 0-9, '_', '.' and '-'");
+    }
+
+    #[test]
+    fn env_vars_are_the_name_or_its_documented_mapping() {
+        let cases = [
+            ("OPENAI_API_KEY", Some("OPENAI_API_KEY")),
+            ("telegram", Some("telegram")),
+            ("telegram-bot-token", Some("TELEGRAM_BOT_TOKEN")),
+            ("openai.key", Some("OPENAI_KEY")),
+            ("9lives", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(env_var(name).as_deref(), want, "{name}");
         }
     }
 }

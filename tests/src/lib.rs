@@ -814,13 +814,35 @@ pub fn python_grpc_available() -> bool {
 
 /// A test that cannot run here because a tool is missing: under CI (`CI` set,
 /// as .ci/run does, which installs every such tool) that is a failure; elsewhere
-/// it says on stderr that the test was skipped, and the caller returns.
+/// it says that the test was skipped, and the caller returns.
+///
+/// The line goes straight to the terminal's stderr, past the test harness's
+/// capture (which keeps `eprintln!` of a passing test out of sight), so `cargo
+/// test` shows `skipped: …` beside the test's `ok`.
 #[track_caller]
 pub fn skip_unless_ci(why: &str) {
     if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
         panic!("{why} (CI must provide it: see .ci/run)");
     }
-    eprintln!("skipped: {why}");
+    say_skipped(why);
+}
+
+/// Says, where the person running `cargo test` sees it, that (part of) a test was
+/// skipped: for optional checks, which CI need not run either.
+pub fn say_skipped(why: &str) {
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
+}
+
+/// A copy of vaultctl that every uid can execute (the target dir may not be
+/// reachable), in a 0755 temp dir that lives as long as the returned guard.
+pub fn vaultctl_for_everyone() -> (TempDir, PathBuf) {
+    let bin = tempfile::Builder::new().prefix("vault-e2e-bin-").tempdir().expect("creating a temp dir");
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
+    let vaultctl = bin.path().join("vaultctl");
+    std::fs::copy(&bins().vaultctl, &vaultctl).expect("copying vaultctl");
+    wait_for("the copy to run", || Command::new(&vaultctl).arg("--version").output().ok());
+    (bin, vaultctl)
 }
 
 /// Whether the tests run as root (the peer-uid and ownership tests need it).

@@ -222,3 +222,72 @@ fn token_only_clients_separate_agents_that_share_a_uid() {
     let listed = d.ctl(&["--json", "client", "list"], b"").ok().json();
     assert!(listed.as_array().unwrap().iter().any(|c| c["name"] == "cont-a" && c["token_only"] == true), "{listed}");
 }
+
+/// A token bound to an executable (issue 19): a same-uid process that got hold
+/// of it (a leaked environment, a core dump) but runs another program, even a
+/// byte-identical copy, is refused, and the audit log says why.
+#[test]
+fn a_token_bound_to_an_executable_serves_only_that_file() {
+    if !is_root() {
+        vault_tests::skip_unless_ci("needs root to read as another uid");
+        return;
+    }
+    let (d, bin, vaultctl) = shared_daemon("");
+    let other = bin.path().join("other");
+    fs::copy(&vaultctl, &other).unwrap();
+    d.ctl(&["--env", "prod", "put", "telegram"], b"123:tg").ok();
+    d.ctl(&["client", "add", "bot", "--uid", &A.to_string(), "--token-only", "--allow", "prod/telegram"], b"").ok();
+    let exe = vaultctl.to_str().unwrap();
+    let (token, accessor) = create_token(&d, &["--exe", exe]);
+
+    assert_eq!(get_as(&d, &vaultctl, A, Some(&token), "telegram").ok().stdout, b"123:tg");
+    get_as(&d, &other, A, Some(&token), "telegram").error(3);
+    // Polled: a query can miss a batch the journal importer is committing.
+    let refused = vault_tests::wait_for("the refused token in the audit log", || {
+        d.audit_query(&["--type", "token.refused"]).pop()
+    });
+    assert_eq!(refused["detail"]["reason"], "used from another executable", "{refused}");
+    assert_eq!(refused["detail"]["accessor"], accessor.as_str(), "{refused}");
+
+    let listed = d.ctl(&["--json", "token", "list"], b"").ok().json();
+    assert_eq!(listed[0]["bind_exe"], exe, "{listed}");
+    // A path that cannot be checked is refused when the token is made, not at every use.
+    d.ctl(&["token", "create", "--client", "bot", "--exe", "vaultctl"], b"").error(2);
+    let missing = d.ctl(&["token", "create", "--client", "bot", "--exe", "/nonexistent/agent"], b"");
+    assert!(missing.error(2).contains("not a file vaultd can see"), "{missing:?}");
+}
+
+/// A token's use is spent only by a request that is served (issue 18, 20): not
+/// by one the rate limit refuses, nor by one for a secret it was not granted.
+#[test]
+fn only_a_served_request_spends_a_tokens_use() {
+    if !is_root() {
+        vault_tests::skip_unless_ci("needs root to read as another uid");
+        return;
+    }
+    let (d, _bin, vaultctl) = shared_daemon("[limits]\nclient_rate = 0.001\nclient_burst = 1.0\n");
+    d.ctl(&["--env", "prod", "put", "telegram"], b"123:tg").ok();
+    d.ctl(&["--env", "prod", "put", "other"], b"x").ok();
+    d.ctl(&["client", "add", "bot", "--uid", &A.to_string(), "--allow", "prod/telegram"], b"").ok();
+    let (token, accessor) = create_token(&d, &["--uses", "5"]);
+    let uses_left = || {
+        let listed = d.ctl(&["--json", "token", "list"], b"").ok().json();
+        let t = listed.as_array().unwrap().iter().find(|t| t["accessor"] == accessor.as_str()).cloned().unwrap();
+        t["uses_left"].as_i64().unwrap()
+    };
+    assert_eq!(get_as(&d, &vaultctl, A, Some(&token), "telegram").ok().stdout, b"123:tg");
+    assert_eq!(uses_left(), 4);
+    // The bucket is empty now: refused, and nothing spent.
+    for _ in 0..3 {
+        get_as(&d, &vaultctl, A, Some(&token), "telegram").error(1);
+    }
+    assert_eq!(uses_left(), 4, "a request the rate limit refused spent a use");
+    let (d2, _bin2, vaultctl2) = shared_daemon("");
+    d2.ctl(&["--env", "prod", "put", "other"], b"x").ok();
+    d2.ctl(&["client", "add", "bot", "--uid", &A.to_string(), "--allow", "prod/telegram"], b"").ok();
+    let created = d2.ctl(&["--json", "token", "create", "--client", "bot", "--uses", "5"], b"").ok().json();
+    let token2 = created["token"].as_str().unwrap();
+    get_as(&d2, &vaultctl2, A, Some(token2), "other").error(3);
+    let listed = d2.ctl(&["--json", "token", "list"], b"").ok().json();
+    assert_eq!(listed[0]["uses_left"], 5, "a read of a secret not granted spent a use: {listed}");
+}

@@ -1,4 +1,4 @@
-//! The tamper-evident audit log (DESIGN §8), end to end: `audit verify` finds every
+//! The tamper-evident audit log (ARCHITECTURE §8), end to end: `audit verify` finds every
 //! kind of tampering at the right entry, a failed audit write fails the action, no
 //! value or passphrase reaches the trail, and query, export, tail, forwarding,
 //! retention and `reads = false` do what they say.

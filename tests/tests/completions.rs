@@ -31,7 +31,12 @@ fn each_shell_gets_a_script_naming_the_real_subcommands() {
         }
     }
     let out = vaultctl(&["completions", "tcsh"]);
-    assert!(out.error(2).contains("tcsh"), "{:?}", out.stderr);
+    // The argument is not quoted back (it could be anything), but where it is and what would do are.
+    let message = out.error(2);
+    assert!(
+        message.contains("invalid value #2 (4 characters)") && message.contains("possible values: bash"),
+        "{message}"
+    );
 }
 
 /// Runs `script` with `shell_args` (e.g. `-n`, syntax check only), piping `input` in.
@@ -75,7 +80,7 @@ echo "audit: ${{COMPREPLY[*]}}"
 fn the_zsh_and_fish_scripts_parse_where_those_shells_are_installed() {
     for (sh, check) in [("zsh", &["-n"][..]), ("fish", &["--no-execute"][..])] {
         if !installed(sh) {
-            eprintln!("skipped: {sh} is not installed, so its script's syntax is not checked");
+            vault_tests::say_skipped(&format!("{sh} is not installed, so its script's syntax is not checked"));
             continue;
         }
         let script = vaultctl(&["completions", sh]).ok().stdout;
@@ -97,6 +102,8 @@ fn the_man_page_documents_the_real_commands() {
     }
     assert!(!page.contains("vaultctl\\-man(1)") && !page.contains("vaultctl\\-help(1)"), "hidden or help pages listed");
     assert!(page.contains("\\-\\-admin\\-socket"), "the global options are documented");
+    let name = page.split(".SH NAME\n").nth(1).and_then(|rest| rest.lines().next()).unwrap();
+    assert_eq!(name, "vaultctl \\- manage a vaultd secrets vault", "the NAME line says it once");
     assert!(page.contains("vaultd is unreachable"), "the exit codes are documented");
 
     // --out-dir writes every page the main one refers to.
@@ -120,6 +127,47 @@ fn the_man_page_documents_the_real_commands() {
         assert!(out.status.success(), "man -l: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("SUBCOMMANDS"));
     } else {
-        eprintln!("skipped: man is not installed, so the page is not rendered");
+        vault_tests::say_skipped("man is not installed, so the page is not rendered");
     }
+}
+
+#[test]
+fn bash_completes_secret_and_client_names_from_vaultd() {
+    assert!(installed("bash"), "bash is needed for this test");
+    let d = vault_tests::Daemon::initialized();
+    d.ctl(&["--env", "prod", "put", "TELEGRAM_BOT_TOKEN"], b"t").ok();
+    d.ctl(&["--env", "prod", "put", "OPENAI_API_KEY"], b"o").ok();
+    d.ctl(&["put", "elsewhere"], b"e").ok();
+    d.ctl(&["client", "add", "telegram-bot", "--uid", "65534"], b"").ok();
+    let script = d.ctl(&["completions", "bash"], b"").ok().stdout;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vaultctl.bash");
+    std::fs::write(&path, &script).unwrap();
+    let complete = |words: &[&str]| {
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let probe = format!(
+            "source '{}'\nCOMP_WORDS=({}); COMP_CWORD={}; _vaultctl_names vaultctl '{}' '{}'\necho \"${{COMPREPLY[*]}}\"\n",
+            path.display(),
+            quoted.join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        let mut cmd = Command::new("bash");
+        cmd.env("PATH", format!("{}:{}", bins().vaultctl.parent().unwrap().display(), std::env::var("PATH").unwrap()))
+            .env("VAULT_SOCKET", &d.agent_socket)
+            .env("VAULT_ADMIN_SOCKET", &d.admin_socket)
+            .env_remove("VAULT_ENV");
+        let out = run(cmd, probe.as_bytes());
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        out.text().trim().to_owned()
+    };
+    assert_eq!(complete(&["vaultctl", "--env", "prod", "get", "TE"]), "TELEGRAM_BOT_TOKEN");
+    assert_eq!(complete(&["vaultctl", "--env", "prod", "rotate", ""]), "OPENAI_API_KEY TELEGRAM_BOT_TOKEN");
+    assert_eq!(complete(&["vaultctl", "show", ""]), "elsewhere");
+    assert_eq!(complete(&["vaultctl", "client", "disable", "tel"]), "telegram-bot");
+    let pattern = complete(&["vaultctl", "client", "grant", "telegram-bot", ""]);
+    assert!(!pattern.contains("telegram-bot"), "a pattern goes there, not a name: {pattern}");
+    // Words still come from clap's script.
+    assert!(complete(&["vaultctl", "au"]).contains("audit"));
 }

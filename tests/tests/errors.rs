@@ -5,7 +5,7 @@
 
 use vault_tests::{Daemon, Options};
 
-/// Exit codes (DESIGN §9, `vaultctl --help`).
+/// Exit codes (ARCHITECTURE §9, `vaultctl --help`).
 const ERROR: i32 = 1;
 const USAGE: i32 = 2;
 const NOT_FOUND: i32 = 3;
@@ -111,7 +111,7 @@ fn every_failure_has_its_exit_code_and_one_line() {
         (Open, &["rm", "nope"], b"", NOT_FOUND, "not found"),
         (Open, &["--env", "staging", "get", "telegram"], b"", NOT_FOUND, "not found"),
         (Open, &["unlock", "--passphrase-file", "-"], b"wrong", NOT_FOUND, "wrong passphrase"),
-        (Open, &["init", "--passphrase-file", "-"], b"another", ERROR, "already initialized"),
+        (Open, &["init", "--passphrase-file", "-"], b"another long passphrase", ERROR, "already initialized"),
         (Open, &["unlock", "--passphrase-file", "-"], b"\n", USAGE, "empty"),
         (Open, &["unlock"], b"", USAGE, "passphrase"),
         (Down, &["status"], b"", UNREACHABLE, "cannot reach vaultd"),

@@ -15,6 +15,9 @@ use vault_tests::{ChildGuard, Daemon, unique_tag};
 struct Agent {
     /// The command for the example, without environment or names.
     command: fn() -> Command,
+    /// Whether to keep the Python client's generated stubs in the test's temp dir
+    /// (`VAULTD_CLIENT_CACHE`), rather than where a user's would go.
+    stubs_in_temp: bool,
     /// How the example's error line ends for a gRPC code (`NotFound`, …).
     code: fn(&str) -> String,
     /// What its error line says when nothing listens on the socket.
@@ -23,6 +26,7 @@ struct Agent {
 
 const RUST: Agent = Agent {
     command: || Command::new(vault_tests::example("vault-proto", "agent")),
+    stubs_in_temp: false,
     // vault_proto::Error: "vaultd: MESSAGE (NotFound)".
     code: |code| format!("({code})\n"),
     unreachable: "agent: cannot reach vaultd at ",
@@ -37,19 +41,89 @@ const PYTHON: Agent = Agent {
         cmd.env_remove("VAULTD_PROTO_PATH");
         cmd
     },
+    stubs_in_temp: true,
     // VaultError: "MESSAGE (NOT_FOUND)".
-    code: |code| {
-        let mut upper = String::new();
-        for (i, c) in code.char_indices() {
-            if i > 0 && c.is_ascii_uppercase() {
-                upper.push('_');
-            }
-            upper.push(c.to_ascii_uppercase());
-        }
-        format!("({upper})\n")
-    },
+    code: python_code,
     unreachable: "(UNAVAILABLE)",
 };
+
+/// The same example run as a user runs it after `pip install ./clients/python`
+/// into a fresh virtualenv: the installed package, from any directory, with no
+/// variable but the agent's own (a fresh `HOME` for the stubs' cache).
+const INSTALLED_PYTHON: Agent = Agent {
+    command: || {
+        let mut cmd = installed_python();
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python/examples/agent.py"));
+        cmd
+    },
+    stubs_in_temp: false,
+    code: python_code,
+    unreachable: "(UNAVAILABLE)",
+};
+
+/// The virtualenv's python, in the virtualenv's directory, with a fresh `HOME`
+/// and none of the variables the source-tree runs use.
+fn installed_python() -> Command {
+    let venv = installed_venv();
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.current_dir(venv).env("HOME", venv.join("home"));
+    for var in ["PYTHONPATH", "VAULTD_PROTO_PATH", "VAULTD_CLIENT_CACHE", "XDG_CACHE_HOME"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A virtualenv with clients/python installed by pip, made once per test process.
+/// Offline: the venv sees the system's grpcio, protobuf, setuptools and wheel
+/// (clients/python/requirements.txt, which .ci/run installs), and pip may not
+/// reach an index. It builds from a copy of clients/python, so nothing is written
+/// into the source tree (the copy holds the proto the link in the package names).
+fn installed_venv() -> &'static Path {
+    static VENV: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf)> = std::sync::OnceLock::new();
+    &VENV
+        .get_or_init(|| {
+            let dir = tempfile::Builder::new().prefix("vault-e2e-venv-").tempdir().unwrap();
+            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python");
+            let copy = dir.path().join("src");
+            let run = |cmd: &mut Command| {
+                let out = cmd.output().unwrap();
+                let said = format!(
+                    "{cmd:?}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(out.status.success(), "{said}");
+            };
+            run(Command::new("cp").arg("-rL").arg(&source).arg(&copy));
+            run(Command::new("python3").args(["-m", "venv", "--system-site-packages"]).arg(dir.path().join("venv")));
+            let pip = [
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-index",
+                "--no-build-isolation",
+                "--disable-pip-version-check",
+            ];
+            run(Command::new(dir.path().join("venv/bin/python")).args(pip).arg(&copy));
+            std::fs::create_dir(dir.path().join("venv/home")).unwrap();
+            let venv = dir.path().join("venv");
+            (dir, venv)
+        })
+        .1
+}
+
+/// How the Python client's errors spell a gRPC code: `NotFound` as `(NOT_FOUND)`.
+fn python_code(code: &str) -> String {
+    let mut upper = String::new();
+    for (i, c) in code.char_indices() {
+        if i > 0 && c.is_ascii_uppercase() {
+            upper.push('_');
+        }
+        upper.push(c.to_ascii_uppercase());
+    }
+    format!("({upper})\n")
+}
 
 /// `token create --client CLIENT --any-uid` (the tests run as the vault's owner,
 /// so a token is what makes the agent another client).
@@ -64,9 +138,10 @@ fn agent_command(agent: &Agent, d: &Daemon, token: &str, names: &[&str]) -> Comm
         .env("VAULT_SOCKET", &d.agent_socket)
         .env("VAULT_TOKEN", token)
         .env("VAULT_ENV", "prod")
-        // The Python client's generated stubs go to the test's temp dir.
-        .env("VAULTD_CLIENT_CACHE", d.dir.path().join("stubs"))
         .env_remove("VAULT_ADMIN_SOCKET");
+    if agent.stubs_in_temp {
+        cmd.env("VAULTD_CLIENT_CACHE", d.dir.path().join("stubs"));
+    }
     cmd
 }
 
@@ -154,4 +229,26 @@ fn the_python_example_agent_loads_its_secrets_and_follows_a_rotation() {
         return;
     }
     loads_its_secrets_and_follows_a_rotation(&PYTHON);
+}
+
+#[test]
+fn the_python_example_agent_works_from_a_fresh_virtualenv_after_pip_install() {
+    if !vault_tests::python_grpc_available() {
+        return;
+    }
+    let have_wheel = Command::new("python3").args(["-c", "import setuptools, wheel"]).output();
+    if !have_wheel.is_ok_and(|o| o.status.success()) {
+        vault_tests::skip_unless_ci(
+            "python3 cannot import setuptools and wheel, to build clients/python offline; \
+             install them: python3 -m pip install -r clients/python/requirements.txt",
+        );
+        return;
+    }
+    // The package is the installed one, not the source tree's.
+    let mut cmd = installed_python();
+    let check = "import sys, vaultd_client; print(vaultd_client.__file__); sys.exit('site-packages' not in vaultd_client.__file__)";
+    cmd.args(["-c", check]);
+    let out = vault_tests::run(cmd, b"");
+    assert_eq!(out.code, Some(0), "{} {}", out.text(), out.stderr);
+    loads_its_secrets_and_follows_a_rotation(&INSTALLED_PYTHON);
 }

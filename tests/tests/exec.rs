@@ -155,3 +155,53 @@ fn signal_on_rotate_updates_the_files_first() {
     assert_eq!(ended(&mut exec), Some(130), "sh ended by the forwarded SIGINT");
     assert!(!dir.exists());
 }
+
+/// A program `vaultctl exec` runs cannot take vaultctl's token (issue 19): as
+/// the same uid it can open neither /proc/$PPID/environ nor /proc/$PPID/mem
+/// (vaultctl is non-dumpable), and even root finds no token in vaultctl's
+/// /proc/PID/environ (vaultctl wiped it there when it read it).
+#[test]
+fn the_program_cannot_read_vaultctl_s_token() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !vault_tests::is_root() {
+        eprintln!("skipped: needs root (run as root, as CI does)");
+        return;
+    }
+    const A: u32 = 65534;
+    let chmod = |path: &Path, mode| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let config = Some("agent_socket_mode = \"0666\"\n".to_owned());
+    let d = Daemon::start_with(vault_tests::Options { config, ..vault_tests::Options::default() });
+    d.init();
+    d.put("telegram", b"tg-token-1");
+    chmod(d.dir.path(), 0o755);
+    d.ctl(&["client", "add", "bot", "--uid", &A.to_string(), "--allow", "default/telegram"], b"").ok();
+    let token = d.ctl(&["--json", "token", "create", "--client", "bot"], b"").ok().json();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let report = d.dir.path().join("report");
+    std::fs::create_dir(&report).unwrap();
+    rustix::fs::chown(&report, Some(rustix::process::Uid::from_raw(A)), None).unwrap();
+    let bin = tempfile::Builder::new().prefix("vault-e2e-bin-").tempdir().unwrap();
+    chmod(bin.path(), 0o755);
+    let vaultctl = bin.path().join("vaultctl");
+    std::fs::copy(&vault_tests::bins().vaultctl, &vaultctl).unwrap();
+
+    let probe = r#"for f in environ mem; do
+        if (: < /proc/$PPID/$f) 2>/dev/null; then echo "opened $f"; else echo "refused $f"; fi
+    done > "$1/seen"; echo "$PPID $TG" > "$1/ppid"; while [ ! -e "$1/done" ]; do sleep 0.05; done"#;
+    let mut cmd = std::process::Command::new(&vaultctl);
+    cmd.args(["exec", "--secret", "TG=telegram", "--on-rotate", "ignore", "--", "sh", "-c", probe, "sh"]);
+    cmd.arg(&report).env("VAULT_SOCKET", &d.agent_socket).env("VAULT_TOKEN", &token).env_remove("VAULT_ENV");
+    cmd.current_dir("/").uid(A).gid(A).stdin(Stdio::null()).stdout(Stdio::null());
+    let mut guard = ChildGuard(Some(vault_tests::spawn(&mut cmd)));
+    let ppid = wait_for("the program's report", || std::fs::read_to_string(report.join("ppid")).ok());
+    assert_eq!(ppid, format!("{} tg-token-1\n", guard.0.as_ref().unwrap().id()), "the program runs under vaultctl");
+    let seen = std::fs::read_to_string(report.join("seen")).unwrap();
+    assert_eq!(seen, "refused environ\nrefused mem\n");
+    let pid = ppid.split(' ').next().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(vault_tests::contains(&environ, b"VAULT_SOCKET="), "root reads the rest of vaultctl's environment");
+    assert!(!vault_tests::contains(&environ, token.as_bytes()), "the token is still in vaultctl's environ");
+    std::fs::write(report.join("done"), b"").unwrap();
+    assert!(guard.0.take().unwrap().wait().unwrap().success());
+}

@@ -1,4 +1,4 @@
-//! Memory hygiene of the running process (DESIGN §3): not dumpable, no core file
+//! Memory hygiene of the running process (ARCHITECTURE §3): not dumpable, no core file
 //! on a crash, memory locked out of swap where the limits allow and one warning
 //! line where they do not. (files.rs checks the umask and the core limit.)
 #![allow(clippy::unwrap_used)]

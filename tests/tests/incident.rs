@@ -1,4 +1,4 @@
-//! Incident response end to end (DESIGN §7): revoke-all through the daemon and
+//! Incident response end to end (ARCHITECTURE §7): revoke-all through the daemon and
 //! offline, its report, the streams it ends, and the way back.
 #![allow(clippy::unwrap_used)]
 

@@ -68,7 +68,7 @@ fn rekey_changes_passphrase_and_kdf_and_the_old_passphrase_is_refused() {
 fn rekey_refuses_bad_input_before_touching_anything() {
     let d = Daemon::initialized();
     let old = d.passphrase_file(PASSPHRASE);
-    let new = d.write_file("new", b"new\n");
+    let new = d.write_file("new", b"a new long passphrase\n");
     let p = path_str(&old);
     // Nothing to change; both from stdin; a new passphrase on a non-terminal without a file.
     d.ctl(&["rekey", "--passphrase-file", p, "--keep-passphrase"], b"").error(2);

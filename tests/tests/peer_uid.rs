@@ -73,7 +73,7 @@ fn other_uids_are_refused_on_both_sockets() {
     assert_eq!(status["sealed"], false, "{status}");
 }
 
-/// DESIGN §5 end to end: the same program as uid A (granted) reads prod/telegram,
+/// ARCHITECTURE §5 end to end: the same program as uid A (granted) reads prod/telegram,
 /// as uid B it gets the documented denial, and after `client disable` A is denied
 /// on its very next call.
 #[test]

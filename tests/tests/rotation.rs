@@ -1,4 +1,4 @@
-//! Rotation end to end through vaultctl against a real daemon (DESIGN §6): the
+//! Rotation end to end through vaultctl against a real daemon (ARCHITECTURE §6): the
 //! three rotators, grace periods, the scheduler, failing hooks, and crashes in
 //! the middle of a rotation.
 #![allow(clippy::unwrap_used)]
@@ -324,6 +324,12 @@ exit 0"#,
         set_sleep(0);
         d.launch();
         d.unlock();
+        if trial < 2 {
+            // Never refused for what the crash interrupted: rolled back at unlock
+            // (create), or resumed first (test), and then this rotation runs.
+            let rotated = d.ctl(&["--json", "rotate", "bot"], b"").ok().json();
+            assert!(rotated["version"].as_u64().is_some(), "trial {trial}: {rotated}");
+        }
         // The scheduler picks up what the crash interrupted.
         let shown = wait_for("no rotation in progress", || {
             let shown = d.ctl(&["--json", "show", "bot"], b"").ok().json();
@@ -386,4 +392,34 @@ fn the_example_hook_in_the_repo_rotates_against_its_demo_provider() {
         let known = std::fs::read_to_string(&keys).unwrap();
         (known.lines().collect::<Vec<_>>() == [current.as_str()]).then_some(())
     });
+}
+
+/// After revoke-all, rotating a secret whose rotator is a hook also runs its
+/// revoke-old step for the compromised versions, so the provider forgets them
+/// too, and says which it could not revoke (issue 21).
+#[test]
+fn rotating_a_compromised_secret_revokes_its_compromised_versions_at_the_provider() {
+    let d = daemon("");
+    let recording = hook(&d, "hook", RECORDING_HOOK);
+    let failing = hook(
+        &d,
+        "failing",
+        r#"input=$(cat)
+[ "$VAULTD_STEP" = create ] && echo "new-$VAULTD_VERSION"
+[ "$VAULTD_STEP" = revoke-old ] && { echo "provider down" >&2; exit 3; }
+exit 0"#,
+    );
+    d.ctl(&["put", "bot", "--rotator", &format!("exec:{}", recording.display())], b"compromised-v1").ok();
+    d.ctl(&["put", "other", "--rotator", &format!("exec:{}", failing.display())], b"other-v1").ok();
+    d.ctl(&["revoke-all", "--reason", "drill", "--yes"], b"").ok();
+    let out = d.ctl(&["--json", "rotate", "bot"], b"").ok().json();
+    assert_eq!(out["revoked_compromised"], serde_json::json!([1]), "{out}");
+    assert!(steps(&d).iter().any(|s| s == "revoke-old default/bot v1 compromised-v1"), "{:?}", steps(&d));
+    assert_eq!(versions(&d, "bot")[1], (1, "destroyed".into()), "the provider forgot it, so vaultd does too");
+    let text = d.ctl(&["rotate", "other"], b"").ok().text();
+    assert!(text.contains("NOT revoked at the provider (retried by vaultd): version 1:"), "{text}");
+    assert!(text.contains("provider down"), "{text}");
+    // Owed still: the scheduler tries again later; meanwhile it is never served.
+    assert_eq!(versions(&d, "other")[1], (1, "compromised".into()));
+    assert!(d.ctl(&["get", "other", "--version", "1"], b"").error(3).contains("not found"));
 }

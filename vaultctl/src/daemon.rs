@@ -27,11 +27,25 @@ pub(crate) async fn agent(global: &Global) -> anyhow::Result<AgentClient<Channel
     Ok(vault_proto::agent_client(dial(&global.socket).await?))
 }
 
-/// Adds the bearer token from `VAULT_TOKEN`, if set, to an agent request. A token
-/// comes only from the environment, never from argv.
+/// `VAULT_TOKEN`, as [`take_token`] found it.
+static TOKEN: std::sync::OnceLock<Option<zeroize::Zeroizing<Vec<u8>>>> = std::sync::OnceLock::new();
+
+/// Takes `VAULT_TOKEN` out of vaultctl's environment, and out of what
+/// `/proc/PID/environ` shows, keeping it for [`with_token`]: a program that
+/// `exec` starts cannot find it in its parent. Call it first thing in `main`,
+/// while vaultctl has one thread.
+pub(crate) fn take_token() -> anyhow::Result<()> {
+    let token = vaultd::process::take_env("VAULT_TOKEN").context("taking VAULT_TOKEN out of the environment")?;
+    let token = token.filter(|t| !t.is_empty()).map(|t| zeroize::Zeroizing::new(t.into_encoded_bytes()));
+    let _ = TOKEN.set(token);
+    Ok(())
+}
+
+/// Adds the bearer token from `VAULT_TOKEN`, if it was set, to an agent request.
+/// A token comes only from the environment, never from argv.
 pub(crate) fn with_token<T>(mut request: tonic::Request<T>) -> anyhow::Result<tonic::Request<T>> {
-    if let Some(token) = std::env::var_os("VAULT_TOKEN").filter(|t| !t.is_empty()) {
-        let header = format!("Bearer {}", token.to_string_lossy());
+    if let Some(token) = TOKEN.get().and_then(Option::as_ref) {
+        let header = format!("Bearer {}", String::from_utf8_lossy(token));
         let value = header.parse().map_err(|_| crate::exit::usage("VAULT_TOKEN is not a valid token"))?;
         request.metadata_mut().insert("authorization", value);
     }
@@ -84,7 +98,16 @@ impl RpcError {
 
 impl From<tonic::Status> for RpcError {
     fn from(status: tonic::Status) -> Self {
-        RpcError { code: status.code(), message: status.message().to_owned() }
+        // Each socket serves one service: a call the socket does not know means
+        // the two were given the other way round.
+        let message = if status.code() == tonic::Code::Unimplemented {
+            "this socket does not serve that call: are the agent and admin sockets swapped? \
+             (--socket/VAULT_SOCKET is the agent socket, --admin-socket/VAULT_ADMIN_SOCKET the admin one)"
+                .to_owned()
+        } else {
+            status.message().to_owned()
+        };
+        RpcError { code: status.code(), message }
     }
 }
 

@@ -87,13 +87,57 @@ pub(crate) fn clap_error(err: clap::Error) -> ExitCode {
         return ExitCode::from(USAGE);
     }
     // The message is the first paragraph (clap puts the missing argument's name on
-    // its own line); the usage that follows it is left to --help.
+    // its own line); the usage that follows it, and tips that repeat the input,
+    // are left to --help.
     let text = err.render().to_string();
     let message = text.split("\n\n").next().unwrap_or("invalid arguments");
     let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
-    let _ = writeln!(std::io::stderr(), "vaultctl: {} (see --help)", one_line(message));
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let message = unquote_arguments(message, &args, &known_words());
+    let _ = writeln!(std::io::stderr(), "vaultctl: {} (see --help)", one_line(&message));
     ExitCode::from(USAGE)
+}
+
+/// Replaces each argument that clap quotes back (`'sk-proj-…'`) with its position
+/// and length: an argument in the wrong place may be a secret (`vaultctl put
+/// openai sk-proj-…`), and a usage error must not copy it to a terminal, a log or
+/// CI output. Only the command's own words (subcommands, options) are kept.
+fn unquote_arguments(message: &str, args: &[String], known: &[String]) -> String {
+    let mut message = message.to_owned();
+    for (i, arg) in args.iter().enumerate().skip(1) {
+        // `--opt=VALUE`: clap quotes VALUE alone.
+        let value = arg.strip_prefix("--").and_then(|a| a.split_once('=')).map(|(_, v)| v);
+        for text in [Some(arg.as_str()), value].into_iter().flatten() {
+            if known.iter().any(|k| k == text) {
+                continue;
+            }
+            let quoted = format!("'{text}'");
+            if message.contains(&quoted) {
+                let shown = format!("#{i} ({} characters)", text.chars().count());
+                message = message.replace(&quoted, &shown);
+            }
+        }
+    }
+    message
+}
+
+/// Every subcommand name and option (`put`, `--json`, `-o`) of vaultctl: words
+/// that are safe to quote back.
+fn known_words() -> Vec<String> {
+    fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+        out.push(cmd.get_name().to_owned());
+        for arg in cmd.get_arguments() {
+            out.extend(arg.get_long().map(|l| format!("--{l}")));
+            out.extend(arg.get_short().map(|s| format!("-{s}")));
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut words = vec!["--help".to_owned(), "-h".to_owned(), "--version".to_owned(), "-V".to_owned()];
+    walk(&<crate::Cli as clap::CommandFactory>::command(), &mut words);
+    words
 }
 
 /// The exit code for an error: the first cause in its chain that we recognise.
@@ -197,6 +241,21 @@ mod tests {
             format!("{err:#}"),
             "cannot reach vaultd at /nonexistent/admin.sock: No such file or directory (os error 2)"
         );
+    }
+
+    #[test]
+    fn usage_errors_show_where_an_argument_is_not_what_it_says() {
+        let args: Vec<String> =
+            ["vaultctl", "put", "openai", "sk-proj-abc", "--on-rotate=sk-x"].iter().map(|s| (*s).to_owned()).collect();
+        let known = known_words();
+        let message = "unexpected argument 'sk-proj-abc' found; invalid value 'sk-x' for '--on-rotate <ACTION>'";
+        assert_eq!(
+            unquote_arguments(message, &args, &known),
+            "unexpected argument #3 (11 characters) found; invalid value #4 (4 characters) for '--on-rotate <ACTION>'"
+        );
+        let conflict = "the argument '--all' cannot be used with 'put'";
+        let args: Vec<String> = ["vaultctl", "--all", "put"].iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(unquote_arguments(conflict, &args, &known), conflict, "the command's own words stay");
     }
 
     #[test]

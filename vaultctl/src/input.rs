@@ -1,7 +1,7 @@
 //! Reading secrets from the operator: passphrases and secret values.
 //!
 //! They come from a file, stdin, or a prompt that does not echo — never from argv
-//! (DESIGN §9). Input is read into one buffer sized up front, so no reallocation
+//! (ARCHITECTURE §9). Input is read into one buffer sized up front, so no reallocation
 //! leaves an unwiped copy behind, and its size is checked before vaultd is dialed.
 
 use std::io::{IsTerminal as _, Read};
@@ -86,6 +86,10 @@ fn read_passphrase(file: Option<&Path>, kind: Passphrase, no_terminal: &str) -> 
 /// A secret value: from `file` (`-` is stdin), else from stdin when it is not a
 /// terminal, else from a no-echo prompt. Files and stdin are taken byte for byte
 /// (binary safe, nothing trimmed); a prompted value is the typed line.
+///
+/// A value of one line that ends with a newline is stored as given, with a
+/// warning: it is what `echo "$TOKEN" |` sends, and seldom what was meant
+/// (`printf '%s' "$TOKEN" |` sends the token alone).
 pub(crate) fn value(file: Option<&Path>, prompt: &str) -> anyhow::Result<Secret> {
     let value = match file {
         Some(path) => Secret::new(std::mem::take(&mut *read_path(path, "value")?)),
@@ -96,7 +100,43 @@ pub(crate) fn value(file: Option<&Path>, prompt: &str) -> anyhow::Result<Secret>
         return Err(usage("value is empty"));
     }
     refuse_too_long("value", value.len())?;
+    if one_line_with_newline(value.expose()) {
+        eprintln!(
+            "vaultctl: warning: the value ends with a newline (as `echo` adds); it is stored with it. \
+             To store it without, use printf '%s' \"$VALUE\" | … or a file without the newline."
+        );
+    }
     Ok(value)
+}
+
+/// Text of one line followed by `\n` (or `\r\n`): most likely `echo`'s doing.
+fn one_line_with_newline(value: &[u8]) -> bool {
+    let body = value.strip_suffix(b"\n").map(|b| b.strip_suffix(b"\r").unwrap_or(b));
+    body.is_some_and(|b| !b.is_empty() && !b.contains(&b'\n'))
+}
+
+/// The shortest passphrase accepted without `--weak-passphrase`. Argon2 slows
+/// each guess; it cannot make a short passphrase a strong one.
+pub(crate) const MIN_PASSPHRASE_CHARS: usize = 12;
+
+/// Refuses a new passphrase shorter than [`MIN_PASSPHRASE_CHARS`] unless `weak`
+/// is set, and then warns. Never says the passphrase's length.
+pub(crate) fn check_strength(passphrase: &Secret, weak: bool) -> anyhow::Result<()> {
+    let chars = std::str::from_utf8(passphrase.expose()).map_or(passphrase.len(), |s| s.chars().count());
+    if chars >= MIN_PASSPHRASE_CHARS {
+        return Ok(());
+    }
+    if !weak {
+        return Err(usage(format!(
+            "the passphrase is shorter than {MIN_PASSPHRASE_CHARS} characters: choose a longer one \
+             (or accept a weak one with --weak-passphrase)"
+        )));
+    }
+    eprintln!(
+        "vaultctl: warning: the passphrase is shorter than {MIN_PASSPHRASE_CHARS} characters, so it is weak; \
+         change it with `vaultctl rekey`"
+    );
+    Ok(())
 }
 
 /// Reads a whole file, or stdin for `-`, refusing more than the size limit.
@@ -210,6 +250,33 @@ mod tests {
         assert_eq!(err.to_string(), "passphrase is empty");
 
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_newline_is_warned_about_only_after_one_line_of_text() {
+        for (value, warn) in [
+            (&b"tok\n"[..], true),
+            (b"tok\r\n", true),
+            (b"tok", false),
+            (b"\n", false),
+            (b"a\nb\n", false),
+            (b"-----BEGIN KEY-----\nabc\n-----END KEY-----\n", false),
+        ] {
+            assert_eq!(one_line_with_newline(value), warn, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn short_passphrases_need_weak_passphrase() {
+        let short = Secret::new(b"hunter2".to_vec());
+        let err = check_strength(&short, false).err().unwrap().to_string();
+        assert!(err.contains("shorter than 12") && !err.contains("hunter2"), "{err}");
+        assert!(check_strength(&short, true).is_ok());
+        assert!(
+            check_strength(&Secret::new("ééééééééééé€".as_bytes().to_vec()), false).is_ok(),
+            "characters, not bytes"
+        );
+        assert!(check_strength(&Secret::new(b"correct horse".to_vec()), false).is_ok());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `vaultctl`: the operator's command-line client for vaultd (DESIGN §9).
+//! `vaultctl`: the operator's command-line client for vaultd (ARCHITECTURE §9).
 //!
 //! Each subcommand lives in its own file under `cmd/`. Errors flow back here as
 //! `anyhow::Error` and leave through one exit point, [`exit::report`], which prints
@@ -6,6 +6,7 @@
 
 mod cmd;
 mod daemon;
+mod dotenv;
 mod exit;
 mod input;
 mod output;
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// vaultctl: manage a vaultd secrets vault.
+/// manage a vaultd secrets vault.
 ///
 /// Secret values and passphrases are never taken from the command line: they come
 /// from a file, from stdin, or from a prompt that does not echo.
@@ -54,14 +55,30 @@ pub(crate) struct Global {
     pub(crate) json: bool,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // First, while vaultctl is one thread: only root may read its memory or
+    // /proc/PID/environ (it holds tokens, passphrases and values), and the token
+    // leaves its environment.
+    if let Err(err) = protect() {
+        return exit::report(&err);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return exit::clap_error(err),
     };
-    match cmd::run(&cli.global, cli.command).await {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => return exit::report(&anyhow::Error::from(err).context("starting the runtime")),
+    };
+    match runtime.block_on(cmd::run(&cli.global, cli.command)) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => exit::report(&err),
     }
+}
+
+fn protect() -> anyhow::Result<()> {
+    use rustix::process::{DumpableBehavior, set_dumpable_behavior};
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)
+        .map_err(|e| anyhow::anyhow!("prctl(PR_SET_DUMPABLE, 0): {e}"))?;
+    daemon::take_token()
 }

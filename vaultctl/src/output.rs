@@ -35,6 +35,18 @@ pub(crate) fn raw(bytes: &[u8]) -> anyhow::Result<()> {
     out.flush().context("cannot write to stdout")
 }
 
+/// Creates a new file for secrets or records at `path`: mode 0600 from the start,
+/// and never over an existing file.
+pub(crate) fn create_private(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
 /// Prints a table: left-aligned columns two spaces apart, no trailing spaces.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     lines(&table_lines(header, rows))

@@ -15,7 +15,7 @@
 //!
 //! vaultd produces the bytes and vaultctl writes the file: see `vaultctl backup`.
 
-use crate::audit::{Actor, Event, Outcome, chain};
+use crate::audit::{Actor, Event, Kind, Outcome, chain};
 use crate::crypto::{Checksum, CryptoError, MAC_LEN, SecretBytes, StreamMac, Unlocked, VersionId};
 use crate::store::{DB_FILE, Store, StoreError, create_owner_only, prepare_data_dir};
 use std::fs::File;
@@ -317,7 +317,8 @@ fn restore_into(checked: &Checked, src: &Path, dir: &Path, db: &Path) -> Result<
         ..Actor::default()
     };
     let name = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let event = Event::new("vault.restore", Outcome::Ok, &actor).with("from", name).with("bytes", checked.report.bytes);
+    let event =
+        Event::new(Kind::VaultRestore, Outcome::Ok, &actor).with("from", name).with("bytes", checked.report.bytes);
     // No key here: stored unchained, like every record written while sealed.
     store.write(|txn| chain::append(txn, None, &[event]))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))?;

@@ -22,10 +22,10 @@ pub struct Config {
     /// `[limits]`: rates (secrets read per second), what one uid may hold open
     /// (connections, watches, reads in flight) and connection timeouts.
     #[serde(default)]
-    pub limits: crate::limits::LimitsConfig,
+    pub limits: LimitsConfig,
     /// `[rotation]`: versions kept, scheduler period, hook limits.
     #[serde(default)]
-    pub rotation: crate::rotation::RotationConfig,
+    pub rotation: RotationConfig,
     #[serde(default)]
     pub keys: KeysConfig,
     #[serde(default)]
@@ -88,12 +88,86 @@ impl Default for Config {
             agent_socket_mode: default_agent_socket_mode(),
             agent_socket_gid: None,
             audit: AuditConfig::default(),
-            limits: crate::limits::LimitsConfig::default(),
-            rotation: crate::rotation::RotationConfig::default(),
+            limits: LimitsConfig::default(),
+            rotation: RotationConfig::default(),
             keys: KeysConfig::default(),
             integrity: IntegrityConfig::default(),
             broker: Default::default(),
             alerts: Vec::new(),
+        }
+    }
+}
+
+/// `[rotation]` in vaultd's config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotationConfig {
+    /// Versions kept per secret (the newest; older retired ones are deleted).
+    pub keep_versions: u32,
+    /// How often the scheduler looks for due rotations and ended grace periods.
+    #[serde(deserialize_with = "duration_value")]
+    pub check_every: Duration,
+    /// Limits of one hook run.
+    #[serde(deserialize_with = "duration_value")]
+    pub hook_timeout: Duration,
+    pub hook_memory_mib: u64,
+    pub hook_cpu_secs: u64,
+    pub hook_processes: u64,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig {
+            keep_versions: 10,
+            check_every: Duration::from_secs(30),
+            hook_timeout: Duration::from_secs(30),
+            hook_memory_mib: 512,
+            hook_cpu_secs: 20,
+            hook_processes: 64,
+        }
+    }
+}
+
+/// `[limits]` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Secrets per second each client may read, sustained, and in a burst (a
+    /// `GetSecrets` of N names counts N).
+    pub client_rate: f64,
+    pub client_burst: f64,
+    /// Secrets per second for all callers but the owner together.
+    pub global_rate: f64,
+    pub global_burst: f64,
+    /// Agent connections open at once, in all and per uid (the owner exempt).
+    /// Unset: derived from the file limit (see `limits::ConnectionCaps`).
+    pub connections: Option<usize>,
+    pub connections_per_uid: Option<usize>,
+    /// Watch streams open at once per uid (the owner has slots of its own).
+    pub watches_per_uid: usize,
+    /// Reads in flight at once per uid (watch streams are counted apart).
+    pub requests_per_uid: usize,
+    /// A connection that has not sent the HTTP/2 preface within this is closed.
+    #[serde(deserialize_with = "duration_value")]
+    pub handshake_timeout: Duration,
+    /// A connection with no open stream for this long is closed (gracefully).
+    #[serde(deserialize_with = "duration_value")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            client_rate: 100.0,
+            client_burst: 200.0,
+            global_rate: 100_000.0,
+            global_burst: 100_000.0,
+            connections: None,
+            connections_per_uid: None,
+            watches_per_uid: 256,
+            requests_per_uid: 64,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -242,7 +316,7 @@ mod tests {
         assert_eq!(rotation.check_every, Duration::from_secs(1));
         assert_eq!(rotation.hook_timeout, Duration::from_secs(5));
         assert_eq!(rotation.hook_memory_mib, 64);
-        assert_eq!(rotation.hook_processes, crate::rotation::RotationConfig::default().hook_processes);
+        assert_eq!(rotation.hook_processes, RotationConfig::default().hook_processes);
         assert!(toml::from_str::<Config>("[rotation]\nhook_timeout = \"never\"").is_err());
     }
 }

@@ -1,14 +1,14 @@
 //! Starting and stopping the daemon: open the vault, maybe unlock it, bind both
 //! sockets, serve until told to stop, then remove the sockets and wipe the keys.
 
-use crate::audit::{Actor, Event, Outcome, forward, journal, refusals};
+use crate::audit::{Actor, Event, Kind, Outcome, forward, journal, refusals};
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::crypto::{self, SecretBytes};
 use crate::notify;
 use crate::server;
 use crate::vault::{Vault, VaultError};
 use std::future::Future;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,19 +56,18 @@ pub async fn run(mut opts: Options, shutdown: impl Future<Output = ()>) -> Resul
         (None, Some(passphrase)) => Some((passphrase, PASSPHRASE_ENV)),
         (None, None) => None,
     };
-    if let Some((passphrase, source)) = passphrase {
+    // What to do next is said once the sockets listen: a bind error comes first.
+    let next = if let Some((passphrase, source)) = passphrase {
         let v = vault.clone();
         blocking(move || v.unlock(&Actor::vaultd(), &passphrase)).await?;
         tracing::info!("vault unlocked from {source}");
+        None
+    } else if !vault.status()?.initialized {
+        Some("vault not initialized; run `vaultctl init`")
     } else {
-        let status = vault.status()?;
-        if !status.initialized {
-            tracing::info!("vault not initialized; run `vaultctl init`");
-        } else {
-            tracing::info!("vault sealed; run `vaultctl unlock`");
-        }
-    }
-    serve(vault, &opts, || {}, shutdown).await
+        Some("vault sealed; run `vaultctl unlock`")
+    };
+    serve(vault, &opts, || next.into_iter().for_each(|n| tracing::info!("{n}")), shutdown).await
 }
 
 /// `--dev`: a throwaway vault in a fresh temp dir, initialized and unlocked with a
@@ -79,13 +78,21 @@ pub async fn run_dev(shutdown: impl Future<Output = ()>) -> Result<(), DaemonErr
         path: std::env::temp_dir(),
         source,
     })?;
+    // Agents of other users can reach the agent socket (the directory is searchable,
+    // not listable), so a first session can show one reading; each read is still
+    // checked against its grants. The data dir inside stays 0700.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).map_err(|source| DaemonError::Io {
+        what: "setting the mode of",
+        path: dir.path().to_owned(),
+        source,
+    })?;
     let opts = Options {
         data_dir: dir.path().join("data"),
         agent_socket: dir.path().join("agent.sock"),
         admin_socket: dir.path().join("admin.sock"),
         passphrase_file: None,
         passphrase_env: None,
-        config: Config::default(),
+        config: Config { agent_socket_mode: 0o666, ..Config::default() },
     };
     crate::store::prepare_data_dir(&opts.data_dir).map_err(VaultError::from)?;
     let _lock = crate::store::lock_data_dir(&opts.data_dir).map_err(VaultError::from)?;
@@ -152,7 +159,7 @@ async fn serve(
         notify::notify(notify::STOPPING);
         let _ = broker_stop.send(());
         let counted = v.record_refusals();
-        let stop = v.record_durable(Event::new("daemon.stop", Outcome::Ok, &Actor::vaultd()));
+        let stop = v.record_durable(Event::new(Kind::DaemonStop, Outcome::Ok, &Actor::vaultd()));
         let sealed = v.seal(&Actor::vaultd());
         for e in [counted.err(), stop.err(), sealed.err()].into_iter().flatten() {
             tracing::error!(error = %e, "recording the shutdown failed");
@@ -190,7 +197,7 @@ fn start_event(config: &Config) -> Event {
             SinkConfig::Syslog { socket } => format!("syslog:{}", socket.display()),
         })
         .collect();
-    Event::new("daemon.start", Outcome::Ok, &Actor::vaultd())
+    Event::new(Kind::DaemonStart, Outcome::Ok, &Actor::vaultd())
         .with("version", env!("CARGO_PKG_VERSION"))
         .with("agent_socket_mode", format!("{:04o}", config.agent_socket_mode))
         .with("audit_reads", config.audit.reads)
@@ -260,7 +267,8 @@ async fn import_journal(vault: Arc<Vault>) {
 }
 
 /// Every interval, the refusals counted past their callers' budgets, a record
-/// per caller (see `audit::refusals`).
+/// per caller (see `audit::refusals`), and the token uses noted since they were
+/// last written (see `Vault::flush_token_uses`).
 async fn record_refusals(vault: Arc<Vault>) {
     let mut tick = tokio::time::interval(refusals::INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -269,6 +277,10 @@ async fn record_refusals(vault: Arc<Vault>) {
         tick.tick().await;
         if let Err(e) = vault.record_refusals() {
             tracing::error!(error = %e, "recording the refusals counted failed");
+        }
+        let v = vault.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || v.flush_token_uses()).await {
+            tracing::error!(error = %e, "writing the token uses back failed");
         }
     }
 }

@@ -1,9 +1,9 @@
-//! Incident response (DESIGN §7): what revoke-all changes, its report, and the
+//! Incident response (ARCHITECTURE §7): what revoke-all changes, its report, and the
 //! break-glass path that works straight on the data directory, without the
 //! daemon or the passphrase (`vaultctl revoke-all --offline`).
 
-use crate::audit::{Actor, Event, Outcome, chain};
-use crate::state::{Draft, Incident, IncidentMode, StateError};
+use crate::audit::{Actor, Event, Kind, Outcome, chain};
+use crate::state::{Draft, Incident, IncidentMode, Persist as _, StateError};
 use crate::store::{Store, StoreError, now_unix};
 use std::path::Path;
 
@@ -78,7 +78,7 @@ pub fn revoke_everything(state: &mut Draft<'_>, mut incident: Incident) -> Resul
 
 /// The record of a revoke-all (`kind`: made, or applied by vaultd after it was
 /// made offline).
-pub fn event(kind: &'static str, report: &Report, actor: &Actor) -> Event {
+pub fn event(kind: Kind, report: &Report, actor: &Actor) -> Event {
     Event::new(kind, Outcome::Ok, actor)
         .with("incident", report.id)
         .with("mode", report.mode.clone())
@@ -127,7 +127,7 @@ pub fn revoke_all_offline(data_dir: &Path, reason: &str) -> Result<Report, Incid
         let report = report(&incident, tokens, clients, secrets);
         incident.report = to_json(&report);
         txn.save_incident(&mut incident, None)?;
-        chain::append(txn, None, &[event("incident.revoke_all", &report, &actor)])?;
+        chain::append(txn, None, &[event(Kind::IncidentRevokeAll, &report, &actor)])?;
         Ok::<_, StoreError>(report)
     })?;
     Ok(report)

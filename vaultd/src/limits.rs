@@ -8,57 +8,15 @@
 //! - Slots ([`Slots`]): things a caller holds open (agent connections, watch
 //!   streams, requests in flight), capped per uid and in all; the owner is exempt
 //!   from the per-uid caps, and some slots are kept for it alone.
-//! - A pause for bad tokens ([`Pauses`]), per connection and per token prefix:
-//!   a caller presenting bad tokens slows itself down, never a valid token that
+//! - A pause for unknown tokens ([`Pauses`]), per connection and per token prefix:
+//!   a caller guessing tokens slows itself down, never a valid token that
 //!   another connection of the same uid presents.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// `[limits]` in the config.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Secrets per second each client may read, sustained, and in a burst (a
-    /// `GetSecrets` of N names counts N).
-    pub client_rate: f64,
-    pub client_burst: f64,
-    /// Secrets per second for all callers but the owner together.
-    pub global_rate: f64,
-    pub global_burst: f64,
-    /// Agent connections open at once, in all and per uid (the owner exempt).
-    /// Unset: derived from the file limit (see [`ConnectionCaps`]).
-    pub connections: Option<usize>,
-    pub connections_per_uid: Option<usize>,
-    /// Watch streams open at once per uid (the owner has slots of its own).
-    pub watches_per_uid: usize,
-    /// Reads in flight at once per uid (watch streams are counted apart).
-    pub requests_per_uid: usize,
-    /// A connection that has not sent the HTTP/2 preface within this is closed.
-    #[serde(deserialize_with = "crate::config::duration_value")]
-    pub handshake_timeout: Duration,
-    /// A connection with no open stream for this long is closed (gracefully).
-    #[serde(deserialize_with = "crate::config::duration_value")]
-    pub idle_timeout: Duration,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            client_rate: 100.0,
-            client_burst: 200.0,
-            global_rate: 100_000.0,
-            global_burst: 100_000.0,
-            connections: None,
-            connections_per_uid: None,
-            watches_per_uid: 256,
-            requests_per_uid: 64,
-            handshake_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(300),
-        }
-    }
-}
+pub use crate::config::LimitsConfig;
 
 /// Watch streams open at once, all callers together.
 pub const MAX_WATCHES: usize = 4096;
@@ -273,6 +231,17 @@ pub enum Presenter {
 /// Characters of a token (after `vt_`) that key its pause.
 pub const PREFIX_LEN: usize = 8;
 
+impl Presenter {
+    /// Whom a failure of `token`, shown on `connection` by `uid`, pauses.
+    pub fn of(connection: u64, uid: u32, token: &crate::crypto::SecretBytes) -> [Presenter; 2] {
+        let mut prefix = [0; PREFIX_LEN];
+        let tail = token.expose().get(3..).unwrap_or_default();
+        let n = tail.len().min(prefix.len());
+        prefix[..n].copy_from_slice(&tail[..n]);
+        [Presenter::Connection(connection), Presenter::Prefix(uid, prefix)]
+    }
+}
+
 struct Failures {
     count: u32,
     until: Instant,
@@ -314,6 +283,21 @@ impl Pauses {
                 let pause = Duration::from_millis(250).saturating_mul(1 << (f.count - FREE_FAILURES).min(16));
                 f.until = now + pause.min(MAX_PAUSE);
             }
+        }
+    }
+
+    /// Counts how a request with a token the presenters showed ended.
+    /// Guessing is what the pause slows; a token vaultd knows but no longer
+    /// honours is refused each time and pauses nothing, so an agent that
+    /// showed its revoked token a few times is served with its new one.
+    pub fn settle<T>(&self, presenters: &[Presenter], result: &Result<T, crate::vault::VaultError>) {
+        use crate::vault::VaultError;
+        match result {
+            Err(VaultError::TokenUnknown) => self.failed(presenters),
+            Err(VaultError::TokenRefused) => {}
+            // Sealed: the token was not looked at.
+            Err(VaultError::Sealed | VaultError::Uninitialized) => {}
+            _ => self.succeeded(presenters),
         }
     }
 

@@ -20,10 +20,11 @@ struct Args {
     /// Directory for the vault database (created 0700; refused if others can access it).
     #[arg(long, required_unless_present = "dev")]
     data_dir: Option<PathBuf>,
-    /// Agent socket [default: $RUNTIME_DIRECTORY/agent.sock, else DATA_DIR/agent.sock].
+    /// Agent socket [default: $RUNTIME_DIRECTORY/agent.sock, else /run/vaultd/agent.sock,
+    /// where vaultctl looks; a missing directory is created].
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Admin socket, owner-only [default: $RUNTIME_DIRECTORY/admin.sock, else DATA_DIR/admin.sock].
+    /// Admin socket, owner-only [default: $RUNTIME_DIRECTORY/admin.sock, else /run/vaultd/admin.sock].
     #[arg(long)]
     admin_socket: Option<PathBuf>,
     /// Unlock at startup with the passphrase in this file (one trailing newline
@@ -35,7 +36,8 @@ struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Throwaway vault in a temp dir, unlocked, deleted on exit; prints the
-    /// `export VAULT_SOCKET=… VAULT_ADMIN_SOCKET=…` lines to use it.
+    /// `export VAULT_SOCKET=… VAULT_ADMIN_SOCKET=…` lines to use it. Agents of
+    /// other users may connect to its agent socket (reads still need grants).
     #[arg(long, conflicts_with_all = ["data_dir", "socket", "admin_socket", "passphrase_file", "config"])]
     dev: bool,
 }
@@ -59,6 +61,11 @@ fn main() -> ExitCode {
     }
     if rustix::process::geteuid().is_root() {
         tracing::warn!("running as root: run vaultd as a dedicated user (see SECURITY.md)");
+    }
+    if !vaultd::identity::exe_attestation() {
+        tracing::info!(
+            "exe attestation unavailable (no CAP_SYS_PTRACE): --exe and --exe-sha256 match no agent of another uid; see README \"Executable selectors\""
+        );
     }
     if kdf::insecure_test_profile_enabled() {
         eprintln!(
@@ -93,7 +100,9 @@ fn run(args: Args) -> Result<(), DaemonError> {
             return daemon::run_dev(shutdown).await;
         }
         let Some(data_dir) = args.data_dir else { unreachable!("clap requires --data-dir without --dev") };
-        let socket_dir = std::env::var_os("RUNTIME_DIRECTORY").map_or_else(|| data_dir.clone(), PathBuf::from);
+        // Where vaultctl looks by default, so that neither needs a flag.
+        let default_dir = std::path::Path::new(vault_proto::DEFAULT_AGENT_SOCKET).parent().unwrap_or(&data_dir);
+        let socket_dir = std::env::var_os("RUNTIME_DIRECTORY").map_or_else(|| default_dir.to_owned(), PathBuf::from);
         let config = match &args.config {
             Some(path) => Config::load(path)?,
             None => Config::default(),

@@ -5,9 +5,9 @@
 //! is then allowed for the owner, or for a caller matching an enabled client that
 //! holds a grant for the secret, and for nobody else.
 
-use crate::identity::{Caller, Peer};
+use crate::identity::{Caller, Peer, Process};
 use crate::state::{Client, GrantKind, Image, Token};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Which of the two sockets a connection arrived on.
@@ -84,14 +84,15 @@ pub fn decide(reader: &Reader, state: &Image, env: &str, name: &str, action: Act
                 return Decision::Denied("this uid's clients need a token");
             }
             match granting_client(caller, state.clients().map(|c| &**c), env, name, action) {
-                Some(client) => Decision::Allowed { client: Some(client.into()) },
-                None => Decision::Denied("not granted"),
+                Ok(client) => Decision::Allowed { client: Some(client.into()) },
+                Err(why) => Decision::Denied(why),
             }
         }
         Reader::Token { accessor, uid, .. } => {
             let Some(token) = state.token(accessor) else { return Decision::Denied("token removed") };
-            // Uses were counted when the token was presented, not per secret.
-            if let Some(why) = token_refusal(token, *uid, now).filter(|why| *why != NO_USES_LEFT) {
+            // Uses are counted once per request, when it is served, not here.
+            if let Some(why) = token_refusal(token, state.last_use(token), *uid, now).filter(|why| *why != NO_USES_LEFT)
+            {
                 return Decision::Denied(why);
             }
             let Some(client) = state.client(&token.client).filter(|c| c.enabled) else {
@@ -109,16 +110,16 @@ pub fn decide(reader: &Reader, state: &Image, env: &str, name: &str, action: Act
 const NO_USES_LEFT: &str = "no uses left";
 
 /// Why a bearer token is refused, or `None` when it is good for a use by a caller
-/// with `uid` at `now`. The caller is told only "invalid or expired token"; the
-/// reason goes to the audit log.
-pub fn token_refusal(token: &Token, uid: u32, now: i64) -> Option<&'static str> {
+/// with `uid` at `now`, given when it was `last_used`. The caller is told only
+/// "invalid or expired token"; the reason goes to the audit log.
+pub fn token_refusal(token: &Token, last_used: Option<i64>, uid: u32, now: i64) -> Option<&'static str> {
     if token.revoked_unix.is_some() {
         return Some("revoked");
     }
     if token.expires_unix.is_some_and(|t| now >= t) {
         return Some("expired");
     }
-    let last = token.last_used_unix.unwrap_or(token.created_unix);
+    let last = last_used.unwrap_or(token.created_unix);
     if token.idle_secs.is_some_and(|idle| now - last >= idle) {
         return Some("idle too long");
     }
@@ -131,15 +132,6 @@ pub fn token_refusal(token: &Token, uid: u32, now: i64) -> Option<&'static str> 
     None
 }
 
-/// What policy may ask about a caller. The executable and its hash are read
-/// only when a client's selectors need them.
-pub trait Process {
-    fn uid(&self) -> u32;
-    fn gid(&self) -> u32;
-    fn exe(&self) -> Option<PathBuf>;
-    fn exe_sha256(&self) -> Option<String>;
-}
-
 /// Whether one of `client`'s grants covers `action` on `env/name`: a read
 /// grant covers both, a use grant only use.
 fn grants(client: &Client, env: &str, name: &str, action: Action) -> bool {
@@ -149,32 +141,57 @@ fn grants(client: &Client, env: &str, name: &str, action: Action) -> bool {
 }
 
 /// The first enabled client that `caller` matches (every selector) and that holds
-/// a grant for `env/name`; `None` means deny.
+/// a grant for `env/name` (for `action`); else why not, for the audit log ("not
+/// granted", or why the executable did not match the last client that would
+/// have granted it).
 fn granting_client<'c>(
     caller: &dyn Process,
     clients: impl Iterator<Item = &'c Client>,
     env: &str,
     name: &str,
     action: Action,
-) -> Option<&'c str> {
-    clients
+) -> Result<&'c str, &'static str> {
+    let mut refusal = "not granted";
+    let candidates = clients
         .filter(|c| c.enabled && !c.token_only && c.uid == caller.uid() && c.gid.is_none_or(|gid| gid == caller.gid()))
-        .filter(|c| grants(c, env, name, action))
-        .find(|c| {
-            c.exe.as_ref().is_none_or(|want| caller.exe().as_deref() == Some(Path::new(want)))
-                && c.exe_sha256.as_ref().is_none_or(|want| caller.exe_sha256().as_deref() == Some(want.as_str()))
-        })
-        .map(|c| c.name.as_str())
+        .filter(|c| grants(c, env, name, action));
+    for client in candidates {
+        match exe_refusal(caller, client) {
+            None => return Ok(&client.name),
+            Some(why) => refusal = why,
+        }
+    }
+    Err(refusal)
+}
+
+/// Why `caller` does not run what `client` pins, if it pins anything.
+fn exe_refusal(caller: &dyn Process, client: &Client) -> Option<&'static str> {
+    if let Some(want) = &client.exe {
+        match caller.runs(Path::new(want)) {
+            Ok(true) => {}
+            Ok(false) => return Some("executable differs"),
+            Err(why) => return Some(why.reason()),
+        }
+    }
+    if let Some(want) = &client.exe_sha256 {
+        match caller.exe_sha256() {
+            Ok(sha) if sha == *want => {}
+            Ok(_) => return Some("executable hash differs"),
+            Err(why) => return Some(why.reason()),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Unattested;
 
     #[test]
     fn every_socket_by_every_kind_of_caller() {
         let owner = 1000;
-        let peer = |uid| Peer { uid, gid: uid, pid: Some(1), start_time: None, pidfd: None };
+        let peer = |uid| Peer { uid, gid: uid, pid: Some(1), accepted: None };
         let cases = [
             (Socket::Admin, Some(peer(1000)), true),
             (Socket::Admin, Some(peer(0)), true),
@@ -222,11 +239,11 @@ mod tests {
         fn gid(&self) -> u32 {
             self.gid
         }
-        fn exe(&self) -> Option<PathBuf> {
-            self.exe.map(PathBuf::from)
+        fn runs(&self, path: &Path) -> Result<bool, Unattested> {
+            self.exe.map(|exe| Path::new(exe) == path).ok_or(Unattested::Unreadable)
         }
-        fn exe_sha256(&self) -> Option<String> {
-            self.sha.map(Into::into)
+        fn exe_sha256(&self) -> Result<String, Unattested> {
+            self.sha.map(Into::into).ok_or(Unattested::Unreadable)
         }
     }
 
@@ -240,28 +257,31 @@ mod tests {
         let clients = [bot, pinned, any_exe, off];
         let caller = |uid, gid, exe, sha| Fake { uid, gid, exe, sha };
         let bot_exe = Some("/usr/bin/bot");
-        // (who, caller, secret name in prod, the client that grants it)
+        // (who, caller, secret name in prod, the client that grants it or why not)
         let cases = [
-            ("granted client", caller(2000, 2000, bot_exe, None), "telegram", Some("bot")),
-            ("client without the grant", caller(2000, 2000, bot_exe, None), "openai", None),
-            ("wrong executable", caller(2000, 2000, Some("/usr/bin/python3"), None), "telegram", None),
-            ("unreadable executable", caller(2000, 2000, None, None), "telegram", None),
-            ("wrong gid", caller(2000, 9, bot_exe, None), "telegram", None),
-            ("wildcard grant", caller(3000, 1, None, None), "openai", Some("worker")),
-            ("disabled client", caller(4000, 4000, None, None), "telegram", None),
-            ("other uid, no client", caller(5000, 5000, None, None), "telegram", None),
-            ("pinned hash matches", caller(6000, 1, None, Some("ab12")), "telegram", Some("pinned")),
-            ("pinned hash differs", caller(6000, 1, None, Some("ffff")), "telegram", None),
-            ("pinned hash unreadable", caller(6000, 1, None, None), "telegram", None),
+            ("granted client", caller(2000, 2000, bot_exe, None), "telegram", Ok("bot")),
+            ("client without the grant", caller(2000, 2000, bot_exe, None), "openai", Err("not granted")),
+            (
+                "wrong executable",
+                caller(2000, 2000, Some("/usr/bin/python3"), None),
+                "telegram",
+                Err("executable differs"),
+            ),
+            ("unreadable executable", caller(2000, 2000, None, None), "telegram", Err("executable unreadable")),
+            ("wrong gid", caller(2000, 9, bot_exe, None), "telegram", Err("not granted")),
+            ("wildcard grant", caller(3000, 1, None, None), "openai", Ok("worker")),
+            ("disabled client", caller(4000, 4000, None, None), "telegram", Err("not granted")),
+            ("other uid, no client", caller(5000, 5000, None, None), "telegram", Err("not granted")),
+            ("pinned hash matches", caller(6000, 1, None, Some("ab12")), "telegram", Ok("pinned")),
+            ("pinned hash differs", caller(6000, 1, None, Some("ffff")), "telegram", Err("executable hash differs")),
+            ("pinned hash unreadable", caller(6000, 1, None, None), "telegram", Err("executable unreadable")),
         ];
         for (who, c, name, want) in cases {
             assert_eq!(granting_client(&c, clients.iter(), "prod", name, Action::Read), want, "{who}");
         }
-        assert_eq!(
-            granting_client(&caller(3000, 1, None, None), clients.iter(), "staging", "openai", Action::Read),
-            None,
-            "other env"
-        );
+        let other_env =
+            granting_client(&caller(3000, 1, None, None), clients.iter(), "staging", "openai", Action::Read);
+        assert_eq!(other_env, Err("not granted"), "other env");
     }
 
     #[test]
@@ -271,6 +291,7 @@ mod tests {
             hash: vec![],
             client: "bot".into(),
             bind_uid: Some(2000),
+            bind_exe: None,
             created_unix: 100,
             expires_unix: Some(200),
             idle_secs: Some(50),
@@ -290,7 +311,7 @@ mod tests {
             ("no limits", Token { expires_unix: None, idle_secs: None, uses_left: None, ..good }, 2000, 1 << 40, None),
         ];
         for (what, token, uid, now, want) in cases {
-            assert_eq!(token_refusal(&token, uid, now), want, "{what}");
+            assert_eq!(token_refusal(&token, token.last_used_unix, uid, now), want, "{what}");
         }
     }
 }

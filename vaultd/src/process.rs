@@ -14,7 +14,21 @@ pub fn harden() -> Vec<String> {
     if let Err(e) = setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) }) {
         failed.push(format!("setrlimit(RLIMIT_CORE, 0): {e}"));
     }
+    // CAP_SYS_PTRACE, when granted for exe selectors (README), arrives as an
+    // ambient capability, which every hook would inherit: keep it for vaultd
+    // alone. Capabilities are per thread, so this runs before any thread starts.
+    if let Err(e) = rustix::thread::clear_ambient_capability_set() {
+        failed.push(format!("prctl(PR_CAP_AMBIENT_CLEAR_ALL): {e}"));
+    }
     failed
+}
+
+/// Takes `name` out of the environment, for a secret that arrives there
+/// (`VAULT_TOKEN` in vaultctl): returns its value, and leaves nothing of it in
+/// the environment or in what `/proc/PID/environ` shows. Call it first thing in
+/// `main`, before any thread starts; with more than one thread it fails.
+pub fn take_env(name: &str) -> std::io::Result<Option<std::ffi::OsString>> {
+    crate::sys::take_env(name)
 }
 
 /// Locks all of vaultd's memory into RAM, so keys, the passphrase and secret values

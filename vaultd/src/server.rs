@@ -9,14 +9,14 @@
 //! admin socket (and the vault itself) needs.
 
 use crate::api::{AdminApi, AgentApi, BrokerApi, FAULT_HEADER};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::identity::{Attestation, Peer};
 use crate::limits::{ConnectionCaps, LimitsConfig, OWNER_CONNECTIONS, Slot, Slots};
 use crate::policy::{self, Socket};
 use crate::vault::Vault;
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -86,6 +86,7 @@ pub async fn bind(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixLi
         }
         std::fs::remove_file(path)?;
     }
+    create_dir_for(path, mode)?;
     // The process umask is 077, so the socket is born owner-only; `mode` may then
     // loosen the agent socket for agents running as other users.
     let listener = UnixListener::bind(path)?;
@@ -95,6 +96,20 @@ pub async fn bind(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixLi
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
+}
+
+/// Creates the socket's directory if it is missing (`/run/vaultd` outside
+/// systemd, which would otherwise create it for `RuntimeDirectory=`): 0700, plus
+/// the search bit for group or others when the socket's `mode` lets them connect,
+/// so agents can reach the socket without listing the directory. An existing
+/// directory is left as it is.
+fn create_dir_for(socket: &Path, mode: u32) -> io::Result<()> {
+    let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) else { return Ok(()) };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let search = (if mode & 0o070 != 0 { 0o010 } else { 0 }) | (if mode & 0o007 != 0 { 0o001 } else { 0 });
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700 | search))?;
+    tracing::info!(dir = %dir.display(), mode = format!("{:04o}", 0o700 | search), "created the socket directory");
+    Ok(())
 }
 
 /// Admits a request when the socket's policy admits its caller (as the kernel
@@ -113,7 +128,7 @@ fn guard(
         }
         tracing::warn!(%socket, uid = peer.as_ref().map(|p| p.uid), pid = peer.as_ref().and_then(|p| p.pid), "request refused");
         let actor = Actor::peer(socket.name(), peer.as_ref());
-        vault.record_detached(Event::new("request.refused", Outcome::Denied, &actor));
+        vault.record_detached(Event::new(Kind::RequestRefused, Outcome::Denied, &actor));
         Err(Status::permission_denied(format!("permission denied: this user may not use the {socket} socket")))
     }
 }

@@ -1,9 +1,12 @@
-"""The gRPC stubs for vault.v1.Agent, generated from proto/ on first use.
+"""The gRPC stubs for vault.v1.Agent, generated from the package's own copy of the proto.
 
-Nothing generated is committed: the first call to :func:`load` runs grpcio-tools'
-protoc on ``proto/proto/vault/v1/agent.proto`` into a per-user cache directory
-keyed by the proto's contents and the grpcio-tools and protobuf versions, then
-imports the result. A changed proto or an upgraded toolchain regenerates.
+The package ships ``vault/v1/agent.proto`` (``_proto/``, a link to proto/ in the
+source tree that an install copies), so it needs neither the source tree nor an
+environment variable. Nothing generated is committed or installed: the first call
+to :func:`load` runs grpcio-tools' protoc on that proto into a per-user cache
+directory keyed by the proto's contents and the grpcio-tools and protobuf
+versions, then imports the result. A changed proto or an upgraded toolchain
+regenerates.
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ _loaded: Stubs | None = None
 
 
 def proto_root() -> Path:
-    """Where ``vault/v1/agent.proto`` lives: ``$VAULTD_PROTO_PATH``, else this
-    source tree's ``proto/proto`` (clients/python/vaultd_client -> repository root)."""
+    """Where ``vault/v1/agent.proto`` lives: ``$VAULTD_PROTO_PATH`` (to try another
+    proto), else the copy inside this package."""
     env = os.environ.get("VAULTD_PROTO_PATH")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "proto" / "proto"
+    return Path(__file__).resolve().parent / "_proto"
 
 
 def generate(out_dir: Path, root: Path | None = None) -> Path:
@@ -55,7 +58,8 @@ def generate(out_dir: Path, root: Path | None = None) -> Path:
     proto = root / PROTO
     if not proto.is_file():
         raise FileNotFoundError(
-            f"{proto} not found: run from the vaultd source tree or set VAULTD_PROTO_PATH to its proto/proto directory"
+            f"{proto} not found: the package is incomplete (reinstall it with `pip install ./clients/python`), "
+            "or VAULTD_PROTO_PATH names a directory without it"
         )
     # The well-known types (google/protobuf/*.proto) ship inside grpcio-tools.
     well_known = Path(protoc.__file__).resolve().parent / "_proto"

@@ -2,7 +2,6 @@
 //! log, and fingerprint a candidate value the way the log records values.
 
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -105,9 +104,7 @@ async fn query(global: &Global, filter: Filter) -> anyhow::Result<()> {
 
 async fn export(global: &Global, args: ExportArgs) -> anyhow::Result<()> {
     // The file first: an export refused for its file must not stream (and record) the log.
-    let cannot = || format!("cannot create {}", args.output.display());
-    let file =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&args.output).with_context(cannot)?;
+    let file = output::create_private(&args.output)?;
     let mut out = std::io::BufWriter::new(file);
     let mut count = 0u64;
     let written = async {
@@ -183,7 +180,8 @@ async fn verify(global: &Global) -> anyhow::Result<()> {
 async fn hash(global: &Global, args: HashArgs) -> anyhow::Result<()> {
     let value = input::value(args.from_file.as_deref(), "Value to fingerprint: ")?;
     let mut admin = daemon::admin(global).await?;
-    let reply = admin.hash_value(v1::HashValueRequest { value: value.into_request_bytes() }).await.reply()?;
+    let reply =
+        admin.hash_value(v1::HashValueRequest { value: value.into_request_bytes(), current_of: None }).await.reply()?;
     if global.json {
         return output::json(&serde_json::json!({ "value_digest": reply.digest }));
     }

@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -76,12 +75,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
 
 async fn backup(global: &Global, path: &Path) -> anyhow::Result<()> {
     // Created first, so an existing file is refused before vaultd does any work.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let file = output::create_private(path)?;
     match write_backup(global, file).await {
         Ok(bytes) => {
             if global.json {

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
+use tonic::transport::Channel;
 use vault_proto::names;
+use vault_proto::v1::admin_client::AdminClient;
 use vault_proto::v1::{self, ClientInfo};
 
 use crate::Global;
@@ -33,11 +35,11 @@ pub(crate) enum Command {
 #[derive(Debug, clap::Args)]
 pub(crate) struct AddArgs {
     name: String,
-    /// The caller's user id (from the kernel, SO_PEERCRED).
-    #[arg(long)]
+    /// The caller's user: a uid, or a user name (from the kernel, SO_PEERCRED).
+    #[arg(long, value_name = "USER", value_parser = uid)]
     uid: u32,
-    /// Also require this group id.
-    #[arg(long)]
+    /// Also require this group: a gid, or a group name.
+    #[arg(long, value_name = "GROUP", value_parser = gid)]
     gid: Option<u32>,
     /// Also require this executable (absolute path, as /proc/PID/exe names it).
     #[arg(long, value_name = "PATH")]
@@ -114,6 +116,31 @@ impl<'a> From<&'a ClientInfo> for ClientJson<'a> {
     }
 }
 
+fn uid(text: &str) -> Result<u32, String> {
+    id(text, "passwd", "user")
+}
+
+fn gid(text: &str) -> Result<u32, String> {
+    id(text, "group", "group")
+}
+
+/// A number as it is, else a name as `getent DB` resolves it (so users from
+/// LDAP or systemd's dynamic users count, not only /etc/passwd). The id is stored:
+/// a renamed user keeps its grants, a deleted one's uid reused would inherit them.
+fn id(text: &str, db: &str, what: &str) -> Result<u32, String> {
+    if let Ok(number) = text.parse() {
+        return Ok(number);
+    }
+    let out = std::process::Command::new("getent")
+        .args([db, "--", text])
+        .output()
+        .map_err(|e| format!("cannot look up {what} names (getent: {e}); give the number"))?;
+    // NAME:x:ID:…
+    let entry = String::from_utf8_lossy(&out.stdout);
+    let id = entry.lines().next().and_then(|l| l.split(':').nth(2)).and_then(|n| n.parse().ok());
+    id.ok_or_else(|| format!("no such {what}"))
+}
+
 fn checked_name(name: &str) -> anyhow::Result<String> {
     names::validate(name).map_err(|e| usage(format!("invalid client name: {e}")))?;
     Ok(name.to_owned())
@@ -146,7 +173,13 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
                 token_only: a.token_only,
                 use_only: a.use_only,
             };
-            daemon::admin(global).await?.add_client(request).await.reply()?
+            let pins_exe = !request.exe.is_empty() || !request.exe_sha256.is_empty();
+            let mut admin = daemon::admin(global).await?;
+            let added = admin.add_client(request).await.reply()?;
+            if pins_exe {
+                warn_without_exe_attestation(&mut admin).await?;
+            }
+            added
         }
         Command::Grant(g) => {
             let request = v1::GrantRequest {
@@ -218,4 +251,17 @@ fn row(c: &ClientInfo) -> Vec<String> {
         },
         timestamp(c.created_unix),
     ]
+}
+
+/// A client that pins an executable matches no agent of another uid while
+/// vaultd cannot read their executables: say so (the client is added anyway).
+async fn warn_without_exe_attestation(admin: &mut AdminClient<Channel>) -> anyhow::Result<()> {
+    let status = admin.status(v1::StatusRequest {}).await.reply()?;
+    if !status.exe_attestation {
+        eprintln!(
+            "vaultctl: warning: exe attestation {}; until then this client matches no agent of another uid",
+            super::status::exe_attestation(&status)
+        );
+    }
+    Ok(())
 }

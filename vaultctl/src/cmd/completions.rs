@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::CommandFactory as _;
 use clap_complete::Shell;
+use vault_proto::v1;
+
+use crate::daemon::{self, Reply as _};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -21,7 +24,85 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let mut script = Vec::new();
     // Rendered into memory first: clap_complete panics on a failed write (a closed pipe).
     clap_complete::generate(args.shell, &mut crate::Cli::command(), "vaultctl", &mut script);
+    if args.shell == Shell::Bash {
+        script.extend_from_slice(BASH_NAMES.as_bytes());
+    }
     print(&script)
+}
+
+/// Bash: after clap's completion of the words vaultctl defines, secret and client
+/// names from vaultd itself (`vaultctl __complete`), for the argument that names
+/// one. zsh and fish complete the words only.
+const BASH_NAMES: &str = r#"
+# Secret and client names, asked of vaultd as whoever runs the shell.
+_vaultctl_names() {
+    _vaultctl "$@"
+    local i=1 word sub="" args=() positional=0 kind=""
+    while [ "$i" -lt "$COMP_CWORD" ]; do
+        word="${COMP_WORDS[$i]}"
+        case "$word" in
+            --env|--socket|--admin-socket) args+=("$word" "${COMP_WORDS[$((i + 1))]}"); i=$((i + 2)); continue ;;
+            -*) ;;
+            *) if [ -z "$sub" ]; then sub="$word"; elif [ "$sub" = client ] && [ "$positional" = 0 ] && [ -z "$kind" ]; then kind="client $word"; else positional=$((positional + 1)); fi ;;
+        esac
+        i=$((i + 1))
+    done
+    case "$sub" in
+        get|show|versions|rm|rotate|put|watch) kind=secrets ;;
+        client) case "$kind" in "client rm"|"client enable"|"client disable"|"client grant"|"client ungrant") kind=clients ;; *) return ;; esac ;;
+        *) return ;;
+    esac
+    [ "$kind" = secrets ] && [ "$positional" -gt 0 ] && [ "$sub" != watch ] && return
+    [ "$kind" = clients ] && [ "$positional" -gt 0 ] && return
+    local cur="${COMP_WORDS[$COMP_CWORD]}"
+    case "$cur" in -*) return ;; esac
+    local names
+    names="$(vaultctl "${args[@]}" __complete "$kind" 2>/dev/null)" || return
+    COMPREPLY=($(compgen -W "$names" -- "$cur"))
+}
+complete -F _vaultctl_names -o bashdefault -o default vaultctl
+"#;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct NamesArgs {
+    #[arg(value_enum)]
+    kind: Names,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Names {
+    Secrets,
+    Clients,
+}
+
+/// `vaultctl __complete secrets|clients`: the names a shell may offer, one a
+/// line. Secrets of the environment as the owner lists them (admin socket), or
+/// else as an agent may read them (agent socket); clients from the admin socket.
+/// Prints nothing when vaultd cannot say: completion never shows an error.
+pub(crate) async fn names(global: &crate::Global, args: NamesArgs) -> anyhow::Result<()> {
+    let env = crate::cmd::checked_env(global)?.to_owned();
+    let names: Vec<String> = match args.kind {
+        Names::Secrets => match owner_secrets(global, &env).await {
+            Ok(names) => names,
+            Err(_) => {
+                let mut agent = daemon::agent(global).await?;
+                let request = daemon::with_token(tonic::Request::new(v1::ListGrantedRequest { env }))?;
+                agent.list_granted(request).await.reply().map(|r| r.names).unwrap_or_default()
+            }
+        },
+        Names::Clients => {
+            let mut admin = daemon::admin(global).await?;
+            let clients = admin.list_clients(v1::ListClientsRequest {}).await.reply().map(|r| r.clients);
+            clients.unwrap_or_default().into_iter().map(|c| c.name).collect()
+        }
+    };
+    crate::output::lines(&names)
+}
+
+async fn owner_secrets(global: &crate::Global, env: &str) -> anyhow::Result<Vec<String>> {
+    let mut admin = daemon::admin(global).await?;
+    let reply = admin.list_secrets(v1::ListSecretsRequest { env: env.to_owned() }).await.reply()?;
+    Ok(reply.secrets.into_iter().map(|m| m.name).collect())
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,8 +5,9 @@
 //! the program's status, and on a rotation (pushed by `WatchSecrets`) restarts or
 //! signals it, as `--on-rotate` says.
 //!
-//! The program sees only the secrets named here: vaultctl's own `VAULT_TOKEN` is
-//! removed from its environment.
+//! The program sees only the secrets named here: vaultctl took its own
+//! `VAULT_TOKEN` out of its environment at start, and, being non-dumpable, its
+//! memory and `/proc/PID/environ` are closed to the program (root aside).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -29,10 +30,18 @@ pub(crate) struct Args {
     /// An environment variable and the secret it gets: VAR=NAME. Repeat for more.
     #[arg(long = "secret", value_name = "VAR=NAME", required = true, value_parser = binding)]
     secrets: Vec<(String, String)>,
+    #[command(flatten)]
+    launch: Launch,
+}
+
+/// How the program is run and kept: what `exec` and `run` share.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Launch {
     /// Write each secret to DIR/VAR (mode 0400; DIR made 0700 if missing, ideally
     /// on a tmpfs such as $XDG_RUNTIME_DIR) and set VAR_FILE to its path instead
-    /// of VAR: environment variables can be read by other processes of the same
-    /// user, files in a private directory cannot.
+    /// of VAR: out of the environment, which children inherit and tools print.
+    /// Files and environment alike are private from other users, not from other
+    /// processes of the same user: for that, run the program as a uid of its own.
     #[arg(long, value_name = "DIR")]
     files: Option<PathBuf>,
     /// On a rotation: restart the program with the new values (default), send it a
@@ -53,10 +62,9 @@ enum OnRotate {
 
 fn binding(text: &str) -> Result<(String, String), String> {
     let (var, name) = text.split_once('=').ok_or("expected VAR=NAME")?;
-    let valid_var = var.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid_var {
-        return Err(format!("{var:?} is not an environment variable name"));
+    // Not quoted back: a value pasted here by mistake must not be echoed.
+    if !vault_proto::names::is_env_var(var) {
+        return Err("VAR is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)".into());
     }
     vault_proto::names::validate(name).map_err(|e| format!("invalid secret name: {e}"))?;
     Ok((var.to_owned(), name.to_owned()))
@@ -97,7 +105,17 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         secret_ref(global, name)?;
     }
     let env = checked_env(global)?.to_owned();
-    let names: Vec<String> = args.secrets.iter().map(|(_, n)| n.clone()).collect();
+    launch(global, env, &args.secrets, &args.launch).await
+}
+
+/// Runs `launch.command` with `bindings` (VAR, secret name) from `env`, until it exits.
+pub(crate) async fn launch(
+    global: &Global,
+    env: String,
+    bindings: &[(String, String)],
+    args: &Launch,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = bindings.iter().map(|(_, n)| n.clone()).collect();
     let request =
         || daemon::with_token(tonic::Request::new(GetSecretsRequest { env: env.clone(), names: names.clone() }));
     let mut agent = daemon::agent(global).await?;
@@ -110,13 +128,13 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         (first, Some(stream))
     };
     let mut values = Values::new();
-    apply(&mut values, &args.secrets, first);
-    let vars = args.secrets.iter().map(|(var, _)| var.clone()).collect();
+    apply(&mut values, bindings, first);
+    let vars = bindings.iter().map(|(var, _)| var.clone()).collect();
     let files = args.files.as_deref().map(|dir| Files::create(dir, vars)).transpose()?;
     if let Some(files) = &files {
         files.write(&values)?;
     }
-    let mut child = spawn(&args, &values, files.as_ref())?;
+    let mut child = spawn(args, &values, files.as_ref())?;
     let mut forwarded = Forwarded::new()?;
     loop {
         tokio::select! {
@@ -130,14 +148,14 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
             }
             update = next_update(&mut updates) => match update {
                 Ok(Some(update)) => {
-                    apply(&mut values, &args.secrets, update);
+                    apply(&mut values, bindings, update);
                     if let Some(files) = &files {
                         files.write(&values)?;
                     }
                     match args.on_rotate {
                         OnRotate::Restart => {
                             stop(&mut child).await?;
-                            child = spawn(&args, &values, files.as_ref())?;
+                            child = spawn(args, &values, files.as_ref())?;
                         }
                         OnRotate::Signal(sig) => send(&child, sig),
                         OnRotate::Ignore => {}
@@ -176,9 +194,9 @@ fn apply(values: &mut Values, bindings: &[(String, String)], mut reply: GetSecre
     }
 }
 
-fn spawn(args: &Args, values: &Values, files: Option<&Files>) -> anyhow::Result<tokio::process::Child> {
+fn spawn(args: &Launch, values: &Values, files: Option<&Files>) -> anyhow::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&args.command[0]);
-    cmd.args(&args.command[1..]).env_remove("VAULT_TOKEN");
+    cmd.args(&args.command[1..]);
     for (var, value) in values {
         match files {
             Some(files) => cmd.env(format!("{var}_FILE"), files.path(var)),

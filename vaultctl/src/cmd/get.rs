@@ -7,7 +7,7 @@ use vault_proto::v1::GetSecretRequest;
 
 use crate::Global;
 use crate::cmd::secret_ref;
-use crate::daemon::{self, Reply as _};
+use crate::daemon::{self, Reply as _, RpcError};
 use crate::output::{self, ShownValue};
 use crate::secret::Secret;
 
@@ -36,7 +36,19 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let mut agent = daemon::agent(global).await?;
     let request = GetSecretRequest { env: secret.env, name: secret.name, version: args.version.unwrap_or(0) };
     let request = daemon::with_token(tonic::Request::new(request))?;
-    let mut reply = agent.get_secret(request).await.reply()?;
+    let reply = agent.get_secret(request).await.reply();
+    // A static hint, the same whether the secret exists or not: an agent must
+    // not learn which (see `vault.v1.Agent`).
+    let mut reply = match (reply, args.version) {
+        (Err(e), Some(version)) if e.downcast_ref::<RpcError>().is_some_and(|r| r.code() == tonic::Code::NotFound) => {
+            let hint = format!(
+                "{e} (version {version}: an agent reads only the current version, and the previous one during \
+                 its grace period; `vaultctl versions NAME` lists each version's state)"
+            );
+            return Err(RpcError::from(tonic::Status::not_found(hint)).into());
+        }
+        (reply, _) => reply?,
+    };
     let value = Secret::new(std::mem::take(&mut reply.value));
 
     if !global.json {

@@ -1,5 +1,5 @@
 //! `vaultctl revoke-all` and `vaultctl incident list|show`: the operator's worst
-//! day (DESIGN §7). Through the daemon, or with `--offline` straight on the data
+//! day (ARCHITECTURE §7). Through the daemon, or with `--offline` straight on the data
 //! directory when the daemon is down or hung (break-glass, no passphrase).
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};

@@ -16,11 +16,17 @@ pub(crate) struct Args {
     /// passphrase is prompted for twice.
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
+    /// Accept a passphrase shorter than 12 characters (with a warning).
+    #[arg(long)]
+    weak_passphrase: bool,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
-    let passphrase = input::passphrase(args.passphrase_file.as_deref(), Passphrase::New)?;
+    // Dialed first: nobody should type a passphrase twice to learn that vaultd is
+    // not there (say, after stale `--dev` exports).
     let mut admin = daemon::admin(global).await?;
+    let passphrase = input::passphrase(args.passphrase_file.as_deref(), Passphrase::New)?;
+    input::check_strength(&passphrase, args.weak_passphrase)?;
     let request = InitRequest { passphrase: passphrase.into_request_bytes() };
     let reply = admin.init(request).await.reply()?;
     let status = daemon::required(reply.status, "status")?;

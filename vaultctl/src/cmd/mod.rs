@@ -8,7 +8,9 @@ mod budget;
 mod client;
 mod completions;
 mod exec;
+mod export;
 mod get;
+mod import;
 mod incident;
 mod init;
 mod integrity;
@@ -20,6 +22,7 @@ mod restore;
 mod rm;
 mod rotate;
 mod rotate_key;
+mod run;
 mod seal;
 mod show;
 mod status;
@@ -71,6 +74,13 @@ pub(crate) enum Command {
     /// Run a program with its secrets in its environment (or files), restarting or
     /// signalling it when they rotate.
     Exec(exec::Args),
+    /// Run a program with every secret it may read in the environment (or those a
+    /// spec file lists), each as the environment variable of its name.
+    Run(run::Args),
+    /// Store each NAME=VALUE of a .env file as a secret (unchanged values make no new version).
+    Import(import::Args),
+    /// Write every secret of the environment, with its value, to a new 0600 file (owner only).
+    Export(export::Args),
     /// Follow secrets through the agent socket: their values now, then each new one (JSON lines).
     Watch(watch::Args),
     /// Query, export, follow and verify the tamper-evident audit log.
@@ -87,14 +97,18 @@ pub(crate) enum Command {
     Token(token::Command),
     /// Each client's use of each broker route today, against its budget.
     Budget,
-    /// Check broker routes' credentials live at their providers (vaultd makes
-    /// the call; the value never leaves it).
+    /// Check a spec file (vaultd.toml): which of its secrets are missing or not
+    /// granted; or, with ROUTE… or --all, broker routes' credentials live at
+    /// their providers (vaultd makes the call; the value never leaves it).
     Check(provider_check::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the man page (roff), or write all of them with --out-dir: for packaging.
     #[command(hide = true)]
     Man(completions::ManArgs),
+    /// Secret or client names for shell completion, one a line.
+    #[command(name = "__complete", hide = true)]
+    Complete(completions::NamesArgs),
     /// Change the passphrase and/or the Argon2 parameters (re-wraps the root key only).
     Rekey(rekey::Args),
     /// Start a new key term for new writes; --rewrap re-encrypts everything under it.
@@ -121,6 +135,9 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Rotation(command) => rotate::rotation(global, command).await,
         Command::Watch(args) => watch::run(global, args).await,
         Command::Exec(args) => exec::run(global, args).await,
+        Command::Run(args) => run::run(global, args).await,
+        Command::Import(args) => import::run(global, args).await,
+        Command::Export(args) => export::run(global, args).await,
         Command::RevokeAll(args) => incident::revoke_all(global, args).await,
         Command::Incident(command) => incident::incident(global, command).await,
         Command::Audit(command) => audit::run(global, command).await,
@@ -131,6 +148,7 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Check(args) => provider_check::run(global, args).await,
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => completions::man(args),
+        Command::Complete(args) => completions::names(global, args).await,
         Command::Rekey(args) => rekey::run(global, args).await,
         Command::RotateKey(args) => rotate_key::run(global, args).await,
         Command::Backup(args) => backup::run(global, args).await,

@@ -2,28 +2,35 @@
 //! credential checked live at its provider by vaultd (Anthropic and OpenAI
 //! list models, Telegram `getMe`, Slack `auth.test`, Discord and GitHub the
 //! current user). The value never leaves vaultd; the output names the account
-//! or the provider's reason.
+//! or the provider's reason. Without routes, `vaultctl check [--spec FILE]`
+//! checks a spec file instead (`run::check`).
 
 use serde::Serialize;
 use vault_proto::names;
 use vault_proto::v1::{CheckProvidersRequest, ProviderCheck};
 
 use crate::Global;
+use crate::cmd::run as spec;
 use crate::daemon::{self, Reply as _};
 use crate::exit::usage;
 use crate::output;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The broker routes to check (as named in vaultd's [[broker.route]]).
-    #[arg(value_name = "ROUTE", required_unless_present = "all", conflicts_with = "all")]
+    /// Broker routes to check at their providers (as named in vaultd's [[broker.route]]).
+    #[arg(value_name = "ROUTE", conflicts_with_all = ["all", "spec"])]
     routes: Vec<String>,
-    /// Check every route.
-    #[arg(long)]
+    /// Check every broker route at its provider.
+    #[arg(long, conflicts_with = "spec")]
     all: bool,
+    #[command(flatten)]
+    spec: spec::CheckArgs,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
+    if args.routes.is_empty() && !args.all {
+        return spec::check(global, args.spec).await;
+    }
     for route in &args.routes {
         names::validate(route).map_err(|e| usage(format!("invalid route name: {e}")))?;
     }

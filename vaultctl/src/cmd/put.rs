@@ -13,7 +13,7 @@ use crate::{input, output};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The secret's name: a-z, 0-9, '_', '.', '-'; starting with a-z or 0-9.
+    /// The secret's name: letters in one case, digits, '_', '.', '-', starting with a letter or digit.
     name: String,
     /// A label for the provider the secret belongs to ("telegram", "anthropic", …).
     #[arg(long, value_name = "P")]

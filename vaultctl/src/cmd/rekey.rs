@@ -26,6 +26,9 @@ pub(crate) struct Args {
     /// Keep the passphrase; change only the Argon2 parameters.
     #[arg(long)]
     keep_passphrase: bool,
+    /// Accept a new passphrase shorter than 12 characters (with a warning).
+    #[arg(long)]
+    weak_passphrase: bool,
     /// Argon2id memory in MiB (19 to 2048) [default: unchanged].
     #[arg(long, value_name = "MIB")]
     kdf_memory_mib: Option<u32>,
@@ -72,6 +75,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let old = input::passphrase(args.passphrase_file.as_deref(), Passphrase::Existing)?;
     let new =
         if args.keep_passphrase { None } else { Some(input::new_passphrase(args.new_passphrase_file.as_deref())?) };
+    if let Some(new) = &new {
+        input::check_strength(new, args.weak_passphrase)?;
+    }
 
     let mut admin = daemon::admin(global).await?;
     let kdf = if args.changes_kdf() {

@@ -152,6 +152,17 @@ pub(crate) async fn run(global: &Global, args: RotateArgs) -> anyhow::Result<()>
     print_rotated(global, &reply)
 }
 
+/// `rotate`'s JSON: [`NewVersionJson`]'s fields, and for a compromised secret
+/// with a hook, `"revoked_compromised"` (versions its revoke-old step revoked at
+/// the provider) and `"not_revoked"` (`"version N: why"`).
+#[derive(Serialize)]
+struct RotatedJson<'a> {
+    #[serde(flatten)]
+    version: NewVersionJson<'a>,
+    revoked_compromised: &'a [u64],
+    not_revoked: &'a [String],
+}
+
 fn print_rotated(global: &Global, reply: &RotateSecretResponse) -> anyhow::Result<()> {
     let meta = reply.secret.as_ref();
     let env = names::env_or_default(meta.map_or("", |m| &m.env));
@@ -164,9 +175,18 @@ fn print_rotated(global: &Global, reply: &RotateSecretResponse) -> anyhow::Resul
         grace_until_unix: reply.grace_until_unix,
     };
     if global.json {
-        return output::json(&shown);
+        let revoked_compromised = &reply.revoked_compromised;
+        return output::json(&RotatedJson { version: shown, revoked_compromised, not_revoked: &reply.not_revoked });
     }
-    output::lines(&[shown.line("rotated")])
+    let mut lines = vec![shown.line("rotated")];
+    if !reply.revoked_compromised.is_empty() {
+        let versions: Vec<String> = reply.revoked_compromised.iter().map(u64::to_string).collect();
+        lines.push(format!("compromised versions revoked at the provider: {}", versions.join(", ")));
+    }
+    for why in &reply.not_revoked {
+        lines.push(format!("NOT revoked at the provider (retried by vaultd): {why}"));
+    }
+    output::lines(&lines)
 }
 
 /// `rotate --due` and `rotate --compromised`: one by one, with a progress line

@@ -155,7 +155,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// The JSON field names are a contract with scripts (DESIGN §9).
+    /// The JSON field names are a contract with scripts (ARCHITECTURE §9).
     #[test]
     fn json_fields_are_stable() {
         let meta = SecretMeta {

@@ -22,7 +22,8 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<()> {
 }
 
 /// `{"initialized","sealed","version","secrets","key_term","schema_version","kdf",
-/// "audit_forward_errors","audit_forward_dropped","rotations_due","rotations_failed","compromised","integrity"}`,
+/// "audit_forward_errors","audit_forward_dropped","rotations_due","rotations_failed","compromised","integrity",
+/// "exe_attestation"}`,
 /// where `kdf` is null until the vault is initialized, else
 /// `{"algorithm","memory_kib","iterations","parallelism","insecure_test_profile"}`.
 /// The names are the proto's, and a stable contract.
@@ -48,6 +49,8 @@ struct StatusJson<'a> {
     compromised: &'a [String],
     /// What vaultd found changed behind its back and nobody acknowledged yet.
     integrity: &'a [String],
+    /// Whether vaultd can read other users' executables (for --exe selectors).
+    exe_attestation: bool,
 }
 
 #[derive(Serialize)]
@@ -81,6 +84,7 @@ impl<'a> From<&'a StatusResponse> for StatusJson<'a> {
             rotations_failed: &s.rotations_failed,
             compromised: &s.compromised,
             integrity: &s.integrity,
+            exe_attestation: s.exe_attestation,
         }
     }
 }
@@ -109,6 +113,7 @@ fn human(s: &StatusResponse) -> Vec<String> {
             k.algorithm, k.memory_kib, k.iterations, k.parallelism
         ));
     }
+    lines.push(format!("exe attestation: {}", exe_attestation(s)));
     if s.audit_forward_errors > 0 || s.audit_forward_dropped > 0 {
         lines.push(format!(
             "audit forwarding: {} failed attempts, {} entries skipped (see vaultd's log; the audit log itself is complete)",
@@ -136,4 +141,14 @@ fn human(s: &StatusResponse) -> Vec<String> {
         lines.push(format!("rotation failed: {} (see `vaultctl show NAME`)", s.rotations_failed.join(", ")));
     }
     lines
+}
+
+/// Whether executable selectors can match agents of other users.
+pub(crate) fn exe_attestation(s: &StatusResponse) -> &'static str {
+    match s.exe_attestation {
+        true => "available",
+        false => {
+            "unavailable: vaultd cannot read other users' executables (it needs CAP_SYS_PTRACE; see README \"Executable selectors\")"
+        }
+    }
 }

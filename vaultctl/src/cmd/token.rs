@@ -37,6 +37,10 @@ pub(crate) struct CreateArgs {
     /// Usable from any uid (default: only the client's uid).
     #[arg(long)]
     any_uid: bool,
+    /// Usable only by a process running this executable (absolute path; the
+    /// same file, as vaultd attests it), besides the uid.
+    #[arg(long, value_name = "PATH")]
+    exe: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,12 +52,13 @@ pub(crate) struct RevokeArgs {
     all: bool,
 }
 
-/// `{"accessor","client","bind_uid","created_unix","expires_unix","idle_secs","uses_left","last_used_unix","revoked_unix"}`.
+/// `{"accessor","client","bind_uid","bind_exe","created_unix","expires_unix","idle_secs","uses_left","last_used_unix","revoked_unix"}`.
 #[derive(Serialize)]
 struct TokenJson<'a> {
     accessor: &'a str,
     client: &'a str,
     bind_uid: Option<u32>,
+    bind_exe: Option<&'a str>,
     created_unix: i64,
     expires_unix: Option<i64>,
     idle_secs: Option<i64>,
@@ -69,6 +74,7 @@ impl<'a> From<&'a TokenInfo> for TokenJson<'a> {
             accessor: &t.accessor,
             client: &t.client,
             bind_uid: t.bind_uid,
+            bind_exe: (!t.bind_exe.is_empty()).then_some(t.bind_exe.as_str()),
             created_unix: t.created_unix,
             expires_unix: some(t.expires_unix),
             idle_secs: some(t.idle_secs),
@@ -77,6 +83,21 @@ impl<'a> From<&'a TokenInfo> for TokenJson<'a> {
             revoked_unix: some(t.revoked_unix),
         }
     }
+}
+
+/// An accessor is 16 lowercase hex digits. Anything else is refused before
+/// dialing and never quoted back: the likeliest mistake is the token itself.
+fn check_accessor(accessor: &str) -> anyhow::Result<()> {
+    if accessor.starts_with("vt_") {
+        return Err(usage(
+            "that is a token, not its accessor: `vaultctl token list` shows accessors; revoke this token \
+             soon, since it was typed on a command line",
+        ));
+    }
+    if accessor.len() != 16 || !accessor.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(usage("an accessor is 16 hex digits, as `vaultctl token list` shows"));
+    }
+    Ok(())
 }
 
 pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
@@ -89,6 +110,13 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
                 idle_secs: a.idle.map_or(0, |d| d.as_secs().max(1)),
                 uses: a.uses,
                 any_uid: a.any_uid,
+                bind_exe: match a.exe {
+                    Some(p) if p.is_absolute() => {
+                        p.to_str().map(str::to_owned).ok_or_else(|| usage("--exe must be UTF-8"))?
+                    }
+                    Some(_) => return Err(usage("--exe must be an absolute path")),
+                    None => String::new(),
+                },
             };
             let reply = daemon::admin(global).await?.create_token(request).await.reply()?;
             let info = daemon::required(reply.info.as_ref(), "token info")?;
@@ -126,6 +154,9 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
             output::table(&["ACCESSOR", "CLIENT", "UID", "EXPIRES", "LAST USED", "USES LEFT", "STATE"], &rows)
         }
         Command::Revoke(r) => {
+            if let Some(accessor) = &r.accessor {
+                check_accessor(accessor)?;
+            }
             let request = v1::RevokeTokensRequest { accessor: r.accessor.unwrap_or_default(), all: r.all };
             let revoked = daemon::admin(global).await?.revoke_tokens(request).await.reply()?.revoked;
             if global.json {

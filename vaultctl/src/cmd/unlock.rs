@@ -19,8 +19,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
-    let passphrase = input::passphrase(args.passphrase_file.as_deref(), Passphrase::Existing)?;
+    // Dialed first: nobody should type a passphrase to learn that vaultd is not there.
     let mut admin = daemon::admin(global).await?;
+    let passphrase = input::passphrase(args.passphrase_file.as_deref(), Passphrase::Existing)?;
     let request = UnlockRequest { passphrase: passphrase.into_request_bytes() };
     let reply = admin.unlock(request).await.reply()?;
     let status = daemon::required(reply.status, "status")?;

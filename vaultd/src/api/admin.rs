@@ -2,11 +2,11 @@
 //! vault's owner (the accept-time policy admits nobody else).
 
 use super::{actor, blocking, existing_version, policy_change, rotation_info, secret_meta, version_meta};
-use crate::audit::{Event, Outcome, Verdict, entry_json};
+use crate::audit::{Event, Kind, Outcome, Verdict, entry_json};
 use crate::crypto::{KdfParams, SecretBytes};
 use crate::state::{Client, Grant, GrantKind, SecretLabels, Token};
 use crate::store::{AuditFilter, AuditRow};
-use crate::vault::{SecretRef, Trigger, Vault};
+use crate::vault::{SecretRef, TokenSpec, Trigger, Vault};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
@@ -51,6 +51,7 @@ impl AdminApi {
             rotations_failed: s.rotations_failed,
             compromised: s.compromised,
             integrity: s.integrity,
+            exe_attestation: crate::identity::exe_attestation(),
         })
     }
 }
@@ -211,6 +212,12 @@ impl Admin for AdminApi {
             version: rotated.version,
             previous_version: rotated.promoted.previous.unwrap_or(0),
             grace_until_unix: rotated.promoted.grace_until,
+            revoked_compromised: rotated.compromised.iter().filter(|(_, r)| r.is_ok()).map(|(v, _)| *v).collect(),
+            not_revoked: rotated
+                .compromised
+                .iter()
+                .filter_map(|(v, r)| r.as_ref().err().map(|why| format!("version {v}: {why}")))
+                .collect(),
         }))
     }
 
@@ -278,7 +285,7 @@ impl Admin for AdminApi {
     type ExportAuditStream = EntryStream;
 
     async fn export_audit(&self, req: Request<v1::ExportAuditRequest>) -> Result<Response<EntryStream>, Status> {
-        self.vault.record(Event::new("audit.export", Outcome::Ok, &actor("admin", &req)))?;
+        self.vault.record(Event::new(Kind::AuditExport, Outcome::Ok, &actor("admin", &req)))?;
         let first = self.vault.audit_page(0, EXPORT_PAGE)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let vault = self.vault.clone();
@@ -345,7 +352,7 @@ impl Admin for AdminApi {
         let verdict = blocking(move || vault.audit_verify()).await?;
         let (event, reply) = match verdict {
             Verdict::Intact { entries, first_seq, last_seq, acknowledged } => (
-                Event::new("audit.verify", Outcome::Ok, &actor).with("entries", entries),
+                Event::new(Kind::AuditVerify, Outcome::Ok, &actor).with("entries", entries),
                 v1::VerifyAuditResponse {
                     intact: true,
                     entries,
@@ -358,7 +365,7 @@ impl Admin for AdminApi {
             Verdict::Broken { seq, problem } => {
                 tracing::error!(seq, %problem, "audit chain broken");
                 (
-                    Event::new("audit.verify", Outcome::Failed, &actor)
+                    Event::new(Kind::AuditVerify, Outcome::Failed, &actor)
                         .with("broken_seq", seq)
                         .with("problem", problem.clone()),
                     v1::VerifyAuditResponse { intact: false, broken_seq: seq, problem, ..Default::default() },
@@ -380,8 +387,13 @@ impl Admin for AdminApi {
     }
 
     async fn hash_value(&self, req: Request<v1::HashValueRequest>) -> Result<Response<v1::HashValueResponse>, Status> {
-        let value = take_secret(&mut req.into_inner().value);
-        Ok(Response::new(v1::HashValueResponse { digest: self.vault.value_digest(&value)? }))
+        let mut req = req.into_inner();
+        let value = take_secret(&mut req.value);
+        let current_digest = match &req.current_of {
+            Some(_) => self.vault.current_digest(secret_ref(&req.current_of)?)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok(Response::new(v1::HashValueResponse { digest: self.vault.value_digest(&value)?, current_digest }))
     }
 
     async fn add_client(&self, req: Request<v1::AddClientRequest>) -> Result<Response<v1::ClientInfo>, Status> {
@@ -437,10 +449,14 @@ impl Admin for AdminApi {
         let r = req.into_inner();
         let secs = |n: u64| (n > 0).then(|| std::time::Duration::from_secs(n));
         let vault = self.vault.clone();
-        let (token, row) = blocking(move || {
-            vault.token_create(&actor, &r.client, secs(r.ttl_secs), secs(r.idle_secs), r.uses, r.any_uid)
-        })
-        .await?;
+        let spec = TokenSpec {
+            ttl: secs(r.ttl_secs),
+            idle: secs(r.idle_secs),
+            uses: r.uses,
+            any_uid: r.any_uid,
+            bind_exe: (!r.bind_exe.is_empty()).then_some(r.bind_exe),
+        };
+        let (token, row) = blocking(move || vault.token_create(&actor, &r.client, &spec)).await?;
         tracing::info!(accessor = row.accessor, client = row.client, "token created");
         // The one place a token leaves vaultd; it is not kept anywhere in clear.
         let token = String::from_utf8_lossy(token.expose()).into_owned();
@@ -596,6 +612,7 @@ fn token_info(t: Token) -> v1::TokenInfo {
         uses_left: t.uses_left,
         last_used_unix: t.last_used_unix.unwrap_or(0),
         revoked_unix: t.revoked_unix.unwrap_or(0),
+        bind_exe: t.bind_exe.unwrap_or_default(),
     }
 }
 

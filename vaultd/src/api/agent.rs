@@ -5,7 +5,7 @@
 //! pause, per connection and token prefix.
 
 use super::{actor, existing_version};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::SecretBytes;
 use crate::identity::Peer;
 use crate::limits::{self, Full, LimitsConfig, Pauses, Presenter, Slot, Slots};
@@ -59,18 +59,13 @@ impl AgentApi {
     ) -> Result<T, Status> {
         let Some(presenters) = &caller.presenters else { return Ok(read.await?) };
         if let Err(wait) = self.pauses.allowed(presenters) {
-            let event = Event::new("token.refused", Outcome::Denied, &caller.actor)
+            let event = Event::new(Kind::TokenRefused, Outcome::Denied, &caller.actor)
                 .with("reason", "paused after failed attempts");
             self.vault.record_detached(event);
             return Err(VaultError::RateLimited(wait).into());
         }
         let result = read.await;
-        match &result {
-            Err(VaultError::TokenRefused) => self.pauses.failed(presenters),
-            // Sealed: the token was not looked at.
-            Err(VaultError::Sealed | VaultError::Uninitialized) => {}
-            _ => self.pauses.succeeded(presenters),
-        }
+        self.pauses.settle(presenters, &result);
         Ok(result?)
     }
 }
@@ -109,6 +104,19 @@ impl Agent for AgentApi {
         let values = self.with_token(&caller, read).await?;
         let secrets = secrets.iter().zip(&values).map(|(s, (version, value))| reply(*s, *version, value)).collect();
         Ok(Response::new(v1::GetSecretsResponse { secrets }))
+    }
+
+    async fn list_granted(
+        &self,
+        req: Request<v1::ListGrantedRequest>,
+    ) -> Result<Response<v1::ListGrantedResponse>, Status> {
+        let caller = Caller::of(&req, self.owner)?;
+        let _reading = self.slot(&self.reads, &caller, "reads in flight")?;
+        let env = vault_proto::names::env_or_default(&req.get_ref().env).to_owned();
+        vault_proto::names::validate(&env).map_err(|why| VaultError::InvalidName { what: "environment", why })?;
+        let list = self.vault.granted(&caller.actor, caller.peer.as_ref(), caller.token.as_ref(), &env);
+        let names = self.with_token(&caller, list).await?;
+        Ok(Response::new(v1::ListGrantedResponse { names }))
     }
 
     type WatchSecretsStream = WatchStream;
@@ -195,14 +203,8 @@ impl Caller {
             // Which one would count is anyone's guess: neither does.
             (Some(_), Some(_)) => return Err(VaultError::TokenRefused.into()),
         };
-        let presenters = token.as_ref().map(|token| {
-            let connection = req.extensions().get::<ConnectionId>().map_or(0, |c| c.0);
-            let mut prefix = [0; limits::PREFIX_LEN];
-            let tail = token.expose().get(3..).unwrap_or_default();
-            let n = tail.len().min(prefix.len());
-            prefix[..n].copy_from_slice(&tail[..n]);
-            [Presenter::Connection(connection), Presenter::Prefix(uid, prefix)]
-        });
+        let connection = req.extensions().get::<ConnectionId>().map_or(0, |c| c.0);
+        let presenters = token.as_ref().map(|token| Presenter::of(connection, uid, token));
         let slot_key = (uid != owner).then_some(uid);
         Ok(Caller { actor: actor("agent", req), peer, token, presenters, slot_key })
     }

@@ -12,7 +12,7 @@ pub use broker::BrokerApi;
 use crate::audit::Actor;
 use crate::crypto::CryptoError;
 use crate::identity::Peer;
-use crate::state::{PolicyChange, SecretRow, VersionRow};
+use crate::state::{PolicyChange, Secret, VersionRow};
 use crate::vault::{RotationRow, SecretRef, VaultError};
 use tonic::Status;
 use vault_proto::v1;
@@ -27,7 +27,7 @@ impl From<VaultError> for Status {
             // Stored data changed behind vaultd's back: not served, reported.
             VaultError::Integrity(_) => Status::data_loss(msg),
             VaultError::AlreadyInitialized | VaultError::ClientExists(_) => Status::already_exists(msg),
-            VaultError::TokenRefused => Status::unauthenticated(msg),
+            VaultError::TokenRefused | VaultError::TokenUnknown => Status::unauthenticated(msg),
             VaultError::TooManyTokens(_) => Status::resource_exhausted(msg),
             VaultError::RateLimited(wait) => {
                 let mut status = Status::resource_exhausted(msg);
@@ -49,7 +49,8 @@ impl From<VaultError> for Status {
             | VaultError::InvalidExeSha256
             | VaultError::EmptyValue
             | VaultError::KdfRefused(_)
-            | VaultError::ValueTooLarge(_) => Status::invalid_argument(msg),
+            | VaultError::ValueTooLarge(_)
+            | VaultError::InvalidArgument(_) => Status::invalid_argument(msg),
             VaultError::Crypto(CryptoError::DecryptionFailed) | VaultError::RewrapFailed { .. } => {
                 Status::data_loss(msg)
             }
@@ -97,16 +98,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, VaultError> +
     }
 }
 
-fn secret_meta(row: SecretRow) -> v1::SecretMeta {
+fn secret_meta(row: impl std::ops::Deref<Target = Secret>) -> v1::SecretMeta {
     v1::SecretMeta {
-        env: row.env,
-        name: row.name,
-        provider: row.provider,
-        description: row.description,
+        env: row.env.clone(),
+        name: row.name.clone(),
+        provider: row.provider.clone(),
+        description: row.description.clone(),
         current_version: row.current_version,
         created_unix: row.created_unix,
         updated_unix: row.updated_unix,
-        rotator: row.rotator,
+        rotator: row.rotator.clone(),
         rotate_every_secs: row.rotate_every_secs.unwrap_or(0).max(0) as u64,
         grace_secs: row.grace_secs.max(0) as u64,
         next_rotation_unix: row.next_rotation_unix.unwrap_or(0),

@@ -14,11 +14,10 @@
 //! altered (if they still decompress; else the batch's first).
 
 use super::journal::{self, Entry};
+use super::{Class, Kind};
 use crate::crypto::{self, Mac, Unlocked};
 use crate::store::{AuditFields, AuditFilter, AuditRow};
 use serde_json::{Value, json};
-
-const KIND: &str = "audit.batch";
 
 /// The row for `count` journal records, the first numbered `first_number` and
 /// chained onto `after`, the newest made at `time`; without the records
@@ -27,7 +26,8 @@ const KIND: &str = "audit.batch";
 pub(super) fn row(count: usize, first_number: u64, after: &Mac, time: i64) -> AuditRow {
     let detail = json!({ "records": count, "journal_first": first_number, "journal_after": crypto::hex(after) });
     let actor = json!({ "vaultd": true }).to_string();
-    AuditFields([KIND, "audit", "ok", &actor, "", &detail.to_string()]).to_row(0, time, None)
+    AuditFields([Kind::AuditBatch.as_str(), Class::Audit.as_str(), "ok", &actor, "", &detail.to_string()])
+        .to_row(0, time, None)
 }
 
 /// How many entries `row` holds (0 if it is a batch that does not say).

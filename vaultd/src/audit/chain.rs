@@ -12,6 +12,7 @@
 //! at unlock, from the head checked against its MAC ([`resume`]); entries written
 //! while sealed (stored unchained) are chained then, in order.
 
+use super::Kind;
 use super::batch;
 use super::event::{Event, now_ms};
 use crate::crypto::{MAC_LEN, Unlocked};
@@ -234,7 +235,7 @@ fn catch_up(txn: &Txn<'_>, keys: &Unlocked, tip: &mut Tip) -> Result<(), StoreEr
 
 /// Whether `row` records an offline revoke-all whose incident is stored.
 fn is_offline_incident(txn: &Txn<'_>, row: &AuditRow) -> Result<bool, StoreError> {
-    if row.kind != "incident.revoke_all" {
+    if row.kind != Kind::IncidentRevokeAll {
         return Ok(false);
     }
     let detail: Value = serde_json::from_str(&row.detail).unwrap_or_default();
@@ -261,8 +262,14 @@ pub struct Resumed {
 fn written_while_sealed(row: &AuditRow) -> bool {
     matches!(row.outcome.as_str(), "denied" | "failed")
         || matches!(
-            row.kind.as_str(),
-            "daemon.start" | "daemon.stop" | "vault.restore" | "incident.revoke_all" | "incident.completed"
+            Kind::parse(&row.kind),
+            Some(
+                Kind::DaemonStart
+                    | Kind::DaemonStop
+                    | Kind::VaultRestore
+                    | Kind::IncidentRevokeAll
+                    | Kind::IncidentCompleted
+            )
         )
 }
 
@@ -324,7 +331,7 @@ pub fn resume(txn: &Txn<'_>, keys: &Unlocked) -> Result<Resumed, StoreError> {
             }
             set_head(txn, keys, &tip)?;
             events.push(
-                Event::new("audit.adopted", super::Outcome::Ok, &super::Actor::vaultd())
+                Event::new(Kind::AuditAdopted, super::Outcome::Ok, &super::Actor::vaultd())
                     .with("from", from)
                     .with("count", backlog.len())
                     .with("reason", "written while sealed"),
@@ -335,7 +342,7 @@ pub fn resume(txn: &Txn<'_>, keys: &Unlocked) -> Result<Resumed, StoreError> {
     if let Some(problem) = problem {
         tracing::error!(%problem, "the audit log was altered; `vaultctl audit verify` reports it");
         events.push(
-            Event::new("audit.tampered", super::Outcome::Failed, &super::Actor::vaultd()).with("problem", problem),
+            Event::new(Kind::AuditTampered, super::Outcome::Failed, &super::Actor::vaultd()).with("problem", problem),
         );
     }
     Ok(Resumed { tip, events, head_generation })
@@ -445,19 +452,20 @@ impl<'k> Verifier<'k> {
     /// A verified row: problems it reports, acknowledgements, retention.
     fn reported(&mut self, row: &AuditRow) {
         let detail = || serde_json::from_str::<Value>(&row.detail).unwrap_or_default();
-        match row.kind.as_str() {
+        let Some(kind) = Kind::parse(&row.kind) else { return };
+        match kind {
             // Recorded at an unlock that found journaled records altered or
             // missing: they never reached the table, so the log is not whole.
-            "audit.journal_damaged" => {
+            Kind::AuditJournalDamaged => {
                 let problem = detail()["problem"].as_str().unwrap_or("records are missing").to_owned();
                 self.problems
                     .push((row.seq, format!("entry {}: read records were lost from the journal: {problem}", row.seq)));
             }
-            "audit.tampered" => {
+            Kind::AuditTampered => {
                 let problem = detail()["problem"].as_str().unwrap_or("the log was altered").to_owned();
                 self.problems.push((row.seq, format!("entry {}: vaultd found the log altered: {problem}", row.seq)));
             }
-            "integrity.violation" => {
+            Kind::IntegrityViolation => {
                 let d = detail();
                 let what = format!(
                     "{} {}: {}",
@@ -467,11 +475,11 @@ impl<'k> Verifier<'k> {
                 );
                 self.problems.push((row.seq, format!("entry {}: vaultd found the state altered: {what}", row.seq)));
             }
-            "integrity.acknowledged" => {
+            Kind::IntegrityAcknowledged => {
                 self.acknowledged += self.problems.len() as u64;
                 self.problems.clear();
             }
-            "audit.pruned" => self.last_pruned_upto = detail()["upto"].as_u64(),
+            Kind::AuditPruned => self.last_pruned_upto = detail()["upto"].as_u64(),
             _ => {}
         }
     }
@@ -480,7 +488,7 @@ impl<'k> Verifier<'k> {
     /// acknowledgement (its MAC chains onto the row stored before it).
     fn resume_at(&mut self, row: &AuditRow) {
         let Some(mac) = &row.mac else { return };
-        if row.kind != "integrity.acknowledged"
+        if row.kind != Kind::IntegrityAcknowledged
             || row.records.is_some()
             || !self.keys.audit_mac_matches(&self.last_stored, &content(row), mac)
         {

@@ -2,8 +2,9 @@
 //! Never a value or a passphrase: where a value must be identified, its keyed
 //! digest (`hmac-sha256:…`) stands in.
 
+use super::Kind;
 use super::chain;
-use super::refusals::{Refused, SUMMARY};
+use super::refusals::Refused;
 use crate::identity::Peer;
 use crate::store::AuditRow;
 use serde::Serialize;
@@ -108,8 +109,7 @@ impl Outcome {
 /// One thing that happened, before it is stored and chained.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// `family.action`, e.g. `secret.read`, `vault.unlock`.
-    pub kind: &'static str,
+    pub kind: Kind,
     pub outcome: Outcome,
     pub actor: Actor,
     /// `env/name`, when the event concerns one secret.
@@ -118,7 +118,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(kind: &'static str, outcome: Outcome, actor: &Actor) -> Event {
+    pub fn new(kind: Kind, outcome: Outcome, actor: &Actor) -> Event {
         Event { kind, outcome, actor: actor.clone(), secret: None, detail: Map::new() }
     }
 
@@ -139,7 +139,7 @@ impl Event {
         AuditRow {
             seq,
             time_unix_ms,
-            kind: self.kind.into(),
+            kind: self.kind.as_str().into(),
             class: self.class().into(),
             outcome: self.outcome.as_str().into(),
             actor: serde_json::to_string(&self.actor).unwrap_or_else(|_| "{}".into()),
@@ -150,28 +150,9 @@ impl Event {
         }
     }
 
-    /// What `audit query --type` selects it by (see [`class`]).
+    /// What `audit query --type` selects it by.
     pub fn class(&self) -> &'static str {
-        class(self.kind, self.outcome)
-    }
-}
-
-/// The class `audit query --type` can select: every denial or failure is
-/// `security`; otherwise it follows from the kind.
-pub(super) fn class(kind: &str, outcome: Outcome) -> &'static str {
-    if outcome != Outcome::Ok {
-        return "security";
-    }
-    match kind.split('.').next().unwrap_or_default() {
-        // An alert: a rotation is due and nobody has done it.
-        _ if kind == "rotation.due" => "security",
-        "vault" | "request" | "client" | "token" | "incident" => "security",
-        "rotation" => "change",
-        "secret" if kind == "secret.read" || kind == "secret.reveal" => "access",
-        "broker" if kind == "broker.request" => "access",
-        "secret" => "change",
-        "audit" => "audit",
-        _ => "system",
+        self.kind.class(self.outcome).as_str()
     }
 }
 
@@ -189,7 +170,7 @@ pub trait Record {
 impl Record for Event {
     fn encode(&self, out: &mut Vec<u8>, seq: u64, time_unix_ms: i64) {
         let secret = self.secret.as_deref().unwrap_or_default();
-        let fields = [self.kind, self.class(), self.outcome.as_str()];
+        let fields = [self.kind.as_str(), self.class(), self.outcome.as_str()];
         chain::encode(out, seq, time_unix_ms, fields, &self.actor, &[secret], &self.detail);
     }
 
@@ -198,7 +179,8 @@ impl Record for Event {
     }
 
     fn refused(&self) -> Option<Refused<'_>> {
-        let caller = self.outcome == Outcome::Denied && self.actor.socket.is_some() && self.kind != SUMMARY;
+        let caller =
+            self.outcome == Outcome::Denied && self.actor.socket.is_some() && self.kind != Kind::RequestRefusals;
         caller.then(|| Refused {
             kind: self.kind,
             actor: &self.actor,
@@ -213,7 +195,7 @@ impl Record for Event {
 /// encoding it.
 #[derive(Debug)]
 pub struct Read<'a> {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub outcome: Outcome,
     pub actor: &'a Actor,
     /// The client whose grant allowed it.
@@ -233,7 +215,7 @@ pub enum ReadDetail {
 
 impl Record for Read<'_> {
     fn encode(&self, out: &mut Vec<u8>, seq: u64, time_unix_ms: i64) {
-        let fields = [self.kind, class(self.kind, self.outcome), self.outcome.as_str()];
+        let fields = [self.kind.as_str(), self.kind.class(self.outcome).as_str(), self.outcome.as_str()];
         let actor = self.actor.acting_as(self.client);
         chain::encode(out, seq, time_unix_ms, fields, &actor, &[self.env, "/", self.name], &self.detail);
     }
@@ -283,20 +265,21 @@ mod tests {
     #[test]
     fn denials_are_security_whatever_the_kind() {
         let a = Actor::vaultd();
-        assert_eq!(Event::new("secret.read", Outcome::Ok, &a).class(), "access");
-        assert_eq!(Event::new("secret.read", Outcome::Denied, &a).class(), "security");
-        assert_eq!(Event::new("secret.write", Outcome::Ok, &a).class(), "change");
-        assert_eq!(Event::new("vault.unlock", Outcome::Ok, &a).class(), "security");
-        assert_eq!(Event::new("audit.pruned", Outcome::Ok, &a).class(), "audit");
-        assert_eq!(Event::new("daemon.start", Outcome::Ok, &a).class(), "system");
-        assert_eq!(Event::new("rotation.promoted", Outcome::Ok, &a).class(), "change");
-        assert_eq!(Event::new("rotation.due", Outcome::Ok, &a).class(), "security");
-        assert_eq!(Event::new("rotation.failed", Outcome::Failed, &a).class(), "security");
+        assert_eq!(Event::new(Kind::SecretRead, Outcome::Ok, &a).class(), "access");
+        assert_eq!(Event::new(Kind::SecretRead, Outcome::Denied, &a).class(), "security");
+        assert_eq!(Event::new(Kind::SecretWrite, Outcome::Ok, &a).class(), "change");
+        assert_eq!(Event::new(Kind::SecretList, Outcome::Ok, &a).class(), "access");
+        assert_eq!(Event::new(Kind::VaultUnlock, Outcome::Ok, &a).class(), "security");
+        assert_eq!(Event::new(Kind::AuditPruned, Outcome::Ok, &a).class(), "audit");
+        assert_eq!(Event::new(Kind::DaemonStart, Outcome::Ok, &a).class(), "system");
+        assert_eq!(Event::new(Kind::RotationPromoted, Outcome::Ok, &a).class(), "change");
+        assert_eq!(Event::new(Kind::RotationDue, Outcome::Ok, &a).class(), "security");
+        assert_eq!(Event::new(Kind::RotationFailed, Outcome::Failed, &a).class(), "security");
     }
 
     #[test]
     fn actor_json_has_only_what_is_known() {
-        let p = Peer { uid: 1000, gid: 100, pid: Some(42), start_time: None, pidfd: None };
+        let p = Peer { uid: 1000, gid: 100, pid: Some(42), accepted: None };
         let text = serde_json::to_string(&Actor::peer("agent", Some(&p))).unwrap_or_default();
         assert_eq!(text, r#"{"socket":"agent","uid":1000,"gid":100,"pid":42}"#);
         assert_eq!(serde_json::to_string(&Actor::vaultd()).unwrap_or_default(), r#"{"vaultd":true}"#);

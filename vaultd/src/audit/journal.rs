@@ -698,7 +698,7 @@ fn file_number(path: &Path) -> Option<u64> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Verdict};
+    use crate::audit::{Actor, Event, Kind, Outcome, Read, ReadDetail, Verdict};
     use crate::config::Config;
     use crate::crypto::{KdfParams, SecretBytes};
     use crate::identity::Peer;
@@ -709,7 +709,7 @@ mod tests {
     const PASSPHRASE: &[u8] = b"a journal passphrase";
 
     fn read_event(n: u64) -> Event {
-        Event::new("secret.read", Outcome::Ok, &Actor::vaultd()).secret("default", "telegram").with("version", n)
+        Event::new(Kind::SecretRead, Outcome::Ok, &Actor::vaultd()).secret("default", "telegram").with("version", n)
     }
 
     #[test]
@@ -725,7 +725,7 @@ mod tests {
 
         // What the journal writes straight from an event or a read is what the
         // table's MAC covers, and a read encodes as its event does.
-        let peer = Peer { uid: 1000, gid: 100, pid: Some(42), start_time: None, pidfd: None };
+        let peer = Peer { uid: 1000, gid: 100, pid: Some(42), accepted: None };
         let actor = Actor { token: Some("tok-1".into()), ..Actor::peer("agent", Some(&peer)) };
         let reads = [
             (Outcome::Denied, Some("bot ✓"), ReadDetail::Reason("sealed".into())),
@@ -733,7 +733,7 @@ mod tests {
             (Outcome::Failed, Some("b\"ot"), ReadDetail::Reason("a \"quoted\" reason".to_string().into())),
         ];
         for (outcome, client, detail) in reads {
-            let read = Read { kind: "secret.read", outcome, actor: &actor, client, env: "prod", name: "x", detail };
+            let read = Read { kind: Kind::SecretRead, outcome, actor: &actor, client, env: "prod", name: "x", detail };
             let mut from_read = Vec::new();
             read.encode(&mut from_read, 41, 1_700_000_000_123);
             let event = read.into_event();
@@ -746,7 +746,7 @@ mod tests {
         let row = chain::decode(&{
             let mut out = Vec::new();
             Read {
-                kind: "secret.read",
+                kind: Kind::SecretRead,
                 outcome: Outcome::Ok,
                 actor: &actor,
                 client: Some("bot"),
@@ -771,7 +771,7 @@ mod tests {
         let secret = SecretRef::parse("", "telegram").unwrap();
         let value = SecretBytes::new(b"a value".to_vec());
         vault.put(&actor, secret, &SecretLabels::default(), &PolicyChange::default(), &value).unwrap();
-        let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, start_time: None, pidfd: None };
+        let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, accepted: None };
         for _ in 0..reads {
             vault.get(&actor, Some(&owner), None, secret, 0).await.unwrap();
         }
@@ -828,7 +828,7 @@ mod tests {
         let secret = SecretRef::parse("", "telegram").unwrap();
         let value = SecretBytes::new(b"a value".to_vec());
         vault.put(&actor, secret, &SecretLabels::default(), &PolicyChange::default(), &value).unwrap();
-        let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, start_time: None, pidfd: None };
+        let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, accepted: None };
         let read = || vault.get(&actor, Some(&owner), None, secret, 0);
         for _ in 0..5 {
             read().await.unwrap();
@@ -943,8 +943,7 @@ mod tests {
             }
             assert!(file.with_extension("damaged").exists(), "{what}: the evidence is gone");
             // Journaling starts afresh after the damage.
-            let owner =
-                Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, start_time: None, pidfd: None };
+            let owner = Peer { uid: rustix::process::geteuid().as_raw(), gid: 0, pid: None, accepted: None };
             let secret = SecretRef::parse("", "telegram").unwrap();
             vault.get(&Actor::vaultd(), Some(&owner), None, secret, 0).await.unwrap();
             drop(vault);

@@ -1,4 +1,4 @@
-//! The tamper-evident audit log (DESIGN §8).
+//! The tamper-evident audit log (ARCHITECTURE §8).
 //!
 //! Every security-relevant action appends an [`Event`] in the same transaction as
 //! the change it records ([`chain::append`]); if the append fails, so does the
@@ -13,7 +13,9 @@ pub mod chain;
 mod event;
 pub mod forward;
 pub mod journal;
+mod kind;
 pub mod refusals;
 
 pub use chain::Verdict;
 pub use event::{Actor, Event, Outcome, Read, ReadDetail, Record, entry_json};
+pub use kind::{Class, Kind};

@@ -8,7 +8,7 @@
 //! of the secrets they named. Every allowed read, and everything the owner is
 //! refused, is still recorded one by one.
 
-use super::{Actor, Event, Outcome, Record};
+use super::{Actor, Event, Kind, Outcome, Record};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,13 +23,11 @@ const ALL_CALLERS: u32 = 256;
 const SAMPLE: usize = 8;
 /// Callers counted apart, at most; past it the rest share one tally.
 const MAX_CALLERS: usize = 1024;
-/// The kind of a summary.
-pub const SUMMARY: &str = "request.refusals";
 
 /// What a record says about a refusal: its kind, who was refused, and the secret
 /// it named (`env`, `name`).
 pub struct Refused<'a> {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub actor: &'a Actor,
     pub secret: Option<(&'a str, &'a str)>,
 }
@@ -64,7 +62,7 @@ struct Tally {
     actor: Actor,
     recorded: u32,
     counted: u64,
-    kinds: BTreeMap<&'static str, u64>,
+    kinds: BTreeMap<Kind, u64>,
     sample: Vec<String>,
 }
 
@@ -143,11 +141,11 @@ impl Refusals {
         tallies
             .into_iter()
             .map(|t| {
-                Event::new(SUMMARY, Outcome::Denied, &t.actor)
+                Event::new(Kind::RequestRefusals, Outcome::Denied, &t.actor)
                     .with("count", t.counted)
                     .with(
                         "kinds",
-                        serde_json::Map::from_iter(t.kinds.into_iter().map(|(k, n)| (k.to_owned(), n.into()))),
+                        serde_json::Map::from_iter(t.kinds.into_iter().map(|(k, n)| (k.as_str().to_owned(), n.into()))),
                     )
                     .with("sample", t.sample)
                     .with("seconds", seconds)
@@ -168,7 +166,7 @@ mod tests {
 
     fn denied<'a>(actor: &'a Actor, name: &'a str) -> Read<'a> {
         let detail = ReadDetail::Reason("not granted".into());
-        Read { kind: "secret.read", outcome: Outcome::Denied, actor, client: None, env: "prod", name, detail }
+        Read { kind: Kind::SecretRead, outcome: Outcome::Denied, actor, client: None, env: "prod", name, detail }
     }
 
     #[test]
@@ -181,7 +179,7 @@ mod tests {
         let allowed = Read { outcome: Outcome::Ok, detail: ReadDetail::Version(1), ..denied(&greedy, "mine") };
         assert_eq!(refusals.sift(vec![allowed]).len(), 1, "an allowed read is always recorded");
         assert_eq!(refusals.sift(vec![denied(&polite, "x")]).len(), 1, "another caller has its own budget");
-        let limited = Event::new("request.rate_limited", Outcome::Denied, &greedy);
+        let limited = Event::new(Kind::RequestRateLimited, Outcome::Denied, &greedy);
         assert!(refusals.sift(vec![limited]).is_empty());
         assert_eq!(
             refusals.sift((0..100).map(|_| denied(&owner, "x")).collect()).len(),
@@ -192,14 +190,20 @@ mod tests {
         let summaries = refusals.summaries();
         assert_eq!(summaries.len(), 1, "{summaries:?}");
         let s = &summaries[0];
-        assert_eq!((s.kind, s.outcome, s.actor.uid, s.actor.pid), (SUMMARY, Outcome::Denied, Some(7), None));
+        assert_eq!(
+            (s.kind, s.outcome, s.actor.uid, s.actor.pid),
+            (Kind::RequestRefusals, Outcome::Denied, Some(7), None)
+        );
         assert_eq!(s.detail["count"], 100 - PER_CALLER as u64 + 1);
         assert_eq!(s.detail["kinds"], serde_json::json!({"request.rate_limited": 1, "secret.read": 84}));
         let sample: Vec<String> = (16..16 + SAMPLE).map(|i| format!("prod/n{i}")).collect();
         assert_eq!(s.detail["sample"], serde_json::json!(sample));
         assert!(refusals.summaries().is_empty(), "a new interval starts empty");
         assert_eq!(refusals.sift(vec![denied(&greedy, "again")]).len(), 1, "with a new budget");
-        assert!(refusals.sift(vec![Event::new(SUMMARY, Outcome::Denied, &greedy)]).len() == 1, "never a summary");
+        assert!(
+            refusals.sift(vec![Event::new(Kind::RequestRefusals, Outcome::Denied, &greedy)]).len() == 1,
+            "never a summary"
+        );
     }
 
     #[test]

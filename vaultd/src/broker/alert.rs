@@ -14,7 +14,7 @@
 //! its usual rate (and at least [`BURST`]).
 
 use super::upstream::{self, Body, HttpsClient};
-use crate::audit::{Actor, Event, Outcome, batch};
+use crate::audit::{Actor, Event, Kind, Outcome, batch};
 use crate::store::AuditRow;
 use crate::vault::{SecretRef, Vault};
 use bytes::Bytes;
@@ -67,10 +67,47 @@ fn telegram_api() -> String {
     "https://api.telegram.org".into()
 }
 
+/// What an alert is about (its name in the JSON: `exfiltration_attempt`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    ExfiltrationAttempt,
+    BudgetExceeded,
+    RateLimitExceeded,
+    /// A counted summary of refusals.
+    RefusalsBurst,
+    RefusedTokensBurst,
+    DeniedReadsBurst,
+    IntegrityViolation,
+    ProviderCheckFailed,
+    RevokeAll,
+    /// A client used a secret it never used before (after [`LEARNING`]).
+    NewSecretUsed,
+    /// A client's minute at ten times its usual rate (after [`LEARNING`]).
+    UnusualRate,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::ExfiltrationAttempt => "exfiltration_attempt",
+            AlertKind::BudgetExceeded => "budget_exceeded",
+            AlertKind::RateLimitExceeded => "rate_limit_exceeded",
+            AlertKind::RefusalsBurst => "refusals_burst",
+            AlertKind::RefusedTokensBurst => "refused_tokens_burst",
+            AlertKind::DeniedReadsBurst => "denied_reads_burst",
+            AlertKind::IntegrityViolation => "integrity_violation",
+            AlertKind::ProviderCheckFailed => "provider_check_failed",
+            AlertKind::RevokeAll => "revoke_all",
+            AlertKind::NewSecretUsed => "new_secret_used",
+            AlertKind::UnusualRate => "unusual_rate",
+        }
+    }
+}
+
 /// An alert: what happened, to whom, how often.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
-    pub kind: &'static str,
+    pub kind: AlertKind,
     /// The client, uid or secret it is about (what its rate limit is keyed on).
     pub subject: String,
     pub fields: serde_json::Map<String, Value>,
@@ -79,7 +116,7 @@ pub struct Alert {
 impl Alert {
     fn json(&self, suppressed: u64) -> Value {
         let mut all = self.fields.clone();
-        all.insert("alert".into(), self.kind.into());
+        all.insert("alert".into(), self.kind.as_str().into());
         all.insert("subject".into(), self.subject.clone().into());
         all.insert("suppressed".into(), suppressed.into());
         all.insert("time_unix".into(), crate::clock::now_unix().into());
@@ -89,7 +126,7 @@ impl Alert {
     fn text(&self, suppressed: u64) -> String {
         let details: Vec<String> = self.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let more = if suppressed > 0 { format!(" ({suppressed} more held back)") } else { String::new() };
-        format!("vaultd alert: {} ({}) {}{more}", self.kind.replace('_', " "), self.subject, details.join(" "))
+        format!("vaultd alert: {} ({}) {}{more}", self.kind.as_str().replace('_', " "), self.subject, details.join(" "))
     }
 }
 
@@ -236,16 +273,16 @@ async fn deliver(vault: Arc<Vault>, sinks: Vec<Sink>, mut rx: mpsc::Receiver<(Al
         for sink in &sinks {
             let result = sink.send(&vault, &alert, suppressed).await;
             let (outcome, kind) = match &result {
-                Ok(()) => (Outcome::Ok, "alert.sent"),
-                Err(_) => (Outcome::Failed, "alert.failed"),
+                Ok(()) => (Outcome::Ok, Kind::AlertSent),
+                Err(_) => (Outcome::Failed, Kind::AlertFailed),
             };
             let mut event = Event::new(kind, outcome, &Actor::vaultd())
-                .with("alert", alert.kind)
+                .with("alert", alert.kind.as_str())
                 .with("subject", alert.subject.clone())
                 .with("sink", sink.name())
                 .with("suppressed", suppressed);
             if let Err(why) = result {
-                tracing::warn!(sink = %sink.name(), alert = alert.kind, %why, "alert not delivered");
+                tracing::warn!(sink = %sink.name(), alert = alert.kind.as_str(), %why, "alert not delivered");
                 event = event.with("error", why);
             }
             vault.record_detached(event);
@@ -256,7 +293,7 @@ async fn deliver(vault: Arc<Vault>, sinks: Vec<Sink>, mut rx: mpsc::Receiver<(Al
 /// Per kind and subject: when it was last sent and how many were held back since.
 #[derive(Default)]
 struct Limiter {
-    last: HashMap<(&'static str, String), (i64, u64)>,
+    last: HashMap<(AlertKind, String), (i64, u64)>,
     sent: VecDeque<i64>,
 }
 
@@ -294,14 +331,16 @@ struct Habits {
 /// Which entries make an alert.
 #[derive(Default)]
 struct Detector {
-    /// Recent refusals by burst kind.
-    refusals: HashMap<&'static str, VecDeque<i64>>,
+    /// Recent refusals by the burst they may make.
+    refusals: HashMap<AlertKind, VecDeque<i64>>,
     clients: HashMap<String, Habits>,
 }
 
 impl Detector {
     fn observe(&mut self, e: &AuditRow, now: i64) -> Option<Alert> {
-        if e.kind.starts_with("alert.") {
+        // A row vaultd did not write raises nothing here (the chain's checks report it).
+        let entry = Kind::parse(&e.kind)?;
+        if matches!(entry, Kind::AlertSent | Kind::AlertFailed) {
             return None;
         }
         let actor: Value = serde_json::from_str(&e.actor).unwrap_or_default();
@@ -318,24 +357,26 @@ impl Detector {
         put("uid", actor["uid"].clone());
         put("secret", e.secret.clone().into());
         put("route", detail["route"].clone());
-        let denied = e.outcome == "denied";
-        let (kind, subject) = match e.kind.as_str() {
-            "broker.exfiltration" => ("exfiltration_attempt", who),
-            "broker.request" if detail["reason"] == "over budget" => ("budget_exceeded", who),
-            "request.rate_limited" => ("rate_limit_exceeded", who),
-            "request.refusals" => {
+        let ok = e.outcome == Outcome::Ok.as_str();
+        let (kind, subject) = match entry {
+            Kind::BrokerExfiltration => (AlertKind::ExfiltrationAttempt, who),
+            Kind::BrokerRequest if detail["reason"] == "over budget" => (AlertKind::BudgetExceeded, who),
+            Kind::RequestRateLimited => (AlertKind::RateLimitExceeded, who),
+            Kind::RequestRefusals => {
                 put("count", detail["count"].clone());
-                ("refusals_burst", who)
+                (AlertKind::RefusalsBurst, who)
             }
-            "token.refused" => ("refused_tokens_burst", self.burst("token.refused", now)?),
-            "secret.read" | "secret.use" if denied => ("denied_reads_burst", self.burst("denied", now)?),
-            "integrity.violation" | "audit.tampered" | "audit.journal_damaged" => {
+            Kind::TokenRefused => (AlertKind::RefusedTokensBurst, self.burst(AlertKind::RefusedTokensBurst, now)?),
+            Kind::SecretRead | Kind::SecretUse if e.outcome == Outcome::Denied.as_str() => {
+                (AlertKind::DeniedReadsBurst, self.burst(AlertKind::DeniedReadsBurst, now)?)
+            }
+            Kind::IntegrityViolation | Kind::AuditTampered | Kind::AuditJournalDamaged => {
                 put("table", detail["table"].clone());
-                ("integrity_violation", e.kind.clone())
+                (AlertKind::IntegrityViolation, e.kind.clone())
             }
-            "provider.check" if e.outcome != "ok" => ("provider_check_failed", e.secret.clone()),
-            "incident.revoke_all" | "incident.applied" => ("revoke_all", "vault".into()),
-            "secret.read" | "secret.use" if e.outcome == "ok" => {
+            Kind::ProviderCheck if !ok => (AlertKind::ProviderCheckFailed, e.secret.clone()),
+            Kind::IncidentRevokeAll | Kind::IncidentApplied => (AlertKind::RevokeAll, "vault".into()),
+            Kind::SecretRead | Kind::SecretUse if ok => {
                 let (kind, count) = self.habit(client.as_deref()?, &e.secret, now)?;
                 put("count", count.into());
                 (kind, who)
@@ -346,7 +387,7 @@ impl Detector {
     }
 
     /// The subject of a burst of `what` when this one makes [`BURST`] in a minute.
-    fn burst(&mut self, what: &'static str, now: i64) -> Option<String> {
+    fn burst(&mut self, what: AlertKind, now: i64) -> Option<String> {
         let recent = self.refusals.entry(what).or_default();
         recent.push_back(now);
         while recent.front().is_some_and(|t| now - t >= 60_000) {
@@ -356,7 +397,7 @@ impl Detector {
     }
 
     /// An anomaly in `client`'s use of `secret`, once its habits are learned.
-    fn habit(&mut self, client: &str, secret: &str, now: i64) -> Option<(&'static str, u64)> {
+    fn habit(&mut self, client: &str, secret: &str, now: i64) -> Option<(AlertKind, u64)> {
         if self.clients.len() > 10_000 && !self.clients.contains_key(client) {
             return None;
         }
@@ -379,11 +420,11 @@ impl Detector {
             return None;
         }
         if new {
-            return Some(("new_secret_used", h.total));
+            return Some((AlertKind::NewSecretUsed, h.total));
         }
         let minutes = ((now - h.first_ms) / 60_000).max(1) as u64;
         let usual = h.total / minutes;
-        (h.this_minute >= (10 * usual).max(BURST as u64)).then_some(("unusual_rate", h.this_minute))
+        (h.this_minute >= (10 * usual).max(BURST as u64)).then_some((AlertKind::UnusualRate, h.this_minute))
     }
 }
 
@@ -392,11 +433,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn row(kind: &str, outcome: &str, actor: Value, secret: &str, detail: Value) -> AuditRow {
+    fn row(kind: Kind, outcome: &str, actor: Value, secret: &str, detail: Value) -> AuditRow {
         AuditRow {
             seq: 1,
             time_unix_ms: 0,
-            kind: kind.into(),
+            kind: kind.as_str().into(),
             class: String::new(),
             outcome: outcome.into(),
             actor: actor.to_string(),
@@ -435,45 +476,48 @@ mod tests {
     fn entries_that_raise_alerts() {
         let mut d = Detector::default();
         let bot = json!({"client": "bot", "uid": 1000});
-        let e = row("broker.exfiltration", "denied", bot.clone(), "prod/anthropic", json!({"where": "body"}));
+        let e = row(Kind::BrokerExfiltration, "denied", bot.clone(), "prod/anthropic", json!({"where": "body"}));
         let alert = d.observe(&e, 0).unwrap();
-        assert_eq!((alert.kind, alert.subject.as_str()), ("exfiltration_attempt", "bot"));
+        assert_eq!((alert.kind, alert.subject.as_str()), (AlertKind::ExfiltrationAttempt, "bot"));
         assert_eq!(alert.fields["secret"], "prod/anthropic");
-        let e = row("broker.request", "denied", bot.clone(), "", json!({"reason": "over budget", "route": "a"}));
-        assert_eq!(d.observe(&e, 0).unwrap().kind, "budget_exceeded");
-        let e = row("incident.revoke_all", "ok", json!({"uid": 0}), "", json!({}));
-        assert_eq!(d.observe(&e, 0).unwrap().kind, "revoke_all");
-        let e = row("integrity.violation", "failed", json!({"vaultd": true}), "", json!({"table": "secret"}));
+        let e = row(Kind::BrokerRequest, "denied", bot.clone(), "", json!({"reason": "over budget", "route": "a"}));
+        assert_eq!(d.observe(&e, 0).unwrap().kind, AlertKind::BudgetExceeded);
+        let e = row(Kind::IncidentRevokeAll, "ok", json!({"uid": 0}), "", json!({}));
+        assert_eq!(d.observe(&e, 0).unwrap().kind, AlertKind::RevokeAll);
+        let e = row(Kind::IntegrityViolation, "failed", json!({"vaultd": true}), "", json!({"table": "secret"}));
         let alert = d.observe(&e, 0).unwrap();
-        assert_eq!((alert.kind, alert.fields["table"].clone()), ("integrity_violation", json!("secret")));
-        let e = row("alert.sent", "ok", json!({"vaultd": true}), "", json!({}));
+        assert_eq!((alert.kind, alert.fields["table"].clone()), (AlertKind::IntegrityViolation, json!("secret")));
+        let e = row(Kind::AlertSent, "ok", json!({"vaultd": true}), "", json!({}));
         assert_eq!(d.observe(&e, 0), None, "alerts do not alert");
         // A burst: the tenth refused token in a minute.
-        let refused = row("token.refused", "denied", json!({"uid": 7}), "", json!({"reason": "unknown"}));
+        let refused = row(Kind::TokenRefused, "denied", json!({"uid": 7}), "", json!({"reason": "unknown"}));
         let raised: Vec<_> = (0..12).filter_map(|i| d.observe(&refused, i * 1000)).collect();
         assert_eq!(raised.len(), 3);
-        assert_eq!(raised[0].kind, "refused_tokens_burst");
+        assert_eq!(raised[0].kind, AlertKind::RefusedTokensBurst);
         assert_eq!(d.observe(&refused, 200_000), None, "the minute passed");
     }
 
     #[test]
     fn habits_count_after_the_learning_period() {
         let mut d = Detector::default();
-        let read = |secret: &str| row("secret.read", "ok", json!({"client": "bot"}), secret, json!({"version": 1}));
+        let read = |secret: &str| row(Kind::SecretRead, "ok", json!({"client": "bot"}), secret, json!({"version": 1}));
         assert_eq!(d.observe(&read("prod/a"), 0), None);
         assert_eq!(d.observe(&read("prod/b"), 1000), None, "still learning");
         let later = LEARNING.as_millis() as i64 + 1;
         assert_eq!(d.observe(&read("prod/a"), later), None);
-        assert_eq!(d.observe(&read("prod/c"), later).unwrap().kind, "new_secret_used");
+        assert_eq!(d.observe(&read("prod/c"), later).unwrap().kind, AlertKind::NewSecretUsed);
         let burst: Vec<_> = (0..BURST).filter_map(|_| d.observe(&read("prod/a"), later + 1)).collect();
-        assert_eq!(burst.last().unwrap().kind, "unusual_rate");
+        assert_eq!(burst.last().unwrap().kind, AlertKind::UnusualRate);
     }
 
     #[test]
     fn alerts_are_rate_limited_and_count_what_they_hold_back() {
         let mut l = Limiter::default();
-        let alert =
-            |subject: &str| Alert { kind: "exfiltration_attempt", subject: subject.into(), fields: Default::default() };
+        let alert = |subject: &str| Alert {
+            kind: AlertKind::ExfiltrationAttempt,
+            subject: subject.into(),
+            fields: Default::default(),
+        };
         assert_eq!(l.allow(&alert("bot"), 0), Some(0));
         assert_eq!(l.allow(&alert("bot"), 1000), None);
         assert_eq!(l.allow(&alert("bot"), 2000), None);

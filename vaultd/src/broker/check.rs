@@ -12,7 +12,7 @@ use super::config::Provider;
 use super::route::Route;
 use super::scan::{Needles, Scanner};
 use super::upstream::Body;
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::SecretBytes;
 use crate::vault::{ProviderCheck, SecretRef, VaultError};
 use bytes::Bytes;
@@ -82,7 +82,7 @@ impl Broker {
             ok: verdict.is_ok(),
             detail: verdict.unwrap_or_else(|why| why),
         };
-        let mut event = Event::new("provider.check", if checked.ok { Outcome::Ok } else { Outcome::Failed }, actor)
+        let mut event = Event::new(Kind::ProviderCheck, if checked.ok { Outcome::Ok } else { Outcome::Failed }, actor)
             .secret(&route.env, &route.secret)
             .with("route", checked.route.clone())
             .with("provider", checked.provider)

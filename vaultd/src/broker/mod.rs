@@ -27,13 +27,14 @@ pub use check::Checked;
 pub use config::{BrokerConfig, Budget, Price, Provider, RouteConfig};
 
 use crate::identity::Peer;
-use crate::limits::{OWNER_CONNECTIONS, Slot, Slots};
+use crate::limits::{OWNER_CONNECTIONS, Pauses, Slot, Slots};
 use crate::vault::Vault;
 use route::Route;
 use scan::Needles;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
@@ -51,6 +52,10 @@ pub struct Broker {
     budgets: Arc<budget::Budgets>,
     /// The stored values the guard looks for, as of a state generation.
     needles: Mutex<(Option<u64>, Arc<Needles>)>,
+    /// The bad-token pause (as on the agent socket), keyed on this broker's
+    /// connection numbers and the tokens' prefixes.
+    pauses: Pauses,
+    connections: AtomicU64,
 }
 
 /// The broker's bound listeners.
@@ -86,7 +91,17 @@ impl Broker {
         let owner = rustix::process::geteuid().as_raw();
         let needles = Mutex::new((None, Arc::default()));
         let budgets = Arc::default();
-        let broker = Arc::new(Broker { vault: vault.clone(), routes, config: config.clone(), owner, budgets, needles });
+        let (pauses, connections) = (Pauses::default(), AtomicU64::new(0));
+        let broker = Arc::new(Broker {
+            vault: vault.clone(),
+            routes,
+            config: config.clone(),
+            owner,
+            budgets,
+            needles,
+            pauses,
+            connections,
+        });
         // Rotations tested by a route's check (`--check ROUTE`) ask the broker.
         vault.set_provider_check(Box::new(check::RotationChecks(Arc::downgrade(&broker))));
         Ok(Some(broker))
@@ -162,8 +177,9 @@ impl Broker {
     /// it to close, or a revoke-all cuts it.
     async fn connection(self: Arc<Self>, conn: Conn, origin: Origin, _slot: Slot, mut stop: watch::Receiver<()>) {
         let origin = Arc::new(origin);
+        let id = self.connections.fetch_add(1, Ordering::Relaxed);
         let broker = self.clone();
-        let service = hyper::service::service_fn(move |req| broker.clone().handle(req, origin.clone()));
+        let service = hyper::service::service_fn(move |req| broker.clone().handle(req, origin.clone(), id));
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(self.config.header_timeout).max_headers(128);
         let mut cutoff = self.vault.cutoffs();

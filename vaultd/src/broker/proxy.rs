@@ -5,9 +5,10 @@ use super::scan::{Found, Needles, Scanner};
 use super::upstream::{Body, BoxError};
 use super::usage::{Meter, Tokens};
 use super::{Broker, Origin};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::SecretBytes;
 use crate::identity::Peer;
+use crate::limits::Presenter;
 use crate::vault::{SecretRef, Usage, Vault, VaultError};
 use bytes::{Bytes, BytesMut};
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HOST, HeaderValue};
@@ -24,6 +25,10 @@ use tokio_stream::wrappers::ReceiverStream;
 /// Request bytes read before the upstream is called: a body this small is
 /// judged whole, so a refused one never reaches the upstream at all.
 const PREFETCH: usize = 64 << 10;
+/// How much of a refused request's body is read (and dropped), and for how
+/// long, before the refusal is sent.
+const DRAIN_BYTES: usize = 1 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 /// Frames buffered between the upstream and the caller: a stream is passed
 /// on, not collected.
 const IN_FLIGHT_FRAMES: usize = 2;
@@ -41,6 +46,7 @@ impl Broker {
         self: Arc<Self>,
         req: Request<Incoming>,
         origin: Arc<Origin>,
+        connection: u64,
     ) -> Result<Response<Body>, Infallible> {
         let mut exchange = Exchange {
             started: Instant::now(),
@@ -50,28 +56,35 @@ impl Broker {
         };
         let peer = match &*origin {
             Origin::Unix(peer) => peer.clone(),
-            Origin::Tcp(uid) => uid.map(|uid| Peer { uid, gid: u32::MAX, pid: None, start_time: None, pidfd: None }),
+            Origin::Tcp(uid) => uid.map(|uid| Peer { uid, gid: u32::MAX, pid: None, accepted: None }),
         };
         let mut actor = Actor::peer("broker", peer.as_ref());
-        match self.forward(req, &origin, peer.as_ref(), &mut actor, &mut exchange).await {
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        match self.forward(parts, &mut body, (&origin, connection), peer.as_ref(), &mut actor, &mut exchange).await {
             Ok(response) => Ok(response),
             Err(refusal) => {
                 record(&self.vault, &actor, None, &exchange, Err(&refusal));
+                if let Some(body) = body {
+                    drain(body).await;
+                }
                 let provider = exchange.route.as_ref().filter(|_| !matches!(refusal, Refusal::NoRoute(_)));
                 Ok(refused(&refusal, provider.map(|r| r.provider)))
             }
         }
     }
 
+    /// Forwards the request, or says why not; `body` is taken once the
+    /// request is let through to the guard.
     async fn forward(
         &self,
-        req: Request<Incoming>,
-        origin: &Origin,
+        parts: http::request::Parts,
+        body: &mut Option<Incoming>,
+        (origin, connection): (&Origin, u64),
         peer: Option<&Peer>,
         actor: &mut Actor,
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, Refusal> {
-        let (parts, body) = req.into_parts();
         let full = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let (name, rest) = split_route(full);
         let route = self.routes.get(name).cloned().ok_or_else(|| Refusal::NoRoute(printable(name)))?;
@@ -82,10 +95,20 @@ impl Broker {
             return Err(Refusal::TokenRequired);
         }
         let secret = SecretRef { env: &route.env, name: &route.secret };
-        let usage = match self.vault.authorize_use(actor, peer, token.as_ref(), secret).await {
-            Ok(usage) => usage,
-            Err(e) => return Err(refusal_of(e, name)),
-        };
+        let uid = peer.map_or(u32::MAX, |p| p.uid);
+        let presenters = token.as_ref().map(|token| Presenter::of(connection, uid, token));
+        if let Some(presenters) = &presenters
+            && let Err(wait) = self.pauses.allowed(presenters)
+        {
+            let paused = Event::new(Kind::TokenRefused, Outcome::Denied, actor);
+            self.vault.record_detached(paused.with("reason", "paused after failed attempts"));
+            return Err(Refusal::RateLimited(wait.as_millis() as u64));
+        }
+        let authorized = self.vault.authorize_use(actor, peer, token.as_ref(), secret).await;
+        if let Some(presenters) = &presenters {
+            self.pauses.settle(presenters, &authorized);
+        }
+        let usage = authorized.map_err(|e| refusal_of(e, name))?;
         *actor = usage.actor.clone();
         actor.client = usage.client.clone();
         // The owner has no budget, as it has no rate limit.
@@ -102,6 +125,7 @@ impl Broker {
         let needles = self.needles();
         self.guard_head(&parts, &needles, actor, &usage)?;
         let guard_hit = Arc::new(AtomicBool::new(false));
+        let body = body.take().ok_or_else(|| Refusal::BadRequest("the request body was read already".into()))?;
         let body = self.guard_body(body, &needles, guard_hit.clone(), actor, &usage).await?;
 
         let uri = route.upstream_uri(rest, &usage.value).map_err(|e| Refusal::BadRequest(e.to_owned()))?;
@@ -303,7 +327,9 @@ impl Broker {
     }
 
     fn exfiltration_event(&self, actor: &Actor, usage: &Usage, place: &'static str) -> Event {
-        Event::new("broker.exfiltration", Outcome::Denied, actor).secret(&usage.env, &usage.name).with("where", place)
+        Event::new(Kind::BrokerExfiltration, Outcome::Denied, actor)
+            .secret(&usage.env, &usage.name)
+            .with("where", place)
     }
 
     fn exfiltration(&self, actor: &Actor, usage: &Usage, place: &'static str) {
@@ -316,7 +342,7 @@ impl Broker {
 /// values), status, bytes, tokens, latency. Never a value or a body.
 fn record(vault: &Vault, actor: &Actor, usage: Option<&Usage>, exchange: &Exchange, result: Result<&Done, &Refusal>) {
     let mut event = Event::new(
-        "broker.request",
+        Kind::BrokerRequest,
         match result {
             Ok(done) if done.end == End::Complete || done.end == End::CallerGone => Outcome::Ok,
             Ok(_) => Outcome::Failed,
@@ -482,7 +508,7 @@ fn forwarded_headers(route: &Route, mut headers: http::HeaderMap) -> http::Heade
 fn refusal_of(e: VaultError, route: &str) -> Refusal {
     match e {
         VaultError::NotFound { .. } => Refusal::NoRoute(route.into()),
-        VaultError::TokenRefused => Refusal::BadToken,
+        VaultError::TokenRefused | VaultError::TokenUnknown => Refusal::BadToken,
         VaultError::RateLimited(wait) => Refusal::RateLimited(wait.as_millis() as u64),
         VaultError::Sealed | VaultError::Uninitialized => Refusal::Unavailable("the vault is sealed".into()),
         other => {
@@ -490,6 +516,23 @@ fn refusal_of(e: VaultError, route: &str) -> Refusal {
             Refusal::Unavailable("vaultd could not serve this request".into())
         }
     }
+}
+
+/// Reads and drops what a refused caller is still sending, a little and
+/// briefly: its reply can then be read, where closing the connection on a
+/// body half sent would give the caller a broken pipe instead of the refusal.
+async fn drain(mut body: Incoming) {
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else { continue };
+            left = left.saturating_sub(data.len());
+            if left == 0 {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// What went wrong reaching the upstream, for the caller (never the value:

@@ -1,4 +1,4 @@
-//! The only code that touches ring and argon2 (DESIGN §3).
+//! The only code that touches ring and argon2 (ARCHITECTURE §3).
 //!
 //! Passphrase → Argon2id ([`kdf`]) → wraps a random root key → the root key wraps a
 //! keyring of numbered key terms ([`keyring`]) → each secret version is sealed with

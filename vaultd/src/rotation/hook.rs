@@ -7,8 +7,12 @@
 //! - `revoke-old`: stdin is a value to revoke at the provider (the previous one,
 //!   once its grace period ends, or a new one that failed its test).
 //!
-//! Values never travel on argv. Each run gets a cleared environment (only `PATH`
-//! and the `VAULTD_*` variables below), `/` as its directory, its own process
+//! Values never travel on argv. The hook is opened and checked once per run
+//! ([`open_checked`]) and executed from that descriptor, so a rename cannot
+//! swap in another program between the check and the exec. Each run gets a
+//! cleared environment (only `PATH` and the `VAULTD_*` variables below), no
+//! descriptor of vaultd's besides its three pipes (a script also gets itself as
+//! `/dev/fd/N`, for its interpreter), `/` as its directory, its own process
 //! group (killed whole on timeout), hard rlimits on memory, CPU seconds and
 //! processes, no core dumps, and SIGKILL if vaultd dies. The last line of its
 //! stderr becomes part of the error message (so it must not carry secrets; it is
@@ -16,10 +20,11 @@
 
 use super::RotationConfig;
 use crate::crypto::SecretBytes;
-use crate::sys::{ChildLimits, confine_child};
-use std::os::unix::fs::MetadataExt;
+use crate::sys::{ChildLimits, confine_child, exec_descriptor};
+use rustix::fs::{CWD, FileType, Mode, OFlags, openat};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,6 +75,9 @@ pub enum HookError {
     Io { step: &'static str, source: std::io::Error },
 }
 
+/// The only variable a hook inherits besides its own `VAULTD_*` ones.
+const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Stderr kept per run: enough for a message, bounded whatever the hook prints.
 const STDERR_CAP: u64 = 4096;
 
@@ -85,17 +93,20 @@ pub async fn run(
     input: &SecretBytes,
     config: &RotationConfig,
 ) -> Result<Option<SecretBytes>, HookError> {
-    check_safe(path)?;
+    let hook = open_checked(path)?;
+    let spawn_error = |source| HookError::Spawn { path: path.into(), source };
+    let env = [
+        ("PATH", HOOK_PATH.to_owned()),
+        ("VAULTD_STEP", step.as_str().to_owned()),
+        ("VAULTD_SECRET", format!("{}/{}", context.env, context.name)),
+        ("VAULTD_ENV", context.env.to_owned()),
+        ("VAULTD_NAME", context.name.to_owned()),
+        ("VAULTD_PROVIDER", context.provider.to_owned()),
+        ("VAULTD_VERSION", context.version.to_string()),
+    ];
+    // The path is argv[0] and the name in messages; what runs is `hook`.
     let mut cmd = tokio::process::Command::new(path);
-    cmd.env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("VAULTD_STEP", step.as_str())
-        .env("VAULTD_SECRET", format!("{}/{}", context.env, context.name))
-        .env("VAULTD_ENV", context.env)
-        .env("VAULTD_NAME", context.name)
-        .env("VAULTD_PROVIDER", context.provider)
-        .env("VAULTD_VERSION", context.version.to_string())
-        .current_dir("/")
+    cmd.current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -109,7 +120,8 @@ pub async fn run(
             processes: config.hook_processes,
         },
     );
-    let mut child = cmd.spawn().map_err(|source| HookError::Spawn { path: path.into(), source })?;
+    exec_descriptor(&mut cmd, hook, &path.to_string_lossy(), &env).map_err(spawn_error)?;
+    let mut child = cmd.spawn().map_err(spawn_error)?;
     let group = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
     let kill_group = || {
         if let Some(group) = group {
@@ -195,23 +207,81 @@ pub async fn run(
 }
 
 /// A hook runs with vaultd's privileges: refuse one that someone else could have
-/// replaced (not a regular executable file, writable by group or others, or owned
-/// by a user other than root or vaultd's).
+/// replaced. See [`open_checked`].
 pub fn check_safe(path: &Path) -> Result<(), HookError> {
+    open_checked(path).map(drop)
+}
+
+/// Opens the hook at `path` to be run by descriptor, once only root or vaultd's
+/// user can have put it there. From `/` down, each directory is opened relative
+/// to the one above (`O_PATH|O_NOFOLLOW`) and checked with `fstat` on what was
+/// opened: owned by root or vaultd's user and writable by neither group nor
+/// others (a root-owned sticky directory such as `/tmp` is fine: there nobody
+/// else can rename or remove what root or vaultd put in it). A symlink anywhere
+/// in the path is refused, so a rename can never make one directory stand for
+/// another. The file must be a regular, executable file with the same owners
+/// and no group or other write bit. What is checked is what [`run`] executes.
+pub fn open_checked(path: &Path) -> Result<OwnedFd, HookError> {
     let unsafe_ = |problem: String| HookError::Unsafe { path: path.into(), problem };
-    let meta = std::fs::metadata(path).map_err(|e| unsafe_(e.to_string()))?;
-    let me = rustix::process::geteuid().as_raw();
-    if !meta.is_file() {
+    let mut components = path.components();
+    if components.next() != Some(Component::RootDir) {
+        return Err(unsafe_("not an absolute path".into()));
+    }
+    let names = components
+        .map(|c| match c {
+            Component::Normal(name) => Ok(name),
+            _ => Err(unsafe_("the path has a '..' in it".into())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some((file_name, dir_names)) = names.split_last() else {
         return Err(unsafe_("not a regular file".into()));
+    };
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut shown = PathBuf::from("/");
+    let mut dir = openat(CWD, "/", flags, Mode::empty()).map_err(|e| unsafe_(format!("/: {e}")))?;
+    let me = rustix::process::geteuid().as_raw();
+    check(&dir, &shown, me, Kind::Directory).map_err(unsafe_)?;
+    for name in dir_names {
+        shown.push(name);
+        dir = openat(&dir, *name, flags, Mode::empty()).map_err(|e| unsafe_(format!("{}: {e}", shown.display())))?;
+        check(&dir, &shown, me, Kind::Directory).map_err(unsafe_)?;
     }
-    if meta.mode() & 0o111 == 0 {
-        return Err(unsafe_("not executable".into()));
+    shown.push(file_name);
+    let file = openat(&dir, *file_name, flags, Mode::empty()).map_err(|e| unsafe_(e.to_string()))?;
+    check(&file, &shown, me, Kind::File).map_err(unsafe_)?;
+    Ok(file)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Directory,
+    File,
+}
+
+/// What is wrong with the directory or hook file open at `fd` (named `shown`)
+/// for running a hook as uid `me`, if anything.
+fn check(fd: &OwnedFd, shown: &Path, me: u32, kind: Kind) -> Result<(), String> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| format!("{}: {e}", shown.display()))?;
+    let mode = stat.st_mode & 0o7777;
+    let what = match kind {
+        Kind::Directory => format!("directory {} ", shown.display()),
+        Kind::File => String::new(),
+    };
+    match (FileType::from_raw_mode(stat.st_mode), kind) {
+        (FileType::Symlink, _) => return Err(format!("{} is a symlink", shown.display())),
+        (FileType::Directory, Kind::Directory) | (FileType::RegularFile, Kind::File) => {}
+        (_, Kind::Directory) => return Err(format!("{} is not a directory", shown.display())),
+        (_, Kind::File) => return Err("not a regular file".into()),
     }
-    if meta.mode() & 0o022 != 0 {
-        return Err(unsafe_(format!("writable by group or others (mode {:04o})", meta.mode() & 0o7777)));
+    if kind == Kind::File && mode & 0o111 == 0 {
+        return Err("not executable".into());
     }
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(unsafe_(format!("owned by uid {}, not root or vaultd's user", meta.uid())));
+    let sticky_root = kind == Kind::Directory && mode & 0o1000 != 0 && stat.st_uid == 0;
+    if mode & 0o022 != 0 && !sticky_root {
+        return Err(format!("{what}is writable by group or others (mode {mode:04o})"));
+    }
+    if stat.st_uid != 0 && stat.st_uid != me {
+        return Err(format!("{what}owned by uid {}, not root or vaultd's user", stat.st_uid));
     }
     Ok(())
 }
@@ -320,5 +390,27 @@ old=$(cat); echo "new-after-$old""#,
         assert!(check_safe(&path).unwrap_err().to_string().contains("not executable"));
         assert!(check_safe(&dir.path().join("missing")).is_err());
         assert!(check_safe(dir.path()).unwrap_err().to_string().contains("not a regular file"));
+        assert!(check_safe(Path::new("hook")).unwrap_err().to_string().contains("not an absolute path"));
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(check_safe(&link).unwrap_err().to_string().contains(&format!("{} is a symlink", link.display())));
+        let above = dir.path().join("..").join(dir.path().file_name().unwrap()).join("hook");
+        assert!(check_safe(&above).unwrap_err().to_string().contains("'..'"));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o770)).unwrap();
+        let err = check_safe(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("directory {} is writable by group or others (mode 0770)", dir.path().display()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_binary_hook_runs_from_its_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("uname");
+        std::fs::copy("/bin/uname", &path).unwrap();
+        let value = create(&path, &config()).await.unwrap().unwrap();
+        assert_eq!(value.expose(), b"Linux");
     }
 }

@@ -1,5 +1,5 @@
 //! Rotation policy: who makes a secret's next value, how often, and how long the
-//! old one stays readable (DESIGN §6). The state machine that applies it lives in
+//! old one stays readable (ARCHITECTURE §6). The state machine that applies it lives in
 //! `vault::rotate`; the hook protocol in [`hook`].
 
 pub mod hook;
@@ -121,6 +121,20 @@ pub fn with_check(rotator: &str, route: Option<&str>) -> String {
     }
 }
 
+impl Rotator {
+    /// Whether the stored spelling `rotator` names a hook (whose steps the
+    /// provider takes part in, so old values owe a revoke-old run).
+    pub fn is_hook(rotator: &str) -> bool {
+        matches!(rotator.parse(), Ok(Rotator::Exec(_)))
+    }
+
+    /// Whether the stored spelling `rotator` is the manual one (the operator
+    /// supplies each new value).
+    pub fn is_manual(rotator: &str) -> bool {
+        matches!(rotator.parse(), Ok(Rotator::Manual))
+    }
+}
+
 impl FromStr for Rotator {
     type Err = RotatorError;
 
@@ -169,35 +183,7 @@ impl std::fmt::Display for Rotator {
     }
 }
 
-/// `[rotation]` in vaultd's config.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RotationConfig {
-    /// Versions kept per secret (the newest; older retired ones are deleted).
-    pub keep_versions: u32,
-    /// How often the scheduler looks for due rotations and ended grace periods.
-    #[serde(deserialize_with = "crate::config::duration_value")]
-    pub check_every: Duration,
-    /// Limits of one hook run.
-    #[serde(deserialize_with = "crate::config::duration_value")]
-    pub hook_timeout: Duration,
-    pub hook_memory_mib: u64,
-    pub hook_cpu_secs: u64,
-    pub hook_processes: u64,
-}
-
-impl Default for RotationConfig {
-    fn default() -> Self {
-        RotationConfig {
-            keep_versions: 10,
-            check_every: Duration::from_secs(30),
-            hook_timeout: Duration::from_secs(30),
-            hook_memory_mib: 512,
-            hook_cpu_secs: 20,
-            hook_processes: 64,
-        }
-    }
-}
+pub use crate::config::RotationConfig;
 
 /// A random delay added to each scheduled due time, so secrets put together (or
 /// a fleet of vaults) do not all rotate in the same second: up to a tenth of the

@@ -2,8 +2,9 @@
 //! rotations, and revoke-all's. Each works on an entry a [`Draft`](super::Draft)
 //! holds; nothing here touches the database or the keys.
 
+use super::SmallMap;
 use super::model::{Client, Rotation, Secret, Step, Token, Trigger, Version, VersionState};
-use std::collections::BTreeMap;
+use crate::rotation::Rotator;
 use std::sync::Arc;
 
 /// Rotations kept per secret: the newest in progress, done or failed. Older
@@ -73,13 +74,13 @@ impl Secret {
             current_version: 1,
             created_unix: now,
             updated_unix: now,
-            rotator: "manual".into(),
+            rotator: Rotator::Manual.to_string(),
             rotate_every_secs: None,
             grace_secs: DEFAULT_GRACE_SECS,
             next_rotation_unix: None,
             due_alerted_unix: None,
-            versions: BTreeMap::from([(1, first)]),
-            rotations: BTreeMap::new(),
+            versions: SmallMap::from([(1, first)]),
+            rotations: SmallMap::new(),
         }
     }
 
@@ -118,7 +119,7 @@ impl Secret {
     /// once, owing a revoke-old run when the rotator is a hook. The schedule
     /// restarts, and versions beyond the newest `keep` that are of no more use go.
     pub fn promote(&mut self, version: u64, keep: u32, now: i64) -> Promoted {
-        let hook = self.rotator.starts_with("exec:");
+        let hook = Rotator::is_hook(&self.rotator);
         for v in self.versions.values_mut().filter(|v| v.state == VersionState::Previous) {
             v.state = VersionState::Retired;
             v.revoke_pending = hook;
@@ -249,7 +250,11 @@ impl Secret {
                     v.state = VersionState::Destroyed;
                     v.ciphertext = None;
                 }
-                Some(at) => v.revoke_after_unix = Some(at),
+                Some(at) => {
+                    v.revoke_after_unix = Some(at);
+                    // Owed until it succeeds (a compromised version too).
+                    v.revoke_pending = true;
+                }
             }
         }
     }
@@ -342,7 +347,7 @@ mod tests {
         assert_eq!(s.versions[&12].state, VersionState::Previous);
         assert!(s.readable(12, 249).is_some() && s.readable(12, 250).is_none());
         assert!(s.readable(11, 200).is_none(), "retired");
-        assert!(s.versions.keys().all(|v| *v > 3), "{:?}", s.versions.keys());
+        assert!(s.versions.keys().all(|v| *v > 3), "{:?}", s.versions);
         assert!(s.compromise());
         assert!(s.is_compromised() && s.readable(13, 200).is_none() && s.readable(12, 200).is_none());
     }

@@ -4,12 +4,13 @@
 //! [`Image`] vaultd serves from; what does not is never acted on: it is named
 //! in a [`Violation`] and its scope is quarantined.
 
+use super::SmallMap;
 use super::mac::{self, Root, SUMMED, Sums, Table};
 use super::model::{Client, Grant, Incident, KeyTerm, Secret, Token, VersionState};
+use super::{Child, Found, Persist, StoredState};
 use super::{Image, Scope, Violation};
 use crate::crypto::{MAC_LEN, Mac, Unlocked};
-use crate::store::{Child, Found, StoreError, StoredState, Txn};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 /// What unlock found.
 pub struct Loaded {
@@ -98,6 +99,8 @@ fn assemble(stored: StoredState) -> Assembled {
             let (children, macs) = kids.remove(&secret.id).unwrap_or_else(|| (Secret::empty(), Vec::new()));
             secret.versions = children.versions;
             secret.rotations = children.rotations;
+            secret.versions.shrink();
+            secret.rotations.shrink();
             Stored { entry: secret, mac, children: macs }
         })
         .collect();
@@ -315,8 +318,8 @@ impl Secret {
             grace_secs: 0,
             next_rotation_unix: None,
             due_alerted_unix: None,
-            versions: BTreeMap::new(),
-            rotations: BTreeMap::new(),
+            versions: SmallMap::new(),
+            rotations: SmallMap::new(),
         }
     }
 }
@@ -328,18 +331,19 @@ impl Secret {
 /// Incidents never signed stay pending (`signed_incidents`: false), or are
 /// taken as applied (the first unlock of a vault from before authenticated
 /// state, where none was ever signed).
-pub fn resign(
-    txn: &Txn<'_>,
+pub fn resign<P: Persist>(
+    txn: &P,
     keys: &Unlocked,
     stored: StoredState,
     generation: u64,
     neutralize: &BTreeSet<Scope>,
     signed_incidents: bool,
-) -> Result<Image, StoreError> {
+) -> Result<Image, P::Error> {
     let held = |scope: Scope, table: Table| !neutralize.contains(&scope) && !neutralize.contains(&Scope::Table(table));
     let now = crate::clock::now_unix();
     let a = assemble(stored);
     let mut base = Image { generation, ..Image::default() };
+    let mut pending = Vec::new();
     let changes = {
         let mut d = base.draft();
         for Stored { entry: mut s, children, .. } in a.secrets {
@@ -389,6 +393,8 @@ pub fn resign(
         for Found { row: i, mac } in a.incidents {
             if mac.is_some() || signed_incidents {
                 d.incidents.push(i);
+            } else {
+                pending.push(i);
             }
         }
         for Found { row: t, .. } in a.terms {
@@ -397,10 +403,8 @@ pub fn resign(
         d.persist(txn, keys)?
     };
     base.apply(changes);
-    for Found { row: i, .. } in txn.unsigned_incidents()?.into_iter().map(|row| Found { row, mac: None }) {
-        if !base.incidents.contains_key(&i.id) {
-            base.pending_incidents.insert(i.id, i);
-        }
+    for i in pending {
+        base.pending_incidents.insert(i.id, i);
     }
     txn.delete_orphans()?;
     Ok(base)

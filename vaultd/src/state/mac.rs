@@ -219,6 +219,7 @@ pub fn token(keys: &Unlocked, t: &Token) -> Mac {
         .bytes(&t.hash)
         .str(&t.client)
         .opt(t.bind_uid.map(u64::from), Enc::uint)
+        .opt(t.bind_exe.as_deref(), Enc::str)
         .int(t.created_unix)
         .opt(t.expires_unix, Enc::int)
         .opt(t.idle_secs, Enc::int)

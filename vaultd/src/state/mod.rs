@@ -17,16 +17,20 @@ pub mod change;
 pub mod load;
 pub mod mac;
 pub mod model;
+mod small_map;
+mod stored;
 
 pub use change::{PolicyChange, Promoted, SecretLabels};
 pub use model::{
-    Client, Grant, GrantKind, Incident, IncidentMode, KeyTerm, Rotation, Secret, SecretRow, Step, Token, Trigger,
-    Version, VersionRow, VersionState,
+    Client, Grant, GrantKind, Incident, IncidentMode, KeyTerm, Rotation, Secret, Step, Token, Trigger, Version,
+    VersionRow, VersionState,
 };
 
+pub use small_map::SmallMap;
+pub use stored::{Child, Found, StoredState};
+
 use crate::crypto::Unlocked;
-use crate::store::{StoreError, Txn};
-use mac::{Root, SUMMED, Sums, Table};
+use mac::{ClientMacs, Root, SUMMED, SecretMacs, Sums, Table};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -63,8 +67,27 @@ pub enum StateError {
         "{0} is quarantined: it was changed behind vaultd's back (see `vaultctl status`; `vaultctl integrity ack` after review)"
     )]
     Quarantined(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+}
+
+/// Where the state is written: the store's transaction. Each entry is written
+/// whole with the MACs [`mac`] made (a new one, with id 0, gets its row id), so
+/// nothing the store holds is read back to decide anything.
+pub trait Persist {
+    type Error;
+    fn save_secret(&self, old: Option<&Secret>, new: &mut Secret, macs: &SecretMacs) -> Result<(), Self::Error>;
+    fn delete_secret(&self, id: i64) -> Result<(), Self::Error>;
+    fn save_client(&self, old: Option<&Client>, new: &mut Client, macs: &ClientMacs) -> Result<(), Self::Error>;
+    /// Deletes a client with its grants and tokens.
+    fn delete_client(&self, id: i64) -> Result<(), Self::Error>;
+    fn save_token(&self, t: &Token, client_id: i64, mac: &[u8]) -> Result<(), Self::Error>;
+    fn delete_token(&self, accessor: &str) -> Result<(), Self::Error>;
+    /// `mac: None` stores it unsigned (written without the key: offline).
+    fn save_incident(&self, i: &mut Incident, mac: Option<&[u8]>) -> Result<(), Self::Error>;
+    fn save_term(&self, t: &KeyTerm, mac: &[u8]) -> Result<(), Self::Error>;
+    fn delete_term(&self, term: u32) -> Result<(), Self::Error>;
+    fn set_state_root(&self, root: &Root) -> Result<(), Self::Error>;
+    /// Deletes rows that name a parent that does not exist (never vaultd's).
+    fn delete_orphans(&self) -> Result<(), Self::Error>;
 }
 
 /// The verified state, in memory.
@@ -76,6 +99,12 @@ pub struct Image {
     /// By keyed hash (a token is looked up by what the caller presents).
     tokens: HashMap<Vec<u8>, Arc<Token>>,
     accessors: HashMap<String, Vec<u8>>,
+    /// When each token was last used, if since its row was last written: a
+    /// token without a use limit records its uses here, not with a commit per
+    /// read, and the vault's `flush_token_uses` writes them
+    /// back every few seconds (a crash loses only that much, which can only make
+    /// a token look idle sooner, never later).
+    recent_uses: HashMap<String, std::sync::atomic::AtomicI64>,
     incidents: BTreeMap<i64, Incident>,
     /// Revoke-alls written offline (no key), not yet applied.
     pending_incidents: BTreeMap<i64, Incident>,
@@ -195,6 +224,7 @@ impl Image {
 
     fn insert_token(&mut self, t: Token) {
         self.accessors.insert(t.accessor.clone(), t.hash.clone());
+        self.recent_uses.entry(t.accessor.clone()).or_default();
         self.tokens.insert(t.hash.clone(), Arc::new(t));
     }
 
@@ -202,6 +232,27 @@ impl Image {
         if let Some(hash) = self.accessors.remove(accessor) {
             self.tokens.remove(&hash);
         }
+        self.recent_uses.remove(accessor);
+    }
+
+    /// Notes a use of a token at `now`, without a commit (see `recent_uses`).
+    pub fn note_use(&self, accessor: &str, now: i64) {
+        if let Some(last) = self.recent_uses.get(accessor) {
+            last.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// When `token` was last used: its row's time, or a later use noted since.
+    pub fn last_use(&self, token: &Token) -> Option<i64> {
+        let noted = self.recent_uses.get(&token.accessor).map(|t| t.load(std::sync::atomic::Ordering::Relaxed));
+        token.last_used_unix.max(noted.filter(|t| *t > 0))
+    }
+
+    /// Tokens used since their rows were written: (accessor, when).
+    pub fn uses_to_write(&self) -> Vec<(String, i64)> {
+        self.tokens()
+            .filter_map(|t| Some((t.accessor.clone(), self.last_use(t).filter(|l| Some(*l) > t.last_used_unix)?)))
+            .collect()
     }
 
     fn quarantine(&mut self, scope: Scope) {
@@ -238,9 +289,15 @@ impl Image {
             }
         }
         for (accessor, token) in changes.tokens {
-            self.remove_token(&accessor);
-            if let Some(t) = token {
-                self.insert_token(t);
+            match token {
+                // Replaced: uses noted meanwhile stay noted.
+                Some(t) => {
+                    if let Some(hash) = self.accessors.remove(&accessor) {
+                        self.tokens.remove(&hash);
+                    }
+                    self.insert_token(t);
+                }
+                None => self.remove_token(&accessor),
             }
         }
         for incident in changes.incidents {
@@ -256,13 +313,6 @@ impl Image {
         self.sums = changes.sums;
         self.generation = changes.generation;
         self.carried_written = true;
-    }
-
-    /// A pending (offline) incident that an unlock found, known while running.
-    pub fn note_pending_incident(&mut self, incident: Incident) {
-        if !self.incidents.contains_key(&incident.id) {
-            self.pending_incidents.insert(incident.id, incident);
-        }
     }
 }
 
@@ -526,7 +576,7 @@ impl<'i> Draft<'i> {
 
     /// Writes the change in `txn`: each changed entry re-signed, the sums and
     /// a new root. Returns what the image takes once `txn` commits.
-    pub fn persist(self, txn: &Txn<'_>, keys: &Unlocked) -> Result<Changes, StoreError> {
+    pub fn persist<P: Persist>(self, txn: &P, keys: &Unlocked) -> Result<Changes, P::Error> {
         let base = self.base;
         let mut sums = base.sums.clone();
         let mut changes = Changes { generation: base.generation, ..Changes::default() };

@@ -5,6 +5,7 @@
 //! Every state a row can be in is an enum here, spelled once ([`VersionState`],
 //! [`Step`], [`Trigger`], [`IncidentMode`]); the database stores the spelling.
 
+use super::small_map::SmallMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -120,9 +121,9 @@ pub struct Secret {
     pub next_rotation_unix: Option<i64>,
     /// When the current due period was raised as an alert (manual rotators).
     pub due_alerted_unix: Option<i64>,
-    pub versions: BTreeMap<u64, Version>,
+    pub versions: SmallMap<u64, Version>,
     /// Every rotation of this secret, by id (see `change::MAX_ROTATIONS_KEPT`).
-    pub rotations: BTreeMap<i64, Rotation>,
+    pub rotations: SmallMap<i64, Rotation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +186,8 @@ pub struct Token {
     /// The client's name (the row stores its id).
     pub client: String,
     pub bind_uid: Option<u32>,
+    /// The executable the caller must run (an absolute path), if bound to one.
+    pub bind_exe: Option<String>,
     pub created_unix: i64,
     pub expires_unix: Option<i64>,
     pub idle_secs: Option<i64>,
@@ -249,22 +252,6 @@ impl Token {
     }
 }
 
-/// A secret's metadata as shown (never its value).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRow {
-    pub env: String,
-    pub name: String,
-    pub provider: String,
-    pub description: String,
-    pub current_version: u64,
-    pub created_unix: i64,
-    pub updated_unix: i64,
-    pub rotator: String,
-    pub rotate_every_secs: Option<i64>,
-    pub grace_secs: i64,
-    pub next_rotation_unix: Option<i64>,
-}
-
 /// One version's metadata as shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionRow {
@@ -275,22 +262,6 @@ pub struct VersionRow {
 }
 
 impl Secret {
-    pub fn row(&self) -> SecretRow {
-        SecretRow {
-            env: self.env.clone(),
-            name: self.name.clone(),
-            provider: self.provider.clone(),
-            description: self.description.clone(),
-            current_version: self.current_version,
-            created_unix: self.created_unix,
-            updated_unix: self.updated_unix,
-            rotator: self.rotator.clone(),
-            rotate_every_secs: self.rotate_every_secs,
-            grace_secs: self.grace_secs,
-            next_rotation_unix: self.next_rotation_unix,
-        }
-    }
-
     /// Every version, newest first.
     pub fn version_rows(&self) -> Vec<VersionRow> {
         self.versions

@@ -14,7 +14,6 @@ mod state;
 pub use audit::{AuditFields, AuditFilter, AuditInserter, AuditRow, AuditSnapshot, Head};
 pub use files::{DataDirLock, LOCK_FILE, create_owner_only, lock_data_dir, prepare_data_dir};
 pub use incident::reach as incident_reach;
-pub use state::{Child, Found, StoredState};
 
 use crate::crypto::{Header, KdfParams, WrappedTerm};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};

@@ -6,57 +6,9 @@
 use super::{StoreError, Txn};
 use crate::state::mac::{ClientMacs, Root, SecretMacs, Table};
 use crate::state::model::{Client, Grant, Incident, KeyTerm, Rotation, Secret, Token, Version};
+use crate::state::{Child, Found, Persist, StoredState};
 use rusqlite::{OptionalExtension, params};
 use std::sync::Arc;
-
-/// A stored row as found: what it says, where it is, and the MAC stored with it.
-#[derive(Debug, Clone)]
-pub struct Found<T> {
-    pub row: T,
-    pub mac: Option<Vec<u8>>,
-}
-
-/// A child row, with the row id of the parent it names.
-#[derive(Debug, Clone)]
-pub struct Child<K, T> {
-    pub parent: i64,
-    pub key: K,
-    pub row: T,
-    pub mac: Option<Vec<u8>>,
-}
-
-/// Every row of the authenticated tables, as stored.
-#[derive(Debug, Default)]
-pub struct StoredState {
-    /// Secrets without their versions and rotations (those are below).
-    pub secrets: Vec<Found<Secret>>,
-    pub versions: Vec<Child<u64, Version>>,
-    pub rotations: Vec<Child<i64, Rotation>>,
-    /// Clients without their grants.
-    pub clients: Vec<Found<Client>>,
-    pub grants: Vec<Child<String, Grant>>,
-    pub tokens: Vec<Found<Token>>,
-    pub incidents: Vec<Found<Incident>>,
-    pub terms: Vec<Found<KeyTerm>>,
-    pub root: Option<Root>,
-    /// Rows holding a value vaultd never writes (an unknown state): table, row id.
-    pub unreadable: Vec<(Table, i64)>,
-}
-
-impl StoredState {
-    /// Whether nothing was ever signed (a vault from before authenticated state).
-    pub fn is_unsigned(&self) -> bool {
-        self.root.is_none()
-            && self.secrets.iter().all(|r| r.mac.is_none())
-            && self.versions.iter().all(|r| r.mac.is_none())
-            && self.rotations.iter().all(|r| r.mac.is_none())
-            && self.clients.iter().all(|r| r.mac.is_none())
-            && self.grants.iter().all(|r| r.mac.is_none())
-            && self.tokens.iter().all(|r| r.mac.is_none())
-            && self.incidents.iter().all(|r| r.mac.is_none())
-            && self.terms.iter().all(|r| r.mac.is_none())
-    }
-}
 
 /// Reads a column that holds an enum's spelling; a spelling vaultd never writes
 /// makes the row unreadable (it was altered).
@@ -186,7 +138,7 @@ impl Txn<'_> {
         each_row(
             tx,
             "SELECT t.accessor, t.hash, COALESCE(c.name, ''), t.bind_uid, t.created_unix, t.expires_unix,
-                    t.idle_secs, t.uses_left, t.last_used_unix, t.revoked_unix, t.mac
+                    t.idle_secs, t.uses_left, t.last_used_unix, t.revoked_unix, t.mac, t.bind_exe
              FROM token t LEFT JOIN client c ON c.id = t.client_id",
             |r| {
                 let row = Token {
@@ -194,6 +146,7 @@ impl Txn<'_> {
                     hash: r.get(1)?,
                     client: r.get(2)?,
                     bind_uid: r.get(3)?,
+                    bind_exe: r.get(11)?,
                     created_unix: r.get(4)?,
                     expires_unix: r.get(5)?,
                     idle_secs: r.get(6)?,
@@ -238,7 +191,16 @@ impl Txn<'_> {
             .optional()?)
     }
 
-    pub fn set_state_root(&self, root: &Root) -> Result<(), StoreError> {
+    /// A rotation id no stored row has (rotation ids are unique across secrets).
+    pub fn next_rotation_id(&self) -> Result<i64, StoreError> {
+        Ok(self.tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM rotation", [], |r| r.get(0))?)
+    }
+}
+
+impl Persist for Txn<'_> {
+    type Error = StoreError;
+
+    fn set_state_root(&self, root: &Root) -> Result<(), StoreError> {
         self.tx
             .prepare_cached(
                 "INSERT INTO state_root (id, generation, tables, mac) VALUES (1, ?1, ?2, ?3)
@@ -252,7 +214,7 @@ impl Txn<'_> {
     /// its MACs: the rows that differ from `old`, and the removal of children
     /// `new` no longer has. Rows that no vaultd wrote under its id are replaced or
     /// removed too.
-    pub fn save_secret(&self, old: Option<&Secret>, new: &mut Secret, macs: &SecretMacs) -> Result<(), StoreError> {
+    fn save_secret(&self, old: Option<&Secret>, new: &mut Secret, macs: &SecretMacs) -> Result<(), StoreError> {
         let tx = &self.tx;
         if new.id == 0 {
             tx.execute(
@@ -360,7 +322,7 @@ impl Txn<'_> {
     }
 
     /// Deletes rows that name a parent that does not exist (never vaultd's).
-    pub fn delete_orphans(&self) -> Result<(), StoreError> {
+    fn delete_orphans(&self) -> Result<(), StoreError> {
         self.tx.execute_batch(
             "DELETE FROM secret_version WHERE secret_id NOT IN (SELECT id FROM secret);
              DELETE FROM rotation WHERE secret_id NOT IN (SELECT id FROM secret);
@@ -370,14 +332,9 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// A rotation id no stored row has (rotation ids are unique across secrets).
-    pub fn next_rotation_id(&self) -> Result<i64, StoreError> {
-        Ok(self.tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM rotation", [], |r| r.get(0))?)
-    }
-
     /// Deletes a secret with every row under it. `secure_delete` overwrites the
     /// freed pages.
-    pub fn delete_secret(&self, id: i64) -> Result<(), StoreError> {
+    fn delete_secret(&self, id: i64) -> Result<(), StoreError> {
         self.tx.execute("DELETE FROM secret_version WHERE secret_id = ?", [id])?;
         self.tx.execute("DELETE FROM rotation WHERE secret_id = ?", [id])?;
         self.tx.execute("DELETE FROM secret WHERE id = ?", [id])?;
@@ -385,7 +342,7 @@ impl Txn<'_> {
     }
 
     /// Writes a client and its grants (see [`Txn::save_secret`]).
-    pub fn save_client(&self, old: Option<&Client>, new: &mut Client, macs: &ClientMacs) -> Result<(), StoreError> {
+    fn save_client(&self, old: Option<&Client>, new: &mut Client, macs: &ClientMacs) -> Result<(), StoreError> {
         let tx = &self.tx;
         if new.id == 0 {
             tx.execute(
@@ -447,7 +404,7 @@ impl Txn<'_> {
     }
 
     /// Deletes a client, its grants and its tokens.
-    pub fn delete_client(&self, id: i64) -> Result<(), StoreError> {
+    fn delete_client(&self, id: i64) -> Result<(), StoreError> {
         self.tx.execute("DELETE FROM token WHERE client_id = ?", [id])?;
         self.tx.execute("DELETE FROM client_grant WHERE client_id = ?", [id])?;
         self.tx.execute("DELETE FROM client WHERE id = ?", [id])?;
@@ -455,15 +412,15 @@ impl Txn<'_> {
     }
 
     /// Writes a token of the client whose row id is `client_id`.
-    pub fn save_token(&self, t: &Token, client_id: i64, mac: &[u8]) -> Result<(), StoreError> {
+    fn save_token(&self, t: &Token, client_id: i64, mac: &[u8]) -> Result<(), StoreError> {
         self.tx
             .prepare_cached(
                 "INSERT INTO token (accessor, hash, client_id, bind_uid, created_unix, expires_unix, idle_secs,
-                                    uses_left, last_used_unix, revoked_unix, mac)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                    uses_left, last_used_unix, revoked_unix, mac, bind_exe)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT (accessor) DO UPDATE SET hash = ?2, client_id = ?3, bind_uid = ?4, created_unix = ?5,
                    expires_unix = ?6, idle_secs = ?7, uses_left = ?8, last_used_unix = ?9, revoked_unix = ?10,
-                   mac = ?11",
+                   mac = ?11, bind_exe = ?12",
             )?
             .execute(params![
                 t.accessor,
@@ -476,18 +433,19 @@ impl Txn<'_> {
                 t.uses_left,
                 t.last_used_unix,
                 t.revoked_unix,
-                mac
+                mac,
+                t.bind_exe
             ])?;
         Ok(())
     }
 
-    pub fn delete_token(&self, accessor: &str) -> Result<(), StoreError> {
+    fn delete_token(&self, accessor: &str) -> Result<(), StoreError> {
         self.tx.execute("DELETE FROM token WHERE accessor = ?", [accessor])?;
         Ok(())
     }
 
     /// Writes an incident; one with id 0 is inserted and gets its id.
-    pub fn save_incident(&self, i: &mut Incident, mac: Option<&[u8]>) -> Result<(), StoreError> {
+    fn save_incident(&self, i: &mut Incident, mac: Option<&[u8]>) -> Result<(), StoreError> {
         if i.id == 0 {
             self.tx.execute(
                 "INSERT INTO incident (started_unix, mode, reason, report, mac) VALUES (?, ?, ?, ?, ?)",
@@ -504,7 +462,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    pub fn save_term(&self, t: &KeyTerm, mac: &[u8]) -> Result<(), StoreError> {
+    fn save_term(&self, t: &KeyTerm, mac: &[u8]) -> Result<(), StoreError> {
         self.tx
             .prepare_cached(
                 "INSERT INTO key_term (term, wrapped_key, created_unix, encryptions, rewrap, mac)
@@ -516,7 +474,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    pub fn delete_term(&self, term: u32) -> Result<(), StoreError> {
+    fn delete_term(&self, term: u32) -> Result<(), StoreError> {
         self.tx.execute("DELETE FROM key_term WHERE term = ?", [term])?;
         Ok(())
     }

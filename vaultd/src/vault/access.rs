@@ -1,11 +1,24 @@
 //! Clients (agent identities), their grants, and their bearer tokens.
 
 use super::{Vault, VaultError};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::{self, SecretBytes};
 use crate::state::{Client, Draft, Grant, GrantKind, Token};
 use std::time::Duration;
 use vault_proto::names;
+
+/// What a new token is good for.
+#[derive(Debug, Clone, Default)]
+pub struct TokenSpec {
+    pub ttl: Option<Duration>,
+    /// Refused after this long unused.
+    pub idle: Option<Duration>,
+    pub uses: Option<u32>,
+    /// Usable from any uid (default: only the client's).
+    pub any_uid: bool,
+    /// The executable the caller must run (absolute path).
+    pub bind_exe: Option<String>,
+}
 
 /// Live tokens a client may hold at once.
 pub const MAX_TOKENS_PER_CLIENT: u64 = 100;
@@ -31,7 +44,7 @@ impl Vault {
             return Err(VaultError::InvalidExeSha256);
         }
         self.keys()?;
-        let event = Event::new("client.add", Outcome::Ok, actor)
+        let event = Event::new(Kind::ClientAdd, Outcome::Ok, actor)
             .with("client", client.name.clone())
             .with("uid", client.uid)
             .with("gid", client.gid)
@@ -65,7 +78,7 @@ impl Vault {
                     c.state.remove_token(&accessor);
                 }
             }
-            Ok(((), vec![Event::new("client.remove", Outcome::Ok, actor).with("client", name)]))
+            Ok(((), vec![Event::new(Kind::ClientRemove, Outcome::Ok, actor).with("client", name)]))
         })?;
         self.notify();
         Ok(())
@@ -73,7 +86,7 @@ impl Vault {
 
     pub fn client_set_enabled(&self, actor: &Actor, name: &str, enabled: bool) -> Result<Client, VaultError> {
         self.keys()?;
-        let kind = if enabled { "client.enable" } else { "client.disable" };
+        let kind = if enabled { Kind::ClientEnable } else { Kind::ClientDisable };
         let event = Event::new(kind, Outcome::Ok, actor).with("client", name);
         self.client_change(name, event, |state| {
             found(state, name)?.enabled = enabled;
@@ -93,8 +106,8 @@ impl Vault {
         check_patterns(patterns)?;
         self.keys()?;
         let mut event = match kind {
-            Some(kind) => Event::new("client.grant", Outcome::Ok, actor).with("kind", kind.as_str()),
-            None => Event::new("client.ungrant", Outcome::Ok, actor),
+            Some(kind) => Event::new(Kind::ClientGrant, Outcome::Ok, actor).with("kind", kind.as_str()),
+            None => Event::new(Kind::ClientUngrant, Outcome::Ok, actor),
         };
         event = event.with("client", name).with("patterns", patterns.to_vec());
         let now = crate::clock::now_unix();
@@ -131,16 +144,26 @@ impl Vault {
     }
 
     /// Creates a token for `client`; returns it (shown once, stored only hashed)
-    /// with its metadata. Bound to the client's uid unless `any_uid`.
+    /// with its metadata. Bound to the client's uid unless `spec.any_uid`, and
+    /// to an executable if `spec.bind_exe` names one.
     pub fn token_create(
         &self,
         actor: &Actor,
         client: &str,
-        ttl: Option<Duration>,
-        idle: Option<Duration>,
-        uses: Option<u32>,
-        any_uid: bool,
+        spec: &TokenSpec,
     ) -> Result<(SecretBytes, Token), VaultError> {
+        let TokenSpec { ttl, idle, uses, any_uid, bind_exe } = spec.clone();
+        if let Some(exe) = bind_exe.as_deref().map(std::path::Path::new) {
+            if !exe.is_absolute() {
+                return Err(VaultError::InvalidArgument("the executable a token is bound to must be an absolute path"));
+            }
+            // Bound to a file no caller can run: refuse now, not at every use.
+            if !exe.is_file() {
+                return Err(VaultError::InvalidArgument(
+                    "the executable a token is bound to is not a file vaultd can see",
+                ));
+            }
+        }
         let keys = self.keys()?;
         let secret = crypto::random_secret(32)?;
         let token = SecretBytes::new(format!("vt_{}", crypto::hex(secret.expose())).into_bytes());
@@ -164,6 +187,7 @@ impl Vault {
                 hash: hash.clone(),
                 client: client.into(),
                 bind_uid: (!any_uid).then_some(owner.uid),
+                bind_exe: bind_exe.clone(),
                 created_unix: now,
                 expires_unix: ttl.map(|t| now.saturating_add(secs(t))),
                 idle_secs: idle.map(secs),
@@ -172,10 +196,11 @@ impl Vault {
                 revoked_unix: None,
             };
             c.state.insert_token(row.clone())?;
-            let event = Event::new("token.create", Outcome::Ok, actor)
+            let event = Event::new(Kind::TokenCreate, Outcome::Ok, actor)
                 .with("accessor", accessor.clone())
                 .with("client", client)
                 .with("bind_uid", row.bind_uid)
+                .with("bind_exe", row.bind_exe.clone())
                 .with("expires_unix", row.expires_unix)
                 .with("idle_secs", row.idle_secs)
                 .with("uses", row.uses_left);
@@ -184,9 +209,31 @@ impl Vault {
         Ok((token, row))
     }
 
+    /// Writes back the uses of tokens without a use limit noted since their rows
+    /// were written (`state::Image::note_use`): the daemon does every few
+    /// seconds, and a seal does. Not fsynced: losing one to a power cut can only
+    /// make a token look idle sooner.
+    pub fn flush_token_uses(&self) -> Result<(), VaultError> {
+        let pending = self.image().uses_to_write();
+        if pending.is_empty() || self.is_sealed() {
+            return Ok(());
+        }
+        self.commit(false, |c| {
+            for (accessor, at) in &pending {
+                if let Some(t) = c.state.token_mut(accessor)? {
+                    t.last_used_unix = t.last_used_unix.max(Some(*at));
+                }
+            }
+            Ok(((), vec![]))
+        })
+    }
+
     pub fn tokens(&self) -> Result<Vec<Token>, VaultError> {
         self.keys()?;
-        let mut all: Vec<Token> = self.image().tokens().map(|t| Token::clone(t)).collect();
+        let image = self.image();
+        // As listed: with the uses noted since the rows were written.
+        let mut all: Vec<Token> =
+            image.tokens().map(|t| Token { last_used_unix: image.last_use(t), ..Token::clone(t) }).collect();
         all.sort_by(|a, b| (a.created_unix, &a.accessor).cmp(&(b.created_unix, &b.accessor)));
         Ok(all)
     }
@@ -209,7 +256,7 @@ impl Vault {
                     revoked += 1;
                 }
             }
-            let event = Event::new("token.revoke", Outcome::Ok, actor)
+            let event = Event::new(Kind::TokenRevoke, Outcome::Ok, actor)
                 .with("accessor", accessor.unwrap_or("*"))
                 .with("revoked", revoked);
             Ok((revoked, vec![event]))

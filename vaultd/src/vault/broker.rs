@@ -61,10 +61,10 @@ impl Vault {
         secret: super::SecretRef<'_>,
         purpose: &'static str,
     ) -> Result<(u64, SecretBytes), VaultError> {
-        use crate::audit::{Actor, Event, Outcome};
+        use crate::audit::{Actor, Event, Kind, Outcome};
         let result = self.read_current(secret);
         let event =
-            Event::new("secret.use", if result.is_ok() { Outcome::Ok } else { Outcome::Failed }, &Actor::vaultd())
+            Event::new(Kind::SecretUse, if result.is_ok() { Outcome::Ok } else { Outcome::Failed }, &Actor::vaultd())
                 .secret(secret.env, secret.name)
                 .with("purpose", purpose);
         let event = match &result {

@@ -1,4 +1,4 @@
-//! revoke-all through the running daemon (DESIGN §7): the changes in one
+//! revoke-all through the running daemon (ARCHITECTURE §7): the changes in one
 //! transaction, then every watch stream ended with PERMISSION_DENIED and every
 //! agent connection closed; optionally the secrets' hooks revoke them at the
 //! provider, and the vault is sealed. A revoke-all made offline by another
@@ -6,10 +6,10 @@
 
 use super::{Change, Vault, VaultError};
 use crate::audit::chain;
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::incident::{self, HookOutcome, Report};
 use crate::rotation::{Rotator, hook};
-use crate::state::{Incident, IncidentMode};
+use crate::state::{Incident, IncidentMode, Persist as _};
 use crate::store::{AuditFilter, AuditRow};
 use futures_util::StreamExt as _;
 use std::sync::atomic::Ordering;
@@ -46,14 +46,14 @@ impl Vault {
                 i.report = incident::to_json(&report);
                 txn.save_incident(&mut i, None)?;
                 report.id = i.id;
-                chain::append(txn, None, &[incident::event("incident.revoke_all", &report, actor)])?;
+                chain::append(txn, None, &[incident::event(Kind::IncidentRevokeAll, &report, actor)])?;
                 Ok::<_, VaultError>(report)
             })?
         } else {
             self.write(|c| {
                 let new = incident::new_incident(c.txn.next_incident_id()?, IncidentMode::Online, reason);
                 let report = incident::revoke_everything(&mut c.state, new)?;
-                let event = incident::event("incident.revoke_all", &report, actor);
+                let event = incident::event(Kind::IncidentRevokeAll, &report, actor);
                 Ok((report, vec![event]))
             })?
         };
@@ -62,7 +62,7 @@ impl Vault {
         if provider_revoke {
             report.provider_revoke = self.provider_revoke(&report.needs_rotation).await;
         }
-        let event = Event::new("incident.completed", Outcome::Ok, actor)
+        let event = Event::new(Kind::IncidentCompleted, Outcome::Ok, actor)
             .with("incident", report.id)
             .with("streams_closed", report.streams_closed)
             .with("provider_revoked", report.provider_revoke.iter().filter(|h| h.ok).count())
@@ -173,14 +173,14 @@ impl Vault {
                 let mut events = Vec::new();
                 for found in c.txn.unsigned_incidents()? {
                     let report = incident::revoke_everything(&mut c.state, found)?;
-                    events.push(incident::event("incident.applied", &report, &Actor::vaultd()));
+                    events.push(incident::event(Kind::IncidentApplied, &report, &Actor::vaultd()));
                 }
                 Ok(((), events))
             })?;
         }
         self.incident_seen.fetch_max(latest, Ordering::SeqCst);
         let streams = self.end_streams().await;
-        let event = Event::new("incident.honoured", Outcome::Ok, &Actor::vaultd())
+        let event = Event::new(Kind::IncidentHonoured, Outcome::Ok, &Actor::vaultd())
             .with("incident", latest)
             .with("streams_closed", streams);
         self.append(vec![event], true)?;
@@ -228,7 +228,7 @@ pub(super) fn apply_pending(c: &mut Change<'_, '_>) -> Result<Vec<Event>, VaultE
     let mut events = Vec::new();
     for found in pending {
         let report = incident::revoke_everything(&mut c.state, found)?;
-        events.push(incident::event("incident.applied", &report, &Actor::vaultd()));
+        events.push(incident::event(Kind::IncidentApplied, &report, &Actor::vaultd()));
     }
     Ok(events)
 }

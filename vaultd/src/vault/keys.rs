@@ -2,7 +2,7 @@
 //! rewrap, and online backups.
 
 use super::{Vault, VaultError};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId, WrappedTerm};
 use crate::state::{Draft, KeyTerm};
 
@@ -54,7 +54,7 @@ impl Vault {
             let next = newest.checked_add(1).ok_or(VaultError::TermsExhausted)?;
             state.insert_term(new_term(keys.add_term(next)?, false))?;
             events.push(
-                Event::new("key.rotate", Outcome::Ok, &Actor::vaultd())
+                Event::new(Kind::KeyRotate, Outcome::Ok, &Actor::vaultd())
                     .with("term", next)
                     .with("previous_term", newest)
                     .with("reason", "encryption limit")
@@ -92,7 +92,7 @@ impl Vault {
         match crypto::rekey(old, &header, new.unwrap_or(old), kdf) {
             Ok(rekeyed) => self.write(|c| {
                 c.txn.set_header(&rekeyed)?;
-                let event = Event::new("vault.rekey", Outcome::Ok, actor)
+                let event = Event::new(Kind::VaultRekey, Outcome::Ok, actor)
                     .with("passphrase_changed", new.is_some())
                     .with("kdf", format!("argon2id m={} t={} p={}", kdf.memory_kib, kdf.iterations, kdf.parallelism));
                 Ok((kdf, vec![event]))
@@ -104,7 +104,10 @@ impl Vault {
                     other => VaultError::Crypto(other),
                 };
                 let outcome = if matches!(error, VaultError::Crypto(_)) { Outcome::Failed } else { Outcome::Denied };
-                self.append(vec![Event::new("vault.rekey", outcome, actor).with("reason", error.to_string())], true)?;
+                self.append(
+                    vec![Event::new(Kind::VaultRekey, outcome, actor).with("reason", error.to_string())],
+                    true,
+                )?;
                 Err(error)
             }
         }
@@ -119,7 +122,7 @@ impl Vault {
         let rotated = self.write(|c| {
             if rewrap && let Some(target) = rewrap_target(&c.state) {
                 let to_rewrap = count_older_versions(&c.state, target)?;
-                let event = Event::new("key.rewrap.resume", Outcome::Ok, actor)
+                let event = Event::new(Kind::KeyRewrapResume, Outcome::Ok, actor)
                     .with("term", target)
                     .with("to_rewrap", to_rewrap);
                 return Ok((KeyRotated { term: target, new_term: false, to_rewrap, retired: vec![] }, vec![event]));
@@ -130,14 +133,14 @@ impl Vault {
             let retired = retire_unused_terms(&mut c.state, term)?;
             let to_rewrap = count_older_versions(&c.state, term)?;
             let mut events = vec![
-                Event::new("key.rotate", Outcome::Ok, actor)
+                Event::new(Kind::KeyRotate, Outcome::Ok, actor)
                     .with("term", term)
                     .with("previous_term", newest)
                     .with("reason", "operator")
                     .with("rewrap", rewrap),
             ];
             if !retired.is_empty() {
-                events.push(Event::new("key.retire", Outcome::Ok, actor).with("terms", retired.clone()));
+                events.push(Event::new(Kind::KeyRetire, Outcome::Ok, actor).with("terms", retired.clone()));
             }
             Ok((KeyRotated { term, new_term: true, to_rewrap, retired }, events))
         })?;
@@ -189,7 +192,7 @@ impl Vault {
                     next_after = *position;
                 }
                 events.push(
-                    Event::new("key.rewrap", Outcome::Ok, actor).with("term", term).with("versions", batch.len()),
+                    Event::new(Kind::KeyRewrap, Outcome::Ok, actor).with("term", term).with("versions", batch.len()),
                 );
             }
             let done = (batch.len() as u64) < u64::from(limit);
@@ -206,10 +209,10 @@ impl Vault {
                                 t.rewrap = false;
                             }
                         }
-                        events.push(Event::new("key.rewrap.done", Outcome::Ok, actor).with("term", pending));
+                        events.push(Event::new(Kind::KeyRewrapDone, Outcome::Ok, actor).with("term", pending));
                     }
                     if !retired.is_empty() {
-                        events.push(Event::new("key.retire", Outcome::Ok, actor).with("terms", retired.clone()));
+                        events.push(Event::new(Kind::KeyRetire, Outcome::Ok, actor).with("terms", retired.clone()));
                     }
                 }
             }
@@ -224,7 +227,7 @@ impl Vault {
                 Ok(r)
             }
             Err(VaultError::RewrapFailed { env, name, version }) => {
-                let event = Event::new("key.rewrap", Outcome::Failed, actor)
+                let event = Event::new(Kind::KeyRewrap, Outcome::Failed, actor)
                     .secret(&env, &name)
                     .with("version", version)
                     .with("reason", "decryption failed");
@@ -240,7 +243,7 @@ impl Vault {
     /// bytes, authenticated under the vault's backup key. Call from a blocking context.
     pub fn backup(&self, actor: &Actor) -> Result<crate::backup::Writer, VaultError> {
         let keys = self.keys()?;
-        self.append(vec![Event::new("vault.backup", Outcome::Ok, actor)], true)?;
+        self.append(vec![Event::new(Kind::VaultBackup, Outcome::Ok, actor)], true)?;
         let snapshot = self.store.snapshot()?;
         Ok(crate::backup::Writer::new(snapshot, keys.backup_mac())?)
     }

@@ -18,7 +18,7 @@ mod rotate;
 mod watch;
 
 use crate::policy::Reader;
-pub use access::MAX_TOKENS_PER_CLIENT;
+pub use access::{MAX_TOKENS_PER_CLIENT, TokenSpec};
 pub use broker::ProviderCheck;
 pub use keys::{KeyRotated, MAX_REWRAP_BATCH, Rewrapped};
 pub use read::Usage;
@@ -28,14 +28,13 @@ pub use watch::{Update, Watcher};
 use crate::audit::chain::{self, Resumed, Tip};
 use crate::audit::journal::{self, Appended, Journal, JournalFailed};
 use crate::audit::refusals::Refusals;
-use crate::audit::{Actor, Event, Outcome, Record, Verdict, batch, forward};
+use crate::audit::{Actor, Event, Kind, Outcome, Record, Verdict, batch, forward};
 use crate::config::Config;
 use crate::crypto::{self, CryptoError, KdfParams, SecretBytes, Unlocked, VersionId};
 use crate::limits::Limits;
 use crate::rotation::RotationConfig;
 use crate::state::{
-    self, Draft, Image, PolicyChange, Promoted, Secret, SecretLabels, SecretRow, StateError, VersionRow, Violation,
-    anchor,
+    self, Draft, Image, PolicyChange, Promoted, Secret, SecretLabels, StateError, VersionRow, Violation, anchor,
 };
 use crate::store::{AuditFilter, AuditRow, Store, StoreError, Txn};
 use std::collections::HashSet;
@@ -67,8 +66,14 @@ pub enum VaultError {
     InvalidPattern(NameError),
     #[error("invalid executable hash: expected 64 lowercase hex digits (sha256sum's output)")]
     InvalidExeSha256,
+    /// A token vaultd knows but does not honour (revoked, expired, idle, used
+    /// up, shown by another uid or executable, its client disabled).
     #[error("invalid, expired or revoked token")]
     TokenRefused,
+    /// A token vaultd does not know: a guess, or garbage. Only these pause their
+    /// presenter (`limits::Pauses`); the caller cannot tell the two apart.
+    #[error("invalid, expired or revoked token")]
+    TokenUnknown,
     #[error("token {0} not found")]
     TokenNotFound(String),
     #[error("client {0} has {max} live tokens already; revoke some first", max = MAX_TOKENS_PER_CLIENT)]
@@ -89,6 +94,9 @@ pub enum VaultError {
     RotationFailed(String),
     #[error("{0}")]
     Rotator(String),
+    /// A request's argument is malformed (the text says which and why).
+    #[error("{0}")]
+    InvalidArgument(&'static str),
     #[error("access to {0} ended (revoked, disabled, or the secret is gone)")]
     AccessEnded(String),
     #[error("Argon2 parameters refused: {0}")]
@@ -113,10 +121,7 @@ pub enum VaultError {
 
 impl From<StateError> for VaultError {
     fn from(e: StateError) -> Self {
-        match e {
-            StateError::Quarantined(_) => VaultError::Integrity(e.to_string()),
-            StateError::Store(e) => e.into(),
-        }
+        VaultError::Integrity(e.to_string())
     }
 }
 
@@ -208,6 +213,9 @@ pub struct Vault {
     rotation: RotationConfig,
     /// Secrets being rotated by this process (see `rotate::Claim`).
     rotating: Mutex<HashSet<(String, String)>>,
+    /// When the vault was last unlocked: a rotation in progress that started
+    /// before was interrupted by a crash (see `rotate::finish_interrupted`).
+    unlocked_at: std::sync::atomic::AtomicI64,
     /// Bumped after every change an agent's watch may care about (a new current
     /// version, a grant, a client or token change, a seal). A watch channel keeps
     /// only the latest value: a slow watcher skips to the newest state.
@@ -247,6 +255,7 @@ impl Vault {
             audit_reads: config.audit.reads,
             rotation: config.rotation.clone(),
             rotating: Mutex::default(),
+            unlocked_at: Default::default(),
             changes: tokio::sync::watch::Sender::new(0),
             incident_seen: latest_incident.into(),
             incident_epoch: Default::default(),
@@ -404,7 +413,7 @@ impl Vault {
             events.extend(violations.iter().take(MAX_VIOLATION_EVENTS).map(violation_event));
             if violations.len() > MAX_VIOLATION_EVENTS {
                 events.push(
-                    Event::new("integrity.violation", Outcome::Failed, &Actor::vaultd())
+                    Event::new(Kind::IntegrityViolation, Outcome::Failed, &Actor::vaultd())
                         .with("table", "*")
                         .with("row", "*")
                         .with("problem", format!("{} more rows", violations.len() - MAX_VIOLATION_EVENTS)),
@@ -415,6 +424,7 @@ impl Vault {
             let mut change = Change { txn, state: image.draft() };
             prepare(&mut change)?;
             events.extend(incident::apply_pending(&mut change)?);
+            events.extend(rotate::roll_back_interrupted(&mut change)?);
             let changes = change.state.persist(txn, &keys)?;
             image.apply(changes);
             tip.generation = image.generation();
@@ -435,10 +445,13 @@ impl Vault {
         self.write_anchor(&keys, anchor::Mark { generation: image.generation(), seq: tip.seq });
         *self.image.write().unwrap_or_else(|p| p.into_inner()) = image;
         *chain = Some(Chain { keys: keys.clone(), tip });
+        self.unlocked_at.store(crate::clock::now_unix(), std::sync::atomic::Ordering::SeqCst);
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
         drop(chain);
         self.notify();
         self.publish(rows);
+        // The rows read to check the state are gone: so is their memory.
+        crate::sys::release_free_memory();
         Ok(())
     }
 
@@ -465,7 +478,7 @@ impl Vault {
             let generation = self.image().generation();
             let image = state::load::resign(txn, &c.keys, txn.load_state()?, generation, &quarantined, false)?;
             tip.generation = image.generation();
-            let event = Event::new("integrity.acknowledged", Outcome::Ok, actor)
+            let event = Event::new(Kind::IntegrityAcknowledged, Outcome::Ok, actor)
                 .with("problems", acknowledged.clone())
                 .with("quarantined", quarantined.len());
             let rows = chain::append(txn, Some((&c.keys, &mut tip)), &[event])?;
@@ -609,6 +622,10 @@ impl Vault {
     /// after one failed, requests that would be journaled are refused.
     pub fn import_journal(&self) -> Result<(), VaultError> {
         if !self.journal.is_waiting() {
+            // An import may be under way (its records taken, not yet committed):
+            // what reads the table next must see them, so wait for it. Every
+            // import holds the chain's lock until its transaction committed.
+            drop(self.chain());
             return Ok(());
         }
         self.append(Vec::new(), false).inspect_err(|e| self.journal.stalled(e.to_string()))
@@ -667,7 +684,7 @@ impl Vault {
         }
         let kdf = KdfParams::for_new_vault();
         let (header, term, unlocked) = crypto::create(passphrase, kdf)?;
-        let event = Event::new("vault.init", Outcome::Ok, actor)
+        let event = Event::new(Kind::VaultInit, Outcome::Ok, actor)
             .with("kdf", format!("argon2id m={} t={} p={}", kdf.memory_kib, kdf.iterations, kdf.parallelism));
         let now = crate::clock::now_unix();
         let first = state::KeyTerm {
@@ -698,13 +715,13 @@ impl Vault {
         let (header, terms) = self.store.header()?.ok_or(VaultError::Uninitialized)?;
         match Unlocked::open(passphrase, &header, &terms) {
             // Also chains what was recorded while sealed.
-            Ok(unlocked) => self.open_with(unlocked, |_| Ok(()), Event::new("vault.unlock", Outcome::Ok, actor)),
+            Ok(unlocked) => self.open_with(unlocked, |_| Ok(()), Event::new(Kind::VaultUnlock, Outcome::Ok, actor)),
             Err(e) => {
                 let (outcome, error) = match e {
                     CryptoError::WrongPassphrase => (Outcome::Denied, VaultError::WrongPassphrase),
                     other => (Outcome::Failed, VaultError::Crypto(other)),
                 };
-                let event = Event::new("vault.unlock", outcome, actor).with("reason", error.to_string());
+                let event = Event::new(Kind::VaultUnlock, outcome, actor).with("reason", error.to_string());
                 self.append(vec![event], true)?;
                 Err(error)
             }
@@ -715,6 +732,10 @@ impl Vault {
     /// effect; its record (with a checkpoint of the log head) is written with the
     /// outgoing keys, and an error reports a record that could not be written.
     pub fn seal(&self, actor: &Actor) -> Result<(), VaultError> {
+        // The token uses noted in memory go with the image: written back first.
+        if let Err(e) = self.flush_token_uses() {
+            tracing::error!(error = %e, "writing the token uses back before sealing failed");
+        }
         let mut chain = self.chain();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = None;
         *self.image.write().unwrap_or_else(|p| p.into_inner()) = Image::default();
@@ -722,7 +743,7 @@ impl Vault {
         let Some(Chain { keys, mut tip }) = chain.take() else { return Ok(()) };
         let rows = self.store.write(|txn| {
             let mut rows = journal::import(txn, &keys, &mut tip, &journaled.waiting)?.rows(&journaled.waiting);
-            let events = [checkpoint(&tip), Event::new("vault.seal", Outcome::Ok, actor)];
+            let events = [checkpoint(&tip), Event::new(Kind::VaultSeal, Outcome::Ok, actor)];
             rows.extend(chain::append(txn, Some((&keys, &mut tip)), &events)?);
             Ok::<_, VaultError>((rows, tip))
         });
@@ -789,7 +810,7 @@ impl Vault {
                     (1, None)
                 }
             };
-            let mut event = Event::new("secret.write", Outcome::Ok, actor)
+            let mut event = Event::new(Kind::SecretWrite, Outcome::Ok, actor)
                 .secret(secret.env, secret.name)
                 .with("version", version)
                 .with("value_digest", digest);
@@ -814,15 +835,16 @@ impl Vault {
         self.image().secret(secret.env, secret.name)?.cloned().ok_or_else(|| secret.not_found())
     }
 
-    pub fn describe(&self, secret: SecretRef<'_>) -> Result<SecretRow, VaultError> {
-        Ok(self.secret(secret)?.row())
+    /// A secret's metadata (never its value).
+    pub fn describe(&self, secret: SecretRef<'_>) -> Result<Arc<Secret>, VaultError> {
+        self.secret(secret)
     }
 
-    pub fn list(&self, env: &str) -> Result<Vec<SecretRow>, VaultError> {
+    pub fn list(&self, env: &str) -> Result<Vec<Arc<Secret>>, VaultError> {
         let env = names::env_or_default(env);
         names::validate(env).map_err(|why| VaultError::InvalidName { what: "environment", why })?;
         self.keys()?;
-        let mut rows: Vec<SecretRow> = self.image().secrets_in(env).map(|s| s.row()).collect();
+        let mut rows: Vec<Arc<Secret>> = self.image().secrets_in(env).cloned().collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(rows)
     }
@@ -838,7 +860,7 @@ impl Vault {
         let destroyed = self.write(|c| {
             let gone = c.state.remove_secret(secret.env, secret.name)?.ok_or_else(|| secret.not_found())?;
             let destroyed = gone.versions.len() as u64;
-            let event = Event::new("secret.delete", Outcome::Ok, actor)
+            let event = Event::new(Kind::SecretDelete, Outcome::Ok, actor)
                 .secret(secret.env, secret.name)
                 .with("versions_destroyed", destroyed);
             Ok((destroyed, vec![event]))
@@ -897,7 +919,7 @@ impl Vault {
         self.write(|c| match c.txn.audit_prune(cutoff)? {
             None => Ok((0, vec![])),
             Some((upto, count)) => {
-                let event = Event::new("audit.pruned", Outcome::Ok, &Actor::vaultd())
+                let event = Event::new(Kind::AuditPruned, Outcome::Ok, &Actor::vaultd())
                     .with("upto", upto)
                     .with("count", count)
                     .with("retention", humantime::format_duration(retention).to_string());
@@ -909,6 +931,17 @@ impl Vault {
     /// The keyed digest of a candidate value, to find it in the audit log.
     pub fn value_digest(&self, value: &SecretBytes) -> Result<String, VaultError> {
         Ok(self.keys()?.value_digest(value.expose()))
+    }
+
+    /// The keyed digest of `secret`'s current value (`None`: no such secret), so
+    /// the owner can tell whether a write would change it without reading it.
+    pub fn current_digest(&self, secret: SecretRef<'_>) -> Result<Option<String>, VaultError> {
+        let keys = self.keys()?;
+        match self.read_current(secret) {
+            Ok((_, value)) => Ok(Some(keys.value_digest(value.expose()))),
+            Err(VaultError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -930,7 +963,7 @@ fn recovery_events(recovered: &journal::Recovered) -> Vec<Event> {
     let mut events = Vec::new();
     if recovered.imported > 0 || !recovered.torn.is_empty() {
         events.push(
-            Event::new("audit.journal_recovered", Outcome::Ok, &vaultd)
+            Event::new(Kind::AuditJournalRecovered, Outcome::Ok, &vaultd)
                 .with("imported", recovered.imported)
                 .with("incomplete", recovered.torn.clone()),
         );
@@ -938,7 +971,7 @@ fn recovery_events(recovered: &journal::Recovered) -> Vec<Event> {
     if let Some(problem) = &recovered.problem {
         tracing::error!(%problem, "the audit journal was altered; its files are kept as *.damaged");
         events.push(
-            Event::new("audit.journal_damaged", Outcome::Failed, &vaultd)
+            Event::new(Kind::AuditJournalDamaged, Outcome::Failed, &vaultd)
                 .with("problem", problem.clone())
                 .with("kept", "DATA_DIR/journal/*.damaged"),
         );
@@ -948,9 +981,21 @@ fn recovery_events(recovered: &journal::Recovered) -> Vec<Event> {
 
 /// A checkpoint event naming the current tip of the log.
 fn checkpoint(tip: &Tip) -> Event {
-    Event::new("audit.checkpoint", Outcome::Ok, &Actor::vaultd())
+    Event::new(Kind::AuditCheckpoint, Outcome::Ok, &Actor::vaultd())
         .with("seq", tip.seq)
         .with("mac", crypto::hex(&tip.mac))
+}
+
+/// Runs blocking work (an fsync, a hook's wait) from an async request without
+/// holding up the worker it runs on: on a multi-threaded runtime the worker
+/// hands its other tasks to another thread for the duration. The one place that
+/// decides this (a current-thread runtime, as in some unit tests, or no runtime
+/// at all, runs `f` in place).
+pub(crate) fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// A change in the making: the transaction it is written in, and the state as
@@ -971,7 +1016,7 @@ impl Change<'_, '_> {
 const MAX_VIOLATION_EVENTS: usize = 100;
 
 fn violation_event(v: &Violation) -> Event {
-    Event::new("integrity.violation", Outcome::Failed, &Actor::vaultd())
+    Event::new(Kind::IntegrityViolation, Outcome::Failed, &Actor::vaultd())
         .with("table", v.table.sql())
         .with("row", v.row.clone())
         .with("problem", v.problem.clone())
@@ -984,8 +1029,8 @@ fn open_problems(txn: &Txn<'_>) -> Result<Vec<String>, StoreError> {
         .into_iter()
         .map(|(seq, kind, detail)| {
             let d: serde_json::Value = serde_json::from_str(&detail).unwrap_or_default();
-            let what = match kind.as_str() {
-                "audit.tampered" => format!("audit log: {}", d["problem"].as_str().unwrap_or("altered")),
+            let what = match Kind::parse(&kind) {
+                Some(Kind::AuditTampered) => format!("audit log: {}", d["problem"].as_str().unwrap_or("altered")),
                 _ => format!(
                     "{} {}: {}",
                     d["table"].as_str().unwrap_or("?"),

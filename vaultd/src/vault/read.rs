@@ -2,16 +2,16 @@
 //! (the one decision is `policy::decide`), and the read itself, served from the
 //! verified state in memory and recorded before the value is released.
 
-use super::{SecretRef, Vault, VaultError};
-use crate::audit::{Actor, Event, Outcome, Read, ReadDetail, Record};
+use super::{SecretRef, Vault, VaultError, off_worker};
+use crate::audit::{Actor, Event, Kind, Outcome, Read, ReadDetail, Record};
 use crate::crypto::SecretBytes;
-use crate::identity::{Caller, Peer};
+use crate::identity::{Caller, Peer, Process as _};
 use crate::policy::{self, Action, Decision, Reader};
 use std::sync::Arc;
 
 /// The record of a read by `actor` as `client`, which ended as `outcome` says.
 pub(super) fn read_record<'a>(
-    kind: &'static str,
+    kind: Kind,
     actor: &'a Actor,
     client: Option<&'a str>,
     secret: SecretRef<'a>,
@@ -117,8 +117,11 @@ impl Vault {
             (Decision::Denied(why), _) => (None, (Outcome::Denied, ReadDetail::Reason((*why).into()))),
             (Decision::Allowed { client }, r) => (client.as_deref(), outcome(r)),
         };
+        if result.is_ok() {
+            self.spend(&actor, &reader)?;
+        }
         self.journal.room().await;
-        self.record_all(vec![read_record("secret.use", &actor, client, secret, detail)])?;
+        self.record_all(vec![read_record(Kind::SecretUse, &actor, client, secret, detail)])?;
         let (version, value) = result?;
         let client = client.map(str::to_owned);
         Ok(Usage { actor, reader, env: secret.env.into(), name: secret.name.into(), version, value, client, epoch })
@@ -152,6 +155,31 @@ impl Vault {
         self.read_as(&actor, &reader, &wanted).await
     }
 
+    /// The names in `env` that the caller may read now (names only: what
+    /// `vaultctl run` injects), sorted. Not granted and not found look alike: the
+    /// name is simply absent. Recorded as `secret.list`.
+    pub async fn granted(
+        &self,
+        actor: &Actor,
+        peer: Option<&Peer>,
+        token: Option<&SecretBytes>,
+        env: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        let mut actor = actor.clone();
+        let reader = self.identify(&mut actor, peer, token).await?;
+        self.admit(&actor, &reader, 1)?;
+        let names: Vec<String> = self
+            .list(env)?
+            .into_iter()
+            .filter(|s| {
+                matches!(self.decide(&reader, SecretRef { env, name: &s.name }, Action::Read), Decision::Allowed { .. })
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        self.record(Event::new(Kind::SecretList, Outcome::Ok, &actor).with("env", env).with("names", names.len()))?;
+        Ok(names)
+    }
+
     /// The rate limit for a read of `cost` secrets, per client (or uid) and
     /// global; the owner is exempt.
     pub(super) fn admit(&self, actor: &Actor, reader: &Reader, cost: usize) -> Result<(), VaultError> {
@@ -168,7 +196,7 @@ impl Vault {
             if let Reader::Token { client, .. } = reader {
                 actor.client = Some(client.name.clone());
             }
-            let event = Event::new("request.rate_limited", Outcome::Denied, &actor)
+            let event = Event::new(Kind::RequestRateLimited, Outcome::Denied, &actor)
                 .with("retry_after_ms", wait.as_millis() as u64);
             self.record_detached(event);
             return Err(VaultError::RateLimited(wait));
@@ -199,7 +227,7 @@ impl Vault {
                 Decision::Allowed { client } => client.as_deref(),
                 Decision::Denied(why) => {
                     records.push(read_record(
-                        "secret.read",
+                        Kind::SecretRead,
                         actor,
                         None,
                         *secret,
@@ -211,17 +239,57 @@ impl Vault {
             };
             let result = self.read_for_agent(*secret, *version);
             if self.audit_reads || result.is_err() {
-                records.push(read_record("secret.read", actor, client, *secret, outcome(&result)));
+                records.push(read_record(Kind::SecretRead, actor, client, *secret, outcome(&result)));
             }
             results.push(result);
+        }
+        if results.iter().any(Result::is_ok) {
+            self.spend(actor, reader)?;
         }
         self.journal.room().await;
         self.record_all(records)?;
         results.into_iter().collect()
     }
 
-    /// Names the reader: a token (checked and used up by one), else the kernel's
-    /// identity. A refused token is recorded and never falls back to the uid.
+    /// Spends one use of the token a served request came with. A token with a
+    /// use limit is counted exactly, in a durable commit (off the async worker):
+    /// a use is never spent twice, even across a crash, and the last one is
+    /// refused to a concurrent request. One without a limit only notes the time
+    /// (see `state::Image::note_use`): no commit per read.
+    pub(super) fn spend(&self, actor: &Actor, reader: &Reader) -> Result<(), VaultError> {
+        let Reader::Token { accessor, .. } = reader else { return Ok(()) };
+        let now = crate::clock::now_unix();
+        {
+            let image = self.image();
+            let Some(token) = image.token(accessor) else { return Err(VaultError::TokenRefused) };
+            if token.uses_left.is_none() {
+                image.note_use(accessor, now);
+                return Ok(());
+            }
+        }
+        let spent = off_worker(|| {
+            self.write(|c| {
+                let Some(token) = c.state.token_mut(accessor)? else { return Ok((false, vec![])) };
+                if token.uses_left.is_some_and(|n| n <= 0) {
+                    return Ok((false, vec![]));
+                }
+                token.spend(now);
+                Ok((true, vec![]))
+            })
+        })?;
+        if !spent {
+            let event = Event::new(Kind::TokenRefused, Outcome::Denied, actor)
+                .with("reason", "no uses left")
+                .with("accessor", accessor.clone());
+            self.record(event)?;
+            return Err(VaultError::TokenRefused);
+        }
+        Ok(())
+    }
+
+    /// Names the reader: a token (checked; spent by [`Vault::spend`] once the
+    /// request is served), else the kernel's identity. A refused token is
+    /// recorded and never falls back to the uid.
     pub(super) async fn identify(
         &self,
         actor: &mut Actor,
@@ -235,37 +303,46 @@ impl Vault {
         let keys = self.keys()?;
         let hash = keys.token_hash(token.expose());
         let now = crate::clock::now_unix();
-        // The check and the use in one durable transaction: a use-limited token
-        // cannot be spent twice, even across a crash.
-        let checked = self.write(|c| {
-            let Some(found) = c.state.image().token_by_hash(&hash).cloned() else {
-                return Ok((Err(("unknown", None)), vec![]));
-            };
-            let accessor = found.accessor.clone();
-            if let Some(reason) = policy::token_refusal(&found, peer.uid, now) {
-                return Ok((Err((reason, Some(accessor))), vec![]));
+        // Checked here, spent only once the request is served (see `spend`).
+        let checked = {
+            let image = self.image();
+            match image.token_by_hash(&hash) {
+                None => Err(("unknown", None)),
+                Some(found) => {
+                    let accessor = found.accessor.clone();
+                    if let Some(reason) = policy::token_refusal(found, image.last_use(found), peer.uid, now) {
+                        Err((reason, Some(accessor)))
+                    } else if let Some(client) = image.client(&found.client).filter(|c| c.enabled).cloned() {
+                        Ok((accessor, client, found.bind_exe.clone()))
+                    } else {
+                        Err(("client disabled or removed", Some(accessor)))
+                    }
+                }
             }
-            // A refused token spends nothing: the client is checked before the use is.
-            let Some(client) = c.state.image().client(&found.client).filter(|c| c.enabled).cloned() else {
-                return Ok((Err(("client disabled or removed", Some(accessor))), vec![]));
-            };
-            if let Some(t) = c.state.token_mut(&accessor)? {
-                t.spend(now);
-            }
-            Ok((Ok((accessor, client)), vec![]))
-        })?;
+        };
+        // A token bound to an executable: the caller must run that file, as its
+        // identity was attested at accept (outside the state's lock: /proc reads).
+        let checked = checked.and_then(|(accessor, client, bind_exe)| match bind_exe {
+            None => Ok((accessor, client)),
+            Some(exe) => match Caller::new(peer.clone()).runs(std::path::Path::new(&exe)) {
+                Ok(true) => Ok((accessor, client)),
+                Ok(false) => Err(("used from another executable", Some(accessor))),
+                Err(why) => Err((why.reason(), Some(accessor))),
+            },
+        });
         match checked {
             Ok((accessor, client)) => {
                 actor.token = Some(accessor.clone());
                 Ok(Reader::Token { client, accessor, uid: peer.uid })
             }
             Err((reason, accessor)) => {
-                let mut event = Event::new("token.refused", Outcome::Denied, actor).with("reason", reason);
+                let accessor_known = accessor.is_some();
+                let mut event = Event::new(Kind::TokenRefused, Outcome::Denied, actor).with("reason", reason);
                 if let Some(accessor) = accessor {
                     event = event.with("accessor", accessor);
                 }
                 self.record(event)?;
-                Err(VaultError::TokenRefused)
+                Err(if accessor_known { VaultError::TokenRefused } else { VaultError::TokenUnknown })
             }
         }
     }
@@ -279,7 +356,7 @@ impl Vault {
         } else {
             self.read_version_any(secret, version).map(|value| (version, value))
         };
-        self.append(vec![read_record("secret.reveal", actor, None, secret, outcome(&result)).into_event()], false)?;
+        self.append(vec![read_record(Kind::SecretReveal, actor, None, secret, outcome(&result)).into_event()], false)?;
         result
     }
 }

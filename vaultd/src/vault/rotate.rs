@@ -1,4 +1,4 @@
-//! Rotation's state machine (DESIGN §6), persisted in the `rotation` table:
+//! Rotation's state machine (ARCHITECTURE §6), persisted in the `rotation` table:
 //!
 //! ```text
 //! begin (step create) ─ hook create ─▶ pending stored (step test) ─ hook test ─▶ promoted (done)
@@ -13,11 +13,11 @@
 //! and the current version is never touched before the promotion.
 
 use super::{SecretRef, Vault, VaultError};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::SecretBytes;
-use crate::rotation::{Rotator, hook, split_check};
+use crate::rotation::{Rotator, hook, split_check, with_check};
 pub use crate::state::Trigger;
-use crate::state::{PolicyChange, Promoted, Rotation, Secret, SecretRow, Step, VersionState};
+use crate::state::{PolicyChange, Promoted, Rotation, Secret, Step, VersionState};
 use crate::store::now_unix;
 use std::sync::Arc;
 
@@ -55,10 +55,13 @@ pub struct RotationRow {
 }
 
 /// The outcome of a rotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotated {
     pub version: u64,
     pub promoted: Promoted,
+    /// A compromised secret rotated with a hook: its compromised versions'
+    /// revoke-old step, each revoked at the provider or why not.
+    pub compromised: Vec<(u64, Result<(), String>)>,
 }
 
 /// A failed scheduled rotation is retried after this (or its period, if shorter).
@@ -97,7 +100,7 @@ impl Vault {
         actor: &Actor,
         secret: SecretRef<'_>,
         change: &PolicyChange,
-    ) -> Result<SecretRow, VaultError> {
+    ) -> Result<Arc<Secret>, VaultError> {
         self.check_policy(secret, change)?;
         self.keys()?;
         self.write(|c| {
@@ -139,18 +142,26 @@ impl Vault {
                 )));
             }
         };
-        let _claim = self.claim(secret)?;
+        self.finish_interrupted(secret).await?;
+        let compromised = self.secret(secret)?.is_compromised();
+        let claim = self.claim(secret)?;
+        // Tested by a route's provider check (`;check=ROUTE`) before it is promoted?
         let check = split_check(&row.rotator).1;
-        let rotator_name = crate::rotation::with_check(&rotator.to_string(), check);
+        let rotator_name = with_check(&rotator.to_string(), check);
         let Some(value) = value else {
             let Rotator::Exec(path) = &rotator else { unreachable_rotator()? };
-            return self.rotate_with_hook(actor, secret, &row, path, trigger).await;
+            let mut rotated = self.rotate_with_hook(actor, secret, &row, path, trigger).await?;
+            drop(claim);
+            if compromised {
+                rotated.compromised = self.revoke_compromised(secret).await;
+            }
+            return Ok(rotated);
         };
         super::check_value(&value)?;
         let digest = keys.value_digest(value.expose());
         let keep = self.rotation.keep_versions;
         let now = now_unix();
-        let rotated = self.write(|c| {
+        let (rotation, version, promoted) = self.write(|c| {
             let rotation = c.txn.next_rotation_id()?;
             let mut events = Vec::with_capacity(4);
             let term = self.sealing_term(&mut c.state, &keys, 1, &mut events)?;
@@ -162,29 +173,87 @@ impl Vault {
             let version = s.next_version();
             s.add_pending(version, keys.seal_version(&secret.version(version), term, value.expose())?, now);
             events.insert(0, start_event(actor, secret, &rotator_name, trigger, from));
-            events.push(step_event("rotation.created", actor, secret, version).with("value_digest", digest));
-            if check.is_some() {
-                // Tested before it is promoted, like a hook's value.
-                s.rotation_step(rotation, Step::Test, Some(version), None, now);
-                return Ok((Err((rotation, version)), events));
+            events.push(step_event(Kind::RotationCreated, actor, secret, version).with("value_digest", digest));
+            // A value a check tests waits for it, pending, like a hook's.
+            let promoted = check.is_none().then(|| s.promote(version, keep, now));
+            let step = if promoted.is_some() { Step::Done } else { Step::Test };
+            s.rotation_step(rotation, step, Some(version), None, now);
+            if let Some(promoted) = promoted {
+                events.push(promoted_event(actor, secret, version, promoted));
             }
-            let promoted = s.promote(version, keep, now);
-            s.rotation_step(rotation, Step::Done, Some(version), None, now);
-            events.push(promoted_event(actor, secret, version, promoted));
-            Ok((Ok(Rotated { version, promoted }), events))
+            Ok(((rotation, version, promoted), events))
         })?;
-        let rotated = match (rotated, check) {
-            (Ok(rotated), _) => rotated,
-            (Err((rotation, version)), Some(route)) => {
-                let test = Test::Check(route);
-                return self
-                    .test_and_promote(actor, secret, rotation, test, &row.provider, version, &value, trigger)
-                    .await;
+        match (promoted, check) {
+            (Some(promoted), _) => {
+                drop(claim);
+                self.notify();
+                Ok(Rotated { version, promoted, compromised: Vec::new() })
             }
-            (Err(_), None) => unreachable_rotator()?,
-        };
-        self.notify();
-        Ok(rotated)
+            (None, Some(route)) => {
+                let test = Test::Check(route);
+                self.test_and_promote(actor, secret, rotation, test, &row.provider, version, &value, trigger).await
+            }
+            (None, None) => unreachable_rotator(),
+        }
+    }
+
+    /// An interrupted rotation of `secret` (one in progress that this process
+    /// did not start: a crash ended the vaultd that did) is finished before
+    /// another starts: resumed if its new value was stored, else rolled back. So
+    /// `rotate` is never refused for one. A rotation running here is left alone
+    /// (the next claim refuses).
+    async fn finish_interrupted(&self, secret: SecretRef<'_>) -> Result<(), VaultError> {
+        let key = (secret.env.to_owned(), secret.name.to_owned());
+        let unlocked_at = self.unlocked_at.load(std::sync::atomic::Ordering::SeqCst);
+        let patience = self.rotation.hook_timeout * 3 + std::time::Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let found = self.secret(secret)?;
+            let Some((id, rotation)) = found.rotation_in_progress() else { return Ok(()) };
+            // Started since this unlock: a live one, and the claim refuses the new one.
+            if rotation.started_unix > unlocked_at {
+                return Ok(());
+            }
+            if !self.rotating().contains(&key) {
+                let row =
+                    RotationRow { id, env: found.env.clone(), name: found.name.clone(), rotation: rotation.clone() };
+                // A resumed rotation that fails is over (recorded as failed): the new one goes on.
+                return match self.resume(&row).await {
+                    Ok(()) | Err(VaultError::RotationFailed(_) | VaultError::RotationInProgress(_)) => Ok(()),
+                    Err(e) => Err(e),
+                };
+            }
+            // The scheduler is resuming it: wait for that to end.
+            if tokio::time::Instant::now() > deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// After a compromised secret was rotated with its hook: the revoke-old step
+    /// for each version revoke-all marked compromised, so the provider forgets
+    /// them too. Each outcome is recorded; one that fails is retried by the
+    /// scheduler with back-off.
+    async fn revoke_compromised(&self, secret: SecretRef<'_>) -> Vec<(u64, Result<(), String>)> {
+        let Ok(found) = self.secret(secret) else { return Vec::new() };
+        let compromised: Vec<u64> = found
+            .versions
+            .iter()
+            .filter(|(_, v)| v.state == VersionState::Compromised && v.ciphertext.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        let mut outcomes = Vec::new();
+        for version in compromised {
+            let old = OldVersion::of(&found, version);
+            let outcome = match self.revoke_old(&old).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(why)) => Err(why),
+                Err(e) => Err(e.to_string()),
+            };
+            outcomes.push((version, outcome));
+        }
+        outcomes
     }
 
     /// create → store pending → test → promote, each step persisted before the
@@ -193,7 +262,7 @@ impl Vault {
         &self,
         actor: &Actor,
         secret: SecretRef<'_>,
-        row: &SecretRow,
+        row: &Secret,
         path: &std::path::Path,
         trigger: Trigger,
     ) -> Result<Rotated, VaultError> {
@@ -234,7 +303,7 @@ impl Vault {
             let version = s.next_version();
             s.add_pending(version, keys.seal_version(&secret.version(version), term, created.expose())?, now);
             s.rotation_step(rotation, Step::Test, Some(version), None, now);
-            events.push(step_event("rotation.created", actor, secret, version).with("value_digest", digest));
+            events.push(step_event(Kind::RotationCreated, actor, secret, version).with("value_digest", digest));
             Ok((version, events))
         })?;
         let test = match split_check(&row.rotator).1 {
@@ -280,13 +349,13 @@ impl Vault {
             let promoted = s.promote(version, keep, now);
             s.rotation_step(rotation, Step::Done, None, None, now);
             let events = vec![
-                step_event("rotation.tested", actor, secret, version),
+                step_event(Kind::RotationTested, actor, secret, version),
                 promoted_event(actor, secret, version, promoted),
             ];
             Ok((promoted, events))
         })?;
         self.notify();
-        Ok(Rotated { version, promoted })
+        Ok(Rotated { version, promoted, compromised: Vec::new() })
     }
 
     /// Marks a rotation failed (a stored pending version owes a revoke-old run)
@@ -309,7 +378,7 @@ impl Vault {
                     // Only a hook's provider knows the value it refused (and
                     // owes a revoke-old run); any other is simply destroyed.
                     let rotator = s.rotations.get(&rotation).map_or(s.rotator.as_str(), |r| r.rotator.as_str());
-                    let hook = matches!(rotator.parse(), Ok(Rotator::Exec(_)));
+                    let hook = Rotator::is_hook(rotator);
                     s.abandon_pending(version, hook);
                 }
                 if trigger == Trigger::Schedule {
@@ -317,7 +386,7 @@ impl Vault {
                 }
                 s.rotation_step(rotation, Step::Failed, None, Some(&reason), now);
             }
-            let event = Event::new("rotation.failed", Outcome::Failed, actor)
+            let event = Event::new(Kind::RotationFailed, Outcome::Failed, actor)
                 .secret(secret.env, secret.name)
                 .with("step", step)
                 .with("reason", reason.clone());
@@ -333,7 +402,7 @@ impl Vault {
 
     /// Secrets with a schedule (every environment), or only those due now, or
     /// (`compromised`) those whose current version revoke-all marked compromised.
-    pub fn rotations(&self, due_only: bool, compromised: bool) -> Result<Vec<SecretRow>, VaultError> {
+    pub fn rotations(&self, due_only: bool, compromised: bool) -> Result<Vec<Arc<Secret>>, VaultError> {
         self.keys()?;
         let now = now_unix();
         let image = self.image();
@@ -348,7 +417,7 @@ impl Vault {
         if compromised {
             found.sort_by(|a, b| (&a.env, &a.name).cmp(&(&b.env, &b.name)));
         }
-        Ok(found.into_iter().map(|s| s.row()).collect())
+        Ok(found.into_iter().cloned().collect())
     }
 
     pub fn last_rotation(&self, secret: SecretRef<'_>) -> Result<Option<RotationRow>, VaultError> {
@@ -385,11 +454,11 @@ impl Vault {
         }
         for (env, name, rotator, due_unix, alerted) in due {
             let secret = SecretRef { env: &env, name: &name };
-            if split_check(&rotator).0 == "manual" {
+            if Rotator::is_manual(&rotator) {
                 if !alerted {
                     self.write(|c| {
                         c.secret(secret)?.due_alerted_unix = Some(now);
-                        let event = Event::new("rotation.due", Outcome::Ok, &vaultd)
+                        let event = Event::new(Kind::RotationDue, Outcome::Ok, &vaultd)
                             .secret(secret.env, secret.name)
                             .with("due_unix", due_unix)
                             .with("reason", "manual rotation due: run `vaultctl rotate NAME`");
@@ -410,7 +479,7 @@ impl Vault {
             });
         }
         for old in grace_ended {
-            let hook = old.rotator.starts_with("exec:");
+            let hook = Rotator::is_hook(&old.rotator);
             let secret = SecretRef { env: &old.env, name: &old.name };
             self.write(|c| {
                 let Some(s) = c.state.secret_mut(secret.env, secret.name)? else { return Ok(((), vec![])) };
@@ -418,12 +487,13 @@ impl Vault {
                     return Ok(((), vec![]));
                 }
                 let event =
-                    step_event("rotation.retired", &vaultd, secret, old.version).with("reason", "grace period over");
+                    step_event(Kind::RotationRetired, &vaultd, secret, old.version).with("reason", "grace period over");
                 Ok(((), vec![event]))
             })?;
         }
         for old in revocations {
-            self.revoke_old(&old).await?;
+            // A failure is recorded and retried with back-off by revoke_old itself.
+            let _outcome = self.revoke_old(&old).await?;
         }
         Ok(())
     }
@@ -492,7 +562,7 @@ impl Vault {
                 .filter(|v| v.state == VersionState::Pending)
                 .and_then(|v| v.ciphertext.clone())
                 .ok_or_else(|| secret.not_found())?;
-            let event = step_event("rotation.resumed", &vaultd, secret, version).with("step", "test");
+            let event = step_event(Kind::RotationResumed, &vaultd, secret, version).with("step", "test");
             Ok(((s.provider.clone(), ciphertext), vec![event]))
         })?;
         let pending = keys.open_version(&secret.version(version), &pending)?;
@@ -501,8 +571,9 @@ impl Vault {
     }
 
     /// Runs the revoke-old hook for a version the provider should forget; a
-    /// failure is recorded and retried later with back-off.
-    async fn revoke_old(&self, old: &OldVersion) -> Result<(), VaultError> {
+    /// failure is recorded and retried later with back-off. Returns what the
+    /// hook did, or why it failed.
+    async fn revoke_old(&self, old: &OldVersion) -> Result<Result<&'static str, String>, VaultError> {
         let secret = SecretRef { env: &old.env, name: &old.name };
         let vaultd = Actor::vaultd();
         let outcome = match (old.rotator.parse::<Rotator>(), &old.ciphertext) {
@@ -525,11 +596,11 @@ impl Vault {
             let event = match &outcome {
                 Ok(what) => {
                     s.revoke_done(old.version, None);
-                    step_event("rotation.revoked_old", &vaultd, secret, old.version).with("result", *what)
+                    step_event(Kind::RotationRevokedOld, &vaultd, secret, old.version).with("result", *what)
                 }
                 Err(reason) => {
                     s.revoke_done(old.version, Some(now.saturating_add(RETRY_SECS)));
-                    Event::new("rotation.failed", Outcome::Failed, &vaultd)
+                    Event::new(Kind::RotationFailed, Outcome::Failed, &vaultd)
                         .secret(secret.env, secret.name)
                         .with("step", "revoke-old")
                         .with("version", old.version)
@@ -537,7 +608,8 @@ impl Vault {
                 }
             };
             Ok(((), vec![event]))
-        })
+        })?;
+        Ok(outcome)
     }
 }
 
@@ -546,19 +618,19 @@ fn unreachable_rotator<T>() -> Result<T, VaultError> {
 }
 
 fn start_event(actor: &Actor, secret: SecretRef<'_>, rotator: &str, trigger: Trigger, from: u64) -> Event {
-    Event::new("rotation.start", Outcome::Ok, actor)
+    Event::new(Kind::RotationStart, Outcome::Ok, actor)
         .secret(secret.env, secret.name)
         .with("rotator", rotator)
         .with("trigger", trigger.as_str())
         .with("from_version", from)
 }
 
-fn step_event(kind: &'static str, actor: &Actor, secret: SecretRef<'_>, version: u64) -> Event {
+fn step_event(kind: Kind, actor: &Actor, secret: SecretRef<'_>, version: u64) -> Event {
     Event::new(kind, Outcome::Ok, actor).secret(secret.env, secret.name).with("version", version)
 }
 
 fn promoted_event(actor: &Actor, secret: SecretRef<'_>, version: u64, promoted: Promoted) -> Event {
-    step_event("rotation.promoted", actor, secret, version)
+    step_event(Kind::RotationPromoted, actor, secret, version)
         .with("previous_version", promoted.previous)
         .with("grace_until_unix", promoted.grace_until)
 }
@@ -601,7 +673,7 @@ impl Vault {
 }
 
 pub(super) fn policy_event(actor: &Actor, secret: SecretRef<'_>, change: &PolicyChange) -> Event {
-    let mut event = Event::new("rotation.policy", Outcome::Ok, actor).secret(secret.env, secret.name);
+    let mut event = Event::new(Kind::RotationPolicy, Outcome::Ok, actor).secret(secret.env, secret.name);
     if let Some(rotator) = &change.rotator {
         event = event.with("rotator", rotator.clone());
     }
@@ -612,4 +684,34 @@ pub(super) fn policy_event(actor: &Actor, secret: SecretRef<'_>, change: &Policy
         event = event.with("grace_secs", grace);
     }
     event
+}
+
+/// At unlock, in its transaction: a rotation a crash interrupted before its new
+/// value was stored (step `create`) is rolled back now, so nothing waits on it
+/// (`rotate` is not refused for it). One whose value was stored (step `test`)
+/// is resumed by the scheduler, or by the next `rotate` of that secret.
+pub(super) fn roll_back_interrupted(c: &mut super::Change<'_, '_>) -> Result<Vec<Event>, VaultError> {
+    let interrupted: Vec<(String, String, i64)> = c
+        .state
+        .image()
+        .secrets()
+        .filter_map(|s| {
+            let (id, r) = s.rotation_in_progress()?;
+            (r.step == Step::Create).then(|| (s.env.clone(), s.name.clone(), id))
+        })
+        .collect();
+    let reason = "interrupted by a vaultd restart before the new value was stored; rolled back at unlock";
+    let mut events = Vec::new();
+    for (env, name, id) in interrupted {
+        if let Some(s) = c.state.secret_mut(&env, &name)? {
+            s.rotation_step(id, Step::Failed, None, Some(reason), now_unix());
+            events.push(
+                Event::new(Kind::RotationFailed, Outcome::Failed, &Actor::vaultd())
+                    .secret(&env, &name)
+                    .with("step", "create")
+                    .with("reason", reason),
+            );
+        }
+    }
+    Ok(events)
 }

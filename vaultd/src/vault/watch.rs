@@ -8,7 +8,7 @@
 //! latest generation, so a slow reader gets the newest state, never a backlog.
 
 use super::{Reader, SecretRef, Vault, VaultError};
-use crate::audit::{Actor, Event, Outcome};
+use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::SecretBytes;
 use crate::identity::Peer;
 use crate::policy::{Action, Decision};
@@ -122,7 +122,7 @@ impl Vault {
                             let mut who = watcher.actor.clone();
                             who.client = client;
                             events.push(
-                                Event::new("secret.read", Outcome::Ok, &who)
+                                Event::new(Kind::SecretRead, Outcome::Ok, &who)
                                     .secret(env, name)
                                     .with("version", version)
                                     .with("watch", true),
@@ -158,7 +158,7 @@ impl Vault {
     }
 
     fn watch_ended(&self, watcher: &Watcher, secret: SecretRef<'_>, reason: &str, error: VaultError) -> VaultError {
-        let event = Event::new("secret.watch", Outcome::Denied, &watcher.actor)
+        let event = Event::new(Kind::SecretWatch, Outcome::Denied, &watcher.actor)
             .secret(secret.env, secret.name)
             .with("reason", reason);
         match self.record_all(vec![event]) {
@@ -188,7 +188,7 @@ mod tests {
             vault.put(&actor, secret, &SecretLabels::default(), &PolicyChange::default(), &value).unwrap()
         };
         put("v1");
-        let owner = Peer { uid: vault.owner, gid: 0, pid: None, start_time: None, pidfd: None };
+        let owner = Peer { uid: vault.owner, gid: 0, pid: None, accepted: None };
         let (mut watcher, first) = vault.watch(&actor, Some(&owner), None, &[secret]).await.unwrap();
         assert_eq!((first.len(), first[0].version, first[0].value.expose()), (1, 1, &b"v1"[..]));
         // Five rotations while the watcher is not looking: it gets the last one only.
