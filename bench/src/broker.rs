@@ -12,7 +12,13 @@
 //! small Anthropic-style JSON POST, and the reply carries `usage`, so the
 //! broker does its whole job: token check, use decision and audit record,
 //! the guard over the request, metering and masking of the reply.
+//!
+//! The goals are judged as every vault-bench target is (`noise`, `report`):
+//! on the median of at least 5 rounds in which no other process used more
+//! than a tenth of a core during any run; otherwise "not measured".
 
+use crate::noise::BUSY_CORES;
+use crate::report::Judge;
 use crate::vaultd::{Bins, Daemon, Process};
 use anyhow::{Context as _, ensure};
 use bytes::Bytes;
@@ -35,8 +41,9 @@ const KEY: &str = "sk-bench-upstream-key-0123456789abcdef";
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct BrokerArgs {
-    /// Rounds: each case is measured once per round.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
+    /// Rounds: each case is measured once per round (goals are judged on the
+    /// median of at least 5 rounds the machine was quiet in).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=50))]
     rounds: u16,
     /// Measured seconds per case per round (after a 0.5 s warm-up).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=120))]
@@ -272,6 +279,10 @@ struct Round {
     direct_stream: Run,
     broker_stream: Run,
     socket_stream: Run,
+    /// The most CPU other processes used during one of its runs, in cores.
+    others_cores_max: f64,
+    /// No run of it was disturbed (see `noise`): its figures count.
+    valid: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -285,6 +296,8 @@ struct Report {
     socket_added_p50_us: f64,
     socket_throughput_ratio: f64,
     socket_first_byte_delay_us: f64,
+    /// Rounds whose figures count (the medians are theirs, or all rounds' if none).
+    valid_rounds: usize,
     loadavg_start: String,
     loadavg_end: String,
     cpus: usize,
@@ -316,7 +329,7 @@ async fn measure(args: &BrokerArgs) -> anyhow::Result<Report> {
         .arg(&key)
         .arg("--port-file")
         .arg(&port_file);
-    let _upstream = Process::spawn("the upstream", &mut upstream_cmd)?;
+    let upstream = Process::spawn("the upstream", &mut upstream_cmd)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let port = loop {
         if let Some(port) = std::fs::read_to_string(&port_file).ok().and_then(|p| p.parse::<u16>().ok()) {
@@ -343,6 +356,7 @@ async fn measure(args: &BrokerArgs) -> anyhow::Result<Report> {
     let direct = format!("https://127.0.0.1:{port}");
     let brokered = format!("http://127.0.0.1:{broker_port}/{ROUTE}");
     let socket = format!("unix:{}", tmp.path().join("vault").join("broker.sock").display());
+    let meter = crate::noise::Meter::new(vec![d.pid(), upstream.pid()]);
     let run = |base: &str, key: &str, in_flight: u16, stream: bool| {
         let mut a = vec!["broker-client".to_owned(), "--base".into(), base.into(), "--key".into(), key.into()];
         a.extend(["--ca-file".into(), ca_file.display().to_string(), "--in-flight".into(), in_flight.to_string()]);
@@ -350,22 +364,32 @@ async fn measure(args: &BrokerArgs) -> anyhow::Result<Report> {
         if stream {
             a.push("--stream".into());
         }
-        crate::child::run::<Run>(a, Duration::from_secs(args.seconds + 60), "broker load")
+        meter.around(crate::child::run::<Run>(a, Duration::from_secs(args.seconds + 60), "broker load"))
     };
     let mut rounds = Vec::new();
     for round in 1..=args.rounds {
         eprintln!("vault-bench: broker round {round} of {}", args.rounds);
-        rounds.push(Round {
-            direct_1: run(&direct, KEY, 1, false).await?,
-            broker_1: run(&brokered, &token, 1, false).await?,
-            socket_1: run(&socket, "unused", 1, false).await?,
-            direct_32: run(&direct, KEY, 32, false).await?,
-            broker_32: run(&brokered, &token, 32, false).await?,
-            socket_32: run(&socket, "unused", 32, false).await?,
-            direct_stream: run(&direct, KEY, 1, true).await?,
-            broker_stream: run(&brokered, &token, 1, true).await?,
-            socket_stream: run(&socket, "unused", 1, true).await?,
-        });
+        let mut others = Vec::new();
+        let mut measured = |(run, noise): (Run, crate::noise::Noise)| {
+            others.push(noise);
+            run
+        };
+        let mut round = Round {
+            direct_1: measured(run(&direct, KEY, 1, false).await?),
+            broker_1: measured(run(&brokered, &token, 1, false).await?),
+            socket_1: measured(run(&socket, "unused", 1, false).await?),
+            direct_32: measured(run(&direct, KEY, 32, false).await?),
+            broker_32: measured(run(&brokered, &token, 32, false).await?),
+            socket_32: measured(run(&socket, "unused", 32, false).await?),
+            direct_stream: measured(run(&direct, KEY, 1, true).await?),
+            broker_stream: measured(run(&brokered, &token, 1, true).await?),
+            socket_stream: measured(run(&socket, "unused", 1, true).await?),
+            others_cores_max: 0.0,
+            valid: false,
+        };
+        round.others_cores_max = others.iter().map(|n| n.others_cores).fold(0.0, f64::max);
+        round.valid = others.iter().all(|n| !n.busy());
+        rounds.push(round);
     }
     let errors: u64 = rounds
         .iter()
@@ -379,13 +403,18 @@ async fn measure(args: &BrokerArgs) -> anyhow::Result<Report> {
         .map(|r| r.errors)
         .sum();
     ensure!(errors == 0, "{errors} calls failed");
+    let valid_rounds = rounds.iter().filter(|r| r.valid).count();
+    let counted: Vec<Round> =
+        if valid_rounds > 0 { rounds.iter().filter(|r| r.valid).cloned().collect() } else { rounds.clone() };
+    let median = |f: fn(&Round) -> f64| median(&counted, f);
     Ok(Report {
-        added_p50_us: median(&rounds, |r| r.broker_1.p50_us - r.direct_1.p50_us),
-        throughput_ratio: median(&rounds, |r| r.broker_32.per_second / r.direct_32.per_second),
-        first_byte_delay_us: median(&rounds, |r| r.broker_stream.p50_us - r.direct_stream.p50_us),
-        socket_added_p50_us: median(&rounds, |r| r.socket_1.p50_us - r.direct_1.p50_us),
-        socket_throughput_ratio: median(&rounds, |r| r.socket_32.per_second / r.direct_32.per_second),
-        socket_first_byte_delay_us: median(&rounds, |r| r.socket_stream.p50_us - r.direct_stream.p50_us),
+        added_p50_us: median(|r| r.broker_1.p50_us - r.direct_1.p50_us),
+        throughput_ratio: median(|r| r.broker_32.per_second / r.direct_32.per_second),
+        first_byte_delay_us: median(|r| r.broker_stream.p50_us - r.direct_stream.p50_us),
+        socket_added_p50_us: median(|r| r.socket_1.p50_us - r.direct_1.p50_us),
+        socket_throughput_ratio: median(|r| r.socket_32.per_second / r.direct_32.per_second),
+        socket_first_byte_delay_us: median(|r| r.socket_stream.p50_us - r.direct_stream.p50_us),
+        valid_rounds,
         rounds,
         loadavg_start,
         loadavg_end: crate::noise::loadavg(),
@@ -417,8 +446,11 @@ fn certificates(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
 }
 
 fn markdown(r: &Report) -> String {
-    let goal = |met: bool| if met { "met" } else { "NOT met" };
-    let med = |f: fn(&Round) -> f64| median(&r.rounds, f);
+    // Judged as every vault-bench target is: on the median of enough quiet rounds.
+    let judge = Judge { refused: 0, rounds: r.rounds.len(), valid_rounds: r.valid_rounds };
+    let goal = |met: bool| judge.rounds(Some(met), None).to_string();
+    let counted: Vec<Round> = r.rounds.iter().filter(|x| x.valid || r.valid_rounds == 0).cloned().collect();
+    let med = |f: fn(&Round) -> f64| median(&counted, f);
     // One figure: direct, then through the port and the socket with what the broker added.
     let row = |label: &str, unit: &str, (d, p, s): (f64, f64, f64), (dp, ds): (String, String), goal: String| {
         let added = |a: String| if a.is_empty() { a } else { format!(" ({a})") };
@@ -467,9 +499,14 @@ fn markdown(r: &Report) -> String {
             goal(r.socket_first_byte_delay_us <= FIRST_BYTE_DELAY_US)
         ),
     );
+    let others: Vec<String> = r.rounds.iter().map(|x| format!("{:.2}", x.others_cores_max)).collect();
     out += &format!(
-        "\n{} rounds (median shown), {} CPUs; load average {} at the start, {} at the end.\n",
+        "\n{} rounds, {} valid (the medians are theirs; a round is invalid when other processes used more than \
+         {BUSY_CORES} of a core during one of its runs: here at most {} cores, by round), {} CPUs; load average {} \
+         at the start, {} at the end.\n",
         r.rounds.len(),
+        r.valid_rounds,
+        others.join(", "),
         r.cpus,
         r.loadavg_start,
         r.loadavg_end
