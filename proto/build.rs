@@ -17,7 +17,7 @@ const REDACTED: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/vault/v1/agent.proto", "proto/vault/v1/admin.proto"];
+    let files = ["proto/vault/v1/agent.proto", "proto/vault/v1/admin.proto", "proto/vault/v1/broker.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -10,6 +10,7 @@
 //! audit-verify`), [`vaultd`] (starting and driving vaultd), [`noise`] (was the
 //! machine quiet), [`report`] (statistics, verdicts, markdown, JSON).
 
+mod broker;
 mod child;
 mod fanout;
 mod floor;
@@ -119,6 +120,16 @@ enum Cmd {
     /// Internal: build one revoke-all scene and time the revoke-all; prints a JSON result.
     #[command(hide = true)]
     RevokeClient(revoke::RevokeArgs),
+    /// The credential broker's overhead: the same HTTPS upstream called directly
+    /// and through vaultd's broker over loopback (latency at 1 in flight,
+    /// throughput at 32, the first streamed byte).
+    Broker(broker::BrokerArgs),
+    /// Internal: the broker bench's upstream.
+    #[command(hide = true)]
+    BrokerUpstream(broker::UpstreamArgs),
+    /// Internal: one broker bench load run; prints a JSON result.
+    #[command(hide = true)]
+    BrokerClient(broker::ClientArgs),
     /// Internal: the soak's load; prints JSON lines.
     #[command(hide = true)]
     SoakClient(soak::SoakClientArgs),
@@ -184,6 +195,9 @@ fn main() -> ExitCode {
         Some(Cmd::SoakClient(args)) => soak::client(&args),
         Some(Cmd::RevokeAll { rounds }) => revoke_only(rounds),
         Some(Cmd::RevokeClient(args)) => revoke::client(&args),
+        Some(Cmd::Broker(args)) => broker::bench(&args),
+        Some(Cmd::BrokerUpstream(args)) => broker::upstream(&args),
+        Some(Cmd::BrokerClient(args)) => broker::client(&args),
         None => bench(cli.run),
     };
     match outcome {

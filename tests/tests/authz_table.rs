@@ -1,6 +1,7 @@
 //! The authorization table: every RPC of `vault.v1.Agent` and `vault.v1.Admin`,
-//! called by every kind of caller, each as a real process with a real uid, and
-//! each cell's gRPC status asserted.
+//! and a use through the credential broker, called by every kind of caller
+//! (a `use` grant among them), each as a real process with a real uid, and
+//! each cell's status asserted.
 //!
 //! The calls are made by a child process: this test binary, copied to a 0755 temp
 //! dir and re-executed (with `.uid(U).gid(U)`) running only [`authz_child`], which
@@ -15,6 +16,8 @@
 //! bypass shows as OK instead of hiding behind an error, and cannot disturb other
 //! cells. Afterwards the vault is checked for side effects of the denied calls.
 #![allow(clippy::unwrap_used)]
+
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -37,6 +40,9 @@ const MARK: &str = "authz-result ";
 /// order, except that Seal and Unlock go last (in that order) so that a seal,
 /// whoever manages it, is undone before the next row.
 const AGENT_CALLS: [&str; 5] = ["GetSecret", "GetSecrets", "WatchSecrets", "GetSecret missing", "ListGranted"];
+/// A brokered use of the secret: an HTTP request on the credential broker's
+/// unix socket (its status shown as the gRPC code of the same meaning).
+const BROKER_CALLS: [&str; 1] = ["Use (broker)"];
 const ADMIN_CALLS: [&str; 34] = vault_tests::ADMIN_RPCS;
 /// How long one call (or a stream's first message) may take in the child.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,10 +61,11 @@ enum Kind {
     TokenWrongUid,
     TokenOnlyBare,
     TokenOnlyToken,
+    UseOnly,
 }
 
 impl Kind {
-    const ALL: [Kind; 12] = [
+    const ALL: [Kind; 13] = [
         Kind::Owner,
         Kind::Granted,
         Kind::NoGrant,
@@ -71,6 +78,7 @@ impl Kind {
         Kind::TokenWrongUid,
         Kind::TokenOnlyBare,
         Kind::TokenOnlyToken,
+        Kind::UseOnly,
     ];
 
     /// (label, tag naming its throwaway objects, uid; `None`: the owner, root)
@@ -91,6 +99,8 @@ impl Kind {
             // is not; without a token the uid matches neither.
             Kind::TokenOnlyBare => ("shared uid, no token", "tokonlybare", Some(65525)),
             Kind::TokenOnlyToken => ("shared uid, its token", "tokonlytok", Some(65525)),
+            // A `use` grant: the broker may use the secret for it; it may not read it.
+            Kind::UseOnly => ("use grant, no read", "useonly", Some(65524)),
         }
     }
 
@@ -110,10 +120,13 @@ impl Kind {
     fn want(self, call: &str) -> Code {
         let reads = matches!(self, Kind::Owner | Kind::Granted | Kind::TokenValid | Kind::TokenOnlyToken);
         match call {
-            // A uid that presented a bad token four times in a row is paused: its
-            // fifth agent call (this one) is refused before the token is looked at.
-            "ListGranted" if self.bad_token() => Code::ResourceExhausted,
-            _ if self.bad_token() && AGENT_CALLS.contains(&call) => Code::Unauthenticated,
+            // A token vaultd knows but no longer honours pauses nothing (only a
+            // guess does): each of its calls is refused for what it is.
+            _ if self.bad_token() && (AGENT_CALLS.contains(&call) || BROKER_CALLS.contains(&call)) => {
+                Code::Unauthenticated
+            }
+            "Use (broker)" if reads || self == Kind::UseOnly => Code::Ok,
+            "Use (broker)" => Code::NotFound, // indistinguishable from no such route
             "GetSecret missing" => Code::NotFound,
             // Names only, and only those granted: an empty list for a caller without grants.
             "ListGranted" => Code::Ok,
@@ -131,7 +144,7 @@ impl Kind {
 
 /// The calls in the order a child makes them.
 fn call_order() -> Vec<&'static str> {
-    let mut calls: Vec<&str> = AGENT_CALLS.to_vec();
+    let mut calls: Vec<&str> = AGENT_CALLS.iter().chain(&BROKER_CALLS).copied().collect();
     calls.extend(ADMIN_CALLS.iter().filter(|c| !matches!(**c, "Seal" | "Unlock")));
     calls.extend(["Seal", "Unlock"]);
     calls
@@ -194,6 +207,8 @@ struct Caller {
     tag: String,
     passphrase: Vec<u8>,
     accessor: String,
+    /// The broker's unix socket.
+    broker: String,
 }
 
 async fn child(spec: &serde_json::Value) {
@@ -205,6 +220,7 @@ async fn child(spec: &serde_json::Value) {
         tag: text("tag"),
         passphrase: text("passphrase").into_bytes(),
         accessor: text("accessor"),
+        broker: text("broker"),
     };
     for call in spec["calls"].as_array().unwrap() {
         let call = call.as_str().unwrap();
@@ -237,6 +253,33 @@ async fn first_message<T>(opened: Result<Response<Streaming<T>>, Status>) -> Res
     }
 }
 
+/// A request through the broker's `use` route (to prod/telegram) with the
+/// caller's token, if any: its HTTP status as the gRPC code that means the same.
+fn brokered_use(socket: &str, token: Option<&str>) -> Result<(), Status> {
+    use std::io::{Read, Write};
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).map_err(|e| Status::unavailable(e.to_string()))?;
+    conn.set_read_timeout(Some(CALL_TIMEOUT)).unwrap();
+    let body = r#"{"model":"m","max_tokens":8,"messages":[]}"#;
+    let key = token.map(|t| format!("x-api-key: {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "POST /use/v1/messages HTTP/1.1\r\nhost: broker\r\nconnection: close\r\n{key}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).map_err(|e| Status::unavailable(e.to_string()))?;
+    let status: u16 = reply.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let message = reply.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    match status {
+        200 => Ok(()),
+        401 => Err(Status::unauthenticated(message)),
+        403 => Err(Status::permission_denied(message)),
+        404 => Err(Status::not_found(message)),
+        429 => Err(Status::resource_exhausted(message)),
+        _ => Err(Status::unknown(format!("HTTP {status}: {message}"))),
+    }
+}
+
 /// A unary call's status, its reply dropped.
 fn done<T>(reply: Result<T, Status>) -> Result<(), Status> {
     reply.map(drop)
@@ -265,6 +308,7 @@ impl Caller {
                 first_message(agent.watch_secrets(request(t, watch)).await).await
             }
             "ListGranted" => done(agent.list_granted(request(t, v1::ListGrantedRequest { env: "prod".into() })).await),
+            "Use (broker)" => brokered_use(&self.broker, t),
             "Init" => done(admin.init(request(t, v1::InitRequest { passphrase })).await),
             "Unlock" => done(admin.unlock(request(t, v1::UnlockRequest { passphrase })).await),
             "Seal" => done(admin.seal(request(t, v1::SealRequest {})).await),
@@ -405,6 +449,7 @@ fn run_row(d: &Daemon, exe: &Path, kind: Kind, token: Option<&str>, accessor: &s
         "tag": kind.tag(),
         "passphrase": std::str::from_utf8(PASSPHRASE).unwrap(),
         "accessor": accessor,
+        "broker": d.dir.path().join("broker.sock"),
         "calls": call_order(),
     });
     let mut cmd = std::process::Command::new(exe);
@@ -466,8 +511,25 @@ async fn every_rpc_by_every_kind_of_caller() {
         return;
     }
     let started = Instant::now();
-    let config = "agent_socket_mode = \"0666\"\n[limits]\nclient_rate = 1000.0\nclient_burst = 1000.0\n";
-    let d = Daemon::start_with(Options { config: Some(config.into()), ..Options::default() });
+    // The broker's route `use` attaches prod/telegram for a local upstream that
+    // knows it, on a thread of its own (it has its own runtime), until the test ends.
+    let upstream_dir = tempfile::tempdir().unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (_stop, stopped) = std::sync::mpsc::channel::<()>();
+    let dir = upstream_dir.path().to_owned();
+    std::thread::spawn(move || {
+        let up = upstream::Upstream::start(&dir, &["123:tg"]);
+        started_tx.send((up.url.clone(), up.ca_file.clone())).unwrap();
+        let _ = stopped.recv();
+    });
+    let (url, ca_file) = started_rx.recv().unwrap();
+    let config = format!(
+        "agent_socket_mode = \"0666\"\n[limits]\nclient_rate = 1000.0\nclient_burst = 1000.0\n\
+         [broker]\nsocket_mode = \"0666\"\n[[broker.route]]\nname = \"use\"\nprovider = \"anthropic\"\n\
+         upstream = \"{url}\"\nsecret = \"prod/telegram\"\nca_file = \"{}\"\n",
+        vault_tests::path_str(&ca_file)
+    );
+    let d = Daemon::start_with(Options { config: Some(config), ..Options::default() });
     d.init();
     fs::set_permissions(d.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&d.admin_socket, fs::Permissions::from_mode(0o666)).unwrap(); // the mistake
@@ -507,6 +569,14 @@ async fn every_rpc_by_every_kind_of_caller() {
     };
     admin.add_client(add).await.unwrap();
     add_client(&mut admin, "cont-b", shared, "", &["prod/telegram"]).await;
+    let add = v1::AddClientRequest {
+        name: "use-only".into(),
+        uid: uid(Kind::UseOnly),
+        allow: vec!["prod/telegram".into()],
+        use_only: true,
+        ..Default::default()
+    };
+    admin.add_client(add).await.unwrap();
     let (container_token, _, _) = create_token(&mut admin, "cont-a", 0).await;
     // Each row's throwaway objects: a secret to delete, a client to remove, a client
     // to disable, grant, ungrant and make a token for, and a token to revoke.
@@ -544,7 +614,7 @@ async fn every_rpc_by_every_kind_of_caller() {
 
     // Every cell.
     let mut mismatches = Vec::new();
-    let columns: Vec<&str> = AGENT_CALLS.iter().chain(&ADMIN_CALLS).copied().collect();
+    let columns: Vec<&str> = AGENT_CALLS.iter().chain(&BROKER_CALLS).chain(&ADMIN_CALLS).copied().collect();
     for kind in Kind::ALL {
         for call in &columns {
             let want = code_name(kind.want(call));
@@ -556,7 +626,7 @@ async fn every_rpc_by_every_kind_of_caller() {
     }
     // Not granted looks exactly like not there: same code, same message but the name.
     let message = |kind: Kind, call: &str| results[kind.tag()][call].1.clone();
-    for kind in [Kind::NoGrant, Kind::Disabled, Kind::OtherUid, Kind::WrongExe, Kind::TokenOnlyBare] {
+    for kind in [Kind::NoGrant, Kind::Disabled, Kind::OtherUid, Kind::WrongExe, Kind::TokenOnlyBare, Kind::UseOnly] {
         let denied = message(kind, "GetSecret").replace("telegram", "NAME");
         let missing = message(kind, "GetSecret missing").replace("nosuch", "NAME");
         let batch = message(kind, "GetSecrets").replace("telegram", "NAME");

@@ -20,12 +20,17 @@
 //! - The two blocks that call systemctl are not run: they need a host whose init
 //!   is systemd (`needs_systemd`; tests/tests/systemd.rs checks the unit and
 //!   the drop-in).
+//! - "Keys your agents never see" runs in a test of its own, against a vaultd
+//!   with the section's config and local upstreams standing in for the
+//!   providers (`the_broker_section_runs_as_written`).
 #![allow(clippy::unwrap_used)]
+
+mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use vault_tests::{bins, is_root, path_str, skip_unless_ci};
+use vault_tests::{Daemon, bins, is_root, path_str, skip_unless_ci};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -75,6 +80,10 @@ fn blocks() -> Vec<Block> {
 fn needs_systemd(block: &Block) -> bool {
     block.text.lines().any(|l| l.split_whitespace().any(|w| w == "systemctl"))
 }
+
+/// The section whose blocks need the providers (stood in for by local
+/// upstreams): run by `the_broker_section_runs_as_written`, not in the session.
+const BROKER_SECTION: &str = "Keys your agents never see";
 
 /// What marks a block that runs until stopped, in a second terminal.
 const BACKGROUND: &str = "# In another terminal";
@@ -206,7 +215,8 @@ fn every_shell_block_runs_in_order_as_written() {
     let skipped: Vec<&str> =
         all.iter().filter(|b| b.lang == "sh" && needs_systemd(b)).map(|b| b.section.as_str()).collect();
     assert_eq!(skipped, ["Executable selectors", "Deploying with systemd"], "only systemd's blocks are not run");
-    let run: Vec<Block> = all.into_iter().filter(|b| b.lang == "sh" && !needs_systemd(b)).collect();
+    let run: Vec<Block> =
+        all.into_iter().filter(|b| b.lang == "sh" && !needs_systemd(b) && b.section != BROKER_SECTION).collect();
     assert!(run.len() >= 15, "{} blocks", run.len());
     // `set -e` does not stop at a failure before `&&` (`a && b` with `a` failing
     // goes on): one command a line, so that every failure fails the test.
@@ -280,4 +290,63 @@ fn output_within(mut cmd: Command, limit: Duration) -> std::process::Output {
         );
     };
     std::process::Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+/// "Keys your agents never see": the config as written (but for the
+/// providers' addresses: local upstreams that behave like them, and their
+/// CA), the shell block as written, the SDK examples as written.
+#[test]
+fn the_broker_section_runs_as_written() {
+    if !Command::new("python3").args(["-c", "import anthropic, openai"]).output().is_ok_and(|o| o.status.success()) {
+        skip_unless_ci(
+            "python3 cannot import anthropic and openai: pip install -r tests/python/broker-requirements.txt",
+        );
+        return;
+    }
+    let section: Vec<Block> = blocks().into_iter().filter(|b| b.section == BROKER_SECTION).collect();
+    let of = |lang: &str| section.iter().filter(|b| b.lang == lang).map(|b| b.text.clone()).collect::<Vec<_>>();
+    let (toml, sh, python) = (of("toml"), of("sh"), of("python"));
+    assert_eq!((toml.len(), sh.len(), python.len()), (1, 1, 2));
+    let tag = vault_tests::unique_tag();
+    let (anthropic, openai) = (format!("sk-ant-readme-{tag}"), format!("sk-openai-readme-{tag}"));
+    let mut d = Daemon::new(vault_tests::Options::default());
+    let up = upstream::Upstream::start(d.dir.path(), &[&anthropic, &openai]);
+    let mut config = toml[0].clone();
+    for provider in ["https://api.anthropic.com", "https://api.openai.com"] {
+        let written = format!("upstream = \"{provider}\"\n");
+        assert!(config.contains(&written), "{written}");
+        config =
+            config.replace(&written, &format!("upstream = \"{}\"\nca_file = \"{}\"\n", up.url, path_str(&up.ca_file)));
+    }
+    d.opts.config = Some(config);
+    d.launch();
+    d.init();
+    let work = d.dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("anthropic.key"), &anthropic).unwrap();
+    std::fs::write(work.join("openai.key"), &openai).unwrap();
+    std::fs::write(work.join("claude.py"), &python[0]).unwrap();
+    std::fs::write(work.join("gpt.py"), &python[1]).unwrap();
+    let mut cmd = Command::new("sh");
+    let path = format!("{}:{}", path_str(bins().vaultctl.parent().unwrap()), std::env::var("PATH").unwrap_or_default());
+    cmd.args(["-e", "-c", &sh[0]])
+        .current_dir(&work)
+        .env("PATH", path)
+        .env("VAULT_SOCKET", &d.agent_socket)
+        .env("VAULT_ADMIN_SOCKET", &d.admin_socket)
+        .env("VAULTD_INSECURE_TEST_KDF", "1")
+        .env_remove("VAULT_ENV")
+        .env_remove("VAULT_TOKEN")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("OPENAI_API_KEY");
+    let out = vault_tests::run(cmd, b"");
+    assert_eq!(out.code, Some(0), "{}\n{}", out.text(), out.stderr);
+    let text = out.text();
+    assert!(text.contains("\nhello from the upstream\nhello from the upstream\nCLIENT  ROUTE "), "{text}");
+    assert!(text.contains("\nbot     anthropic  1/60     1          35/2000000    0.0000         ok\n"), "{text}");
+    assert!(text.contains("\nbot     openai     1        1          21            0.0000/5.0000  ok\n"), "{text}");
+    let seen = up.seen();
+    assert!(seen.iter().any(|r| r.header("x-api-key").as_deref() == Some(anthropic.as_str())));
+    assert!(seen.iter().any(|r| r.header("authorization") == Some(format!("Bearer {openai}"))));
+    assert!(!text.contains(&anthropic) && !text.contains(&openai));
 }

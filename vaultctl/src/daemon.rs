@@ -15,6 +15,13 @@ pub(crate) async fn admin(global: &Global) -> anyhow::Result<AdminClient<Channel
     Ok(vault_proto::admin_client(dial(&global.admin_socket).await?))
 }
 
+/// The broker's admin service, on the admin socket.
+pub(crate) async fn broker_admin(
+    global: &Global,
+) -> anyhow::Result<vault_proto::v1::broker_admin_client::BrokerAdminClient<Channel>> {
+    Ok(vault_proto::v1::broker_admin_client::BrokerAdminClient::new(dial(&global.admin_socket).await?))
+}
+
 /// A client for the agent socket (reads, as an agent would make them).
 pub(crate) async fn agent(global: &Global) -> anyhow::Result<AgentClient<Channel>> {
     Ok(vault_proto::agent_client(dial(&global.socket).await?))

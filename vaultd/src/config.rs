@@ -30,6 +30,12 @@ pub struct Config {
     pub keys: KeysConfig,
     #[serde(default)]
     pub integrity: IntegrityConfig,
+    /// `[broker]`: the credential broker (see `broker`).
+    #[serde(default)]
+    pub broker: crate::broker::BrokerConfig,
+    /// `[[alert]]`: where security alerts go (see `broker::alert`).
+    #[serde(default, rename = "alert")]
+    pub alerts: Vec<crate::broker::AlertConfig>,
 }
 
 /// `[integrity]`: what vaultd can check beyond the data directory.
@@ -86,6 +92,8 @@ impl Default for Config {
             rotation: RotationConfig::default(),
             keys: KeysConfig::default(),
             integrity: IntegrityConfig::default(),
+            broker: Default::default(),
+            alerts: Vec::new(),
         }
     }
 }
@@ -222,7 +230,7 @@ fn default_agent_socket_mode() -> u32 {
     0o600
 }
 
-fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+pub(crate) fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let s = String::deserialize(d)?;
     match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
         Ok(mode) if mode & !0o666 == 0 && mode & 0o600 == 0o600 => Ok(mode),

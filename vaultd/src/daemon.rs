@@ -124,8 +124,22 @@ async fn serve(
     };
     let agent = bind(&opts.agent_socket, opts.config.agent_socket_mode, opts.config.agent_socket_gid).await?;
     let admin = bind(&opts.admin_socket, 0o600, None).await?;
+    let broker = crate::broker::Broker::new(vault.clone(), &opts.config.broker).map_err(DaemonError::Startup)?;
+    let (broker_stop, stop_broker) = tokio::sync::watch::channel(());
+    let broker_task = match &broker {
+        Some(b) => {
+            let listeners = b.bind(&opts.agent_socket).await.map_err(|source| DaemonError::Io {
+                what: "binding the broker for",
+                path: opts.agent_socket.clone(),
+                source,
+            })?;
+            Some(tokio::spawn(b.clone().serve(listeners, stop_broker)))
+        }
+        None => None,
+    };
     // Sinks first, so they see the start record; refuse to serve if it cannot be written.
     forward::spawn(&opts.config.audit.sinks, &vault.subscribe_sender(), vault.forward_stats());
+    let alerts = crate::broker::alert::spawn(vault.clone(), &opts.config.alerts).map_err(DaemonError::Startup)?;
     vault.record_durable(start_event(&opts.config))?;
     let maintenance = tokio::spawn(maintain(vault.clone(), opts.config.audit.retention));
     let scheduler = tokio::spawn(schedule(vault.clone(), opts.config.rotation.check_every));
@@ -143,6 +157,7 @@ async fn serve(
     let shutdown = async move {
         shutdown.await;
         notify::notify(notify::STOPPING);
+        let _ = broker_stop.send(());
         let counted = v.record_refusals();
         let stop = v.record_durable(Event::new(Kind::DaemonStop, Outcome::Ok, &Actor::vaultd()));
         let sealed = v.seal(&Actor::vaultd());
@@ -150,12 +165,18 @@ async fn serve(
             tracing::error!(error = %e, "recording the shutdown failed");
         }
     };
-    server::serve(vault.clone(), agent, admin, &opts.config.limits, shutdown).await;
+    server::serve(vault.clone(), agent, admin, &opts.config.limits, broker, shutdown).await;
+    if let Some(task) = broker_task {
+        let _ = task.await;
+    }
     maintenance.abort();
     scheduler.abort();
     incidents.abort();
     importer.abort();
     refusals.abort();
+    if let Some(alerts) = alerts {
+        alerts.abort();
+    }
     for path in [&opts.agent_socket, &opts.admin_socket] {
         let _ = std::fs::remove_file(path);
     }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod audit;
 pub mod backup;
+pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod crypto;

@@ -231,6 +231,17 @@ pub enum Presenter {
 /// Characters of a token (after `vt_`) that key its pause.
 pub const PREFIX_LEN: usize = 8;
 
+impl Presenter {
+    /// Whom a failure of `token`, shown on `connection` by `uid`, pauses.
+    pub fn of(connection: u64, uid: u32, token: &crate::crypto::SecretBytes) -> [Presenter; 2] {
+        let mut prefix = [0; PREFIX_LEN];
+        let tail = token.expose().get(3..).unwrap_or_default();
+        let n = tail.len().min(prefix.len());
+        prefix[..n].copy_from_slice(&tail[..n]);
+        [Presenter::Connection(connection), Presenter::Prefix(uid, prefix)]
+    }
+}
+
 struct Failures {
     count: u32,
     until: Instant,
@@ -272,6 +283,21 @@ impl Pauses {
                 let pause = Duration::from_millis(250).saturating_mul(1 << (f.count - FREE_FAILURES).min(16));
                 f.until = now + pause.min(MAX_PAUSE);
             }
+        }
+    }
+
+    /// Counts how a request with a token the presenters showed ended.
+    /// Guessing is what the pause slows; a token vaultd knows but no longer
+    /// honours is refused each time and pauses nothing, so an agent that
+    /// showed its revoked token a few times is served with its new one.
+    pub fn settle<T>(&self, presenters: &[Presenter], result: &Result<T, crate::vault::VaultError>) {
+        use crate::vault::VaultError;
+        match result {
+            Err(VaultError::TokenUnknown) => self.failed(presenters),
+            Err(VaultError::TokenRefused) => {}
+            // Sealed: the token was not looked at.
+            Err(VaultError::Sealed | VaultError::Uninitialized) => {}
+            _ => self.succeeded(presenters),
         }
     }
 

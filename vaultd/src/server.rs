@@ -8,7 +8,7 @@
 //! and in all, from the file limit, so agents cannot take the descriptors the
 //! admin socket (and the vault itself) needs.
 
-use crate::api::{AdminApi, AgentApi, FAULT_HEADER};
+use crate::api::{AdminApi, AgentApi, BrokerApi, FAULT_HEADER};
 use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::identity::{Attestation, Peer};
 use crate::limits::{ConnectionCaps, LimitsConfig, OWNER_CONNECTIONS, Slot, Slots};
@@ -36,7 +36,7 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
-use vault_proto::v1::{admin_server::AdminServer, agent_server::AgentServer};
+use vault_proto::v1::{admin_server::AdminServer, agent_server::AgentServer, broker_admin_server::BrokerAdminServer};
 use vault_proto::{MAX_ADMIN_REPLY_LEN, MAX_MESSAGE_LEN};
 
 /// Concurrent HTTP/2 streams one connection may open.
@@ -216,6 +216,7 @@ pub async fn serve(
     agent: UnixListener,
     admin: UnixListener,
     limits: &LimitsConfig,
+    broker: Option<Arc<crate::broker::Broker>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let owner = rustix::process::geteuid().as_raw();
@@ -244,13 +245,16 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_LEN)
         .max_encoding_message_size(MAX_ADMIN_REPLY_LEN);
     let (_, health, reflection) = discovery(AdminServer::<AdminApi>::NAME).await;
+    // The broker's admin calls go through the router (the admin API is served
+    // directly), behind the same owner-only policy.
+    let broker_api = Guarded::new(BrokerAdminServer::new(BrokerApi::new(broker)), Socket::Admin, owner, vault.clone());
     // Owner-only (mode 0600): not capped, and served from the descriptors the
     // agent caps leave.
     let admin_loop = Listener {
         listener: admin,
         socket: Socket::Admin,
         api: Guarded::new(admin_api, Socket::Admin, owner, vault),
-        routes: Routes::new(health).add_service(reflection).prepare(),
+        routes: Routes::new(health).add_service(reflection).add_service(broker_api).prepare(),
         owner,
         caps: None,
         cutoff: None,

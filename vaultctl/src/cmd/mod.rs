@@ -4,6 +4,7 @@
 
 mod audit;
 mod backup;
+mod budget;
 mod client;
 mod completions;
 mod exec;
@@ -14,6 +15,7 @@ mod incident;
 mod init;
 mod integrity;
 mod list;
+mod provider_check;
 mod put;
 mod rekey;
 mod restore;
@@ -75,8 +77,6 @@ pub(crate) enum Command {
     /// Run a program with every secret it may read in the environment (or those a
     /// spec file lists), each as the environment variable of its name.
     Run(run::Args),
-    /// Check a spec file (vaultd.toml): which of its secrets are missing or not granted.
-    Check(run::CheckArgs),
     /// Store each NAME=VALUE of a .env file as a secret (unchanged values make no new version).
     Import(import::Args),
     /// Write every secret of the environment, with its value, to a new 0600 file (owner only).
@@ -95,6 +95,12 @@ pub(crate) enum Command {
     /// Create, list and revoke bearer tokens for clients.
     #[command(subcommand)]
     Token(token::Command),
+    /// Each client's use of each broker route today, against its budget.
+    Budget,
+    /// Check a spec file (vaultd.toml): which of its secrets are missing or not
+    /// granted; or, with ROUTE… or --all, broker routes' credentials live at
+    /// their providers (vaultd makes the call; the value never leaves it).
+    Check(provider_check::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the man page (roff), or write all of them with --out-dir: for packaging.
@@ -130,7 +136,6 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Watch(args) => watch::run(global, args).await,
         Command::Exec(args) => exec::run(global, args).await,
         Command::Run(args) => run::run(global, args).await,
-        Command::Check(args) => run::check(global, args).await,
         Command::Import(args) => import::run(global, args).await,
         Command::Export(args) => export::run(global, args).await,
         Command::RevokeAll(args) => incident::revoke_all(global, args).await,
@@ -139,6 +144,8 @@ pub(crate) async fn run(global: &Global, command: Command) -> anyhow::Result<()>
         Command::Integrity(command) => integrity::run(global, command).await,
         Command::Client(command) => client::run(global, command).await,
         Command::Token(command) => token::run(global, command).await,
+        Command::Budget => budget::run(global).await,
+        Command::Check(args) => provider_check::run(global, args).await,
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => completions::man(args),
         Command::Complete(args) => completions::names(global, args).await,

@@ -17,6 +17,7 @@ use crate::daemon::{self, Reply as _};
 use crate::exit::usage;
 use crate::output::{self, timestamp};
 use crate::{cmd, input};
+use vaultd::rotation::split_check;
 
 /// The policy options `put` and `rotation set` share.
 #[derive(Debug, Default, clap::Args)]
@@ -27,6 +28,11 @@ pub(crate) struct PolicyArgs {
     /// README's "Rotation hooks").
     #[arg(long, value_name = "R")]
     rotator: Option<String>,
+    /// Test each new value with the credential broker's check of ROUTE (a
+    /// [[broker.route]]: list models, Telegram getMe, …) before it is promoted,
+    /// instead of a hook's test step.
+    #[arg(long, value_name = "ROUTE", requires = "rotator")]
+    check: Option<String>,
     /// Rotate on schedule, every D ("30d", "12h"); "never" removes the schedule.
     #[arg(long, value_name = "D", value_parser = every)]
     rotate_every: Option<u64>,
@@ -40,7 +46,11 @@ impl PolicyArgs {
         if self.rotator.is_none() && self.rotate_every.is_none() && self.grace.is_none() {
             return None;
         }
-        Some(RotationChange { rotator: self.rotator, rotate_every_secs: self.rotate_every, grace_secs: self.grace })
+        let rotator = match (self.rotator, self.check) {
+            (Some(rotator), Some(route)) => Some(format!("{rotator};check={route}")),
+            (rotator, _) => rotator,
+        };
+        Some(RotationChange { rotator, rotate_every_secs: self.rotate_every, grace_secs: self.grace })
     }
 }
 
@@ -124,7 +134,8 @@ pub(crate) async fn run(global: &Global, args: RotateArgs) -> anyhow::Result<()>
     // before reading (or prompting for) anything.
     let shown = admin.show_secret(ShowSecretRequest { secret: Some(secret.clone()), ..Default::default() }).await;
     let meta = daemon::required(shown.reply()?.secret, "secret")?;
-    let value = match meta.rotator.as_str() {
+    // A rotator may be followed by `;check=ROUTE` (its test): who makes the value is before it.
+    let value = match split_check(&meta.rotator).0 {
         "manual" => {
             let prompt = format!("New value for {}/{}: ", names::env_or_default(&secret.env), secret.name);
             input::value(args.from_file.as_deref(), &prompt)?.into_request_bytes()
@@ -186,12 +197,13 @@ async fn walk(global: &Global, compromised: bool) -> anyhow::Result<()> {
     let secrets = admin.list_rotations(request).await.reply()?.secrets;
     // A manual rotator needs a value per secret: only a terminal can give them.
     let prompt = compromised && std::io::stdin().is_terminal();
-    let (manual, rotatable): (Vec<_>, Vec<_>) = secrets.into_iter().partition(|m| m.rotator == "manual" && !prompt);
+    let (manual, rotatable): (Vec<_>, Vec<_>) =
+        secrets.into_iter().partition(|m| split_check(&m.rotator).0 == "manual" && !prompt);
     let total = rotatable.len();
     let mut failed = Vec::new();
     for (i, meta) in rotatable.iter().enumerate() {
         let label = format!("{}/{}", names::env_or_default(&meta.env), meta.name);
-        let value = match meta.rotator.as_str() {
+        let value = match split_check(&meta.rotator).0 {
             "manual" => input::value(None, &format!("New value for {label}: "))?.into_request_bytes(),
             _ => Vec::new(),
         };

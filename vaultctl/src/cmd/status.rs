@@ -13,7 +13,12 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<()> {
     if global.json {
         return print_json(&status);
     }
-    output::lines(&human(&status))
+    let mut lines = human(&status);
+    // The broker's budgets, when it has some to report (no broker: none).
+    if status.initialized && !status.sealed {
+        lines.extend(super::budget::over_lines(&super::budget::fetch(global).await?));
+    }
+    output::lines(&lines)
 }
 
 /// `{"initialized","sealed","version","secrets","key_term","schema_version","kdf",

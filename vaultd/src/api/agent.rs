@@ -65,16 +65,7 @@ impl AgentApi {
             return Err(VaultError::RateLimited(wait).into());
         }
         let result = read.await;
-        match &result {
-            // Guessing is what the pause slows; a token vaultd knows but no
-            // longer honours is refused each time and pauses nothing, so an agent
-            // that showed its revoked token a few times is served with its new one.
-            Err(VaultError::TokenUnknown) => self.pauses.failed(presenters),
-            Err(VaultError::TokenRefused) => {}
-            // Sealed: the token was not looked at.
-            Err(VaultError::Sealed | VaultError::Uninitialized) => {}
-            _ => self.pauses.succeeded(presenters),
-        }
+        self.pauses.settle(presenters, &result);
         Ok(result?)
     }
 }
@@ -212,14 +203,8 @@ impl Caller {
             // Which one would count is anyone's guess: neither does.
             (Some(_), Some(_)) => return Err(VaultError::TokenRefused.into()),
         };
-        let presenters = token.as_ref().map(|token| {
-            let connection = req.extensions().get::<ConnectionId>().map_or(0, |c| c.0);
-            let mut prefix = [0; limits::PREFIX_LEN];
-            let tail = token.expose().get(3..).unwrap_or_default();
-            let n = tail.len().min(prefix.len());
-            prefix[..n].copy_from_slice(&tail[..n]);
-            [Presenter::Connection(connection), Presenter::Prefix(uid, prefix)]
-        });
+        let connection = req.extensions().get::<ConnectionId>().map_or(0, |c| c.0);
+        let presenters = token.as_ref().map(|token| Presenter::of(connection, uid, token));
         let slot_key = (uid != owner).then_some(uid);
         Ok(Caller { actor: actor("agent", req), peer, token, presenters, slot_key })
     }

@@ -3,9 +3,11 @@
 
 mod admin;
 mod agent;
+mod broker;
 
 pub use admin::AdminApi;
 pub use agent::AgentApi;
+pub use broker::BrokerApi;
 
 use crate::audit::Actor;
 use crate::crypto::CryptoError;
@@ -135,11 +137,14 @@ fn policy_change(change: Option<v1::RotationChange>) -> Result<PolicyChange, Sta
     let Some(change) = change else { return Ok(PolicyChange::default()) };
     let rotator = match change.rotator {
         None => None,
-        Some(text) => Some(
-            text.parse::<crate::rotation::Rotator>()
-                .map_err(|e| Status::invalid_argument(format!("invalid rotator: {e}")))?
-                .to_string(),
-        ),
+        Some(text) => {
+            // Canonical spelling; a `;check=ROUTE` after it is kept as given.
+            let (rotator, check) = crate::rotation::split_check(&text);
+            let rotator = rotator
+                .parse::<crate::rotation::Rotator>()
+                .map_err(|e| Status::invalid_argument(format!("invalid rotator: {e}")))?;
+            Some(crate::rotation::with_check(&rotator.to_string(), check))
+        }
     };
     let period = |what: &str, secs: u64| {
         if secs > MAX_PERIOD_SECS {

@@ -124,6 +124,13 @@ kinds! {
     AuditJournalRecovered = "audit.journal_recovered", Audit;
     AuditVerify = "audit.verify", Audit;
     AuditExport = "audit.export", Audit;
+    // The credential broker: each request, each refusal of a stored value, each
+    // provider check, each alert delivered or not.
+    BrokerRequest = "broker.request", Access;
+    BrokerExfiltration = "broker.exfiltration", Security;
+    ProviderCheck = "provider.check", System;
+    AlertSent = "alert.sent", Security;
+    AlertFailed = "alert.failed", Security;
 }
 
 impl Kind {
@@ -181,5 +188,8 @@ mod tests {
         assert_eq!(Kind::AuditPruned.class(Outcome::Ok), Class::Audit);
         assert_eq!(Kind::RotationDue.class(Outcome::Ok), Class::Security);
         assert_eq!(Kind::KeyRotate.class(Outcome::Failed), Class::Security);
+        assert_eq!(Kind::BrokerRequest.class(Outcome::Ok), Class::Access);
+        assert_eq!(Kind::BrokerRequest.class(Outcome::Denied), Class::Security);
+        assert_eq!(Kind::AlertSent.class(Outcome::Ok), Class::Security);
     }
 }

@@ -99,6 +99,28 @@ pub enum RotatorError {
     RelativeHook,
 }
 
+/// What follows a stored rotator when its new values are tested by the
+/// credential broker's built-in check of a route (`--check ROUTE`) instead of
+/// a hook's test step: `ROTATOR;check=ROUTE`.
+const CHECK: &str = ";check=";
+
+/// A stored rotator split into who makes the value and the route whose
+/// provider check tests it, if any.
+pub fn split_check(stored: &str) -> (&str, Option<&str>) {
+    match stored.rsplit_once(CHECK) {
+        Some((rotator, route)) => (rotator, Some(route)),
+        None => (stored, None),
+    }
+}
+
+/// `rotator` tested by the check of `route`, as stored.
+pub fn with_check(rotator: &str, route: Option<&str>) -> String {
+    match route {
+        Some(route) => format!("{rotator}{CHECK}{route}"),
+        None => rotator.to_owned(),
+    }
+}
+
 impl Rotator {
     /// Whether the stored spelling `rotator` names a hook (whose steps the
     /// provider takes part in, so old values owe a revoke-old run).
@@ -116,7 +138,9 @@ impl Rotator {
 impl FromStr for Rotator {
     type Err = RotatorError;
 
+    /// Who makes the value; a `;check=ROUTE` after it is [`split_check`]'s.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (s, _) = split_check(s);
         if s == "manual" {
             return Ok(Rotator::Manual);
         }
@@ -195,6 +219,14 @@ mod tests {
         assert_eq!("generate:32:emoji".parse::<Rotator>(), Err(RotatorError::Charset));
         assert_eq!("generate:32:hex:x".parse::<Rotator>(), Err(RotatorError::Unknown));
         assert_eq!("aws".parse::<Rotator>(), Err(RotatorError::Unknown));
+    }
+
+    #[test]
+    fn a_check_follows_the_rotator() {
+        assert_eq!(split_check("manual;check=telegram"), ("manual", Some("telegram")));
+        assert_eq!(split_check("exec:/hooks/x"), ("exec:/hooks/x", None));
+        assert_eq!(with_check("exec:/hooks/x", Some("bot")), "exec:/hooks/x;check=bot");
+        assert_eq!("exec:/hooks/x;check=bot".parse::<Rotator>(), Ok(Rotator::Exec("/hooks/x".into())));
     }
 
     #[test]

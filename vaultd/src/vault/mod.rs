@@ -10,6 +10,7 @@
 //! `incident`, the key lifecycle and backups in `keys`.
 
 mod access;
+mod broker;
 mod incident;
 mod keys;
 mod read;
@@ -18,6 +19,7 @@ mod watch;
 
 use crate::policy::Reader;
 pub use access::{MAX_TOKENS_PER_CLIENT, TokenSpec};
+pub use broker::ProviderCheck;
 pub use keys::{KeyRotated, MAX_REWRAP_BATCH, Rewrapped};
 pub use read::Usage;
 pub use rotate::{Rotated, RotationRow, Trigger};
@@ -230,6 +232,8 @@ pub struct Vault {
     max_encryptions: u64,
     /// Where the monotonic anchor lives (`[integrity] anchor`), if anywhere.
     anchor: Option<std::path::PathBuf>,
+    /// The credential broker's provider check, for rotations tested by one.
+    provider_check: std::sync::OnceLock<Box<dyn broker::ProviderCheck>>,
 }
 
 impl Vault {
@@ -262,6 +266,7 @@ impl Vault {
             forward_stats: Arc::default(),
             max_encryptions: config.keys.max_encryptions_per_term.max(1),
             anchor: config.integrity.anchor.clone(),
+            provider_check: Default::default(),
         }))
     }
 
@@ -784,7 +789,7 @@ impl Vault {
         value: &SecretBytes,
     ) -> Result<(u64, Option<Promoted>), VaultError> {
         check_value(value)?;
-        rotate::check_policy(policy)?;
+        self.check_policy(secret, policy)?;
         let keys = self.keys()?;
         let digest = keys.value_digest(value.expose());
         let keep = self.rotation.keep_versions;

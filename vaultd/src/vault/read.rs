@@ -203,7 +203,13 @@ impl Vault {
             Reader::Nobody => Some("nobody".into()),
         };
         if let Err(wait) = self.limits.admit(limit_key.as_deref(), cost) {
-            let event = Event::new(Kind::RequestRateLimited, Outcome::Denied, actor)
+            // A token's client is whom the limit held back: the record (and
+            // its alert) names it, as a read's record does.
+            let mut actor = actor.clone();
+            if let Reader::Token { client, .. } = reader {
+                actor.client = Some(client.name.clone());
+            }
+            let event = Event::new(Kind::RequestRateLimited, Outcome::Denied, &actor)
                 .with("retry_after_ms", wait.as_millis() as u64);
             self.record_detached(event);
             return Err(VaultError::RateLimited(wait));

@@ -15,7 +15,7 @@
 use super::{SecretRef, Vault, VaultError};
 use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::SecretBytes;
-use crate::rotation::{Rotator, hook};
+use crate::rotation::{Rotator, hook, split_check, with_check};
 pub use crate::state::Trigger;
 use crate::state::{PolicyChange, Promoted, Rotation, Secret, Step, VersionState};
 use crate::store::now_unix;
@@ -101,7 +101,7 @@ impl Vault {
         secret: SecretRef<'_>,
         change: &PolicyChange,
     ) -> Result<Arc<Secret>, VaultError> {
-        check_policy(change)?;
+        self.check_policy(secret, change)?;
         self.keys()?;
         self.write(|c| {
             c.secret(secret)?.set_policy(change, now_unix());
@@ -145,7 +145,9 @@ impl Vault {
         self.finish_interrupted(secret).await?;
         let compromised = self.secret(secret)?.is_compromised();
         let claim = self.claim(secret)?;
-        let rotator_name = rotator.to_string();
+        // Tested by a route's provider check (`;check=ROUTE`) before it is promoted?
+        let check = split_check(&row.rotator).1;
+        let rotator_name = with_check(&rotator.to_string(), check);
         let Some(value) = value else {
             let Rotator::Exec(path) = &rotator else { unreachable_rotator()? };
             let mut rotated = self.rotate_with_hook(actor, secret, &row, path, trigger).await?;
@@ -159,7 +161,7 @@ impl Vault {
         let digest = keys.value_digest(value.expose());
         let keep = self.rotation.keep_versions;
         let now = now_unix();
-        let rotated = self.write(|c| {
+        let (rotation, version, promoted) = self.write(|c| {
             let rotation = c.txn.next_rotation_id()?;
             let mut events = Vec::with_capacity(4);
             let term = self.sealing_term(&mut c.state, &keys, 1, &mut events)?;
@@ -170,16 +172,29 @@ impl Vault {
             }
             let version = s.next_version();
             s.add_pending(version, keys.seal_version(&secret.version(version), term, value.expose())?, now);
-            let promoted = s.promote(version, keep, now);
-            s.rotation_step(rotation, Step::Done, Some(version), None, now);
             events.insert(0, start_event(actor, secret, &rotator_name, trigger, from));
             events.push(step_event(Kind::RotationCreated, actor, secret, version).with("value_digest", digest));
-            events.push(promoted_event(actor, secret, version, promoted));
-            Ok((Rotated { version, promoted, compromised: Vec::new() }, events))
+            // A value a check tests waits for it, pending, like a hook's.
+            let promoted = check.is_none().then(|| s.promote(version, keep, now));
+            let step = if promoted.is_some() { Step::Done } else { Step::Test };
+            s.rotation_step(rotation, step, Some(version), None, now);
+            if let Some(promoted) = promoted {
+                events.push(promoted_event(actor, secret, version, promoted));
+            }
+            Ok(((rotation, version, promoted), events))
         })?;
-        drop(claim);
-        self.notify();
-        Ok(rotated)
+        match (promoted, check) {
+            (Some(promoted), _) => {
+                drop(claim);
+                self.notify();
+                Ok(Rotated { version, promoted, compromised: Vec::new() })
+            }
+            (None, Some(route)) => {
+                let test = Test::Check(route);
+                self.test_and_promote(actor, secret, rotation, test, &row.provider, version, &value, trigger).await
+            }
+            (None, None) => unreachable_rotator(),
+        }
     }
 
     /// An interrupted rotation of `secret` (one in progress that this process
@@ -252,7 +267,7 @@ impl Vault {
         trigger: Trigger,
     ) -> Result<Rotated, VaultError> {
         let keys = self.keys()?;
-        let rotator = format!("exec:{}", path.display());
+        let rotator = row.rotator.clone();
         let (rotation, from, version) = self.write(|c| {
             let rotation = c.txn.next_rotation_id()?;
             let s = c.secret(secret)?;
@@ -291,7 +306,11 @@ impl Vault {
             events.push(step_event(Kind::RotationCreated, actor, secret, version).with("value_digest", digest));
             Ok((version, events))
         })?;
-        self.test_and_promote(actor, secret, rotation, path, &row.provider, version, &created, trigger).await
+        let test = match split_check(&row.rotator).1 {
+            Some(route) => Test::Check(route),
+            None => Test::Hook(path),
+        };
+        self.test_and_promote(actor, secret, rotation, test, &row.provider, version, &created, trigger).await
     }
 
     /// The `test` step and the promotion (also the resumption of a rotation that
@@ -302,15 +321,26 @@ impl Vault {
         actor: &Actor,
         secret: SecretRef<'_>,
         rotation: i64,
-        path: &std::path::Path,
+        test: Test<'_>,
         provider: &str,
         version: u64,
         pending: &SecretBytes,
         trigger: Trigger,
     ) -> Result<Rotated, VaultError> {
         let context = hook::Context { env: secret.env, name: secret.name, provider, version };
-        if let Err(e) = hook::run(path, hook::Step::Test, &context, pending, &self.rotation).await {
-            return Err(self.rotation_failed(actor, secret, rotation, "test", Some(version), e.to_string(), trigger));
+        let tested = match test {
+            Test::Hook(path) => hook::run(path, hook::Step::Test, &context, pending, &self.rotation)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Test::Check(route) => match self.provider_check() {
+                Ok(checks) => checks.check(actor, route, secret, version, pending).await,
+                Err(why) => Err(why),
+            }
+            .map_err(|why| format!("the {route} check failed: {why}")),
+        };
+        if let Err(why) = tested {
+            return Err(self.rotation_failed(actor, secret, rotation, "test", Some(version), why, trigger));
         }
         let keep = self.rotation.keep_versions;
         let promoted = self.write(|c| {
@@ -345,7 +375,11 @@ impl Vault {
             let now = now_unix();
             if let Some(s) = c.state.secret_mut(secret.env, secret.name)? {
                 if let Some(version) = pending {
-                    s.abandon_pending(version, true);
+                    // Only a hook's provider knows the value it refused (and
+                    // owes a revoke-old run); any other is simply destroyed.
+                    let rotator = s.rotations.get(&rotation).map_or(s.rotator.as_str(), |r| r.rotator.as_str());
+                    let hook = Rotator::is_hook(rotator);
+                    s.abandon_pending(version, hook);
                 }
                 if trigger == Trigger::Schedule {
                     s.postpone_rotation(RETRY_SECS, now);
@@ -506,9 +540,13 @@ impl Vault {
         let vaultd = Actor::vaultd();
         let rotation = &found.rotation;
         let trigger = rotation.trigger;
-        let (Some(version), Step::Test, Ok(Rotator::Exec(path))) =
-            (rotation.new_version, rotation.step, rotation.rotator.parse::<Rotator>())
-        else {
+        let parsed = rotation.rotator.parse::<Rotator>();
+        let test = match (split_check(&rotation.rotator).1, &parsed) {
+            (Some(route), _) => Some(Test::Check(route)),
+            (None, Ok(Rotator::Exec(path))) => Some(Test::Hook(path)),
+            _ => None,
+        };
+        let (Some(version), Step::Test, Some(test)) = (rotation.new_version, rotation.step, test) else {
             let reason = format!(
                 "interrupted in its {} step by a vaultd restart before the new value was stored; run it again",
                 rotation.step
@@ -528,7 +566,7 @@ impl Vault {
             Ok(((s.provider.clone(), ciphertext), vec![event]))
         })?;
         let pending = keys.open_version(&secret.version(version), &pending)?;
-        self.test_and_promote(&vaultd, secret, found.id, &path, &row, version, &pending, trigger).await?;
+        self.test_and_promote(&vaultd, secret, found.id, test, &row, version, &pending, trigger).await?;
         Ok(())
     }
 
@@ -597,20 +635,41 @@ fn promoted_event(actor: &Actor, secret: SecretRef<'_>, version: u64, promoted: 
         .with("grace_until_unix", promoted.grace_until)
 }
 
-/// A policy change is checked before it is stored: a canonical rotator, and a
-/// hook nobody else could have replaced.
-pub(super) fn check_policy(change: &PolicyChange) -> Result<(), VaultError> {
-    if let Some(rotator) = &change.rotator {
-        match rotator.parse::<Rotator>() {
-            Ok(Rotator::Exec(path)) => hook::check_safe(&path).map_err(|e| VaultError::Rotator(e.to_string()))?,
-            Ok(parsed) if parsed.to_string() != *rotator => {
+/// How a rotation's new value is tested before it is promoted.
+#[derive(Clone, Copy)]
+enum Test<'a> {
+    /// The hook's `test` step.
+    Hook(&'a std::path::Path),
+    /// The credential broker's check of this route's provider.
+    Check(&'a str),
+}
+
+impl Vault {
+    /// A policy change is checked before it is stored: a canonical rotator, a
+    /// hook nobody else could have replaced, and a check by a route that
+    /// carries this secret, of a value some provider issued.
+    pub(super) fn check_policy(&self, secret: SecretRef<'_>, change: &PolicyChange) -> Result<(), VaultError> {
+        let Some(stored) = &change.rotator else { return Ok(()) };
+        let (rotator, check) = split_check(stored);
+        let parsed = rotator.parse::<Rotator>().map_err(|e| VaultError::Rotator(e.to_string()))?;
+        match &parsed {
+            Rotator::Exec(path) => hook::check_safe(path).map_err(|e| VaultError::Rotator(e.to_string()))?,
+            parsed if parsed.to_string() != rotator => {
                 return Err(VaultError::Rotator(format!("rotator {rotator:?} is not in canonical form ({parsed})")));
             }
-            Ok(_) => {}
-            Err(e) => return Err(VaultError::Rotator(e.to_string())),
+            _ => {}
+        }
+        let Some(route) = check else { return Ok(()) };
+        let refused = |why: String| VaultError::Rotator(format!("--check {route}: {why}"));
+        vault_proto::names::validate(route).map_err(|e| refused(e.to_string()))?;
+        if let Rotator::Generate(_) = parsed {
+            return Err(refused("a generated value is known to no provider: check manual or hook values".into()));
+        }
+        match self.provider_check().map_err(refused)?.refuses(route, secret) {
+            Some(why) => Err(refused(why)),
+            None => Ok(()),
         }
     }
-    Ok(())
 }
 
 pub(super) fn policy_event(actor: &Actor, secret: SecretRef<'_>, change: &PolicyChange) -> Event {
