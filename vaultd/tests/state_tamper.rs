@@ -144,7 +144,13 @@ async fn probe(dir: &Path, tokens: &[SecretBytes]) -> Vec<Option<Vec<u8>>> {
     if let Err(e) = vault.seal(&me) {
         assert!(matches!(e, VaultError::Store(_)), "seal: {e}");
     }
-    assert!(matches!(vault.reveal(&me, SecretRef::parse("prod", "alpha").unwrap(), 0), Err(VaultError::Sealed)));
+    // Sealed: the keys are gone whatever the record did. The reveal's own record
+    // can hit the corrupted page too: then it is refused with that error instead.
+    assert!(vault.is_sealed());
+    match vault.reveal(&me, SecretRef::parse("prod", "alpha").unwrap(), 0) {
+        Err(VaultError::Sealed | VaultError::Store(_)) => {}
+        other => panic!("a reveal after the seal: {:?}", other.map(|(v, _)| v)),
+    }
     out
 }
 
