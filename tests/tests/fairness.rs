@@ -288,9 +288,9 @@ async fn refused_floods_grow_the_log_by_little_and_slow_nobody_else() {
     if !root_or_skip() {
         return;
     }
-    // The flood runs FLOOD; its growth, measured per second, must stay under a
-    // megabyte a minute (the issue's bound for 60 s).
-    const FLOOD: Duration = Duration::from_secs(15);
+    // The issue's case as it reads: 60 s of floods must grow the database by
+    // less than a megabyte.
+    const FLOOD: Duration = Duration::from_secs(60);
     let d = daemon("", Some(SYSTEMD_NOFILE));
     d.audit_verify().unwrap();
     let before = database_bytes(&d);
@@ -328,13 +328,12 @@ async fn refused_floods_grow_the_log_by_little_and_slow_nobody_else() {
     }
     d.audit_verify().unwrap();
     let grown = database_bytes(&d) - before;
-    let per_minute = grown as f64 * 60.0 / FLOOD.as_secs_f64();
     eprintln!(
         "{sent} refused GetSecrets of 256 names in {FLOOD:?} (and {reads} reads by another agent) grew the database \
-         by {grown} bytes: {per_minute:.0} bytes a minute"
+         by {grown} bytes"
     );
     assert!(sent > 100, "the flood hardly ran: {sent} requests");
-    assert!(per_minute < 1e6, "the database grows {per_minute:.0} bytes a minute under a flood of refusals");
+    assert!(grown < 1_000_000, "{FLOOD:?} of refusals grew the database by {grown} bytes");
     // What was not recorded one by one is counted, and the record says who and how much.
     let stop = tokio::task::spawn_blocking(move || {
         let mut d = d;
