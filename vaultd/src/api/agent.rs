@@ -5,7 +5,7 @@
 //! pause, per connection and token prefix.
 
 use super::{actor, existing_version};
-use crate::audit::{Actor, Event, Kind, Outcome};
+use crate::audit::Actor;
 use crate::crypto::SecretBytes;
 use crate::identity::Peer;
 use crate::limits::{self, Full, LimitsConfig, Pauses, Presenter, Slot, Slots};
@@ -58,10 +58,7 @@ impl AgentApi {
         read: impl Future<Output = Result<T, VaultError>>,
     ) -> Result<T, Status> {
         let Some(presenters) = &caller.presenters else { return Ok(read.await?) };
-        if let Err(wait) = self.pauses.allowed(presenters) {
-            let event = Event::new(Kind::TokenRefused, Outcome::Denied, &caller.actor)
-                .with("reason", "paused after failed attempts");
-            self.vault.record_detached(event);
+        if let Err(wait) = self.vault.unpaused(&self.pauses, presenters, &caller.actor) {
             return Err(VaultError::RateLimited(wait).into());
         }
         let result = read.await;

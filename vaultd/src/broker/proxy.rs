@@ -98,10 +98,8 @@ impl Broker {
         let uid = peer.map_or(u32::MAX, |p| p.uid);
         let presenters = token.as_ref().map(|token| Presenter::of(connection, uid, token));
         if let Some(presenters) = &presenters
-            && let Err(wait) = self.pauses.allowed(presenters)
+            && let Err(wait) = self.vault.unpaused(&self.pauses, presenters, actor)
         {
-            let paused = Event::new(Kind::TokenRefused, Outcome::Denied, actor);
-            self.vault.record_detached(paused.with("reason", "paused after failed attempts"));
             return Err(Refusal::RateLimited(wait.as_millis() as u64));
         }
         let authorized = self.vault.authorize_use(actor, peer, token.as_ref(), secret).await;
@@ -115,8 +113,7 @@ impl Broker {
         if let Some(client) = &usage.client {
             self.budgets.admit(client, &route, crate::clock::now_unix()).map_err(Refusal::OverBudget)?;
         }
-        if let Some(encoding) = parts.headers.get(CONTENT_ENCODING).filter(|e| e.as_bytes() != b"identity") {
-            let _ = encoding;
+        if parts.headers.get(CONTENT_ENCODING).is_some_and(|e| e.as_bytes() != b"identity") {
             return Err(Refusal::BadRequest(
                 "a compressed request body cannot be inspected; send it uncompressed".into(),
             ));

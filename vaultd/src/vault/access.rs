@@ -3,6 +3,7 @@
 use super::{Vault, VaultError};
 use crate::audit::{Actor, Event, Kind, Outcome};
 use crate::crypto::{self, SecretBytes};
+use crate::limits::{Pauses, Presenter};
 use crate::state::{Client, Draft, Grant, GrantKind, Token};
 use std::time::Duration;
 use vault_proto::names;
@@ -28,6 +29,15 @@ pub(super) fn check_patterns(patterns: &[String]) -> Result<(), VaultError> {
 }
 
 impl Vault {
+    /// The bad-token pause, asked before a token is looked at (agent socket and
+    /// broker alike): a paused presenter is refused, and the refusal recorded.
+    pub fn unpaused(&self, pauses: &Pauses, presenters: &[Presenter], actor: &Actor) -> Result<(), Duration> {
+        pauses.allowed(presenters).inspect_err(|_| {
+            let event = Event::new(Kind::TokenRefused, Outcome::Denied, actor);
+            self.record_detached(event.with("reason", "paused after failed attempts"));
+        })
+    }
+
     pub fn clients(&self) -> Result<Vec<Client>, VaultError> {
         self.keys()?;
         Ok(self.image().clients().map(|c| Client::clone(c)).collect())
